@@ -1,0 +1,73 @@
+"""Shared by the RED loss kernel and its reference: the output type, token kinds and input checks.
+
+Kept apart so that `red_loss.py` (Triton) and `red_loss_reference.py` (plain PyTorch) validate
+their inputs identically and return the same type; a mismatch in input handling between a
+kernel and its reference is a classic source of tests that pass for the wrong reason.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+# Per-token kinds of the algo -> kernel contract (.notes/KERNEL_CONTRACT.md).
+ONLINE = 0          # min(r·A, clip(r, 1-eps_lo, 1+eps_hi)·A),  r = exp(logp - logp_old)
+OFFLINE_SHIFT = 1   # r_off·A,  r_off = π / (sg(π) + (1 - sg(π))·rbar)   (unclipped)
+OFFLINE_LUFFY = 2   # f(π)·A,   f(π) = π / (π + gamma)                    (unclipped)
+NLL = 3             # logp
+KINDS = (ONLINE, OFFLINE_SHIFT, OFFLINE_LUFFY, NLL)
+
+
+class RedLossOutput(NamedTuple):
+    """loss: scalar with grad to the logits; logp_N: detached fp32; entropy_N: fp32, detached unless
+    entropy_coef != 0 (then differentiable, except with grad_in_forward); clip_frac: scalar."""
+
+    loss: torch.Tensor
+    logp_N: torch.Tensor
+    entropy_N: torch.Tensor
+    clip_frac: torch.Tensor
+
+
+def check_inputs(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_start: int, vocab_size: int,
+                 temperature: float, per_token: dict[str, Optional[torch.Tensor]] | None = None,
+                 eps_lo: float = 0.2, eps_hi: float = 0.2, luffy_gamma: float = 0.1,
+                 kl_coef: float = 0.0) -> None:
+    """One clear ValueError naming the tensor/field and what was expected. No data-dependent checks
+    (they would synchronise the GPU on every call)."""
+    if logits_NV.dim() != 2:
+        raise ValueError(f"logits_NV: expected a 2-D [N, V_local] tensor, got shape {tuple(logits_NV.shape)}")
+    if logits_NV.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"logits_NV: expected fp16/bf16/fp32/fp64, got {logits_NV.dtype}")
+    n, v_local = logits_NV.shape
+    if v_local < 1:
+        raise ValueError("logits_NV: the local vocabulary shard is empty (V_local must be >= 1)")
+    if target_N.dim() != 1 or target_N.shape[0] != n:
+        raise ValueError(f"target_N: expected shape [{n}] (one global vocab id per logits row), "
+                         f"got {tuple(target_N.shape)}")
+    if target_N.dtype.is_floating_point or target_N.dtype == torch.bool:
+        raise ValueError(f"target_N: expected an integer tensor of global vocab ids, got {target_N.dtype}")
+    if not isinstance(vocab_start, int) or vocab_start < 0:
+        raise ValueError(f"vocab_start: expected an int >= 0, got {vocab_start!r}")
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size: expected an int >= 1, got {vocab_size!r}")
+    if not (float(temperature) > 0.0):
+        raise ValueError(f"temperature: expected > 0, got {temperature!r}")
+    if not (0.0 <= eps_lo < 1.0):
+        raise ValueError(f"eps_lo: expected in [0, 1), got {eps_lo!r}")
+    if not (eps_hi >= 0.0):
+        raise ValueError(f"eps_hi: expected >= 0, got {eps_hi!r}")
+    if not (luffy_gamma > 0.0):
+        raise ValueError(f"luffy_gamma: expected > 0, got {luffy_gamma!r}")
+    for name, t in (per_token or {}).items():
+        if t is None:
+            if name == "ref_logp_N" and kl_coef != 0.0:
+                raise ValueError("ref_logp_N: required when kl_coef != 0")
+            continue
+        if t.dim() != 1 or t.shape[0] != n:
+            raise ValueError(f"{name}: expected shape [{n}] (one value per logits row), got {tuple(t.shape)}")
+        if t.device != logits_NV.device:
+            raise ValueError(f"{name}: expected device {logits_NV.device}, got {t.device}")
+        if name == "kind_N" and (t.dtype.is_floating_point or t.dtype == torch.bool):
+            raise ValueError(f"kind_N: expected an integer tensor with values in {KINDS}, got {t.dtype}")
+    if target_N.device != logits_NV.device:
+        raise ValueError(f"target_N: expected device {logits_NV.device}, got {target_N.device}")
