@@ -1,0 +1,66 @@
+"""AlgoConfig: the *option* fields of RED_SPEC.md, for callers (trainer, recipes).
+
+The math functions never see this object: ``objective.build_objective`` reads it once and
+hands numbers to them. Optimiser options (lr, betas, schedule) belong to the optimiser's own
+config; a preset's lr/epochs overrides are read from the Preset by the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from red_megatron.algo.presets import PRESETS, preset_stages
+from red_megatron.algo.token_terms import AGGREGATIONS
+
+
+@dataclass(kw_only=True)
+class AlgoConfig:
+    preset: str = "red"
+    num_online: int = 7  # G online samples per prompt (the group has G+1 with the trace)
+    temperature: float = 1.0  # sampling temperature = the temperature of logp/entropy in the loss
+    std_normalize: bool | None = None  # None: the preset's choice (luffy: False, others: True)
+    adv_eps: float = 1e-6  # Â = (r − mean)/(std + adv_eps)
+    rbar_source: Literal["online", "all"] = "online"  # r̄ from the G online samples, or all G+1
+    offline_reward: Literal["verify", "assume_one"] = "verify"  # score the trace, or assume 1
+    eps_lo: float = 0.2  # clip(r, 1 − eps_lo, 1 + eps_hi); eps_hi > eps_lo is clip-higher
+    eps_hi: float = 0.2
+    aggregation: Literal["sequence_mean", "token_mean", "constant"] | None = None  # None: preset's
+    loss_constant: float | None = None  # C for aggregation='constant' (e.g. the max response length)
+    luffy_gamma: float = 0.1  # f(π) = π/(π + γ)
+    entropy_coef: float = 0.0  # entropy bonus (off in the paper)
+    kl_coef: float = 0.0  # k3 KL to a reference policy (off in the paper)
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"AlgoConfig.preset={self.preset!r}; valid presets: {', '.join(PRESETS)}")
+        if not (isinstance(self.num_online, int) and self.num_online >= 1):
+            raise ValueError(f"AlgoConfig.num_online (G) must be an int >= 1, got {self.num_online!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"AlgoConfig.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.adv_eps < 1:
+            raise ValueError(f"AlgoConfig.adv_eps must be in (0, 1), got {self.adv_eps}")
+        if self.rbar_source not in ("online", "all"):
+            raise ValueError(f"AlgoConfig.rbar_source={self.rbar_source!r}; expected 'online' or 'all'")
+        if self.offline_reward not in ("verify", "assume_one"):
+            raise ValueError(f"AlgoConfig.offline_reward={self.offline_reward!r}; expected 'verify' or 'assume_one'")
+        if not 0 < self.eps_lo < 1:
+            raise ValueError(f"AlgoConfig.eps_lo must be in (0, 1), got {self.eps_lo}")
+        if not 0 < self.eps_hi <= 10:
+            raise ValueError(f"AlgoConfig.eps_hi must be in (0, 10], got {self.eps_hi}")
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"AlgoConfig.aggregation={self.aggregation!r}; expected None or one of {AGGREGATIONS}")
+        uses_constant = self.aggregation == "constant" or any(s.aggregation == "constant" for s in preset_stages(self.preset))
+        if uses_constant and not (self.loss_constant is not None and self.loss_constant > 0):
+            raise ValueError(f"AlgoConfig.loss_constant must be > 0 with aggregation='constant', got {self.loss_constant}")
+        if not self.luffy_gamma > 0:
+            raise ValueError(f"AlgoConfig.luffy_gamma must be > 0, got {self.luffy_gamma}")
+        if self.entropy_coef < 0 or self.kl_coef < 0:
+            raise ValueError(f"AlgoConfig.entropy_coef and kl_coef must be >= 0, got {self.entropy_coef}, {self.kl_coef}")
+        for stage in preset_stages(self.preset):
+            std = stage.std_normalize if self.std_normalize is None else self.std_normalize
+            group = self.num_online * int(stage.online) + int(stage.with_offline)
+            if stage.online and std and group < 2:
+                raise ValueError(
+                    f"AlgoConfig.num_online={self.num_online} with preset stage {stage.name!r} gives groups of {group}; "
+                    "the unbiased group std needs >= 2 members (num_online >= 2, or std_normalize=False)"
+                )

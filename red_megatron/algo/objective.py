@@ -1,0 +1,145 @@
+"""A preset + AlgoConfig turned into functions, once (ARCHITECTURE rule 11).
+
+    obj = build_objective(AlgoConfig(preset="red", num_online=7))
+    w = obj.offline_weight(stats)                       # RED part I (1.0 unless weight_rule='entropy')
+    terms, rbar_G, adv_B = obj.token_terms(rewards_B, group_id_B, is_offline_B, response_len_B, w=w)
+    out = obj.loss(logp_N, logp_old_N, entropy_N, terms)   # or kernels.red_loss(..., **terms.kernel_kwargs(), **obj.loss_kwargs())
+
+The loop calls these same methods for every preset; what differs was chosen here.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from red_megatron.algo.advantages import group_advantages
+from red_megatron.algo.config import AlgoConfig
+from red_megatron.algo.entropy import EntropyRegulator, EntropyStats
+from red_megatron.algo.loss import TokenLossOutput, red_token_loss
+from red_megatron.algo.policy_shift import group_accuracy
+from red_megatron.algo.presets import Preset, StagedPreset, get_preset
+from red_megatron.algo.token_terms import TokenKind, TokenTerms, build_token_terms
+
+RbarFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _const_rbar(value: float, rewards_B, group_id_B, is_offline_B) -> torch.Tensor:
+    return torch.full((int(group_id_B.max()) + 1,), value, dtype=torch.float32)
+
+
+def _no_advantage(rewards_B, group_id_B) -> torch.Tensor:
+    return torch.zeros(rewards_B.shape, dtype=torch.float32)
+
+
+_OFFLINE_KIND = {"none": None, "nll": TokenKind.NLL, "shift": TokenKind.OFFLINE_SHIFT, "luffy": TokenKind.OFFLINE_LUFFY}
+
+
+@dataclass
+class RedObjective:
+    preset: Preset
+    online_kind: TokenKind | None
+    offline_kind: TokenKind | None
+    advantages: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    rbar: RbarFn | None
+    regulator: EntropyRegulator | None
+    aggregation: str
+    loss_constant: float | None
+    group_size: int
+    eps_lo: float
+    eps_hi: float
+    luffy_gamma: float
+    entropy_coef: float
+    kl_coef: float
+
+    def offline_weight(self, stats: EntropyStats) -> float:
+        """w_t for this step: the regulator's (Eq. 9) or 1. Call exactly once per optimiser step."""
+        return 1.0 if self.regulator is None else self.regulator.update(stats.h_rl, stats.h_sft)
+
+    def token_terms(
+        self,
+        rewards_B: torch.Tensor,
+        group_id_B: torch.Tensor,
+        is_offline_B: torch.Tensor,
+        response_len_B: torch.Tensor,
+        *,
+        w: float = 1.0,
+        num_prompts: int | None = None,
+        total_tokens: int | None = None,
+    ) -> tuple[TokenTerms, torch.Tensor | None, torch.Tensor]:
+        """(TokenTerms, r̄_G or None, Â_B) for a batch of whole groups.
+
+        num_prompts / total_tokens: the global counts when the batch is one DP rank's share.
+        """
+        adv_B = self.advantages(rewards_B, group_id_B)
+        rbar_G = None if self.rbar is None else self.rbar(rewards_B, group_id_B, is_offline_B)
+        terms = build_token_terms(
+            adv_B=adv_B, is_offline_B=is_offline_B, group_id_B=group_id_B, response_len_B=response_len_B,
+            offline_kind=self.offline_kind, online_kind=self.online_kind, rbar_G=rbar_G, w=w,
+            aggregation=self.aggregation, num_prompts=num_prompts, group_size=self.group_size,
+            total_tokens=total_tokens, loss_constant=self.loss_constant,
+        )
+        return terms, rbar_G, adv_B
+
+    def loss_kwargs(self) -> dict[str, float]:
+        """The scalar options of red_token_loss / kernels.red_loss."""
+        return {"eps_lo": self.eps_lo, "eps_hi": self.eps_hi, "luffy_gamma": self.luffy_gamma,
+                "entropy_coef": self.entropy_coef, "kl_coef": self.kl_coef}
+
+    def loss(
+        self,
+        logp_N: torch.Tensor,
+        logp_old_N: torch.Tensor,
+        entropy_N: torch.Tensor | None,
+        terms: TokenTerms,
+        ref_logp_N: torch.Tensor | None = None,
+    ) -> TokenLossOutput:
+        return red_token_loss(logp_N, logp_old_N, entropy_N, terms.kind_N, terms.adv_N, terms.rbar_N, terms.w_N,
+                              terms.weight_N, ref_logp_N=ref_logp_N, **self.loss_kwargs())
+
+    def state_dict(self) -> dict:
+        return {"regulator": None if self.regulator is None else self.regulator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        reg = state.get("regulator") if isinstance(state, dict) else None
+        if (reg is None) != (self.regulator is None):
+            raise ValueError(f"objective state has regulator={reg is not None}, preset {self.preset.name} expects {self.regulator is not None}")
+        if self.regulator is not None:
+            self.regulator.load_state_dict(reg)
+
+
+def build_objective(cfg: AlgoConfig, stage: Preset | None = None) -> RedObjective:
+    """Pick every function the loop needs from cfg.preset (or one stage of a staged preset)."""
+    preset = get_preset(cfg.preset)
+    if stage is None:
+        if isinstance(preset, StagedPreset):
+            names = [s.name for s in preset.stages]
+            raise ValueError(f"preset {cfg.preset!r} has stages {names}; pass stage= (see presets.preset_stages)")
+        stage = preset
+    std = stage.std_normalize if cfg.std_normalize is None else cfg.std_normalize
+    if stage.online:
+        advantages = functools.partial(group_advantages, std_normalize=std, eps=cfg.adv_eps)
+    else:  # sft: NLL ignores Â
+        advantages = _no_advantage
+    rbar: RbarFn | None = {
+        "none": None,
+        "one": functools.partial(_const_rbar, 1.0),
+        "pi": functools.partial(_const_rbar, 0.0),
+        "accuracy": functools.partial(group_accuracy, include_offline=cfg.rbar_source == "all"),
+    }[stage.pi_offline]
+    regulator = EntropyRegulator(max_weight=cfg.num_online) if stage.weight_rule == "entropy" else None
+    return RedObjective(
+        preset=stage,
+        online_kind=TokenKind.ONLINE if stage.online else None,
+        offline_kind=_OFFLINE_KIND[stage.offline_term],
+        advantages=advantages,
+        rbar=rbar,
+        regulator=regulator,
+        aggregation=cfg.aggregation if cfg.aggregation is not None else stage.aggregation,
+        loss_constant=cfg.loss_constant,
+        group_size=cfg.num_online * int(stage.online) + int(stage.with_offline),
+        eps_lo=cfg.eps_lo, eps_hi=cfg.eps_hi, luffy_gamma=cfg.luffy_gamma,
+        entropy_coef=cfg.entropy_coef, kl_coef=cfg.kl_coef,
+    )
