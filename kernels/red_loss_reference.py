@@ -115,8 +115,8 @@ def red_loss_reference(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab
     luffy_term = torch.sigmoid(lp - torch.log(torch.tensor(luffy_gamma, dtype=cdtype))) * adv
     term = torch.where(kind == ONLINE, online_term,
                        torch.where(kind == OFFLINE_SHIFT, shift_term,
-                                   torch.where(kind == OFFLINE_LUFFY, luffy_term,
-                                               torch.where(kind == NLL, lp, torch.zeros_like(lp)))))
+                                   torch.where(kind == OFFLINE_LUFFY, luffy_term,  # unknown kind: loud NaN
+                                               torch.where(kind == NLL, lp, torch.full_like(lp, float("nan"))))))
     per_token = -weight * w * term
     if entropy_coef != 0.0:
         per_token = per_token - entropy_coef * weight * entropy
