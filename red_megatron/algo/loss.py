@@ -85,40 +85,48 @@ def red_token_loss(
     if kind_N.numel() and (int(kind_N.min()) < 0 or int(kind_N.max()) > int(TokenKind.NLL)):
         raise ValueError(f"kind_N values must be in 0..3 (TokenKind), got range [{int(kind_N.min())}, {int(kind_N.max())}]")
     dt = logp_N.dtype
-    adv, rbar, w, weight = (t.to(dt) for t in (adv_N, rbar_N, w_N, weight_N))
     kind = kind_N.long()
-    is_on, is_shift = kind == TokenKind.ONLINE, kind == TokenKind.OFFLINE_SHIFT
-    is_luffy, is_nll = kind == TokenKind.OFFLINE_LUFFY, kind == TokenKind.NLL
-    logp_sg = logp_N.detach()
+    # weight 0 marks padding: such tokens contribute 0 and get no gradient, whatever the other
+    # inputs hold there (garbage logp_old, inf, NaN): every input is replaced by a safe value.
+    live = weight_N > 0
+    zero = torch.zeros_like(logp_N)
+
+    def safe(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(live, t.to(dt), zero)
+
+    logp, adv, rbar, w, weight = safe(logp_N), safe(adv_N), safe(rbar_N), safe(w_N), safe(weight_N)
+    logp_sg = logp.detach()
+    is_on, is_shift = (kind == TokenKind.ONLINE) & live, (kind == TokenKind.OFFLINE_SHIFT) & live
+    is_luffy, is_nll = (kind == TokenKind.OFFLINE_LUFFY) & live, (kind == TokenKind.NLL) & live
 
     # Each branch sees safe inputs on tokens of other kinds, so torch.where never routes
     # a NaN/inf gradient from an unselected branch.
-    ratio = (logp_N - torch.where(is_on, logp_old_N.to(dt), logp_sg)).exp()
+    ratio = (logp - torch.where(is_on, logp_old_N.to(dt), logp_sg)).exp()
     online_term, clipped = clipped_surrogate(ratio, adv, eps_lo, eps_hi)
     # log π_offline = log(sg(π) + (1−sg(π))·r̄); at r̄ = 0 it is exactly sg(logp), which stays
     # finite even where π underflows to 0.
     pi_sg = logp_sg.exp()
-    rbar_s = torch.where(is_shift, rbar, torch.zeros_like(rbar))
+    rbar_s = torch.where(is_shift, rbar, zero)
     log_pi_off = torch.where(rbar_s > 0, (pi_sg + (1.0 - pi_sg) * rbar_s).clamp_min(torch.finfo(dt).tiny).log(), logp_sg)
-    shift_term = (logp_N - log_pi_off).exp() * adv
-    pi = logp_N.exp()
+    shift_term = (logp - log_pi_off).exp() * adv
+    pi = logp.exp()
     luffy_term = pi / (pi + luffy_gamma) * adv
-    term = torch.where(is_on, online_term, torch.where(is_shift, shift_term, torch.where(is_luffy, luffy_term, logp_N)))
-    term = torch.where(is_on | is_shift | is_luffy | is_nll, term, torch.zeros_like(term))
+    term = torch.where(is_on, online_term, torch.where(is_shift, shift_term, torch.where(is_luffy, luffy_term, logp)))
+    term = torch.where(is_on | is_shift | is_luffy | is_nll, term, zero)
 
     policy_loss = -(weight * w * term).sum()
     loss = policy_loss
     ent_loss = torch.zeros((), dtype=dt)
     kl_loss = torch.zeros((), dtype=dt)
     if entropy_coef != 0.0:
-        ent_loss = -entropy_coef * (weight * entropy_N.to(dt)).sum()
+        ent_loss = -entropy_coef * (weight * safe(entropy_N)).sum()
         loss = loss + ent_loss
     if kl_coef != 0.0:
-        kl_loss = kl_coef * (weight * k3(ref_logp_N.to(dt), logp_N)).sum()
+        ref = torch.where(live, ref_logp_N.to(dt), logp_sg)
+        kl_loss = kl_coef * (weight * k3(ref, logp)).sum()
         loss = loss + kl_loss
-    counted = is_on & (weight > 0)
-    n_on = int(counted.sum())
-    clip_frac = (clipped & counted).sum().to(torch.float32) / n_on if n_on else torch.zeros((), dtype=torch.float32)
+    n_on = int(is_on.sum())
+    clip_frac = (clipped & is_on).sum().to(torch.float32) / n_on if n_on else torch.zeros((), dtype=torch.float32)
     return TokenLossOutput(
         loss=loss, policy_loss=policy_loss.detach(), entropy_loss=ent_loss.detach(),
         kl_loss=kl_loss.detach(), clip_frac=clip_frac.detach(),
