@@ -1,0 +1,192 @@
+"""A small pool of verifier processes with a hard per-task deadline.
+
+Why not ``multiprocessing.Pool`` or ``concurrent.futures``: neither can kill one task that
+hangs (sympy on ``10^{10^{10^{10}}}`` can run for minutes) without tearing the whole pool
+down, and a worker that dies (segfault in a C extension, ``os._exit``) breaks a
+ProcessPoolExecutor for good. Here each worker owns a duplex pipe; the parent hands it one
+task at a time and waits on every pipe and process sentinel with the nearest deadline.
+A task past its deadline gets its worker killed and replaced and is reported as
+``"timeout"``; a worker that dies mid-task is replaced and its task reported as ``"crash"``.
+
+Each worker runs the verifier in its own main thread, which is where math-verify's
+``signal.alarm`` timeouts work (they raise in threads). The clock for a task starts when it
+is handed to a worker that has finished importing, so a respawn's import time never counts
+against an answer.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any, Callable
+
+TIMEOUT = "timeout"
+CRASH = "crash"
+
+
+def resolve_callable(path: str) -> Callable[..., Any]:
+    """``"pkg.module:function"`` -> the function (importable by name, so spawn can find it)."""
+    if ":" not in path:
+        raise ValueError(f"verify_fn must look like 'package.module:function', got {path!r}")
+    mod_name, fn_name = path.split(":", 1)
+    fn = getattr(importlib.import_module(mod_name), fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"verify_fn {path!r}: {fn_name!r} is not a callable in {mod_name!r}")
+    return fn
+
+
+def _worker_main(conn, fn_path: str) -> None:
+    """Worker loop: import the verifier once, say ready, then answer tasks until told to stop."""
+    fn = resolve_callable(fn_path)
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if msg is None:
+            return
+        task_id, args = msg
+        try:
+            out = ("ok", fn(*args))
+        except Exception as e:  # a verifier bug must not take the worker down
+            out = ("error", f"{type(e).__name__}: {e}"[:500])
+        conn.send((task_id, out))
+
+
+@dataclass
+class _Worker:
+    proc: Any
+    conn: Any
+    ready: bool = False
+    task: int | None = None
+    deadline: float = 0.0
+    spawned_at: float = field(default_factory=time.monotonic)
+
+
+class VerifyPool:
+    """``map(tasks)`` runs ``fn(*task)`` for every task on ``num_workers`` processes.
+
+    Returns one ``(status, value)`` per task, in order: ``("ok", fn_result)``,
+    ``("error", message)`` (fn raised), ``("timeout", None)`` or ``("crash", None)``.
+    Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, *, fn_path: str, num_workers: int, timeout_s: float,
+                 start_method: str = "forkserver", startup_timeout_s: float = 120.0):
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        resolve_callable(fn_path)  # fail here, in the caller, on a bad path
+        self.fn_path = fn_path
+        self.timeout_s = float(timeout_s)
+        self.startup_timeout_s = float(startup_timeout_s)
+        self._ctx = mp.get_context(start_method)
+        self._workers: list[_Worker] = [self._spawn() for _ in range(num_workers)]
+        self.respawns = 0
+        self._closed = False
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.fn_path), daemon=True,
+                                 name="red-verify")
+        proc.start()
+        child.close()  # so the parent sees EOF when the worker dies
+        return _Worker(proc=proc, conn=parent)
+
+    def _replace(self, i: int) -> None:
+        w = self._workers[i]
+        if w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(timeout=10)
+        w.conn.close()
+        self._workers[i] = self._spawn()
+        self.respawns += 1
+
+    def map(self, tasks: list[tuple]) -> list[tuple[str, Any]]:
+        if self._closed:
+            raise RuntimeError("VerifyPool.map called after close()")
+        results: list[tuple[str, Any] | None] = [None] * len(tasks)
+        pending = deque(range(len(tasks)))
+        while pending or any(w.task is not None for w in self._workers):
+            now = time.monotonic()
+            for w in self._workers:  # hand out work to every ready, idle worker
+                if w.ready and w.task is None and pending:
+                    t = pending.popleft()
+                    w.conn.send((t, tasks[t]))
+                    w.task, w.deadline = t, now + self.timeout_s
+            deadlines = [w.deadline if w.ready else w.spawned_at + self.startup_timeout_s
+                         for w in self._workers if w.task is not None or not w.ready]
+            wait_s = max(0.0, min(deadlines) - now) if deadlines else None
+            objs = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
+            wait(objs, timeout=wait_s)
+            for i in range(len(self._workers)):
+                self._poll_worker(i, results)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _poll_worker(self, i: int, results: list) -> None:
+        w = self._workers[i]
+        now = time.monotonic()
+        msg = None
+        died = False
+        try:
+            if w.conn.poll():
+                msg = w.conn.recv()
+        except (EOFError, OSError):
+            died = True
+        if msg is not None:
+            if msg[0] == "ready":
+                w.ready = True
+            else:
+                task_id, out = msg
+                assert task_id == w.task, (task_id, w.task)
+                results[task_id] = out
+                w.task = None
+            return
+        if died or not w.proc.is_alive():
+            if w.task is not None:
+                results[w.task] = (CRASH, None)
+            elif not w.ready:
+                raise RuntimeError(
+                    f"a verifier worker died while starting (exit code {w.proc.exitcode}); "
+                    f"check that {self.fn_path!r} imports in a fresh process")
+            self._replace(i)
+            return
+        if w.task is not None and now >= w.deadline:
+            results[w.task] = (TIMEOUT, None)
+            self._replace(i)
+        elif not w.ready and now >= w.spawned_at + self.startup_timeout_s:
+            raise RuntimeError(f"a verifier worker did not start within {self.startup_timeout_s} s")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for w in self._workers:
+            w.proc.join(timeout=2)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(timeout=2)
+            w.conn.close()
+
+    def __enter__(self) -> "VerifyPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; daemon workers also die with the parent
+        try:
+            self.close()
+        except Exception:
+            pass

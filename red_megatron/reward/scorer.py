@@ -1,0 +1,146 @@
+"""Verifiable accuracy reward (RED_SPEC): 1 if the last boxed answer equals the gold, else 0.
+
+``RewardScorer(cfg).score(responses, golds) -> (rewards, stats)``. Per response:
+1. extract the last ``\\boxed{}``/``\\fbox{}``: none -> 0, counted ``no_boxed``;
+2. fast path: the same string as the gold after light normalisation -> 1 without math-verify;
+3. otherwise math-verify in the process pool, with a hard per-answer deadline: a hung or
+   crashed worker is replaced and the answer scores 0, counted ``timeouts``/``crashes``.
+Every response ends with exactly one reason, so the counts always add up to the batch.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from red_megatron.reward.extract import extract_boxed, normalize_for_exact_match
+from red_megatron.reward.pool import CRASH, TIMEOUT, VerifyPool
+from red_megatron.reward import verify as _v
+
+log = logging.getLogger(__name__)
+
+_START_METHODS = ("spawn", "forkserver")
+
+
+@dataclass(kw_only=True)
+class RewardConfig:
+    num_workers: int = 2
+    timeout_s: float = 10.0  # hard deadline per answer, from hand-off to a ready worker
+    start_method: str = "forkserver"
+    exact_match_fast_path: bool = True
+    # "module:function" run in the workers: (pred, gold, timeout_s) -> (bool, reason).
+    # Swappable so tests can inject hangs and crashes; the product never changes it.
+    verify_fn: str = "red_megatron.reward.verify:verify_answer"
+    startup_timeout_s: float = 120.0
+
+    def __post_init__(self):
+        if not isinstance(self.num_workers, int) or not 1 <= self.num_workers <= 256:
+            raise ValueError(f"RewardConfig.num_workers must be an int in [1, 256], got {self.num_workers!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"RewardConfig.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+        if self.start_method not in _START_METHODS:
+            raise ValueError(f"RewardConfig.start_method must be one of {_START_METHODS}, "
+                             f"got {self.start_method!r} (fork is unsafe with torch/threads)")
+        if ":" not in self.verify_fn:
+            raise ValueError(f"RewardConfig.verify_fn must be 'package.module:function', got {self.verify_fn!r}")
+        if not self.startup_timeout_s > 0:
+            raise ValueError(f"RewardConfig.startup_timeout_s must be > 0, got {self.startup_timeout_s!r}")
+
+
+@dataclass
+class RewardStats:
+    """Counts for one ``score`` call; ``reasons[i]`` says why response i got its reward."""
+    total: int = 0
+    correct: int = 0
+    exact_match: int = 0  # correct through the fast path (a subset of ``correct``)
+    wrong: int = 0
+    no_boxed: int = 0
+    parse_fail: int = 0  # the prediction (or, rarely, the gold) did not parse
+    timeouts: int = 0
+    crashes: int = 0
+    errors: int = 0  # the verifier raised: a bug, scored 0
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if k != "reasons"}
+
+    def merge(self, other: "RewardStats") -> "RewardStats":
+        out = RewardStats(reasons=self.reasons + other.reasons)
+        for k, v in self.as_dict().items():
+            setattr(out, k, v + getattr(other, k))
+        return out
+
+
+class RewardScorer:
+    """Owns the verifier pool; build one and reuse it (workers take ~1-2 s to start)."""
+
+    def __init__(self, cfg: RewardConfig):
+        self.cfg = cfg
+        self._pool: VerifyPool | None = None
+
+    @property
+    def pool(self) -> VerifyPool:
+        if self._pool is None:  # lazily, so configs and dry runs cost nothing
+            self._pool = VerifyPool(fn_path=self.cfg.verify_fn, num_workers=self.cfg.num_workers,
+                                    timeout_s=self.cfg.timeout_s, start_method=self.cfg.start_method,
+                                    startup_timeout_s=self.cfg.startup_timeout_s)
+        return self._pool
+
+    def score(self, responses: list[str], golds: list[str]) -> tuple[list[float], RewardStats]:
+        if len(responses) != len(golds):
+            raise ValueError(f"score: {len(responses)} responses but {len(golds)} gold answers")
+        for i, (r, g) in enumerate(zip(responses, golds)):
+            if not isinstance(r, str):
+                raise TypeError(f"score: responses[{i}] must be str, got {type(r).__name__}")
+            if not isinstance(g, str):
+                raise TypeError(f"score: golds[{i}] must be str, got {type(g).__name__}")
+        n = len(responses)
+        rewards = [0.0] * n
+        reasons = [""] * n
+        tasks: list[tuple] = []
+        task_rows: list[int] = []
+        mv_timeout = max(1, int(self.cfg.timeout_s // 2))
+        for i, (resp, gold) in enumerate(zip(responses, golds)):
+            pred = extract_boxed(resp)
+            if pred is None:
+                reasons[i] = "no_boxed"
+                continue
+            if self.cfg.exact_match_fast_path and \
+                    normalize_for_exact_match(pred) == normalize_for_exact_match(gold):
+                rewards[i], reasons[i] = 1.0, "exact_match"
+                continue
+            tasks.append((pred, gold, mv_timeout))
+            task_rows.append(i)
+        if tasks:
+            for i, (status, value) in zip(task_rows, self.pool.map(tasks)):
+                if status == "ok":
+                    ok, why = value
+                    rewards[i] = 1.0 if ok else 0.0
+                    reasons[i] = _v.CORRECT if ok else why
+                elif status in (TIMEOUT, CRASH):
+                    reasons[i] = status
+                else:
+                    log.warning("verifier error on response %d: %s", i, value)
+                    reasons[i] = "error"
+        return rewards, self._count(reasons)
+
+    @staticmethod
+    def _count(reasons: list[str]) -> RewardStats:
+        s = RewardStats(total=len(reasons), reasons=reasons)
+        key = {"correct": "correct", "exact_match": "exact_match", "wrong": "wrong",
+               "no_boxed": "no_boxed", "parse_fail": "parse_fail", "gold_parse_fail": "parse_fail",
+               "timeout": "timeouts", "crash": "crashes", "error": "errors"}
+        for r in reasons:
+            setattr(s, key[r], getattr(s, key[r]) + 1)
+        s.correct += s.exact_match
+        return s
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> "RewardScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
