@@ -62,7 +62,7 @@ class KernelConfig:
                 raise ValueError(f"{f}: expected one of 1, 2, 4, 8, 16, 32, got {getattr(self, f)}")
 
 
-_CPU_CONFIG = KernelConfig(block_v_stats=256, warps_stats=1, block_v_grad=256, warps_grad=1, block_t=64)
+_CPU_CONFIG = KernelConfig(block_v_stats=512, warps_stats=1, block_v_grad=512, warps_grad=1, block_t=64)
 _GPU_CONFIG = KernelConfig()
 
 
@@ -101,7 +101,7 @@ def _stats_kernel(x_ptr,          # [N, V_local] logits shard, any dtype, stride
         alpha = tl.where(finite_old, tl.exp(d), 0.0)
         u = x - m_safe                                              # <= 0, -inf on masked columns
         e = tl.exp(u)
-        eu = tl.where(mask, e * u, 0.0)                             # 0·(-inf) would be NaN
+        eu = tl.where(e > 0.0, e * u, 0.0)                          # 0·(-inf) would be NaN (padding, -inf logits)
         sz = alpha * (sz + d * s) + tl.sum(eu, axis=0)
         s = alpha * s + tl.sum(e, axis=0)
         m = m_new
@@ -229,7 +229,7 @@ def _grad_kernel(x_ptr,           # [N, V_local] logits shard (read), strides (s
         real = cols < n_real
         x = tl.load(x_row + cols * stride_xv, mask=real, other=0.0).to(tl.float32) * inv_temp
         p = tl.exp(x - lse)
-        g = -p * (a + b * (x + c))
+        g = tl.where(p > 0.0, -p * (a + b * (x + c)), 0.0)         # a -inf logit has p = 0 and grad 0, not NaN
         g = tl.where(cols == tgt, g + a, g)
         g = tl.where(real, g, 0.0) * inv_temp
         tl.store(g_row + cols * stride_gv, g.to(g_ptr.dtype.element_ty), mask=cols < v_local)
@@ -321,9 +321,10 @@ class _RedLossFn(torch.autograd.Function):
             ctx.tok = {nm: tok[nm] for nm in ("lse", "ent", "dlogp", "dent")}
             ctx.save_for_backward(logits_NV, target_N)
         ent = tok["ent"]
-        ctx.mark_non_differentiable(tok["logp"], clip_frac)
+        no_grad_outs = [tok["logp"], clip_frac]
         if opts["entropy_coef"] == 0.0 or ctx.in_place:
-            ctx.mark_non_differentiable(ent)
+            no_grad_outs.append(ent)
+        ctx.mark_non_differentiable(*no_grad_outs)  # one call: a second one would replace the first
         ctx.set_materialize_grads(False)
         return loss, tok["logp"], ent, clip_frac
 
