@@ -1,0 +1,100 @@
+"""Turn a run directory's metrics.jsonl into PNGs.
+
+- entropy_dynamics.png: H^rl, H^sft and the offline weight w over steps (the paper's Figure 6);
+- reward.png: mean reward, online and offline accuracy;
+- response_length.png: mean online response length.
+``plot_runs_side_by_side`` draws several runs' entropy dynamics in one figure (the preset study).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from red_megatron.metrics import read_metrics
+
+
+def _series(records, key):
+    xs = [r["step"] for r in records if isinstance(r.get(key), (int, float))]
+    ys = [float(r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return xs, ys
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _entropy_axes(ax, records, title):
+    for key, label in (("entropy/H_rl", "H^rl (online)"), ("entropy/H_sft", "H^sft (offline)")):
+        ax.plot(*_series(records, key), label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean token entropy")
+    ax.set_title(title)
+    twin = ax.twinx()
+    twin.plot(*_series(records, "red/w"), color="black", linestyle="--", label="w")
+    twin.set_ylabel("offline weight w")
+    lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(lines, [l.get_label() for l in lines], loc="best", fontsize=8)
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{run_dir}/metrics.jsonl holds no steps to plot")
+    out = Path(out_dir or Path(run_dir) / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _entropy_axes(ax, records, "Entropy dynamics")
+    fig.tight_layout()
+    written.append(out / "entropy_dynamics.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("reward/mean", "mean reward (all samples)"), ("reward/online_acc", "online accuracy"),
+                       ("reward/offline_acc", "offline accuracy")):
+        ax.plot(*_series(records, key), label=label)
+    ax.set_xlabel("step")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("Reward and accuracy")
+    fig.tight_layout()
+    written.append(out / "reward.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*_series(records, "response/online_len_mean"), label="online response length (tokens)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    ax.set_title("Response length")
+    fig.tight_layout()
+    written.append(out / "response_length.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
+
+
+def plot_runs_side_by_side(run_dirs: dict[str, Path], out_path: str | Path) -> Path:
+    """One entropy-dynamics panel per run (e.g. per preset), in a row-major grid."""
+    plt = _plt()
+    n = len(run_dirs)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)
+    for ax, (name, run_dir) in zip(axes.flat, run_dirs.items()):
+        _entropy_axes(ax, read_metrics(run_dir), name)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
