@@ -53,6 +53,13 @@ class RedObjective:
     luffy_gamma: float
     entropy_coef: float
     kl_coef: float
+    assume_offline_correct: bool = False
+
+    def rewards(self, rewards_B: torch.Tensor, is_offline_B: torch.Tensor) -> torch.Tensor:
+        """The rewards the algorithm uses: the trace's own score, or 1 (offline_reward='assume_one')."""
+        if not self.assume_offline_correct:
+            return rewards_B
+        return torch.where(is_offline_B, torch.ones_like(rewards_B), rewards_B)
 
     def offline_weight(self, stats: EntropyStats) -> float:
         """w_t for this step: the regulator's (Eq. 9) or 1. Call exactly once per optimiser step."""
@@ -73,6 +80,7 @@ class RedObjective:
 
         num_prompts / total_tokens: the global counts when the batch is one DP rank's share.
         """
+        rewards_B = self.rewards(rewards_B, is_offline_B)
         adv_B = self.advantages(rewards_B, group_id_B)
         rbar_G = None if self.rbar is None else self.rbar(rewards_B, group_id_B, is_offline_B)
         terms = build_token_terms(
@@ -142,4 +150,5 @@ def build_objective(cfg: AlgoConfig, stage: Preset | None = None) -> RedObjectiv
         group_size=cfg.num_online * int(stage.online) + int(stage.with_offline),
         eps_lo=cfg.eps_lo, eps_hi=cfg.eps_hi, luffy_gamma=cfg.luffy_gamma,
         entropy_coef=cfg.entropy_coef, kl_coef=cfg.kl_coef,
+        assume_offline_correct=cfg.offline_reward == "assume_one",
     )
