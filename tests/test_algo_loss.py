@@ -260,3 +260,23 @@ def test_matches_kernels_reference_when_available():
     mine = red_token_loss(logp, old, None, kind, adv, rbar, w, weight)
     assert theirs.loss.item() == pytest.approx(mine.loss.item(), rel=1e-6, abs=1e-9)
     assert theirs.clip_frac.item() == pytest.approx(mine.clip_frac.item())
+
+
+def test_objective_terms_feed_the_kernel_reference_unchanged():
+    """TokenTerms.kernel_kwargs() + RedObjective.loss_kwargs() are exactly the kernel's keywords."""
+    ref_mod = pytest.importorskip("kernels.red_loss_reference", reason="kernels/red_loss_reference.py not importable")
+    rewards, gid, off, lens, logp, old, _ = _batch()
+    obj = build_objective(AlgoConfig(preset="red", num_online=3, eps_hi=0.28, entropy_coef=0.01))
+    terms, _, _ = obj.token_terms(rewards, gid, off, lens, w=1.7)
+    N, V = logp.numel(), 7
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(N, V, dtype=torch.float64, generator=g)
+    target = torch.randint(0, V, (N,), generator=g)
+    lp = torch.log_softmax(logits, -1)
+    logp = lp.gather(1, target[:, None]).squeeze(1)
+    ent = -(lp.exp() * lp).sum(-1)
+    old = (logp + 0.2 * torch.randn(N, dtype=torch.float64, generator=g)).float()
+    theirs = ref_mod.red_loss_reference(logits, target, vocab_start=0, vocab_size=V, temperature=1.0,
+                                        logp_old_N=old, **terms.kernel_kwargs(), **obj.loss_kwargs())
+    mine = obj.loss(logp, old, ent, terms)
+    assert theirs.loss.item() == pytest.approx(mine.loss.item(), rel=1e-6, abs=1e-9)

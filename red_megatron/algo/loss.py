@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from red_megatron.algo.policy_shift import luffy_ratio, shift_ratio
 from red_megatron.algo.token_terms import TokenKind
 
 
@@ -103,14 +104,8 @@ def red_token_loss(
     # a NaN/inf gradient from an unselected branch.
     ratio = (logp - torch.where(is_on, logp_old_N.to(dt), logp_sg)).exp()
     online_term, clipped = clipped_surrogate(ratio, adv, eps_lo, eps_hi)
-    # log π_offline = log(sg(π) + (1−sg(π))·r̄); at r̄ = 0 it is exactly sg(logp), which stays
-    # finite even where π underflows to 0.
-    pi_sg = logp_sg.exp()
-    rbar_s = torch.where(is_shift, rbar, zero)
-    log_pi_off = torch.where(rbar_s > 0, (pi_sg + (1.0 - pi_sg) * rbar_s).clamp_min(torch.finfo(dt).tiny).log(), logp_sg)
-    shift_term = (logp - log_pi_off).exp() * adv
-    pi = logp.exp()
-    luffy_term = pi / (pi + luffy_gamma) * adv
+    shift_term = shift_ratio(logp, torch.where(is_shift, rbar, zero)) * adv
+    luffy_term = luffy_ratio(logp, luffy_gamma) * adv
     term = torch.where(is_on, online_term, torch.where(is_shift, shift_term, torch.where(is_luffy, luffy_term, logp)))
     term = torch.where(is_on | is_shift | is_luffy | is_nll, term, zero)
 

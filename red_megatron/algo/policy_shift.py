@@ -48,10 +48,17 @@ def group_accuracy(
 
 
 def shift_ratio(logp_N: torch.Tensor, rbar_N: torch.Tensor) -> torch.Tensor:
-    """r^offline = π / (sg(π) + (1 − sg(π))·r̄), the accuracy-aware policy shift."""
-    pi = logp_N.exp()
-    pi_sg = pi.detach()
-    return pi / (pi_sg + (1.0 - pi_sg) * rbar_N.to(pi.dtype))
+    """r^offline = π / (sg(π) + (1 − sg(π))·r̄), the accuracy-aware policy shift.
+
+    Evaluated as exp(logp − sg(log π_offline)); at r̄ = 0 the denominator's log is exactly
+    sg(logp), so a token whose π underflows to 0 still gets ratio 1 (not 0/0).
+    """
+    logp_sg = logp_N.detach()
+    rbar = rbar_N.to(logp_N.dtype)
+    pi_sg = logp_sg.exp()
+    tiny = torch.finfo(logp_N.dtype).tiny
+    log_pi_offline = torch.where(rbar > 0, (pi_sg + (1.0 - pi_sg) * rbar).clamp_min(tiny).log(), logp_sg)
+    return (logp_N - log_pi_offline).exp()
 
 
 def mixpolicy_ratio(logp_N: torch.Tensor) -> torch.Tensor:
