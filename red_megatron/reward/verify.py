@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
 # reasons a verifier can give; the scorer counts them
 CORRECT = "correct"
@@ -20,13 +21,17 @@ PARSE_FAIL = "parse_fail"
 GOLD_PARSE_FAIL = "gold_parse_fail"
 MV_TIMEOUT = "timeout"
 
-_LATEX_DELIMS = ("$", "\\(", "\\[", "\\boxed", "\\begin{")
+_LATEX_DELIMS = ("\\(", "\\[", "\\boxed", "\\begin{")
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
 def wrap_gold(gold: str) -> str:
-    """``5`` -> ``$5$``; a gold answer that already carries LaTeX delimiters stays as it is."""
+    """``5`` -> ``$5$``; a gold answer that already carries LaTeX delimiters stays as it is.
+
+    An escaped dollar (``\\$18.90``, a currency sign) is content, not a delimiter.
+    """
     g = gold.strip()
-    if any(d in g for d in _LATEX_DELIMS):
+    if _UNESCAPED_DOLLAR.search(g) or any(d in g for d in _LATEX_DELIMS):
         return g
     return f"${g}$"
 
@@ -63,6 +68,16 @@ def parse_gold_answer(gold: str, timeout_s: int = 5) -> list:
         return []
     except Exception:
         return []
+
+
+def gold_parses(gold: str, timeout_s: int = 5) -> bool:
+    """Whether math-verify turns the gold answer into a math object.
+
+    A parse that only yields math-verify's raw-string fallback (``'}{'``, ``'\\frac{'``) means
+    the gold is not math-verify can compare, so such a row could only ever be rewarded by an
+    identical string: the dataset rejects it.
+    """
+    return any(not isinstance(x, str) for x in parse_gold_answer(gold, timeout_s))
 
 
 def verify_answer(pred: str, gold: str, timeout_s: int = 5) -> tuple[bool, str]:

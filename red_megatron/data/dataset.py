@@ -1,0 +1,255 @@
+"""Prompt + offline-trace datasets: validated rows, chat-templated prompt ids, trace ids.
+
+``RedDataset.load(cfg, tokenizer)`` reads the whole file, checks every row (records.py),
+renders and tokenises every prompt (so a too-long prompt is found at load time, not at step
+3,000) and, when configured, checks that math-verify can parse every gold answer. Offline
+traces are tokenised lazily, per example: 46k traces of up to 8k tokens would not fit in
+memory as Python ints. ``dataset[i]`` gives an :class:`Example` whose trace is truncated to
+the response limit with EOS appended (RED_SPEC step 1), ``trace_truncated`` saying whether
+it was cut.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from red_megatron.data import chat
+from red_megatron.data.records import (
+    MISSING, DataError, RawRecord, get_field, iter_rows, parse_gold, parse_messages, parse_text, parse_trace, where,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = ("openr1", "problem_answer")
+TOO_LONG_POLICIES = ("error", "drop")
+ANSWER_CHECKS = ("error", "warn", "off")
+_SCHEMA_DEFAULTS = {  # (answer_key, target_key)
+    "openr1": ("reward_model.ground_truth", "target"),
+    "problem_answer": ("answer", "solution"),
+}
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the data is, how it is laid out, the length limits and the epoch order."""
+    path: str
+    schema: str = "openr1"
+    prompt_key: str = "prompt"  # openr1: chat messages
+    problem_key: str = "problem"  # problem_answer: the question text
+    answer_key: str | None = None  # None: reward_model.ground_truth (openr1) / answer (problem_answer)
+    target_key: str | None = None  # None: target (openr1) / solution (problem_answer)
+    data_source_key: str = "data_source"
+    default_data_source: str | None = None  # None: the file's stem, for rows without a data_source
+    prompt_template: str = "{problem}"  # problem_answer: the user turn; may add an instruction
+    system_prompt: str | None = None  # problem_answer: an optional system turn
+    chat_template: str | None = None  # None: the tokenizer's own
+    require_trace: bool = True  # training needs the offline trace; evaluation does not
+    max_prompt_tokens: int = 1024
+    max_response_tokens: int = 8192  # the trace, EOS included, is cut to this many tokens
+    too_long_prompt: str = "error"  # "error": fail naming the row; "drop": skip, count and warn
+    eos_token: str | None = None  # None: the tokenizer's eos_token
+    # gold answers math-verify cannot turn into math: "error" (name the row), "warn" (count
+    # and keep: the row can only score by identical string) or "off" (skip the ~5-30 ms/answer)
+    answer_check: str = "error"
+    limit: int | None = None  # read only the first N rows (after validation of those rows)
+    global_batch_size: int = 64  # prompts per step, over all DP ranks
+    shuffle: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.schema not in SCHEMAS:
+            raise ValueError(f"DataConfig.schema must be one of {SCHEMAS}, got {self.schema!r}")
+        ans, tgt = _SCHEMA_DEFAULTS[self.schema]
+        if self.answer_key is None:
+            self.answer_key = ans
+        if self.target_key is None:
+            self.target_key = tgt
+        if self.too_long_prompt not in TOO_LONG_POLICIES:
+            raise ValueError(f"DataConfig.too_long_prompt must be one of {TOO_LONG_POLICIES}, "
+                             f"got {self.too_long_prompt!r}")
+        if self.answer_check not in ANSWER_CHECKS:
+            raise ValueError(f"DataConfig.answer_check must be one of {ANSWER_CHECKS}, got {self.answer_check!r}")
+        for name in ("max_prompt_tokens", "max_response_tokens", "global_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"DataConfig.{name} must be an int >= 1, got {v!r}")
+        if self.max_response_tokens < 2:
+            raise ValueError(f"DataConfig.max_response_tokens must be >= 2 (one token and EOS), "
+                             f"got {self.max_response_tokens}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"DataConfig.limit must be None or an int >= 1, got {self.limit!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"DataConfig.seed must be an int >= 0, got {self.seed!r}")
+        if "{problem}" not in self.prompt_template:
+            raise ValueError(f"DataConfig.prompt_template must contain '{{problem}}', got {self.prompt_template!r}")
+        for name in ("path", "prompt_key", "problem_key", "answer_key", "target_key", "data_source_key"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"DataConfig.{name} must be a non-empty str, got {getattr(self, name)!r}")
+
+
+@dataclass
+class Example:
+    """One prompt, ready for rollout and the offline term."""
+    index: int  # position in the dataset (after drops)
+    row: int  # row in the source file, for error messages and eval records
+    data_source: str
+    messages: list[dict[str, str]]
+    prompt_ids: list[int]
+    gold: str
+    trace_ids: list[int] | None  # truncated to max_response_tokens, EOS last; None without a trace
+    trace_truncated: bool = False
+
+
+@dataclass
+class LoadStats:
+    rows_read: int = 0
+    prompts_dropped_too_long: int = 0
+    dropped_rows: list[int] = field(default_factory=list)
+    unparseable_answer_rows: list[int] = field(default_factory=list)  # kept under answer_check="warn"
+
+
+def read_records(cfg: DataConfig) -> list[RawRecord]:
+    """Every row of ``cfg.path`` as a checked RawRecord (no tokenizer needed)."""
+    keys = [cfg.data_source_key, cfg.answer_key]
+    if cfg.schema == "openr1":
+        keys.append(cfg.prompt_key)
+    else:
+        keys.append(cfg.problem_key)
+    if cfg.require_trace:
+        keys.append(cfg.target_key)
+    default_source = cfg.default_data_source or Path(cfg.path).stem
+    out: list[RawRecord] = []
+    for row, line, rec in iter_rows(cfg.path, columns=keys):
+        if cfg.limit is not None and row >= cfg.limit:
+            break
+        loc = where(cfg.path, row, line)
+        if cfg.schema == "openr1":
+            messages = parse_messages(get_field(rec, cfg.prompt_key), loc, cfg.prompt_key)
+        else:
+            problem = parse_text(get_field(rec, cfg.problem_key), loc, cfg.problem_key)
+            messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
+            messages.append({"role": "user", "content": cfg.prompt_template.replace("{problem}", problem)})
+        gold = parse_gold(get_field(rec, cfg.answer_key), loc, cfg.answer_key)
+        trace = parse_trace(get_field(rec, cfg.target_key), loc, cfg.target_key) if cfg.require_trace else None
+        src = get_field(rec, cfg.data_source_key)
+        if src is None or src is MISSING:  # absent: the file's name
+            src = default_source
+        elif not isinstance(src, str) or not src:
+            raise DataError(f"{loc}: field {cfg.data_source_key!r} must be a non-empty str, got {src!r:.80}")
+        out.append(RawRecord(row=row, data_source=src, messages=messages, gold=gold, trace=trace, line=line))
+    if not out:
+        raise DataError(f"{cfg.path}: no rows")
+    return out
+
+
+def check_answers_parse(records: list[RawRecord], path: str, policy: str = "error") -> list[int]:
+    """Rows whose gold answer math-verify cannot parse; raises on the first under "error".
+
+    Such a row could never be rewarded by an equivalent answer, only by an identical string.
+    """
+    from red_megatron.reward.verify import gold_parses
+
+    # math-verify's timeout is signal.alarm: only in the main thread
+    timeout_s = 5 if threading.current_thread() is threading.main_thread() else 0
+    seen: dict[str, bool] = {}
+    bad: list[int] = []
+    for r in records:
+        if r.gold not in seen:
+            seen[r.gold] = gold_parses(r.gold, timeout_s=timeout_s)
+        if not seen[r.gold]:
+            if policy == "error":
+                raise DataError(f"{where(path, r.row, r.line)}: the gold answer {r.gold!r:.80} cannot be parsed by "
+                                f"math-verify; fix the row or set DataConfig.answer_check='warn'")
+            bad.append(r.row)
+    if bad:
+        msg = f"{path}: {len(bad)} gold answers math-verify cannot parse (rows {bad[:5]}...)"
+        warnings.warn(msg, stacklevel=3)
+        log.warning(msg)
+    return bad
+
+
+class RedDataset:
+    """A map-style dataset of :class:`Example` (``len``, ``ds[i]``)."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any, records: list[RawRecord],
+                 prompt_ids: list[np.ndarray], stats: LoadStats):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.records = records
+        self._prompt_ids = prompt_ids
+        self.stats = stats
+        self.eos_id = chat.eos_token_id(tokenizer, cfg.eos_token)
+
+    @classmethod
+    def load(cls, cfg: DataConfig, tokenizer: Any) -> "RedDataset":
+        records = read_records(cfg)
+        stats = LoadStats(rows_read=len(records))
+        if cfg.answer_check != "off":
+            stats.unparseable_answer_rows = check_answers_parse(records, cfg.path, cfg.answer_check)
+        texts = [chat.render_prompt(tokenizer, r.messages, cfg.chat_template) for r in records]
+        ids = chat.encode_text(tokenizer, texts)
+        kept_records, kept_ids = [], []
+        for r, p in zip(records, ids):
+            if len(p) > cfg.max_prompt_tokens:
+                if cfg.too_long_prompt == "error":
+                    raise DataError(
+                        f"{where(cfg.path, r.row, r.line)}: prompt is {len(p)} tokens after the chat template, "
+                        f"over DataConfig.max_prompt_tokens={cfg.max_prompt_tokens}; raise the limit or set "
+                        f"too_long_prompt='drop'")
+                stats.prompts_dropped_too_long += 1
+                stats.dropped_rows.append(r.row)
+                continue
+            kept_records.append(r)
+            kept_ids.append(np.asarray(p, dtype=np.int32))
+        if stats.prompts_dropped_too_long:
+            msg = (f"{cfg.path}: dropped {stats.prompts_dropped_too_long} of {len(records)} prompts longer than "
+                   f"max_prompt_tokens={cfg.max_prompt_tokens} (first rows: {stats.dropped_rows[:5]})")
+            warnings.warn(msg, stacklevel=2)
+            log.warning(msg)
+        if not kept_records:
+            raise DataError(f"{cfg.path}: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}")
+        return cls(cfg, tokenizer, kept_records, kept_ids, stats)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def prompt_ids(self, i: int) -> list[int]:
+        """The chat-templated prompt token ids of example i."""
+        return self._prompt_ids[i].tolist()
+
+    def trace_ids(self, i: int) -> tuple[list[int], bool] | None:
+        """(trace ids cut to max_response_tokens with EOS last, was it cut?) for example i."""
+        trace = self.records[i].trace
+        if trace is None:
+            return None
+        ids = chat.encode_text(self.tokenizer, [trace])[0]
+        if ids and ids[-1] == self.eos_id:
+            ids = ids[:-1]  # the trace text already ended in EOS: keep exactly one
+        limit = self.cfg.max_response_tokens - 1
+        truncated = len(ids) > limit
+        return ids[:limit] + [self.eos_id], truncated
+
+    def __getitem__(self, i: int) -> Example:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"dataset index {i} out of range for {len(self)} examples")
+        i %= len(self)
+        r = self.records[i]
+        tr = self.trace_ids(i)
+        return Example(index=i, row=r.row, data_source=r.data_source, messages=r.messages,
+                       prompt_ids=self.prompt_ids(i), gold=r.gold,
+                       trace_ids=None if tr is None else tr[0],
+                       trace_truncated=False if tr is None else tr[1])
+
+    def count_truncated_traces(self) -> int:
+        """How many traces the response limit cuts (tokenises all of them: a report, not a hot path)."""
+        return sum(1 for i in range(len(self)) if (t := self.trace_ids(i)) is not None and t[1])
+
+
+def load_dataset(cfg: DataConfig, tokenizer: Any) -> RedDataset:
+    return RedDataset.load(cfg, tokenizer)
