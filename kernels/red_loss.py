@@ -51,6 +51,8 @@ class KernelConfig:
     block_v_grad: int = 4096
     warps_grad: int = 8
     block_t: int = 1024
+    stages_stats: int = 3
+    stages_grad: int = 3
 
     def __post_init__(self):
         for f in ("block_v_stats", "block_v_grad", "block_t"):
@@ -60,9 +62,13 @@ class KernelConfig:
         for f in ("warps_stats", "warps_grad"):
             if getattr(self, f) not in (1, 2, 4, 8, 16, 32):
                 raise ValueError(f"{f}: expected one of 1, 2, 4, 8, 16, 32, got {getattr(self, f)}")
+        for f in ("stages_stats", "stages_grad"):
+            if not 1 <= getattr(self, f) <= 8:
+                raise ValueError(f"{f}: expected 1..8, got {getattr(self, f)}")
 
 
-_CPU_CONFIG = KernelConfig(block_v_stats=512, warps_stats=1, block_v_grad=512, warps_grad=1, block_t=64)
+_CPU_CONFIG = KernelConfig(block_v_stats=512, warps_stats=1, block_v_grad=512, warps_grad=1, block_t=64,
+                           stages_stats=1, stages_grad=1)
 _GPU_CONFIG = KernelConfig()
 
 
@@ -247,7 +253,8 @@ def _shard_stats(logits_NV, target_N, vocab_start, vocab_size, temperature) -> t
     if n:
         _stats_kernel[(n,)](logits_NV, target_N, stats, logits_NV.stride(0), logits_NV.stride(1),
                             target_N.stride(0), _n_real(vocab_start, vocab_size, v_local), vocab_start,
-                            1.0 / float(temperature), BLOCK_V=cfg.block_v_stats, num_warps=cfg.warps_stats)
+                            1.0 / float(temperature), BLOCK_V=cfg.block_v_stats, num_warps=cfg.warps_stats,
+                            num_stages=cfg.stages_stats)
     return stats
 
 
@@ -298,7 +305,7 @@ def _shard_grad(logits_NV, grad_NV, target_N, tok, gscale, gent, vocab_start, vo
                        logits_NV.stride(0), logits_NV.stride(1), grad_NV.stride(0), grad_NV.stride(1),
                        target_N.stride(0), v_local, _n_real(vocab_start, vocab_size, v_local), vocab_start,
                        1.0 / float(temperature), HAS_GENT=gent is not None, BLOCK_V=cfg.block_v_grad,
-                       num_warps=cfg.warps_grad)
+                       num_warps=cfg.warps_grad, num_stages=cfg.stages_grad)
 
 
 class _RedLossFn(torch.autograd.Function):

@@ -15,6 +15,9 @@ from kernels import red_loss, red_loss_reference
 from kernels.red_loss import logprob_entropy
 from kernels.red_loss_reference import logprob_entropy as ref_logprob_entropy
 
+# CPU (the interpreter) in CI; the same file runs on a GPU machine with real Triton kernels.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 # per-dtype tolerances: per-token values are fp32 math on exact inputs; the gradient is rounded to the dtype
 TOL = {torch.float32: dict(tok=2e-5, loss=2e-5, grad=2e-5),
        torch.bfloat16: dict(tok=2e-5, loss=2e-5, grad=8e-3),
@@ -22,7 +25,7 @@ TOL = {torch.float32: dict(tok=2e-5, loss=2e-5, grad=2e-5),
 
 
 def make_inputs(n=37, v=1000, *, vocab_size=None, dtype=torch.float32, seed=0, scale=3.0, temperature=0.7,
-                kinds=(0, 1, 2, 3), device="cpu"):
+                kinds=(0, 1, 2, 3), device=DEVICE):
     """Global (full-vocab) logits and per-token tensors with realistic spreads: ratios near 1 so that
     some online tokens clip, r̄ in {0, 1, random}, a couple of weight-0 tokens."""
     g = torch.Generator().manual_seed(seed)
@@ -140,7 +143,7 @@ def test_each_kind_alone(kind):
 def test_entropy_output_carries_exact_gradient():
     """entropy_coef != 0: entropy_N is differentiable and its own gradient is exact too."""
     logits, target, per = make_inputs(seed=3, vocab_size=1000)
-    extra = torch.randn(logits.shape[0], generator=torch.Generator().manual_seed(4))
+    extra = torch.randn(logits.shape[0], generator=torch.Generator().manual_seed(4)).to(DEVICE)
     kw = base_kw(1000, entropy_coef=0.1)
     out, grad = run_kernel(logits, target, per, extra_ent_grad=extra, **kw)
     assert out.entropy_N.requires_grad
@@ -164,13 +167,13 @@ def _strided_layout(values_NV: torch.Tensor, layout: str) -> torch.Tensor:
     """The same values in a non-contiguous 2-D layout."""
     n, v = values_NV.shape
     if layout == "row-strided":      # stride (2V, 1): e.g. a slice of a wider buffer
-        buf = torch.full((n, 2 * v), float("nan"), dtype=values_NV.dtype)
+        buf = torch.full((n, 2 * v), float("nan"), dtype=values_NV.dtype, device=values_NV.device)
         buf[:, :v] = values_NV
         return buf[:, :v]
     if layout == "col-major":        # stride (1, N)
         return values_NV.t().contiguous().t()
     if layout == "seq-first-slice":  # one batch column of a seq-first [S, B=3, V] buffer: stride (3V, 1)
-        buf = torch.full((n, 3, v), float("nan"), dtype=values_NV.dtype)
+        buf = torch.full((n, 3, v), float("nan"), dtype=values_NV.dtype, device=values_NV.device)
         buf[:, 1] = values_NV
         return buf[:, 1]
     raise AssertionError(layout)

@@ -1,0 +1,374 @@
+"""Benchmark of the fused RED loss kernel (kernels/red_loss.py) on one GPU, one process.
+
+Forward + backward over materialised bf16 logits [N, V], against:
+  copy roofline  1.5 × a device-to-device copy of the logits (the op must read the logits in the
+                 forward, read them again and write the gradient in the backward: 3 × N·V·2 bytes);
+  naive PyTorch  the plain-autograd reference math in fp32 (log_softmax, entropy, all four kinds);
+  torch.compile  of the same function;
+  Liger-Kernel   triton_grpo_loss (a peer: no entropy, no TP, one clipped GRPO kind), inplace;
+  red_loss       this kernel, gradient in a fresh buffer, and with grad_in_forward (in place).
+Also: a tuning sweep of block size / warps / stages per pass, a two-shard run on one GPU (V split
+in halves, the all_gather replaced by a local merge) timing one rank's share, and correctness at
+N=16,384, V=151,936 against a float64 reference (relative errors). Writes JSON to --out.
+
+Usage (on the GPU machine): python3 benchmarks/kernel_bench.py --out $OUT [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+
+from kernels import red_loss as red_loss_mod  # noqa: E402,F401
+from kernels.red_loss import (KernelConfig, _shard_grad, _shard_stats, _token_math, red_loss,  # noqa: E402
+                              set_kernel_config)
+from kernels.red_loss_reference import red_loss_reference  # noqa: E402
+
+GiB = 1024 ** 3
+RESULTS: dict = {}
+_COMPILED = None
+
+
+def save(out_dir):
+    with open(os.path.join(out_dir, "kernel_bench.json"), "w") as f:
+        json.dump(RESULTS, f, indent=1)
+
+
+def make_inputs(n, v, *, vocab_size=None, dtype=torch.bfloat16, seed=0, temperature=1.0, dev="cuda"):
+    g = torch.Generator(device=dev).manual_seed(seed)
+    vocab_size = v if vocab_size is None else vocab_size
+    logits = (torch.randn(n, v, generator=g, device=dev) * 2.0).to(dtype)
+    target = torch.randint(0, vocab_size, (n,), generator=g, device=dev)
+    kind = torch.randint(0, 4, (n,), generator=g, device=dev, dtype=torch.int32)
+    logp_guess = -torch.rand(n, generator=g, device=dev) * 12.0
+    per = dict(kind_N=kind, adv_N=torch.randn(n, generator=g, device=dev),
+               logp_old_N=logp_guess, rbar_N=torch.rand(n, generator=g, device=dev),
+               w_N=1.0 + torch.rand(n, generator=g, device=dev), weight_N=torch.rand(n, generator=g, device=dev) / n,
+               ref_logp_N=logp_guess + 0.1 * torch.randn(n, generator=g, device=dev))
+    return logits, target, per
+
+
+def naive_loss(logits, target, kind, adv, logp_old, rbar, w, weight, temperature: float, eps: float,
+               entropy_coef: float):
+    """Plain PyTorch, fp32: what one writes without a fused kernel."""
+    z = logits.float() / temperature
+    logp_all = torch.log_softmax(z, dim=-1)
+    logp = logp_all.gather(1, target.unsqueeze(1)).squeeze(1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    ratio = torch.exp(logp - logp_old)
+    online = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    pi_sg = logp.detach().exp()
+    shift = logp.exp() / (pi_sg + (1 - pi_sg) * rbar) * adv
+    luffy = logp.exp() / (logp.exp() + 0.1) * adv
+    term = torch.where(kind == 0, online, torch.where(kind == 1, shift, torch.where(kind == 2, luffy, logp)))
+    return -(weight * w * term).sum() - entropy_coef * (weight * entropy).sum()
+
+
+def cuda_time(fn, reps=10, warmup=3) -> float:
+    """Median ms over reps, CUDA events, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def peak_extra(fn) -> float:
+    """GiB allocated beyond what was live before the call, result kept alive."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    res = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del res
+    return peak / GiB
+
+
+def variants(n, v, T=1.0, eps=0.2, ec=0.01):
+    """name -> (setup() -> state, step(state) -> grad). Fresh inputs per variant."""
+    global _COMPILED
+    if _COMPILED is None:  # one compiled function for every shape (dynamic): compile once
+        _COMPILED = torch.compile(naive_loss, dynamic=True)
+    compiled = _COMPILED
+
+    def ours(gif):
+        def setup():
+            logits, target, per = make_inputs(n, v, temperature=T)
+            per.pop("ref_logp_N")
+            return logits.requires_grad_(), target, per
+
+        def step(st):
+            x, target, per = st
+            out = red_loss(x, target, vocab_start=0, vocab_size=v, temperature=T, entropy_coef=ec,
+                           grad_in_forward=gif, **per)
+            return torch.autograd.grad(out.loss, x)[0]
+        return setup, step
+
+    def torch_impl(fn):
+        def setup():
+            logits, target, per = make_inputs(n, v, temperature=T)
+            return logits.requires_grad_(), target, per
+
+        def step(st):
+            x, target, p = st
+            loss = fn(x, target, p["kind_N"], p["adv_N"], p["logp_old_N"], p["rbar_N"], p["w_N"], p["weight_N"],
+                      T, eps, ec)
+            return torch.autograd.grad(loss, x)[0]
+        return setup, step
+
+    def liger():
+        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
+        B = 16
+        L = n // B
+
+        def setup():
+            logits, target, per = make_inputs(B * (L + 1), v, temperature=T)
+            return (logits.view(B, L + 1, v).requires_grad_(), target[: B * L].view(B, L),
+                    per["logp_old_N"][: B * L].view(B, L).contiguous(), per["adv_N"][:B].contiguous())
+
+        def step(st):
+            x, ids, old, adv = st
+            loss, _ = triton_grpo_loss(x, old, None, ids, adv, None, temperature=T, beta=0.0, eps_low=eps,
+                                       eps_high=eps, inplace=True, loss_type="grpo", reduce=True)
+            return torch.autograd.grad(loss, x)[0]
+        return setup, step
+
+    return {"naive": torch_impl(naive_loss), "compile": torch_impl(compiled), "liger": liger(),
+            "red_loss": ours(False), "red_loss_gif": ours(True)}
+
+
+def copy_roofline_ms(n, v) -> float:
+    a = torch.empty(n, v, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    ms = cuda_time(lambda: b.copy_(a), reps=20)
+    del a, b
+    return 1.5 * ms
+
+
+def sweep(n=16384, v=151936):
+    """Time pass 1 and pass 4 alone for a few launch configurations; return the best config."""
+    logits, target, per = make_inputs(n, v)
+    per.pop("ref_logp_N")
+    grad = torch.empty_like(logits)
+    rows = []
+    best = {}
+    for bv in (2048, 4096, 8192):
+        for warps in (4, 8, 16):
+            for stages in (1, 3):
+                cfg = KernelConfig(block_v_stats=bv, warps_stats=warps, block_v_grad=bv, warps_grad=warps,
+                                   stages_stats=stages, stages_grad=stages)
+                set_kernel_config(cfg)
+                try:
+                    t1 = cuda_time(lambda: _shard_stats(logits, target, 0, v, 1.0), reps=10)
+                    tok = _token_math(_shard_stats(logits, target, 0, v, 1.0).unsqueeze(0), per_token={
+                        **per, "ref_logp_N": None})
+                    one = torch.ones(1, device="cuda")
+                    t4 = cuda_time(lambda: _shard_grad(logits, grad, target, tok, one, None, 0, v, 1.0), reps=10)
+                except Exception as e:  # a config that does not compile is skipped, and said so
+                    rows.append(dict(block_v=bv, warps=warps, stages=stages, error=repr(e)[:200]))
+                    continue
+                rows.append(dict(block_v=bv, warps=warps, stages=stages, stats_ms=t1, grad_ms=t4))
+                print(f"sweep bv={bv} warps={warps} stages={stages}: stats {t1:.3f} ms grad {t4:.3f} ms", flush=True)
+                if t1 < best.get("stats", (1e9,))[0]:
+                    best["stats"] = (t1, bv, warps, stages)
+                if t4 < best.get("grad", (1e9,))[0]:
+                    best["grad"] = (t4, bv, warps, stages)
+    _, bs, ws, ss = best["stats"]
+    _, bg, wg, sg = best["grad"]
+    cfg = KernelConfig(block_v_stats=bs, warps_stats=ws, stages_stats=ss, block_v_grad=bg, warps_grad=wg,
+                       stages_grad=sg)
+    RESULTS["sweep"] = dict(n=n, v=v, rows=rows, best=dict(vars(cfg)),
+                            read_GBps_stats=n * v * 2 / (best["stats"][0] * 1e-3) / 1e9,
+                            rw_GBps_grad=2 * n * v * 2 / (best["grad"][0] * 1e-3) / 1e9)
+    del logits, grad
+    return cfg
+
+
+def bench_table(shapes, skip_slow_over=None):
+    rows = []
+    for n, v in shapes:
+        roof = copy_roofline_ms(n, v)
+        row = dict(n=n, v=v, logits_GiB=n * v * 2 / GiB, roofline_ms=roof)
+        print(f"N={n} V={v}: roofline {roof:.3f} ms", flush=True)
+        for name, (setup, step) in variants(n, v).items():
+            try:
+                st = setup()
+                ms = cuda_time(lambda: step(st), reps=10 if name not in ("naive", "compile") else 5, warmup=2)
+                del st
+                st = setup()
+                mem = peak_extra(lambda: step(st))
+                del st
+                row[name] = dict(ms=ms, extra_GiB=mem)
+                print(f"  {name:13s} {ms:8.3f} ms  +{mem:6.2f} GiB", flush=True)
+            except Exception as e:
+                row[name] = dict(error=repr(e)[:300])
+                print(f"  {name}: FAILED {e!r}"[:300], flush=True)
+            torch.cuda.empty_cache()
+        rows.append(row)
+        RESULTS["table"] = rows
+    return rows
+
+
+def two_shard(n=16384, v=151936, T=1.0, ec=0.01):
+    """One GPU, V split in halves: each 'rank' runs pass 1 on its half, the all_gather is a local
+    stack of the two [N, 4] tuples, then token math and pass 4 on its half. Time rank 0's share
+    against the whole-vocabulary run, and check the merged result equals the unsharded one."""
+    logits, target, per = make_inputs(n, v, temperature=T)
+    per.pop("ref_logp_N")
+    h = v // 2
+    shards = [logits[:, :h].contiguous(), logits[:, h:].contiguous()]
+    opts = dict(per_token={**per, "ref_logp_N": None}, entropy_coef=ec)
+    one = torch.ones(1, device="cuda")
+
+    def full_step():
+        tok = _token_math(_shard_stats(logits, target, 0, v, T).unsqueeze(0), **opts)
+        g = torch.empty_like(logits)
+        _shard_grad(logits, g, target, tok, one, None, 0, v, T)
+        return tok, g
+
+    other = _shard_stats(shards[1], target, h, v, T)
+
+    def rank0_step():
+        st = torch.stack([_shard_stats(shards[0], target, 0, v, T), other])  # local merge for all_gather
+        tok = _token_math(st, **opts)
+        g = torch.empty_like(shards[0])
+        _shard_grad(shards[0], g, target, tok, one, None, 0, v, T)
+        return tok, g
+
+    t_full = cuda_time(full_step, reps=10)
+    t_rank = cuda_time(rank0_step, reps=10)
+    tok_f, g_f = full_step()
+    stats = torch.stack([_shard_stats(s, target, i * h, v, T) for i, s in enumerate(shards)])
+    tok_s = _token_math(stats, **opts)
+    gs = []
+    for i, s in enumerate(shards):
+        g = torch.empty_like(s)
+        _shard_grad(s, g, target, tok_s, one, None, i * h, v, T)
+        gs.append(g)
+    g_s = torch.cat(gs, 1)
+    res = dict(n=n, v=v, full_ms=t_full, rank_ms=t_rank, ratio=t_rank / t_full,
+               loss_rel=float((tok_s["contrib"].sum() - tok_f["contrib"].sum()).abs() / tok_f["contrib"].sum().abs()),
+               logp_maxabs=float((tok_s["logp"] - tok_f["logp"]).abs().max()),
+               ent_maxabs=float((tok_s["ent"] - tok_f["ent"]).abs().max()),
+               grad_rel=float((g_s.float() - g_f.float()).norm() / g_f.float().norm()))
+    RESULTS["two_shard"] = res
+    print("two-shard:", res, flush=True)
+
+
+def correctness(n=16384, v=151936, vocab_size=151665, T=0.7, chunk=1024):
+    """Kernel (bf16 logits, padded vocab, entropy and KL terms on) vs float64 reference, row chunks."""
+    out = {}
+    for gif in (False, True):
+        logits, target, per = make_inputs(n, v, vocab_size=vocab_size, temperature=T, seed=123)
+        kw = dict(vocab_start=0, vocab_size=vocab_size, temperature=T, entropy_coef=0.01, kl_coef=0.05)
+        x = logits.clone().requires_grad_()
+        o = red_loss(x, target, grad_in_forward=gif, **kw, **per)
+        (g,) = torch.autograd.grad(o.loss, x)
+        del x
+        acc = dict(d_lp=0.0, n_lp=0.0, d_ent=0.0, n_ent=0.0, d_g=0.0, n_g=0.0, loss=0.0, max_lp=-1e9, min_ent=1e9)
+        for s in range(0, n, chunk):
+            sl = slice(s, min(n, s + chunk))
+            xr = logits[sl].double().requires_grad_()
+            r = red_loss_reference(xr, target[sl], **kw, **{k: t[sl].double() if t.dtype.is_floating_point else t[sl]
+                                                         for k, t in per.items()})
+            (gr,) = torch.autograd.grad(r.loss, xr)
+            acc["d_lp"] += float(((o.logp_N[sl].double() - r.logp_N) ** 2).sum())
+            acc["n_lp"] += float((r.logp_N ** 2).sum())
+            acc["d_ent"] += float(((o.entropy_N[sl].double() - r.entropy_N) ** 2).sum())
+            acc["n_ent"] += float((r.entropy_N ** 2).sum())
+            acc["d_g"] += float(((g[sl].double() - gr) ** 2).sum())
+            acc["n_g"] += float((gr ** 2).sum())
+            acc["loss"] += float(r.loss)
+            del xr, gr, r
+        out["grad_in_forward" if gif else "plain"] = dict(
+            logp_rel=(acc["d_lp"] / acc["n_lp"]) ** 0.5, entropy_rel=(acc["d_ent"] / acc["n_ent"]) ** 0.5,
+            grad_rel=(acc["d_g"] / acc["n_g"]) ** 0.5, loss_rel=abs(float(o.loss) - acc["loss"]) / abs(acc["loss"]),
+            max_logp=float(o.logp_N.max()), min_entropy=float(o.entropy_N.min()),
+            grad_finite=bool(torch.isfinite(g).all()), padded_grad_maxabs=float(g[:, vocab_size:].abs().max()))
+        print("correctness", "gif" if gif else "plain", out["grad_in_forward" if gif else "plain"], flush=True)
+        del logits, g, o
+        torch.cuda.empty_cache()
+    RESULTS["correctness"] = dict(n=n, v=v, vocab_size=vocab_size, temperature=T, dtype="bfloat16",
+                                  entropy_coef=0.01, kl_coef=0.05, **out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--parts", default="sweep,table,two_shard,correctness")
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    RESULTS["meta"] = dict(date=datetime.datetime.utcnow().isoformat(timespec="seconds") + "Z",
+                           device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                           sm_count=torch.cuda.get_device_properties(0).multi_processor_count)
+    try:
+        import liger_kernel  # noqa: F401
+        from importlib.metadata import version
+        RESULTS["meta"]["liger_kernel"] = version("liger-kernel")
+    except Exception as e:
+        RESULTS["meta"]["liger_kernel"] = f"unavailable: {e!r}"
+    print(RESULTS["meta"], flush=True)
+    for part in parts:
+        t0 = time.time()
+        try:
+            if part == "sweep" and not args.no_sweep:
+                cfg = sweep()
+                set_kernel_config(cfg)
+                print("best config", cfg, flush=True)
+            elif part == "table":
+                shapes = [(4096, 151936), (16384, 151936)] if args.quick else [
+                    (n, v) for n in (4096, 16384) for v in (32000, 128256, 151936)]
+                bench_table(shapes)
+            elif part == "two_shard":
+                two_shard()
+            elif part == "correctness":
+                correctness()
+        except Exception:
+            RESULTS.setdefault("errors", {})[part] = traceback.format_exc()[-2000:]
+            traceback.print_exc()
+        RESULTS.setdefault("part_seconds", {})[part] = time.time() - t0
+        save(args.out)
+    summary()
+
+
+def summary():
+    """A short table last: the reply carries the end of the output."""
+    print("\n=== summary ===")
+    if "sweep" in RESULTS:
+        print("best config:", RESULTS["sweep"]["best"])
+    for row in RESULTS.get("table", []):
+        cells = []
+        for k in ("naive", "compile", "liger", "red_loss", "red_loss_gif"):
+            c = row.get(k, {})
+            cells.append(f"{k} {c['ms']:.2f}ms/+{c['extra_GiB']:.2f}G" if "ms" in c else f"{k} ERR")
+        print(f"N={row['n']} V={row['v']} roof {row['roofline_ms']:.2f}ms | " + " | ".join(cells))
+    for k in ("two_shard", "correctness"):
+        if k in RESULTS:
+            print(k, RESULTS[k])
+    if "errors" in RESULTS:
+        print("ERRORS in parts:", list(RESULTS["errors"]))
+
+if __name__ == "__main__":
+    main()
