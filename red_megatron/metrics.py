@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 # The progress line shows these, in this order, when present.
-_PROGRESS_KEYS = (("reward/online_acc", "acc"), ("reward/mean", "reward"), ("entropy/H_rl", "H_rl"),
-                  ("entropy/H_sft", "H_sft"), ("red/w", "w"), ("loss/policy", "loss"))
+_PROGRESS_KEYS = (("reward/online_accuracy", "acc"), ("reward/mean", "reward"), ("entropy/h_rl", "H_rl"),
+                  ("entropy/h_sft", "H_sft"), ("red/w", "w"), ("loss/policy", "loss"))
 
 
 @dataclass(kw_only=True)

@@ -28,7 +28,7 @@ def _plt():
 
 
 def _entropy_axes(ax, records, title):
-    for key, label in (("entropy/H_rl", "H^rl (online)"), ("entropy/H_sft", "H^sft (offline)")):
+    for key, label in (("entropy/h_rl", "H^rl (online)"), ("entropy/h_sft", "H^sft (offline)")):
         ax.plot(*_series(records, key), label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("mean token entropy")
@@ -57,8 +57,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("reward/mean", "mean reward (all samples)"), ("reward/online_acc", "online accuracy"),
-                       ("reward/offline_acc", "offline accuracy")):
+    for key, label in (("reward/mean", "mean reward (all samples)"), ("reward/online_accuracy", "online accuracy"),
+                       ("reward/offline_accuracy", "offline accuracy")):
         ax.plot(*_series(records, key), label=label)
     ax.set_xlabel("step")
     ax.set_ylim(-0.05, 1.05)
@@ -70,7 +70,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*_series(records, "response/online_len_mean"), label="online response length (tokens)")
+    ax.plot(*_series(records, "response/online_mean_length"), label="online response length (tokens)")
     ax.set_xlabel("step")
     ax.legend(fontsize=8)
     ax.set_title("Response length")

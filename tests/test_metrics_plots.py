@@ -10,9 +10,9 @@ from red_megatron.plots import plot_run, plot_runs_side_by_side
 def _fake_run(run_dir, steps=5, offset=0.0):
     logger = MetricsLogger(run_dir, MetricsConfig(progress=False), total_steps=steps)
     for s in range(1, steps + 1):
-        logger.log(s, {"entropy/H_rl": 1.0 / s + offset, "entropy/H_sft": 0.5 + 0.1 * s, "red/w": min(7.0, s),
-                       "reward/mean": 0.1 * s, "reward/online_acc": 0.1 * s, "reward/offline_acc": 1.0,
-                       "response/online_len_mean": 10.0 + s, "red/rbar_hist": [0.0, 0.5, 1.0]})
+        logger.log(s, {"entropy/h_rl": 1.0 / s + offset, "entropy/h_sft": 0.5 + 0.1 * s, "red/w": min(7.0, s),
+                       "reward/mean": 0.1 * s, "reward/online_accuracy": 0.1 * s, "reward/offline_accuracy": 1.0,
+                       "response/online_mean_length": 10.0 + s, "red/rbar_hist": [0.0, 0.5, 1.0]})
     logger.close()
 
 
