@@ -12,7 +12,7 @@ import pytest
 from red_megatron.reward import RewardConfig, RewardScorer, extract_boxed, verify_answer, wrap_gold
 from red_megatron.reward.extract import normalize_for_exact_match
 
-TIMEOUT_S = 3.0
+TIMEOUT_S = 4.0  # math-verify's own alarms get half (2 s): room for a loaded CI machine
 
 
 def hooked_verify(pred, gold, timeout_s):
@@ -28,7 +28,9 @@ def hooked_verify(pred, gold, timeout_s):
 def scorer():
     s = RewardScorer(RewardConfig(num_workers=2, timeout_s=TIMEOUT_S, start_method="forkserver",
                                   verify_fn="tests.test_reward:hooked_verify"))
-    s.score(["\\boxed{1}"], ["2"])  # start and warm the workers (sympy's first call is slow)
+    # start and warm both workers: sympy's first parse/compare of each kind is slow
+    s.score(["\\boxed{0.5}", "\\boxed{1+x^{2}}", "\\boxed{\\{1, 2\\}}", "\\boxed{[1, 3)}"] * 2,
+            ["\\frac{1}{2}", "x^2+1", "\\{2,1\\}", "[1,3)"] * 2)
     yield s
     s.close()
 
