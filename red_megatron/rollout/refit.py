@@ -1,0 +1,170 @@
+"""Bucketed refit: the trainer's HF-named weights stream into the engine after every optimiser step.
+
+The plan is built once, from the trainer side's ordered ``(hf_name, shape, dtype)`` specs (Megatron:
+``red_megatron.policy.convert.hf_weight_specs``) and the tensors the engine's checkpoint holds.
+It is where a layout mismatch is caught, before any weight moves: a tensor the engine does not
+have ("adds"), one the trainer does not send ("misses"), or a shape that differs, each named.
+
+Each step, ``refit`` pulls ``(hf_name, full_tensor)`` from a generator (Megatron's
+``stream_hf_weights`` gathers TP shards and hands pipeline stages' tensors over, one tensor at a
+time, on every rank) and passes them to ``engine.load_weights`` in buckets of ``bucket_bytes``. A
+bucket is flushed *before* a tensor that would overflow it, so the memory held beyond the model
+is at most one bucket plus the one tensor the generator is producing; 0 bytes means one tensor
+a bucket. The prefix cache is reset at the end: cached KV of the old weights must not be reused.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Tensors an HF stream may carry that vLLM never loads: rotary caches.
+_ALWAYS_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+
+
+class RefitError(ValueError):
+    """The trainer's weights and the engine's do not line up; the message names the tensors."""
+
+
+@dataclass(frozen=True)
+class RefitStats:
+    tensors: int
+    buckets: int
+    bytes: int
+    seconds: float
+    max_bucket_bytes: int
+
+
+@dataclass
+class RefitPlan:
+    """What a refit sends and in what dtype; built once, validated against the engine's tensors."""
+
+    names: list[str]  # in stream order
+    shapes: dict[str, tuple[int, ...]]
+    dtype: torch.dtype  # the engine's dtype; tensors are cast to it as they arrive
+    bucket_bytes: int
+    ignored: frozenset[str] = field(default_factory=frozenset)  # sent by the trainer, dropped here
+
+    @classmethod
+    def build(cls, specs: Sequence[tuple[str, Sequence[int], torch.dtype]],
+              expected: Mapping[str, tuple[Sequence[int], object]], *, dtype: torch.dtype, bucket_bytes: int,
+              tie_word_embeddings: bool = False) -> "RefitPlan":
+        """``specs``: the trainer's ordered (hf_name, shape, dtype); ``expected``: the engine's name -> (shape, _).
+
+        With tied embeddings an ``lm_head.weight`` in the stream is dropped (vLLM ties it to the embedding).
+        """
+        if bucket_bytes < 0:
+            raise ValueError(f"RefitPlan.bucket_bytes must be >= 0 (0 = one tensor a bucket), got {bucket_bytes}")
+        names, shapes, ignored, seen = [], {}, set(), set()
+        for name, shape, _ in specs:
+            if name in seen:
+                raise RefitError(f"refit: tensor {name!r} appears twice in the trainer's weight specs")
+            seen.add(name)
+            if _ALWAYS_IGNORED.search(name) or (tie_word_embeddings and name == "lm_head.weight"
+                                                 and name not in expected):
+                ignored.add(name)
+                continue
+            if name not in expected:
+                raise RefitError(f"refit would add tensor {name!r} (shape {tuple(shape)}), which the engine's "
+                                 f"checkpoint does not have")
+            want = tuple(expected[name][0])
+            if tuple(shape) != want:
+                raise RefitError(f"refit: tensor {name!r} has shape {tuple(shape)} on the trainer side, the engine "
+                                 f"expects {want} (padded vocabulary not stripped? wrong TP gather?)")
+            names.append(name)
+            shapes[name] = want
+        missing = [n for n in expected if n not in seen]
+        if missing:
+            raise RefitError(f"refit misses {len(missing)} tensor(s) the engine has, e.g. {missing[:5]}")
+        return cls(names=names, shapes=shapes, dtype=dtype, bucket_bytes=int(bucket_bytes),
+                   ignored=frozenset(ignored))
+
+    @classmethod
+    def for_engine(cls, engine, specs, *, bucket_bytes: int) -> "RefitPlan":
+        """Plan against a :class:`~red_megatron.rollout.engine.RolloutEngine`'s checkpoint tensors."""
+        return cls.build(specs, engine.expected_weights, dtype=engine.dtype, bucket_bytes=bucket_bytes,
+                         tie_word_embeddings=bool(engine.hf_config.get("tie_word_embeddings", False)))
+
+    @property
+    def total_bytes(self) -> int:
+        elt = torch.empty((), dtype=self.dtype).element_size()
+        return sum(elt * _numel(self.shapes[n]) for n in self.names)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def specs_of(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, shape, dtype) of named tensors, e.g. an HF model's ``state_dict().items()``."""
+    return [(n, tuple(t.shape), t.dtype) for n, t in named_tensors]
+
+
+def refit(engine, plan: RefitPlan, stream: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
+    """Stream ``(hf_name, tensor)`` pairs into the engine in buckets; then reset its prefix cache.
+
+    ``engine`` needs ``begin_weight_update``, ``load_weights``, ``finish_weight_update`` (returns the
+    engine-side parameters that received nothing) and ``reset_prefix_cache``. Every name must be in
+    the plan, once; a missing one is reported after the stream ends (the engine then holds a mix
+    of old and new weights: refit again before generating).
+    """
+    t0 = time.perf_counter()
+    wanted = set(plan.names)
+    done: set[str] = set()
+    bucket: list[tuple[str, torch.Tensor]] = []
+    bucket_bytes = n_buckets = total = max_bucket = 0
+
+    def flush():
+        nonlocal bucket, bucket_bytes, n_buckets, max_bucket
+        if bucket:
+            engine.load_weights(bucket)
+            n_buckets += 1
+            max_bucket = max(max_bucket, bucket_bytes)
+            bucket, bucket_bytes = [], 0
+
+    engine.begin_weight_update()
+    try:
+        for name, t in stream:
+            if name in plan.ignored:
+                continue
+            if name not in wanted:
+                raise RefitError(f"refit: the stream sent tensor {name!r}, which is not in the refit plan "
+                                 f"(the engine has no such tensor)")
+            if name in done:
+                raise RefitError(f"refit: the stream sent tensor {name!r} twice")
+            if tuple(t.shape) != plan.shapes[name]:
+                raise RefitError(f"refit: tensor {name!r} arrived with shape {tuple(t.shape)}, the plan expects "
+                                 f"{plan.shapes[name]}")
+            t = t.detach().to(plan.dtype).contiguous()
+            nbytes = t.numel() * t.element_size()
+            if bucket and bucket_bytes + nbytes > plan.bucket_bytes:
+                flush()
+            bucket.append((name, t))
+            bucket_bytes += nbytes
+            total += nbytes
+            done.add(name)
+            del t
+        flush()
+    finally:
+        bucket = []
+        not_loaded = engine.finish_weight_update()
+    missing = [n for n in plan.names if n not in done]
+    if missing:
+        raise RefitError(f"refit: the stream ended without {len(missing)} tensor(s), e.g. {missing[:5]}; the "
+                         f"engine now holds a mix of old and new weights")
+    if not_loaded:
+        raise RefitError(f"refit: engine parameters received no weights: {sorted(not_loaded)[:5]}")
+    engine.reset_prefix_cache()
+    stats = RefitStats(tensors=len(done), buckets=n_buckets, bytes=total, seconds=time.perf_counter() - t0,
+                       max_bucket_bytes=max_bucket)
+    log.debug("refit: %s", stats)
+    return stats
