@@ -220,3 +220,27 @@ def test_reads_the_shared_eval_parquet(tok):
     assert [ds[i].gold for i in range(40)] == [r["reward_model"]["ground_truth"] for r in t]
     assert [ds[i].data_source for i in range(40)] == [r["data_source"] for r in t]
     assert ds[0].messages[0]["role"] == "system" and ds[0].trace_ids is None
+
+
+def test_answer_check_in_worker_processes(tmp_path, tok):
+    rows = [row(0), row(1, reward_model={"ground_truth": "\\frac{3}{4}"}), row(2, reward_model={"ground_truth": "}{"})]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 2 \(line 3\): the gold answer '\}\{' cannot be parsed"):
+        load(path, tok, answer_check_workers=1)
+    with pytest.warns(UserWarning, match="1 gold answers"):
+        ds = load(path, tok, answer_check_workers=1, answer_check="warn")
+    assert ds.stats.unparseable_answer_rows == [2]
+
+
+def test_synthetic_task_parquet_loads_and_its_traces_verify(tmp_path, tok):
+    from red_megatron.data.synthetic import SyntheticTaskConfig, write_parquet
+    from red_megatron.reward import extract_boxed, verify_answer
+
+    path = write_parquet(SyntheticTaskConfig(difficulty="medium", num_examples=12, seed=3), tmp_path / "syn.parquet")
+    ds = load(path, tok, max_response_tokens=4096)
+    assert len(ds) == 12
+    for i in range(len(ds)):
+        ex = ds[i]
+        assert ex.trace_ids[-1] == ds.eos_id and not ex.trace_truncated
+        trace = tok.decode(ex.trace_ids[:-1])
+        assert verify_answer(extract_boxed(trace), ex.gold)[0], (trace, ex.gold)  # the teacher is right

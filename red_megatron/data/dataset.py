@@ -57,6 +57,7 @@ class DataConfig:
     # gold answers math-verify cannot turn into math: "error" (name the row), "warn" (count
     # and keep: the row can only score by identical string) or "off" (skip the ~5-30 ms/answer)
     answer_check: str = "error"
+    answer_check_workers: int = 0  # >0: check in that many processes (46k rows take minutes in one)
     limit: int | None = None  # read only the first N rows (after validation of those rows)
     global_batch_size: int = 64  # prompts per step, over all DP ranks
     shuffle: bool = True
@@ -75,6 +76,9 @@ class DataConfig:
                              f"got {self.too_long_prompt!r}")
         if self.answer_check not in ANSWER_CHECKS:
             raise ValueError(f"DataConfig.answer_check must be one of {ANSWER_CHECKS}, got {self.answer_check!r}")
+        if not isinstance(self.answer_check_workers, int) or not 0 <= self.answer_check_workers <= 256:
+            raise ValueError(f"DataConfig.answer_check_workers must be an int in [0, 256], "
+                             f"got {self.answer_check_workers!r}")
         for name in ("max_prompt_tokens", "max_response_tokens", "global_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -148,20 +152,29 @@ def read_records(cfg: DataConfig) -> list[RawRecord]:
     return out
 
 
-def check_answers_parse(records: list[RawRecord], path: str, policy: str = "error") -> list[int]:
+def check_answers_parse(records: list[RawRecord], path: str, policy: str = "error",
+                        workers: int = 0) -> list[int]:
     """Rows whose gold answer math-verify cannot parse; raises on the first under "error".
 
     Such a row could never be rewarded by an equivalent answer, only by an identical string.
+    Each distinct answer is parsed once, in this process or in ``workers`` verifier processes.
     """
     from red_megatron.reward.verify import gold_parses
 
-    # math-verify's timeout is signal.alarm: only in the main thread
-    timeout_s = 5 if threading.current_thread() is threading.main_thread() else 0
-    seen: dict[str, bool] = {}
+    golds = list(dict.fromkeys(r.gold for r in records))
+    if workers > 0:
+        from red_megatron.reward.pool import VerifyPool
+
+        with VerifyPool(fn_path="red_megatron.reward.verify:gold_parses", num_workers=workers,
+                        timeout_s=30.0) as pool:
+            out = pool.map([(g, 5) for g in golds])
+        seen = {g: status == "ok" and bool(ok) for g, (status, ok) in zip(golds, out)}
+    else:
+        # math-verify's timeout is signal.alarm: only in the main thread
+        timeout_s = 5 if threading.current_thread() is threading.main_thread() else 0
+        seen = {g: gold_parses(g, timeout_s=timeout_s) for g in golds}
     bad: list[int] = []
     for r in records:
-        if r.gold not in seen:
-            seen[r.gold] = gold_parses(r.gold, timeout_s=timeout_s)
         if not seen[r.gold]:
             if policy == "error":
                 raise DataError(f"{where(path, r.row, r.line)}: the gold answer {r.gold!r:.80} cannot be parsed by "
@@ -191,7 +204,8 @@ class RedDataset:
         records = read_records(cfg)
         stats = LoadStats(rows_read=len(records))
         if cfg.answer_check != "off":
-            stats.unparseable_answer_rows = check_answers_parse(records, cfg.path, cfg.answer_check)
+            stats.unparseable_answer_rows = check_answers_parse(records, cfg.path, cfg.answer_check,
+                                                                 cfg.answer_check_workers)
         texts = [chat.render_prompt(tokenizer, r.messages, cfg.chat_template) for r in records]
         ids = chat.encode_text(tokenizer, texts)
         kept_records, kept_ids = [], []

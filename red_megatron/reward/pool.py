@@ -110,6 +110,9 @@ class VerifyPool:
     def map(self, tasks: list[tuple]) -> list[tuple[str, Any]]:
         if self._closed:
             raise RuntimeError("VerifyPool.map called after close()")
+        for i, w in enumerate(self._workers):
+            if w.task is not None:  # a previous map was interrupted (KeyboardInterrupt): its answer is stale
+                self._replace(i)
         results: list[tuple[str, Any] | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
         while pending or any(w.task is not None for w in self._workers):
