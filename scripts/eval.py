@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, help="unique problems in all")
     g.add_argument("--per-source-limit", type=int, default=None, help="unique problems per benchmark")
     g.add_argument("--max-repeats", type=int, default=None, help="rows kept per problem (of the 32 AIME/AMC repeats)")
+    g.add_argument("--samples-per-row", type=int, default=1,
+                   help="k samples of every row: avg@k for files that do not repeat their rows")
     g.add_argument("--batch-size", type=int, default=1024, help="rows per engine call")
     g = ap.add_argument_group("engine and reward")
     g.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = RedDataset.load(dcfg, tok)
     ecfg = EvalConfig(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed, limit=args.limit,
                       per_source_limit=args.per_source_limit, max_repeats=args.max_repeats,
-                      batch_size=args.batch_size)
+                      samples_per_row=args.samples_per_row, batch_size=args.batch_size)
     rows, _ = select_rows(ds, ecfg)
     longest = max(len(ds.prompt_ids(i)) for i in rows)
     rcfg = RolloutConfig(max_model_len=longest + args.max_tokens, dtype=args.dtype, tp_infer=args.tp,

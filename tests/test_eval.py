@@ -242,3 +242,18 @@ def test_eval_script_end_to_end_on_tiny_checkpoint(tiny_ckpt_dir, tmp_path):
     assert "| Model | AIME24 | AIME25 | AMC | MATH-500 | Minerva | Olympiad | Avg. | LEN |" in table
     assert "| tiny |" in proc.stdout
     assert len((out / "samples.jsonl").read_text().splitlines()) == 9
+
+
+def test_samples_per_row_gives_avg_at_k_without_repeated_rows(tok, scorer, tmp_path):
+    path = tmp_path / "aime_plain.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"{i}*2?", "answer": 2 * i, "data_source": "aime25"}) + "\n"
+                            for i in range(1, 3)))
+    ds = RedDataset.load(DataConfig(path=str(path), schema="problem_answer", require_trace=False,
+                                    global_batch_size=1), tok)
+    cfg = EvalConfig(samples_per_row=4, batch_size=3)
+    gen = ScriptedGenerator(ds, cfg, correct=lambda r: r in (0, 1, 2, 4), length=lambda r: 1)
+    res = evaluate(ds, gen, scorer, cfg)
+    # problem 1: 3 of 4, problem 2: 1 of 4 -> avg@4 = 50; every call saw distinct seeds
+    assert res.benchmarks["AIME25"].acc == pytest.approx(50.0)
+    assert res.benchmarks["AIME25"].protocol == "avg@4" and res.benchmarks["AIME25"].n_problems == 2
+    assert [c[3] for c in gen.calls] == [0, 3, 6]

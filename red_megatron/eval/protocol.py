@@ -62,12 +62,13 @@ class EvalConfig:
     limit: int | None = None  # unique problems in all (first ones, file order)
     per_source_limit: int | None = None  # unique problems per benchmark
     max_repeats: int | None = None  # rows kept per problem (e.g. 4 of the 32 AIME repeats on a CPU)
+    samples_per_row: int = 1  # >1: avg@k on a file that does not repeat its rows (each row k times)
     batch_size: int = 1024  # rows per generate_fn call
 
     def __post_init__(self):
         if not 0.0 <= self.temperature <= 5.0:
             raise ValueError(f"EvalConfig.temperature must be in [0, 5], got {self.temperature}")
-        for name in ("max_tokens", "batch_size"):
+        for name in ("max_tokens", "batch_size", "samples_per_row"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
         for name in ("limit", "per_source_limit", "max_repeats"):
@@ -100,8 +101,8 @@ def select_rows(dataset: RedDataset, cfg: EvalConfig) -> tuple[list[int], list[i
         per_source[src] = per_source.get(src, 0) + 1
         kept += 1
         for i in rows[:cfg.max_repeats]:
-            indices.append(i)
-            problem_ids.append(pid)
+            indices += [i] * cfg.samples_per_row
+            problem_ids += [pid] * cfg.samples_per_row
     return indices, problem_ids
 
 
