@@ -1,0 +1,336 @@
+"""Distributed checkpoints: model + optimizer + scheduler + RNG + trainer state, written atomically.
+
+Layout under a checkpoint root (a filesystem every rank sees):
+    root/step_00000042/dist/        megatron dist_checkpointing (torch_dist) of model [+ optimizer]
+    root/step_00000042/rng/rank00003.pt   each rank's RNG streams (torch, CUDA/tracker, python, numpy)
+    root/step_00000042/meta.json    step, layout (tp, pp, dp), scheduler state, trainer state (JSON)
+    root/latest                     the name of the newest complete checkpoint, replaced last
+
+Atomicity: everything is written into ``root/.tmp.step_…``, fsynced, and renamed to its final
+name; only then is ``latest`` replaced (write ``latest.tmp``, fsync, ``os.replace``). A process
+killed at any point leaves ``latest`` naming the previous complete checkpoint; stale tmp dirs are
+swept by the next save. ``load_checkpoint(root)`` follows ``latest``, never a tmp dir.
+
+Resharding: model weights are saved as megatron ShardedTensors with global layer numbers, so a
+checkpoint saved at one TP/PP loads at any other. The distributed optimizer's state is saved in
+``distrib_optim_sharding_type`` 'dp_reshardable' (default; reshards across DP only: resume at the
+same TP/PP) or 'fully_reshardable' (gathers on DP rank 0; reshards across TP/PP too). Megatron's
+default format raises ``flattened_range is not supported`` in 0.16.1.
+
+Optimizer-load pitfalls with the torch-AdamW fallback (no apex/TE; CPU_STACK.md): megatron's
+``DistributedOptimizer.state_dict()`` asserts one shared step over existing states, so a fresh
+optimizer (no state yet) cannot even build its loading state dict, and its ``load_state_dict``
+installs ONE step tensor shared by every parameter, which torch's AdamW then increments once per
+parameter per update. We therefore create zero states (step 0, zero moments: identical to a lazy
+first step) before loading, and give every parameter its own step tensor after loading.
+
+RNG: restored only when the layout (tp, pp, dp) matches the saved one; otherwise the streams of
+the new layout keep their seeded values (reported in the returned info).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+SHARDING_TYPES = ("dp_reshardable", "fully_reshardable")
+
+
+@dataclass(kw_only=True)
+class LoadInfo:
+    path: Path
+    step: int
+    trainer_state: dict
+    loaded_optimizer: bool
+    loaded_rng: bool
+    saved_layout: dict
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _layout() -> dict:
+    from megatron.core import parallel_state as ps
+
+    return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size(),
+            "world": dist.get_world_size() if dist.is_initialized() else 1}
+
+
+def _unwrap(chunk):
+    return chunk.module if hasattr(chunk, "module") else chunk
+
+
+def _model_sharded_state_dict(chunks: list) -> dict:
+    if len(chunks) == 1:
+        return {"model": _unwrap(chunks[0]).sharded_state_dict()}
+    return {f"model{i}": _unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def init_optimizer_state(optimizer) -> None:
+    """Zero AdamW states (step 0) for every parameter that has none, each with its own step tensor.
+
+    Numerically a no-op: torch's AdamW would create exactly these on its first step.
+    """
+    for opt in _inner_optimizers(optimizer):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                st = opt.state[p]
+                if len(st) == 0:
+                    st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _untie_steps(optimizer) -> None:
+    for opt in _inner_optimizers(optimizer):
+        for st in opt.state.values():
+            if "step" in st and isinstance(st["step"], torch.Tensor):
+                st["step"] = st["step"].detach().clone()
+
+
+@torch.no_grad()
+def _load_optimizer_state(optimizer, state_dict: dict) -> None:
+    """``optimizer.load_state_dict`` made to work on the torch-AdamW fallback (module doc).
+
+    Megatron's DistributedOptimizer copies each parameter's loaded tensors with
+    ``_set_main_param_and_optimizer_states``, which (0.16.1, 0.19.2) copies into leaf views outside
+    no_grad and indexes a 'step' key that the 'fully_reshardable' format does not store. For the
+    duration of this call each sub-optimizer gets an instance-level setter that copies the tensors
+    present (param, exp_avg, exp_avg_sq) under no_grad; the step comes from the param groups (one
+    common step, as megatron saves it) and is then untied into one tensor per parameter.
+    """
+    subs = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    patched = []
+    for sub in subs:
+        if hasattr(sub, "_get_main_param_and_optimizer_states"):
+            def setter(model_param, tensors, _sub=sub):
+                dst = _sub._get_main_param_and_optimizer_states(model_param)
+                for k, v in dst.items():
+                    if k != "step" and k in tensors and isinstance(tensors[k], torch.Tensor):
+                        v.copy_(tensors[k])
+            sub._set_main_param_and_optimizer_states = setter
+            patched.append(sub)
+    try:
+        optimizer.load_state_dict(state_dict)
+    finally:
+        for sub in patched:
+            del sub._set_main_param_and_optimizer_states
+    _untie_steps(optimizer)
+
+
+def _inner_optimizers(optimizer) -> list:
+    subs = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    return [getattr(o, "optimizer", o) for o in subs]
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    try:
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        st["tracker"] = get_cuda_rng_tracker().get_states()
+    except Exception:  # noqa: BLE001 - a tracker that is not set up has nothing to save
+        pass
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+    if "tracker" in st:
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        get_cuda_rng_tracker().set_states(st["tracker"])
+
+
+@contextlib.contextmanager
+def _children_allowed():
+    """megatron's torch_dist writer starts helper processes (a Manager queue, one forked writer per
+    bucket); Python forbids children of a daemonic process (e.g. a multiprocessing worker pool such
+    as the tests' gloo pool). Lift the flag for the duration of the write only."""
+    proc = mp.current_process()
+    was = proc.daemon
+    if was:
+        proc._config["daemon"] = False  # noqa: SLF001 - the documented flag behind Process.daemon
+    try:
+        yield
+    finally:
+        if was:
+            proc._config["daemon"] = True  # noqa: SLF001
+
+
+def _save_strategy():
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+    return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1)
+
+
+def save_checkpoint(root, step: int, *, chunks: list, optimizer=None, scheduler=None,
+                    trainer_state: dict | None = None, sharding_type: str = "dp_reshardable",
+                    keep_last: int | None = None) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    from megatron.core import dist_checkpointing
+
+    if sharding_type not in SHARDING_TYPES:
+        raise ValueError(f"sharding_type must be one of {SHARDING_TYPES}, got {sharding_type!r}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    trainer_state = dict(trainer_state or {})
+    try:
+        json.dumps(trainer_state)
+    except TypeError as e:
+        raise ValueError(f"trainer_state must be JSON-serialisable: {e}") from None
+    root = Path(root)
+    name = f"step_{step:08d}"
+    tmp, final = root / f".tmp.{name}", root / name
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp.step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        (tmp / "dist").mkdir(parents=True)
+        (tmp / "rng").mkdir()
+    _barrier()
+
+    sd = _model_sharded_state_dict(chunks)
+    if optimizer is not None:
+        init_optimizer_state(optimizer)
+        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=False,
+                                                       metadata={"distrib_optim_sharding_type": sharding_type})
+    with _children_allowed():
+        dist_checkpointing.save(sd, str(tmp / "dist"), sharded_strategy=_save_strategy())
+    torch.save(_rng_state(), tmp / "rng" / f"rank{_rank():05d}.pt")
+    _barrier()
+    if _rank() == 0:
+        meta = {"format_version": FORMAT_VERSION, "step": step, "layout": _layout(),
+                "optimizer": optimizer is not None, "sharding_type": sharding_type,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "trainer_state": trainer_state}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step: the old copy goes only after the new one is complete
+            old = root / f".old.{name}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(root)
+        pointer = root / f"{LATEST}.tmp"
+        with open(pointer, "w") as f:
+            f.write(name)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer, root / LATEST)
+        _fsync_dir(root)
+        if keep_last is not None and keep_last >= 1:
+            done = sorted(p for p in root.glob("step_*") if p.is_dir())
+            for old in done[:-keep_last]:
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def resolve_checkpoint(path) -> Path | None:
+    """A checkpoint directory from a root (via ``latest``) or a checkpoint directory itself."""
+    p = Path(path)
+    if (p / "meta.json").is_file():
+        return p
+    pointer = p / LATEST
+    if pointer.is_file():
+        target = p / pointer.read_text().strip()
+        if (target / "meta.json").is_file():
+            return target
+        raise FileNotFoundError(f"{pointer} names {target.name}, which has no meta.json (incomplete checkpoint)")
+    return None
+
+
+def load_checkpoint(path, *, chunks: list, optimizer=None, scheduler=None, load_optimizer: bool = True,
+                    load_rng: bool = True) -> LoadInfo:
+    """Collective. Loads weights into ``chunks`` (any TP/PP); optimizer + scheduler when given and
+    ``load_optimizer`` (the optimizer needs the saved TP/PP unless saved 'fully_reshardable')."""
+    from megatron.core import dist_checkpointing
+
+    ckpt = resolve_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint at {path} (neither meta.json nor a '{LATEST}' pointer)")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{ckpt}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+    layout, saved = _layout(), meta["layout"]
+    want_opt = optimizer is not None and load_optimizer
+    if want_opt and not meta["optimizer"]:
+        raise ValueError(f"{ckpt} has no optimizer state; pass load_optimizer=False to load weights only")
+    if want_opt and meta["sharding_type"] == "dp_reshardable" and (saved["tp"], saved["pp"]) != (layout["tp"], layout["pp"]):
+        raise ValueError(f"{ckpt}: optimizer saved 'dp_reshardable' at tp={saved['tp']} pp={saved['pp']} cannot load at "
+                         f"tp={layout['tp']} pp={layout['pp']}; load weights only (load_optimizer=False) or save "
+                         f"with sharding_type='fully_reshardable'")
+
+    sd = _model_sharded_state_dict(chunks)
+    if want_opt:
+        init_optimizer_state(optimizer)
+        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=True,
+                                                       metadata={"distrib_optim_sharding_type": meta["sharding_type"]})
+    loaded = dist_checkpointing.load(sd, str(ckpt / "dist"))
+    for key, chunk in zip(["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))], chunks):
+        _unwrap(chunk).load_state_dict(loaded[key], strict=True)
+    if want_opt:
+        _load_optimizer_state(optimizer, loaded["optimizer"])
+        if scheduler is not None and meta["scheduler"] is not None:
+            scheduler.load_state_dict(meta["scheduler"])
+    elif optimizer is not None and hasattr(optimizer, "reload_model_params"):
+        optimizer.reload_model_params()  # fp32 main copies follow the loaded weights
+    rng_ok = False
+    rng_file = ckpt / "rng" / f"rank{_rank():05d}.pt"
+    if load_rng and saved == layout and rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+        rng_ok = True
+    _barrier()
+    return LoadInfo(path=ckpt, step=int(meta["step"]), trainer_state=meta["trainer_state"],
+                    loaded_optimizer=want_opt, loaded_rng=rng_ok, saved_layout=saved)

@@ -1,0 +1,198 @@
+"""The two passes the trainer needs, run through Megatron's pipeline schedules.
+
+- ``logprob_pass``: no grad; per response token the log-prob of the sampled token and the
+  full-vocabulary entropy at the sampling temperature (the old-policy pass of RED step 3).
+- ``train_pass``: forward + backward of the RED loss over micro-batches (the optimizer step is
+  the caller's: ``policy.MegatronPolicy.train_step``).
+
+Both call ``get_forward_backward_func()``, so one code path runs PP=1
+(forward_backward_no_pipelining) and PP>1 (1F1B, interleaved with virtual stages); micro-batches
+come from ``batching``. The loss runs on the vocab-parallel logits (``parallel_output=True``)
+with the TP group, so the full vocabulary is never gathered by the model.
+
+Loss scaling across micro-batches (read in megatron-core 0.16.1 and 0.19.2,
+pipeline_parallel/schedules.py ``forward_step_calc_loss``): when ``loss_func`` returns 2 values
+the schedule divides the loss by ``num_microbatches`` (legacy averaging, and multiplies by the CP
+size); with 3 values and ``config.calculate_per_token_loss=False`` it divides by the token count
+and by ``num_microbatches``; with 3 values and ``calculate_per_token_loss=True`` it leaves the loss
+alone, DDP stops scaling grads by 1/DP (``gradient_scaling_factor=1``), and the schedule hands the
+all-reduced token count to ``finalize_model_grads``, which would divide the grads by it.
+RED's weight_N already carries every normaliser (global batch and DP world), so the gradient must
+be the plain SUM of the micro-batch losses over micro-batches and DP ranks. We return 3 values,
+set ``calculate_per_token_loss=True`` (``policy.py``) and install ``finalize_grads_sum``, which
+calls ``finalize_model_grads`` with ``num_tokens=None``: no division anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from red_megatron.policy.batching import MicroBatch, select_tokens
+
+ONLINE = 0  # token kind of KERNEL_CONTRACT.md; counted for the clip fraction
+
+
+def resolve_loss_impl(name: str) -> tuple[Callable, Callable]:
+    """(red_loss, logprob_entropy) for 'kernel', 'reference' or 'auto' (the Triton kernel iff CUDA:
+    the Triton interpreter on a CPU is ~1000x slower than the PyTorch reference)."""
+    if name == "auto":
+        name = "kernel" if torch.cuda.is_available() else "reference"
+    if name == "kernel":
+        from kernels.red_loss import logprob_entropy, red_loss
+        return red_loss, logprob_entropy
+    if name == "reference":
+        from kernels.red_loss_reference import logprob_entropy, red_loss_reference
+        return red_loss_reference, logprob_entropy
+    raise ValueError(f"loss_impl must be 'auto', 'kernel' or 'reference', got {name!r}")
+
+
+@dataclass(kw_only=True)
+class ParallelCtx:
+    """The process groups a pass needs, read once from megatron's parallel_state."""
+
+    tp_group: object
+    tp_rank: int
+    tp_size: int
+    pp_group: object
+    pp_size: int
+    pp_last_global_rank: int
+    is_last_stage: bool
+    dp_group: object
+    dp_size: int
+    device: torch.device
+
+    @classmethod
+    def from_megatron(cls) -> "ParallelCtx":
+        from megatron.core import parallel_state as ps
+
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return cls(tp_group=ps.get_tensor_model_parallel_group(), tp_rank=ps.get_tensor_model_parallel_rank(),
+                   tp_size=ps.get_tensor_model_parallel_world_size(),
+                   pp_group=ps.get_pipeline_model_parallel_group(), pp_size=ps.get_pipeline_model_parallel_world_size(),
+                   pp_last_global_rank=ps.get_pipeline_model_parallel_last_rank(),
+                   is_last_stage=ps.is_pipeline_last_stage(ignore_virtual=True),
+                   dp_group=ps.get_data_parallel_group(), dp_size=ps.get_data_parallel_world_size(), device=device)
+
+    @property
+    def loss_group(self):
+        """The TP group for the vocab-parallel loss, None at TP=1 (no collective)."""
+        return self.tp_group if self.tp_size > 1 else None
+
+
+@dataclass(kw_only=True)
+class LossOptions:
+    """Loss hyper-parameters that are not per token (KERNEL_CONTRACT.md)."""
+
+    temperature: float = 1.0
+    eps_lo: float = 0.2
+    eps_hi: float = 0.2
+    luffy_gamma: float = 0.1
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+
+
+def finalize_grads_sum(model, num_tokens=None, *args, **kwargs):
+    """``config.finalize_model_grads_func`` that never rescales by a token count (see module doc)."""
+    from megatron.core.distributed import finalize_model_grads
+
+    del num_tokens
+    return finalize_model_grads(model, None, *args, **kwargs)
+
+
+def _forward_step(device: torch.device, loss_fn: Callable, data_iterator, model):
+    """Megatron ``forward_step_func``: one micro-batch through one model chunk."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    mb: MicroBatch = next(data_iterator)
+    packed = None
+    if mb.cu_seqlens is not None:
+        cu = mb.cu_seqlens.to(device)
+        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                 max_seqlen_q=mb.max_seqlen, max_seqlen_kv=mb.max_seqlen)
+    out = model(input_ids=mb.tokens_BS.to(device), position_ids=mb.position_ids_BS.to(device),
+                attention_mask=None, packed_seq_params=packed)
+    return out, partial(loss_fn, mb)
+
+
+def _response_logits(mb: MicroBatch, logits_BSV: torch.Tensor) -> torch.Tensor:
+    """[M, V_local] rows of the (vocab-parallel) logits that predict the micro-batch's response tokens."""
+    v_local = logits_BSV.shape[-1]
+    return logits_BSV.reshape(-1, v_local).index_select(0, mb.logit_rows_M.to(logits_BSV.device))
+
+
+def _run_schedule(chunks: list, mbs: list[MicroBatch], step_fn: Callable, *, forward_only: bool):
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    fb = get_forward_backward_func()
+    data = [iter(mbs) for _ in chunks] if len(chunks) > 1 else iter(mbs)
+    return fb(forward_step_func=step_fn, data_iterator=data, model=chunks if len(chunks) > 1 else chunks[0],
+              num_microbatches=len(mbs), seq_length=max(mb.tokens_BS.shape[1] for mb in mbs),
+              micro_batch_size=max(mb.tokens_BS.shape[0] for mb in mbs), forward_only=forward_only)
+
+
+def logprob_pass(chunks: list, mbs: list[MicroBatch], num_tokens: int, *, ctx: ParallelCtx, vocab_size: int,
+                 temperature: float, logprob_entropy: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp_N, entropy_N) fp32 on every rank of the pipeline, no grad. N order (batching)."""
+    logp_N = torch.zeros(num_tokens, dtype=torch.float32, device=ctx.device)
+    ent_N = torch.zeros(num_tokens, dtype=torch.float32, device=ctx.device)
+
+    def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
+        logits_MV = _response_logits(mb, logits_BSV)
+        lp, ent = logprob_entropy(logits_MV, mb.target_M.to(ctx.device), vocab_start=ctx.tp_rank * logits_MV.shape[1],
+                                  vocab_size=vocab_size, temperature=temperature, group=ctx.loss_group)
+        idx = mb.token_index_M.to(ctx.device)
+        logp_N[idx] = lp.float()
+        ent_N[idx] = ent.float()
+        zero = logits_BSV.new_zeros((), dtype=torch.float32)
+        return zero, torch.tensor(0, dtype=torch.int, device=ctx.device), {}
+
+    for c in chunks:
+        c.eval()
+    with torch.no_grad():
+        _run_schedule(chunks, mbs, partial(_forward_step, ctx.device, loss_fn), forward_only=True)
+    if ctx.pp_size > 1:  # only the last stage has logits: share its results with the pipeline
+        dist.broadcast(logp_N, src=ctx.pp_last_global_rank, group=ctx.pp_group)
+        dist.broadcast(ent_N, src=ctx.pp_last_global_rank, group=ctx.pp_group)
+    return logp_N, ent_N
+
+
+def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, ctx: ParallelCtx, vocab_size: int,
+               opts: LossOptions, red_loss: Callable) -> dict[str, float]:
+    """Forward + backward of the RED loss; grads end up in the DDP buffers (summed, see module doc).
+
+    Returns, identical on every rank: loss (summed over micro-batches and DP ranks), clip_frac
+    (over ONLINE tokens with weight > 0), loss_finite (False if any micro-batch loss was NaN/Inf).
+    """
+    stats: list[torch.Tensor] = []
+
+    def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
+        logits_MV = _response_logits(mb, logits_BSV)
+        t = select_tokens(tensors, mb.token_index_M, ctx.device)
+        out = red_loss(logits_MV, mb.target_M.to(ctx.device), vocab_start=ctx.tp_rank * logits_MV.shape[1],
+                       vocab_size=vocab_size, temperature=opts.temperature, eps_lo=opts.eps_lo, eps_hi=opts.eps_hi,
+                       luffy_gamma=opts.luffy_gamma, entropy_coef=opts.entropy_coef, kl_coef=opts.kl_coef,
+                       group=ctx.loss_group, **t)
+        n_online = ((t["kind_N"] == ONLINE) & (t["weight_N"] != 0)).sum().float()
+        loss = out.loss.float()
+        stats.append(torch.stack([loss.detach(), out.clip_frac.detach().float() * n_online, n_online,
+                                  (~torch.isfinite(loss.detach())).float()]))
+        return loss, torch.tensor(int(mb.target_M.numel()), dtype=torch.int, device=ctx.device), {}
+
+    for c in chunks:
+        c.train()
+    _run_schedule(chunks, mbs, partial(_forward_step, ctx.device, loss_fn), forward_only=False)
+    # [loss_sum, clipped, n_online, n_nonfinite]; zeros off the last stage, so a SUM over the
+    # pipeline hands the last stage's numbers to every stage, and a SUM over DP adds the partial
+    # sums of the globally normalised loss.
+    tot = torch.stack(stats).sum(0) if stats else torch.zeros(4, device=ctx.device)
+    if ctx.pp_size > 1:
+        dist.all_reduce(tot, group=ctx.pp_group)
+    if ctx.dp_size > 1:
+        dist.all_reduce(tot, group=ctx.dp_group)
+    loss_sum, clipped, n_online, n_bad = tot.tolist()
+    return {"loss": loss_sum, "clip_frac": clipped / n_online if n_online > 0 else 0.0,
+            "loss_finite": n_bad == 0}
