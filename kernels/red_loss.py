@@ -5,23 +5,26 @@ p·logp, their grads): ~28 GiB and 62 ms at N=16,384, V=151,936 on an H100. This
 bound, so the floor is one read of the logits in the forward and one read + one write in the
 backward; this module does exactly that and keeps everything else per token.
 
-Passes (z = logits / temperature, fp32 math whatever the logits dtype, columns with global id
->= vocab_size are padding and count as -inf, i.e. are never read):
-  1. `_stats_kernel`, one program per row, reads the local shard once: online max m (starting at
-     -inf), s = Σ exp(z - m), sz = Σ exp(z - m)·(z - m) (shift-relative, so no cancellation at
-     |z| ~ 1e4), and the target's z if this shard owns it (else -inf). -> stats_N4 [N, 4] fp32.
+Passes (x = raw logits, z = x / temperature, fp32 math whatever the logits dtype; columns with
+global id >= vocab_size are padding and count as -inf, i.e. are never read). Every exponent is
+formed as (x - max_raw) / temperature, shift before scale, so logits of ±1e4 lose no precision:
+  1. `_stats_kernel`, one program per row, reads the local shard once: online max m of the raw
+     logits (starting at -inf), s = Σ exp(u), sz = Σ exp(u)·u with u = (x - m)/T (bounded, so no
+     cancellation), and the raw target logit if this shard owns it (else -inf).
+     -> stats_N4 [N, 4] fp32.
   2. Collective: ONE all_gather of stats_N4 -> [TP, N, 4] over `group` (none when group is None
      or has one rank). Every rank then holds identical per-token numbers.
-  3. `_token_kernel`, per token: log-sum-exp merge of the TP tuples (lse, H = log S - SZ/S,
-     logp = z_target - lse), the contract's term per kind, the per-token loss contribution and the
-     two per-token partials dL/dlogp and dL/dH. Loss = Σ contributions (torch.sum: deterministic).
+  3. `_token_kernel`, per token: log-sum-exp merge of the TP tuples (M = max_r m_r, S, log S,
+     H = log S - SZ/S, logp = (x_target - M)/T - log S), the contract's term per kind, the per-token
+     loss contribution and the two partials a = dL/dlogp, b = dL/dH. Loss = Σ contributions
+     (torch.sum: deterministic).
   4. `_grad_kernel`, backward, one program per row, reads the shard once and writes dL/dlogits
-     once (padding columns get 0):
-        dL/dz_v = a·(δ_v,target - p_v) - b·p_v·(z_v - lse + H),   p_v = exp(z_v - lse)
-     with a = dL/dlogp, b = dL/dH (times the incoming grad), then ÷ temperature.
-Recompute: p_v is recomputed in pass 4 from the saved per-token lse/H (no [N, V] tensor is saved).
-grad_in_forward=True runs pass 4 inside the forward, in place into the logits buffer (the logits
-are clobbered; the loss must be the last use of them), so the backward only hands that buffer out
+     once (padding columns get 0), with log p_v = (x_v - M)/T - log S:
+        dL/dz_v = a·(δ_v,target - p_v) - b·p_v·(log p_v + H),   dL/dx_v = dL/dz_v / T
+     (a, b times the incoming grads).
+Recompute: p_v is recomputed in pass 4 from the saved per-token M, log S, H (no [N, V] tensor is
+saved). grad_in_forward=True runs pass 4 inside the forward, in place into the logits buffer (the
+logits are clobbered; the loss must be their last use), so the backward only hands that buffer out
 (scaled in place if the incoming grad is not exactly 1): extra memory is per-token only.
 No atomics, fixed reduction orders: results are bitwise deterministic run to run.
 """
@@ -53,6 +56,7 @@ class KernelConfig:
     block_t: int = 1024
     stages_stats: int = 3
     stages_grad: int = 3
+    stream: bool = False  # evict-first loads / streaming stores (the logits are touched once per pass)
 
     def __post_init__(self):
         for f in ("block_v_stats", "block_v_grad", "block_t"):
@@ -69,7 +73,8 @@ class KernelConfig:
 
 _CPU_CONFIG = KernelConfig(block_v_stats=512, warps_stats=1, block_v_grad=512, warps_grad=1, block_t=64,
                            stages_stats=1, stages_grad=1)
-_GPU_CONFIG = KernelConfig()
+# H100 sweep of 2026-11-23 (benchmarks/reports/kernel_2026-11-23.md) at N=16,384, V=151,936, bf16
+_GPU_CONFIG = KernelConfig(block_v_stats=4096, warps_stats=4, block_v_grad=2048, warps_grad=16)
 
 
 def set_kernel_config(config: KernelConfig) -> None:
@@ -85,11 +90,11 @@ def _config(device: torch.device) -> KernelConfig:
 @triton.jit
 def _stats_kernel(x_ptr,          # [N, V_local] logits shard, any dtype, strides (stride_xn, stride_xv)
                   tgt_ptr,        # [N] global target ids (int32/int64)
-                  stats_ptr,      # [N, 4] fp32 out: m, s, sz, z_target (-inf if not in this shard)
+                  stats_ptr,      # [N, 4] fp32 out: m (raw max logit), s, sz, raw target logit (-inf: not here)
                   stride_xn, stride_xv, stride_t,
-                  n_real,         # real (non-padding) columns of this shard: clamp(vocab_size - vocab_start, 0, V_local)
+                  n_real,         # real (non-padding) columns here: clamp(vocab_size - vocab_start, 0, V_local)
                   vocab_start, inv_temp,
-                  BLOCK_V: tl.constexpr):
+                  BLOCK_V: tl.constexpr, STREAM: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xn
     cols0 = tl.arange(0, BLOCK_V)
@@ -99,13 +104,17 @@ def _stats_kernel(x_ptr,          # [N, V_local] logits shard, any dtype, stride
     for start in range(0, n_real, BLOCK_V):
         cols = start + cols0
         mask = cols < n_real
-        x = tl.load(x_row + cols * stride_xv, mask=mask, other=float("-inf")).to(tl.float32) * inv_temp
+        if STREAM:
+            x = tl.load(x_row + cols * stride_xv, mask=mask, other=float("-inf"), eviction_policy="evict_first")
+        else:
+            x = tl.load(x_row + cols * stride_xv, mask=mask, other=float("-inf"))
+        x = x.to(tl.float32)                                        # raw logits: shift first, then scale
         m_new = tl.maximum(m, tl.max(x, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)      # all -inf so far: keep exp() finite
         finite_old = m > float("-inf")
-        d = tl.where(finite_old, m - m_safe, 0.0)                   # <= 0: shift of the old sums
+        d = tl.where(finite_old, (m - m_safe) * inv_temp, 0.0)      # <= 0: shift of the old sums
         alpha = tl.where(finite_old, tl.exp(d), 0.0)
-        u = x - m_safe                                              # <= 0, -inf on masked columns
+        u = (x - m_safe) * inv_temp                                 # <= 0, -inf on masked columns
         e = tl.exp(u)
         eu = tl.where(e > 0.0, e * u, 0.0)                          # 0·(-inf) would be NaN (padding, -inf logits)
         sz = alpha * (sz + d * s) + tl.sum(eu, axis=0)
@@ -114,7 +123,7 @@ def _stats_kernel(x_ptr,          # [N, V_local] logits shard, any dtype, stride
     tgt = tl.load(tgt_ptr + row * stride_t).to(tl.int64) - vocab_start
     own = (tgt >= 0) & (tgt < n_real)
     tgt_safe = tl.where(own, tgt, 0)
-    z_t = tl.load(x_row + tgt_safe * stride_xv, mask=own, other=0.0).to(tl.float32) * inv_temp
+    z_t = tl.load(x_row + tgt_safe * stride_xv, mask=own, other=0.0).to(tl.float32)
     z_t = tl.where(own, z_t, float("-inf"))
     out = stats_ptr + row * 4
     tl.store(out + 0, m)
@@ -126,10 +135,10 @@ def _stats_kernel(x_ptr,          # [N, V_local] logits shard, any dtype, stride
 @triton.jit
 def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m, s, sz, z_target)
                   kind_ptr, adv_ptr, lpold_ptr, rbar_ptr, w_ptr, wt_ptr, ref_ptr,  # [N] each
-                  logp_ptr, ent_ptr, lse_ptr,        # [N] fp32 out
+                  logp_ptr, ent_ptr, mraw_ptr, logs_ptr,  # [N] fp32 out; lse = mraw/T + logs
                   contrib_ptr, dlogp_ptr, dent_ptr,  # [N] fp32 out: loss contribution, dL/dlogp, dL/dH
                   clip_ptr, online_ptr,              # [N] fp32 out: 1.0/0.0 flags for clip_frac
-                  N, eps_lo, eps_hi, log_gamma, ent_coef, kl_coef,
+                  N, inv_temp, eps_lo, eps_hi, log_gamma, ent_coef, kl_coef,
                   TP: tl.constexpr, COMPUTE_LOSS: tl.constexpr, HAS_KL: tl.constexpr, BLOCK_T: tl.constexpr):
     offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     msk = offs < N
@@ -149,19 +158,19 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
         sz_r = tl.load(base + 2, mask=msk, other=0.0)
         zt_r = tl.load(base + 3, mask=msk, other=0.0)
         fin = m_r > NEG_INF
-        d = tl.where(fin, m_r - M_safe, 0.0)
+        d = tl.where(fin, (m_r - M_safe) * inv_temp, 0.0)
         a = tl.where(fin, tl.exp(d), 0.0)
         S += a * s_r
         SZ += a * (sz_r + d * s_r)
         ZT = tl.maximum(ZT, zt_r)
     logS = tl.log(S)
-    lse = M + logS
     ent = tl.maximum(logS - SZ / S, 0.0)             # SZ <= 0 by construction; max() guards rounding
-    logp = tl.minimum(ZT - lse, 0.0)
+    logp = tl.minimum((ZT - M_safe) * inv_temp - logS, 0.0)  # relative to the max: exact at |z| ~ 1e4
     logp = tl.where(ZT == NEG_INF, float("nan"), logp)  # target owned by no rank (bad id): loud NaN
     tl.store(logp_ptr + offs, logp, mask=msk)
     tl.store(ent_ptr + offs, ent, mask=msk)
-    tl.store(lse_ptr + offs, lse, mask=msk)
+    tl.store(mraw_ptr + offs, M_safe, mask=msk)
+    tl.store(logs_ptr + offs, logS, mask=msk)
     if COMPUTE_LOSS:
         kind = tl.load(kind_ptr + offs, mask=msk, other=3).to(tl.int32)
         A = tl.load(adv_ptr + offs, mask=msk, other=0.0).to(tl.float32)
@@ -211,16 +220,17 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
 def _grad_kernel(x_ptr,           # [N, V_local] logits shard (read), strides (stride_xn, stride_xv)
                  g_ptr,           # [N, V_local] dL/dlogits out (may alias x_ptr), strides (stride_gn, stride_gv)
                  tgt_ptr,         # [N] global target ids
-                 lse_ptr, ent_ptr, dlogp_ptr, dent_ptr,  # [N] fp32 per-token lse, H, dL/dlogp, dL/dH
+                 mraw_ptr, logs_ptr, ent_ptr, dlogp_ptr, dent_ptr,  # [N] fp32: raw max, log S, H, dL/dlogp, dL/dH
                  gscale_ptr,      # [1] fp32 incoming grad of the loss
                  gent_ptr,        # [N] fp32 incoming grad of entropy_N (read only if HAS_GENT)
                  stride_xn, stride_xv, stride_gn, stride_gv, stride_t,
                  v_local, n_real, vocab_start, inv_temp,
-                 HAS_GENT: tl.constexpr, BLOCK_V: tl.constexpr):
+                 HAS_GENT: tl.constexpr, BLOCK_V: tl.constexpr, STREAM: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xn
     g_row = g_ptr + row * stride_gn
-    lse = tl.load(lse_ptr + row)
+    mraw = tl.load(mraw_ptr + row)
+    logs = tl.load(logs_ptr + row)
     ent = tl.load(ent_ptr + row)
     gs = tl.load(gscale_ptr)
     a = tl.load(dlogp_ptr + row) * gs
@@ -228,17 +238,24 @@ def _grad_kernel(x_ptr,           # [N, V_local] logits shard (read), strides (s
     if HAS_GENT:
         b += tl.load(gent_ptr + row)
     tgt = tl.load(tgt_ptr + row * stride_t).to(tl.int64) - vocab_start
-    c = ent - lse
     cols0 = tl.arange(0, BLOCK_V)
     for start in range(0, v_local, BLOCK_V):
         cols = start + cols0
         real = cols < n_real
-        x = tl.load(x_row + cols * stride_xv, mask=real, other=0.0).to(tl.float32) * inv_temp
-        p = tl.exp(x - lse)
-        g = tl.where(p > 0.0, -p * (a + b * (x + c)), 0.0)         # a -inf logit has p = 0 and grad 0, not NaN
+        if STREAM:
+            x = tl.load(x_row + cols * stride_xv, mask=real, other=0.0, eviction_policy="evict_first")
+        else:
+            x = tl.load(x_row + cols * stride_xv, mask=real, other=0.0)
+        lp = (x.to(tl.float32) - mraw) * inv_temp - logs           # log p_v, shift before scale
+        p = tl.exp(lp)
+        g = tl.where(p > 0.0, -p * (a + b * (lp + ent)), 0.0)      # a -inf logit has p = 0 and grad 0, not NaN
         g = tl.where(cols == tgt, g + a, g)
         g = tl.where(real, g, 0.0) * inv_temp
-        tl.store(g_row + cols * stride_gv, g.to(g_ptr.dtype.element_ty), mask=cols < v_local)
+        if STREAM:
+            tl.store(g_row + cols * stride_gv, g.to(g_ptr.dtype.element_ty), mask=cols < v_local,
+                     cache_modifier=".cs")
+        else:
+            tl.store(g_row + cols * stride_gv, g.to(g_ptr.dtype.element_ty), mask=cols < v_local)
 
 
 def _n_real(vocab_start: int, vocab_size: int, v_local: int) -> int:
@@ -253,8 +270,8 @@ def _shard_stats(logits_NV, target_N, vocab_start, vocab_size, temperature) -> t
     if n:
         _stats_kernel[(n,)](logits_NV, target_N, stats, logits_NV.stride(0), logits_NV.stride(1),
                             target_N.stride(0), _n_real(vocab_start, vocab_size, v_local), vocab_start,
-                            1.0 / float(temperature), BLOCK_V=cfg.block_v_stats, num_warps=cfg.warps_stats,
-                            num_stages=cfg.stages_stats)
+                            1.0 / float(temperature), BLOCK_V=cfg.block_v_stats, STREAM=cfg.stream,
+                            num_warps=cfg.warps_stats, num_stages=cfg.stages_stats)
     return stats
 
 
@@ -268,17 +285,18 @@ def _gather_stats(stats_N4: torch.Tensor, group) -> torch.Tensor:
     return out
 
 
-def _token_math(stats_TN4, *, per_token=None, eps_lo=0.2, eps_hi=0.2, luffy_gamma=0.1,
+def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=0.2, eps_hi=0.2, luffy_gamma=0.1,
                 entropy_coef=0.0, kl_coef=0.0) -> dict[str, torch.Tensor]:
     """Pass 3. per_token=None: only logp/entropy/lse (the old-policy pass)."""
     tp, n, _ = stats_TN4.shape
     dev = stats_TN4.device
-    names = ("logp", "ent", "lse", "contrib", "dlogp", "dent", "clip", "online")
-    k = 8 if per_token is not None else 3
-    outs = {nm: torch.empty(n, dtype=torch.float32, device=dev) for nm in names[:k]}
+    names = ("logp", "ent", "mraw", "logs", "contrib", "dlogp", "dent", "clip", "online")
+    k = 9 if per_token is not None else 4
+    buf = torch.empty((k, n), dtype=torch.float32, device=dev)  # one allocation, a row per output
+    outs = {nm: buf[i] for i, nm in enumerate(names[:k])}
     dummy = outs["logp"]
     if per_token is None:
-        outs.update({nm: dummy for nm in names[3:]})
+        outs.update({nm: dummy for nm in names[4:]})
         ins = [dummy] * 7
     else:
         ref = per_token["ref_logp_N"]
@@ -287,11 +305,14 @@ def _token_math(stats_TN4, *, per_token=None, eps_lo=0.2, eps_hi=0.2, luffy_gamm
     if n:
         bt = _config(dev).block_t
         _token_kernel[(triton.cdiv(n, bt),)](
-            stats_TN4, *ins, *(outs[nm] for nm in names), n, float(eps_lo), float(eps_hi),
+            stats_TN4, *ins, *(outs[nm] for nm in names), n, 1.0 / float(temperature), float(eps_lo), float(eps_hi),
             math.log(float(luffy_gamma)), float(entropy_coef), float(kl_coef),
             TP=tp, COMPUTE_LOSS=per_token is not None,
             HAS_KL=per_token is not None and kl_coef != 0.0, BLOCK_T=bt)
-    return {nm: outs[nm] for nm in names[:k]}
+    res = {nm: outs[nm] for nm in names[:k]}
+    if k == 9:
+        res["clip_online"] = buf[7:9]
+    return res
 
 
 def _shard_grad(logits_NV, grad_NV, target_N, tok, gscale, gent, vocab_start, vocab_size, temperature) -> None:
@@ -300,12 +321,13 @@ def _shard_grad(logits_NV, grad_NV, target_N, tok, gscale, gent, vocab_start, vo
     if n == 0:
         return
     cfg = _config(logits_NV.device)
-    _grad_kernel[(n,)](logits_NV, grad_NV, target_N, tok["lse"], tok["ent"], tok["dlogp"], tok["dent"],
+    _grad_kernel[(n,)](logits_NV, grad_NV, target_N, tok["mraw"], tok["logs"], tok["ent"], tok["dlogp"],
+                       tok["dent"],
                        gscale, gent if gent is not None else tok["ent"],
                        logits_NV.stride(0), logits_NV.stride(1), grad_NV.stride(0), grad_NV.stride(1),
                        target_N.stride(0), v_local, _n_real(vocab_start, vocab_size, v_local), vocab_start,
                        1.0 / float(temperature), HAS_GENT=gent is not None, BLOCK_V=cfg.block_v_grad,
-                       num_warps=cfg.warps_grad, num_stages=cfg.stages_grad)
+                       STREAM=cfg.stream, num_warps=cfg.warps_grad, num_stages=cfg.stages_grad)
 
 
 class _RedLossFn(torch.autograd.Function):
@@ -313,11 +335,12 @@ class _RedLossFn(torch.autograd.Function):
     def forward(ctx, logits_NV, target_N, per_token: dict, opts: dict):
         vs, vz, temp = opts["vocab_start"], opts["vocab_size"], opts["temperature"]
         stats = _gather_stats(_shard_stats(logits_NV, target_N, vs, vz, temp), opts["group"])
-        tok = _token_math(stats, per_token=per_token, eps_lo=opts["eps_lo"], eps_hi=opts["eps_hi"],
-                          luffy_gamma=opts["luffy_gamma"], entropy_coef=opts["entropy_coef"],
+        tok = _token_math(stats, temperature=temp, per_token=per_token, eps_lo=opts["eps_lo"],
+                          eps_hi=opts["eps_hi"], luffy_gamma=opts["luffy_gamma"], entropy_coef=opts["entropy_coef"],
                           kl_coef=opts["kl_coef"])
         loss = tok["contrib"].sum()
-        clip_frac = tok["clip"].sum() / tok["online"].sum().clamp(min=1.0)
+        counts_2 = tok["clip_online"].sum(1)  # [# clipped online, # online], both weight > 0
+        clip_frac = counts_2[0] / counts_2[1].clamp(min=1.0)
         ctx.opts = opts
         ctx.in_place = opts["grad_in_forward"] and logits_NV.requires_grad
         if ctx.in_place:
@@ -325,7 +348,7 @@ class _RedLossFn(torch.autograd.Function):
             _shard_grad(logits_NV, logits_NV, target_N, tok, one, None, vs, vz, temp)
             ctx.grad_buf = logits_NV  # not save_for_backward: it now holds the gradient, not the input
         else:
-            ctx.tok = {nm: tok[nm] for nm in ("lse", "ent", "dlogp", "dent")}
+            ctx.tok = {nm: tok[nm] for nm in ("mraw", "logs", "ent", "dlogp", "dent")}
             ctx.save_for_backward(logits_NV, target_N)
         ent = tok["ent"]
         no_grad_outs = [tok["logp"], clip_frac]
@@ -384,5 +407,5 @@ def logprob_entropy(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_st
     """(logp_N, entropy_N), fp32, no grad: the old-policy pass (passes 1-3, one collective)."""
     check_inputs(logits_NV, target_N, vocab_start=vocab_start, vocab_size=vocab_size, temperature=temperature)
     stats = _gather_stats(_shard_stats(logits_NV, target_N, vocab_start, vocab_size, temperature), group)
-    tok = _token_math(stats)
+    tok = _token_math(stats, temperature=temperature)
     return tok["logp"], tok["ent"]
