@@ -1,0 +1,228 @@
+"""MegatronPolicy: the trainer's one handle on the Megatron model.
+
+It owns the model chunks (this rank's pipeline stage(s), TP-sharded), their DDP wrappers, the
+Megatron optimizer (distributed optimizer by default) and the lr schedule, and offers exactly
+what the RED loop needs:
+
+    logp_N, entropy_N = policy.logprobs_and_entropy(tokens, prompt_lens, temperature)   # no grad
+    metrics = policy.train_step(tokens, prompt_lens, terms, logp_old_N, temperature=T, **loss_kw)
+    policy.save_checkpoint(root, step, trainer_state) / policy.load_latest_checkpoint(root)
+
+Every method is collective over the ranks that hold the model (all TP, PP and DP ranks call
+it with their own data-parallel batch; TP/PP peers of one replica pass the same batch).
+Per-token tensors are 1-D in "N order": the response tokens of the sequences, in sequence
+order (``batching.SequenceBatch``). Results are identical on every rank of a replica.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from red_megatron.policy.batching import SequenceBatch, loss_tensors, plan_micro_batches
+from red_megatron.policy.checkpoint import LoadInfo, load_checkpoint, resolve_checkpoint, save_checkpoint
+from red_megatron.policy.config import PolicyConfig
+from red_megatron.policy.optim import (OptimSettings, build_optimizer, build_scheduler, current_lr, optimizer_step,
+                                       wrap_ddp, zero_grads)
+from red_megatron.policy.passes import LossOptions, ParallelCtx, finalize_grads_sum, logprob_pass, resolve_loss_impl, \
+    train_pass
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _as_batch(tokens, prompt_lens) -> SequenceBatch:
+    if isinstance(tokens, SequenceBatch):
+        return tokens
+    if prompt_lens is None:
+        raise ValueError("prompt_lens is required when tokens is not a SequenceBatch")
+    rows = [t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.long) for t in tokens]
+    return SequenceBatch(tokens=rows, prompt_lens=[int(p) for p in prompt_lens])
+
+
+class MegatronPolicy:
+    """Model chunks + DDP + optimizer + scheduler, with the passes and checkpoints of the RED loop.
+
+    ``chunks``: this rank's GPTModel chunk(s) built with ``parallel_output=True`` after
+    ``parallel.init_model_parallel(cfg.tp, cfg.pp)``; not yet DDP-wrapped. ``vocab_size``: the
+    real (HF) vocabulary; padded logit columns beyond it never count.
+    """
+
+    def __init__(self, chunks: list, cfg: PolicyConfig, *, vocab_size: int, hf_dir: str | None = None,
+                 pad_id: int = 0):
+        from megatron.core.utils import get_model_config
+
+        if not chunks:
+            raise ValueError("MegatronPolicy needs at least one model chunk")
+        self.cfg = cfg
+        self.vocab_size = int(vocab_size)
+        self.hf_dir = hf_dir
+        self.pad_id = int(pad_id)
+        mcfg = get_model_config(chunks[0])
+        # Loss scaling: SUM over micro-batches and DP ranks (passes.py module doc).
+        mcfg.calculate_per_token_loss = True
+        mcfg.finalize_model_grads_func = finalize_grads_sum
+        if cfg.pp > 1:  # packed micro-batches differ in length: stages exchange shapes first
+            mcfg.variable_seq_lengths = True
+            if mcfg.pipeline_dtype is None:
+                mcfg.pipeline_dtype = _DTYPES[cfg.dtype]
+        self.ddp = wrap_ddp(chunks, use_distributed_optimizer=cfg.use_distributed_optimizer)
+        mcfg.no_sync_func = [m.no_sync for m in self.ddp] if len(self.ddp) > 1 else self.ddp[0].no_sync
+        self._settings = OptimSettings(lr=cfg.lr, min_lr=cfg.min_lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                       eps=cfg.adam_eps, weight_decay=cfg.weight_decay, clip_grad=cfg.clip_grad,
+                                       warmup_steps=cfg.warmup_steps, lr_decay_steps=cfg.lr_decay_steps,
+                                       params_dtype=_DTYPES[cfg.dtype],
+                                       use_distributed_optimizer=cfg.use_distributed_optimizer)
+        self.optimizer = build_optimizer(self.ddp, self._settings)
+        self.scheduler = build_scheduler(self.optimizer, self._settings)
+        self.ctx = ParallelCtx.from_megatron()
+        self._red_loss, self._logprob_entropy = resolve_loss_impl(cfg.loss_impl)
+        self._topology = None
+
+    # --- construction from a Hugging Face directory ------------------------------------------------
+    @classmethod
+    def from_hf(cls, hf_dir, cfg: PolicyConfig, *, seed: int | None = None) -> "MegatronPolicy":
+        """Initialise model parallelism (cfg.tp, cfg.pp), build the model from ``hf_dir``'s
+        config.json and load its safetensors (each rank reads only its own shards)."""
+        from red_megatron.policy import convert, model
+        from red_megatron.policy.parallel import init_model_parallel
+
+        init_model_parallel(tp=cfg.tp, pp=cfg.pp, seed=cfg.seed if seed is None else seed)
+        chunks = model.build_model(hf_dir, tp=cfg.tp, pp=cfg.pp, dtype=_DTYPES[cfg.dtype])
+        convert.load_hf_weights(chunks, hf_dir)
+        hf = model.read_hf_config(hf_dir) if hasattr(model, "read_hf_config") else None
+        vocab = int(getattr(hf, "vocab_size", None) or _hf_vocab_size(hf_dir))
+        return cls(chunks, cfg, vocab_size=vocab, hf_dir=str(hf_dir), pad_id=_hf_pad_id(hf_dir))
+
+    # --- accessors ----------------------------------------------------------------------------------
+    @property
+    def chunks(self) -> list:
+        """The unwrapped model chunks (GPTModel), e.g. for weight export."""
+        return [m.module for m in self.ddp]
+
+    @property
+    def topology(self):
+        if self._topology is None:
+            from red_megatron.policy.topology import Topology
+
+            self._topology = Topology.from_megatron()
+        return self._topology
+
+    @property
+    def lr(self) -> float:
+        return current_lr(self.optimizer)
+
+    @property
+    def num_updates(self) -> int:
+        return int(self.scheduler.num_steps)
+
+    def set_peak_lr(self, lr: float) -> None:
+        """Change the schedule's peak lr (min lr follows cfg.min_lr_ratio), e.g. for a preset."""
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        self.scheduler.max_lr, self.scheduler.min_lr = float(lr), float(lr) * self.cfg.min_lr_ratio
+        for g in self.optimizer.param_groups:
+            g["max_lr"], g["min_lr"] = self.scheduler.max_lr, self.scheduler.min_lr
+        self.scheduler.step(0)
+
+    def micro_batches(self, batch: SequenceBatch):
+        return plan_micro_batches(batch, max_tokens=self.cfg.micro_batch_tokens, pack=self.cfg.pack_sequences,
+                                  pad_id=self.pad_id)
+
+    # --- passes --------------------------------------------------------------------------------------
+    def logprobs_and_entropy(self, tokens, prompt_lens=None, temperature: float = 1.0
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logp_N, entropy_N) fp32 on the CPU, no grad, at ``temperature`` (old-policy pass)."""
+        batch = _as_batch(tokens, prompt_lens)
+        logp, ent = logprob_pass(self.ddp, self.micro_batches(batch), batch.num_response_tokens, ctx=self.ctx,
+                                 vocab_size=self.vocab_size, temperature=float(temperature),
+                                 logprob_entropy=self._logprob_entropy)
+        return logp.cpu(), ent.cpu()
+
+    def train_step(self, tokens, prompt_lens, terms, logp_old_N: torch.Tensor, *, temperature: float = 1.0,
+                   eps_lo: float = 0.2, eps_hi: float = 0.2, luffy_gamma: float = 0.1, entropy_coef: float = 0.0,
+                   kl_coef: float = 0.0, ref_logp_N: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser update on the RED loss of this batch (all micro-batches).
+
+        ``terms``: ``algo.token_terms.TokenTerms`` or a dict with kind_N, adv_N, rbar_N, w_N,
+        weight_N (weight_N carries every normaliser incl. DP: micro-batch and DP losses are
+        SUMMED). Returns loss, grad_norm (pre-clip), lr (of this update), clip_frac, skipped
+        (1.0 when the loss or grad norm was NaN/Inf: weights, optimizer state and schedule are
+        left untouched), micro_batches, seconds.
+        """
+        t0 = time.perf_counter()
+        batch = _as_batch(tokens, prompt_lens)
+        tensors = loss_tensors(terms, logp_old_N=logp_old_N, ref_logp_N=ref_logp_N,
+                               num_tokens=batch.num_response_tokens)
+        if kl_coef != 0.0 and ref_logp_N is None:
+            raise ValueError("ref_logp_N is required when kl_coef != 0")
+        opts = LossOptions(temperature=float(temperature), eps_lo=eps_lo, eps_hi=eps_hi, luffy_gamma=luffy_gamma,
+                           entropy_coef=entropy_coef, kl_coef=kl_coef)
+        mbs = self.micro_batches(batch)
+        zero_grads(self.ddp, self.optimizer)
+        kernel_opts = {"grad_in_forward": True} if self.cfg.grad_in_forward else {}
+        red_loss = self._red_loss if not kernel_opts else _with(self._red_loss, kernel_opts)
+        stats = train_pass(self.ddp, mbs, tensors, ctx=self.ctx, vocab_size=self.vocab_size, opts=opts,
+                           red_loss=red_loss)
+        step = optimizer_step(self.optimizer, self.scheduler, clip_grad=self.cfg.clip_grad,
+                              loss_finite=stats["loss_finite"])
+        return {"loss": stats["loss"], "grad_norm": step["grad_norm"], "lr": step["lr"],
+                "clip_frac": stats["clip_frac"], "skipped": step["skipped"], "micro_batches": float(len(mbs)),
+                "seconds": time.perf_counter() - t0}
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def save_checkpoint(self, root, step: int, trainer_state: dict | None = None) -> Path:
+        return save_checkpoint(root, step, chunks=self.ddp, optimizer=self.optimizer, scheduler=self.scheduler,
+                               trainer_state=trainer_state, sharding_type=self.cfg.checkpoint_sharding,
+                               keep_last=self.cfg.keep_last_checkpoints or None)
+
+    def load_checkpoint(self, path, *, load_optimizer: bool = True, load_rng: bool = True) -> LoadInfo:
+        return load_checkpoint(path, chunks=self.ddp, optimizer=self.optimizer, scheduler=self.scheduler,
+                               load_optimizer=load_optimizer, load_rng=load_rng)
+
+    def load_latest_checkpoint(self, root) -> dict | None:
+        """The trainer state of the newest complete checkpoint under ``root`` (None if there is none)."""
+        if resolve_checkpoint(root) is None:
+            return None
+        return self.load_checkpoint(root).trainer_state
+
+    # --- weights out (HF names), for the rollout refit and the final export ---------------------------
+    def stream_hf_weights(self):
+        from red_megatron.policy import convert
+
+        return convert.stream_hf_weights(self.chunks, self._hf_config())
+
+    def hf_weight_specs(self):
+        from red_megatron.policy import convert
+
+        return convert.hf_weight_specs(self._hf_config())
+
+    def export_hf(self, out_dir, *, tokenizer_dir=None) -> Path:
+        from red_megatron.policy import convert
+
+        return convert.export_hf(self.chunks, self._hf_config(), out_dir, tokenizer_dir=tokenizer_dir or self.hf_dir)
+
+    def _hf_config(self):
+        if self.hf_dir is None:
+            raise ValueError("this policy was not built from an HF directory (from_hf): no HF names to export")
+        return self.hf_dir
+
+
+def _with(fn, extra: dict):
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs, **extra)
+    return call
+
+
+def _hf_vocab_size(hf_dir) -> int:
+    import json
+
+    return int(json.loads((Path(hf_dir) / "config.json").read_text())["vocab_size"])
+
+
+def _hf_pad_id(hf_dir) -> int:
+    import json
+
+    cfg = json.loads((Path(hf_dir) / "config.json").read_text())
+    pad = cfg.get("pad_token_id")
+    return int(pad) if isinstance(pad, int) else 0
