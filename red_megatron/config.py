@@ -1,0 +1,100 @@
+"""RunConfig: the whole configuration of one RED run, as a recipe in configs/ returns it.
+
+Each section is the component's own typed config (validated where it is defined); this
+class adds the run's own fields and the checks that span sections. ``check_world`` adds the
+checks that need the launch (world size) and the checkpoint (head counts); it runs before
+any model or engine is built, so a config that cannot work fails in seconds, naming fields.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from red_megatron.algo.config import AlgoConfig
+from red_megatron.algo.presets import preset_stages
+from red_megatron.data.dataset import DataConfig
+from red_megatron.eval.protocol import EvalConfig
+from red_megatron.metrics import MetricsConfig
+from red_megatron.policy.config import PolicyConfig
+from red_megatron.reward.scorer import RewardConfig
+from red_megatron.rollout.config import RolloutConfig
+
+
+@dataclass(kw_only=True)
+class EvalRunConfig:
+    """The evaluation at the end of a run (and of the preset study): the paper's protocol."""
+
+    data_path: str | None = None  # None: no evaluation; a parquet/JSONL in the eval schema
+    schema: str = "openr1"
+    protocol: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = "red"
+    run_dir: str = "runs/red"
+    model_dir: str  # the initial policy: an HF directory (config.json, safetensors, tokenizer)
+    seed: int = 0
+    steps: int = 10  # optimiser steps (one per rollout batch, RED_SPEC step 7)
+    top_p: float = 1.0  # rollout nucleus; the paper samples at top_p 1
+    checkpoint_every: int = 0  # 0: only at the end
+    resume: bool = True  # continue from run_dir/checkpoints/latest when it exists
+    export_hf: bool = True  # write the final policy as an HF directory (run_dir/hf)
+    refit_bucket_mb: float = 256.0
+    use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps  # bytes a refit bucket holds before it is handed to the engine
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    data: DataConfig
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalRunConfig = field(default_factory=EvalRunConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"RunConfig.steps must be an int >= 1, got {self.steps!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"RunConfig.checkpoint_every must be an int >= 0 (0: at the end only), "
+                             f"got {self.checkpoint_every!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"RunConfig.top_p must be in (0, 1], got {self.top_p}")
+        if not self.refit_bucket_mb >= 0:
+            raise ValueError(f"RunConfig.refit_bucket_mb must be >= 0 (0: one tensor a bucket), got {self.refit_bucket_mb}")
+        need = self.data.max_prompt_tokens + self.data.max_response_tokens
+        if any(s.online for s in preset_stages(self.algo.preset)) and self.rollout.max_model_len < need:
+            raise ValueError(f"rollout.max_model_len={self.rollout.max_model_len} is below data.max_prompt_tokens + "
+                             f"data.max_response_tokens = {need}")
+        if self.eval.data_path is not None and self.eval.protocol.max_tokens + self.data.max_prompt_tokens > \
+                self.rollout.max_model_len:
+            raise ValueError(f"eval.protocol.max_tokens={self.eval.protocol.max_tokens} + data.max_prompt_tokens="
+                             f"{self.data.max_prompt_tokens} exceeds rollout.max_model_len={self.rollout.max_model_len}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.run_dir) / "checkpoints"
+
+
+def check_world(cfg: RunConfig, world_size: int) -> None:
+    """Checks that need the world size and the checkpoint's config.json; one ValueError naming fields."""
+    tp, pp = cfg.policy.tp, cfg.policy.pp
+    if world_size % (tp * pp) != 0:
+        raise ValueError(f"policy.tp={tp} × policy.pp={pp} must divide the world size {world_size}")
+    dp = world_size // (tp * pp)
+    if cfg.data.global_batch_size % dp != 0:
+        raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
+                         f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp})")
+    cfg_path = Path(cfg.model_dir) / "config.json"
+    if not cfg_path.exists():
+        raise ValueError(f"model_dir={cfg.model_dir!r}: no config.json there (expected a Hugging Face checkpoint)")
+    hf = json.loads(cfg_path.read_text())
+    heads = hf.get("num_attention_heads")
+    kv = hf.get("num_key_value_heads", heads)
+    layers = hf.get("num_hidden_layers")
+    for name, n in (("num_attention_heads", heads), ("num_key_value_heads", kv)):
+        if n is None or n % tp != 0:
+            raise ValueError(f"policy.tp={tp} must divide the checkpoint's {name}={n} ({cfg_path})")
+        if n % cfg.rollout.tp_infer != 0:
+            raise ValueError(f"rollout.tp_infer={cfg.rollout.tp_infer} must divide the checkpoint's {name}={n}")
+    if layers is None or layers % pp != 0:
+        raise ValueError(f"policy.pp={pp} must divide the checkpoint's num_hidden_layers={layers} ({cfg_path})")

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from red_megatron.algo.config import AlgoConfig
+from red_megatron.config import RunConfig, check_world
+from red_megatron.data.dataset import DataConfig
+from red_megatron.overrides import apply_overrides
+from red_megatron.policy.config import PolicyConfig
+from red_megatron.rollout.config import RolloutConfig
+
+
+def _cfg(tmp_path, **kw):
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "num_key_value_heads": 2,
+                                                      "num_hidden_layers": 2}))
+    base = dict(model_dir=str(tmp_path), data=DataConfig(path="x.parquet", max_prompt_tokens=64,
+                                                          max_response_tokens=32, global_batch_size=8),
+                rollout=RolloutConfig(max_model_len=128))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_valid_config_passes_world_checks(tmp_path):
+    cfg = _cfg(tmp_path)
+    check_world(cfg, 1)
+    check_world(apply_overrides(cfg, ["policy.tp=2"]), 2)
+    check_world(apply_overrides(cfg, ["policy.pp=2"]), 4)
+
+
+@pytest.mark.parametrize("overrides,world,msg", [
+    (["policy.tp=4"], 4, "policy.tp=4 must divide the checkpoint's num_key_value_heads=2"),
+    (["policy.tp=2"], 3, "policy.tp=2 × policy.pp=1 must divide the world size 3"),
+    (["data.global_batch_size=6"], 4, "global_batch_size=6 .* divisible by the data-parallel size 4"),
+    (["policy.pp=4"], 4, "policy.pp=4 must divide the checkpoint's num_hidden_layers=2"),
+    (["rollout.tp_infer=4", "rollout.executor=external_launcher"], 1, "rollout.tp_infer=4 must divide the checkpoint's num_key_value_heads=2"),
+])
+def test_impossible_layouts_name_the_fields(tmp_path, overrides, world, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_world(apply_overrides(_cfg(tmp_path), overrides), world)
+
+
+def test_section_checks(tmp_path):
+    with pytest.raises(ValueError, match="rollout.max_model_len=64 is below"):
+        _cfg(tmp_path, rollout=RolloutConfig(max_model_len=64))
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        _cfg(tmp_path, steps=0)
+    with pytest.raises(ValueError, match="num_online"):
+        _cfg(tmp_path, algo=AlgoConfig(preset="grpo", num_online=1))
+    with pytest.raises(ValueError, match="no config.json"):
+        check_world(_cfg(tmp_path, model_dir=str(tmp_path / "missing")), 1)
+    # sft has no online samples: the engine's length limit does not apply
+    _cfg(tmp_path, algo=AlgoConfig(preset="sft"), rollout=RolloutConfig(max_model_len=64))
+    assert _cfg(tmp_path, policy=PolicyConfig(tp=2)).policy.tp == 2
