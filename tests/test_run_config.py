@@ -32,7 +32,7 @@ def test_valid_config_passes_world_checks(tmp_path):
     (["policy.tp=2"], 3, "policy.tp=2 × policy.pp=1 must divide the world size 3"),
     (["data.global_batch_size=6"], 4, "global_batch_size=6 .* divisible by the data-parallel size 4"),
     (["policy.pp=4"], 4, "policy.pp=4 must divide the checkpoint's num_hidden_layers=2"),
-    (["rollout.tp_infer=4", "rollout.executor=external_launcher"], 1, "rollout.tp_infer=4 must divide the checkpoint's num_key_value_heads=2"),
+    (["rollout.executor=external_launcher", "rollout.tp_infer=4"], 1, "rollout.tp_infer=4 must divide the checkpoint's num_key_value_heads=2"),
 ])
 def test_impossible_layouts_name_the_fields(tmp_path, overrides, world, msg):
     with pytest.raises(ValueError, match=msg):
