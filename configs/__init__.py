@@ -1,0 +1,34 @@
+"""Recipes: one function a run, each returning the whole RunConfig (ARCHITECTURE rule 2).
+
+The command line (scripts/train.py, scripts/launch.py) only overrides single fields
+(``policy.tp=4``); NeMo-Run only wraps the recipe. Names:
+- ``tiny_cpu``: the CPU demo (tiny random Qwen2 + the synthetic copy task, made on first use);
+- ``qwen25_math_1p5b``: Qwen2.5-Math-1.5B with the paper's hyper-parameters, one 8×H100 node;
+- ``qwen25_7b``: Qwen2.5-7B, TP=2, vLLM TP=2, one or more 8×H100 nodes;
+- ``qwen25_32b``: Qwen2.5-32B, TP=8 × PP=2, vLLM TP=4, two or more 8×H100 nodes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from configs.qwen25 import qwen25_7b, qwen25_32b, qwen25_math_1p5b
+from configs.tiny_cpu import tiny_cpu
+
+RECIPES: dict[str, Callable] = {
+    "tiny_cpu": tiny_cpu,
+    "qwen25_math_1p5b": qwen25_math_1p5b,
+    "qwen25_7b": qwen25_7b,
+    "qwen25_32b": qwen25_32b,
+}
+
+
+def get_recipe(name: str):
+    """The RunConfig of recipe ``name``; an unknown name is a ValueError listing the valid ones."""
+    try:
+        fn = RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}") from None
+    return fn()
+
+
+__all__ = ["RECIPES", "get_recipe"]

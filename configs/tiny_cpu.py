@@ -1,0 +1,86 @@
+"""The CPU demo: a tiny random-weight Qwen2 (hidden 128, 2 layers) on the synthetic copy task.
+
+Runs on 2 CPU cores in seconds a step: 8 prompts × (3 online + 1 offline), 32-token responses.
+The learning rate is large (1e-3) because the model starts from random weights and must learn
+the answer format within a few dozen steps; the paper's 2e-6 is for a pretrained 1.5B model.
+
+The assets (checkpoint, train split, held-out split) are deterministic and made on first use
+under $RED_ASSETS (default <repo>/runs/assets), atomically, so concurrent torchrun ranks and
+repeated calls agree. ``tiny_assets()`` returns their paths (the preset study uses them).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from red_megatron.algo.config import AlgoConfig
+from red_megatron.config import EvalRunConfig, RunConfig
+from red_megatron.data.dataset import DataConfig
+from red_megatron.eval.protocol import EvalConfig
+from red_megatron.metrics import MetricsConfig
+from red_megatron.policy.config import PolicyConfig
+from red_megatron.reward.scorer import RewardConfig
+from red_megatron.rollout.config import RolloutConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DIFFICULTY = "copy"
+TRAIN_EXAMPLES, EVAL_EXAMPLES = 256, 64
+TRAIN_SEED, EVAL_SEED = 0, 1
+STEPS = 20
+
+
+def assets_root() -> Path:
+    return Path(os.environ.get("RED_ASSETS", REPO / "runs" / "assets")).resolve()
+
+
+def tiny_assets(root: Path | None = None) -> dict[str, Path]:
+    """Make (once) and return {'model_dir', 'train', 'eval'}: the tiny checkpoint and the two splits."""
+    root = Path(root or assets_root())
+    paths = {"model_dir": root / "tiny_qwen2", "train": root / f"synthetic_{DIFFICULTY}_train.parquet",
+             "eval": root / f"synthetic_{DIFFICULTY}_heldout.parquet"}
+    root.mkdir(parents=True, exist_ok=True)
+    if not (paths["model_dir"] / "config.json").exists():
+        from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny_qwen2-", dir=root))
+        make_tiny_checkpoint(TinyCheckpointConfig(seed=0), tmp)
+        try:
+            os.rename(tmp, paths["model_dir"])  # atomic; another process may have won the race
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for split, seed, n in (("train", TRAIN_SEED, TRAIN_EXAMPLES), ("eval", EVAL_SEED, EVAL_EXAMPLES)):
+        if not paths[split].exists():
+            from red_megatron.data.synthetic import SyntheticTaskConfig, write_parquet
+
+            fd, tmp = tempfile.mkstemp(prefix=f".{split}-", suffix=".parquet", dir=root)
+            os.close(fd)
+            write_parquet(SyntheticTaskConfig(difficulty=DIFFICULTY, num_examples=n, seed=seed, trace_detail=1,
+                                              data_source=f"synthetic_{DIFFICULTY}"), tmp)
+            os.replace(tmp, paths[split])
+    return paths
+
+
+def tiny_cpu() -> RunConfig:
+    a = tiny_assets()
+    return RunConfig(
+        name="tiny_cpu",
+        run_dir=str(REPO / "runs" / "tiny_cpu"),
+        model_dir=str(a["model_dir"]),
+        seed=0,
+        steps=STEPS,
+        checkpoint_every=0,
+        export_hf=True,
+        algo=AlgoConfig(preset="red", num_online=3, temperature=1.0),
+        data=DataConfig(path=str(a["train"]), schema="openr1", max_prompt_tokens=64, max_response_tokens=32,
+                        global_batch_size=8, seed=0),
+        policy=PolicyConfig(tp=1, pp=1, dtype="float32", micro_batch_tokens=1024, lr=1e-3, min_lr_ratio=0.1,
+                            lr_decay_steps=STEPS, use_distributed_optimizer=True),
+        rollout=RolloutConfig(tp_infer=1, max_model_len=128, dtype="float32", cpu_kvcache_space_gib=1.0,
+                              max_num_seqs=64),
+        reward=RewardConfig(num_workers=1),
+        metrics=MetricsConfig(tensorboard=False, progress=True),
+        eval=EvalRunConfig(data_path=str(a["eval"]),
+                           protocol=EvalConfig(temperature=0.6, max_tokens=32, samples_per_row=1)),
+    )

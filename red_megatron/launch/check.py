@@ -1,0 +1,38 @@
+"""Refuse a recipe + launch combination that cannot work, in the launcher process, before
+NeMo-Run, torchrun or Slurm start anything (a bad 32-node job should fail in one second here,
+not after an hour in the queue). Every message names the fields involved.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from red_megatron.launch.spec import LaunchSpec
+
+
+def check_launch(cfg, spec: LaunchSpec) -> list[str]:
+    """Raise ValueError for an impossible layout; return notes on checks that had to be skipped."""
+    notes: list[str] = []
+    world, per_node = spec.world_size, spec.procs_per_node
+    tp, pp, tp_inf = cfg.policy.tp, cfg.policy.pp, cfg.rollout.tp_infer
+    where = f"{spec.nodes} node(s) × {per_node} process(es)" if spec.executor == "slurm" else f"--nproc {world}"
+    if world % (tp * pp) != 0:
+        raise ValueError(f"policy.tp={tp} × policy.pp={pp} = {tp * pp} must divide the world size {world} ({where})")
+    dp = world // (tp * pp)
+    if cfg.data.global_batch_size % dp != 0:
+        raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
+                         f"by the data-parallel size {dp} = world {world} / (policy.tp={tp} × policy.pp={pp})")
+    if per_node % tp != 0:
+        raise ValueError(f"policy.tp={tp} must divide the processes per node {per_node}: tensor parallelism "
+                         "stays inside a node (NVLink), never across the network")
+    if world % tp_inf != 0 or per_node % tp_inf != 0:
+        raise ValueError(f"rollout.tp_infer={tp_inf} must divide the processes per node {per_node} and the world "
+                         f"size {world}: each vLLM engine spans tp_infer ranks of one node")
+    cfg_json = Path(cfg.model_dir) / "config.json"
+    if cfg_json.is_file():
+        from red_megatron.config import check_world  # head counts / layers against tp, pp, tp_infer
+
+        check_world(cfg, world)
+    else:
+        notes.append(f"model_dir={cfg.model_dir!r} has no readable config.json here: head/layer divisibility "
+                     "is checked when the job starts (scripts/train.py runs check_world first)")
+    return notes

@@ -1,0 +1,147 @@
+"""NeMo-Run glue: build the executor and one run.Script task per run, dry-run or launch them as
+one run.Experiment, and turn the experiment's final state into an exit code.
+
+Why the extra care around NeMo-Run 0.11.1 (see ../shared/CPU_STACK.md):
+- ``run.run`` / ``Experiment.run`` return None and the process exits 0 even when a job
+  FAILED, so the caller reads each job's final ``AppState`` after the experiment's context
+  has waited for it (``job_states``) and exits non-zero on anything but SUCCEEDED.
+- NeMo-Run keeps its experiment files under NEMORUN_HOME (default ~/.nemo_run); we point it
+  into the run directory so a run's launch records live with its metrics and checkpoints.
+- Locally, torchrun is found on PATH: the interpreter's bin directory (the venv) is put first.
+nemo_run is imported inside the functions: it costs ~5 s, and validation runs before it.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from red_megatron.launch.spec import LaunchSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(kw_only=True)
+class Task:
+    """One training run of the experiment: a job name and the train.py arguments."""
+
+    name: str
+    args: list[str]
+
+
+def set_nemorun_home(path: str | Path) -> Path:
+    home = Path(path).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["NEMORUN_HOME"] = str(home)  # for anything NeMo-Run starts
+    import nemo_run.config as nr_config
+
+    nr_config.set_nemorun_home(str(home))
+    return home
+
+
+def build_executor(spec: LaunchSpec, nemorun_home: Path):
+    import nemo_run as run
+
+    env = {"PYTHONUNBUFFERED": "1", **spec.env}
+    if spec.executor == "local":
+        # the child's import path: the repository (scripts/train.py also inserts it itself)
+        env.setdefault("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+        env.setdefault("NEMORUN_HOME", str(nemorun_home))
+        bindir = str(Path(sys.executable).parent)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        return run.LocalExecutor(ntasks_per_node=spec.nproc, launcher="torchrun", env_vars=env)
+
+    if spec.ssh_host:
+        user, _, host = spec.ssh_host.rpartition("@")
+        tunnel = run.SSHTunnel(host=host, user=user or os.environ.get("USER", ""), job_dir=spec.remote_job_dir)
+    else:
+        tunnel = run.LocalTunnel(job_dir=str(nemorun_home / "slurm_jobs"))
+    if spec.code_dir:
+        packager = run.Packager()  # the code is already on the cluster (a mount): nothing to ship
+        env.setdefault("PYTHONPATH", spec.code_dir)
+    else:
+        packager = run.GitArchivePackager()  # ships git HEAD; extracted as the job's /nemo_run/code
+        env.setdefault("PYTHONPATH", "/nemo_run/code")
+    return run.SlurmExecutor(
+        account=spec.account,
+        partition=spec.partition,
+        nodes=spec.nodes,
+        ntasks_per_node=spec.gpus_per_node,  # NeMo-Run turns this into torchrun --nproc-per-node
+        gpus_per_node=spec.gpus_per_node,
+        time=spec.time,
+        container_image=spec.container_image,
+        container_mounts=list(spec.container_mounts),
+        job_name_prefix="red-megatron-",
+        launcher="torchrun",
+        tunnel=tunnel,
+        packager=packager,
+        env_vars=env,
+        poll_estimated_start_time=False,
+    )
+
+
+def train_script_path(spec: LaunchSpec, script: str | None) -> str:
+    """The training script as the launched job sees it."""
+    if script:
+        return script
+    if spec.executor == "local":
+        return str(REPO_ROOT / "scripts" / "train.py")
+    return f"{spec.code_dir.rstrip('/')}/scripts/train.py" if spec.code_dir else "scripts/train.py"
+
+
+def _experiment(title: str, spec: LaunchSpec, tasks: list[Task], script: str, nemorun_home: Path):
+    import nemo_run as run
+
+    executor = build_executor(spec, nemorun_home)
+    exp = run.Experiment(title, executor=executor, log_level="WARN")
+    return exp, executor, [run.Script(path=script, entrypoint="python", args=t.args) for t in tasks]
+
+
+def render_dry_run(title: str, spec: LaunchSpec, tasks: list[Task], script: str, nemorun_home: Path) -> str:
+    """The exact command (local) or sbatch script (Slurm) each task would run; launches nothing."""
+    exp, _, scripts = _experiment(title, spec, tasks, script, nemorun_home)
+    out = []
+    with exp:
+        for task, s in zip(tasks, scripts):
+            exp.add(s, name=task.name, tail_logs=False)
+        exp.dryrun(log=False, delete_exp_dir=True)
+        for task, job in zip(tasks, exp.jobs):
+            req = job._dryrun_info.request  # NeMo-Run keeps no public handle on it (0.11.1)
+            if spec.executor == "slurm":
+                body = req.materialize()
+            else:
+                lines = []
+                for replicas in req.role_params.values():
+                    for rep in replicas:
+                        lines.append(shlex.join(rep.args))
+                keys = sorted(k for k in ("PYTHONPATH", "NEMORUN_HOME", *spec.env) if k in job.executor.env_vars)
+                env = " ".join(f"{k}={shlex.quote(job.executor.env_vars[k])}" for k in keys)
+                body = "\n".join(f"{env} {line}".strip() for line in lines)
+            out.append(f"# ---- task {task.name} ({spec.executor}) ----\n{body.rstrip()}\n")
+    return "\n".join(out)
+
+
+def launch(title: str, spec: LaunchSpec, tasks: list[Task], script: str, nemorun_home: Path) -> dict[str, str]:
+    """Run the experiment to completion (or submission, with detach); return {task: final state}."""
+    exp, _, scripts = _experiment(title, spec, tasks, script, nemorun_home)
+    with exp:
+        for task, s in zip(tasks, scripts):
+            exp.add(s, name=task.name, tail_logs=True)
+        exp.run(sequential=spec.run_sequential and len(tasks) > 1, detach=spec.detach)
+    # the context manager has waited for every job (unless detached): states are final now
+    return job_states(exp)
+
+
+def job_states(exp) -> dict[str, str]:
+    return {job.id: getattr(job.state, "name", str(job.state)) for job in exp.jobs}
+
+
+def exit_code(states: dict[str, str], detached: bool) -> int:
+    """0 only when every job SUCCEEDED (or, detached, was accepted by the scheduler)."""
+    if not states:
+        return 1
+    ok = {"SUCCEEDED"} | ({"SUBMITTED", "PENDING", "RUNNING"} if detached else set())
+    return 0 if all(s in ok for s in states.values()) else 1

@@ -1,0 +1,100 @@
+"""LaunchSpec: where and how a recipe runs (executor, processes, cluster fields), validated.
+
+The recipe (configs/) says *what* runs; this says *where*. Kept free of nemo_run imports so
+the launcher can validate a request in milliseconds before the 5 s NeMo-Run import, and so
+tests can build specs without it.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+_TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$|^\d+$")
+_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(kw_only=True)
+class LaunchSpec:
+    executor: Literal["local", "slurm"] = "local"
+    nproc: int = 1  # local: torchrun processes on this machine
+    nodes: int = 1  # slurm
+    gpus_per_node: int = 8  # slurm: also torchrun's --nproc-per-node there
+    account: str | None = None
+    partition: str | None = None
+    time: str = "04:00:00"
+    container_image: str | None = None
+    container_mounts: tuple[str, ...] = ()
+    code_dir: str | None = None  # the repository's path inside the job; None: NeMo-Run packages git HEAD
+    ssh_host: str | None = None  # user@host of the login node; None: sbatch runs here (LocalTunnel)
+    remote_job_dir: str | None = None  # with ssh_host: where NeMo-Run keeps job files on the cluster
+    env: dict[str, str] = field(default_factory=dict)
+    sequential: bool | None = None  # None: sequential locally (one machine), parallel on Slurm
+    detach: bool = False  # slurm: return after sbatch instead of waiting for the job
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("local", "slurm"):
+            raise ValueError(f"--executor must be 'local' or 'slurm', got {self.executor!r}")
+        if not (isinstance(self.nproc, int) and self.nproc >= 1):
+            raise ValueError(f"--nproc must be an int >= 1, got {self.nproc!r}")
+        if not (isinstance(self.nodes, int) and self.nodes >= 1):
+            raise ValueError(f"--nodes must be an int >= 1, got {self.nodes!r}")
+        if not (isinstance(self.gpus_per_node, int) and 1 <= self.gpus_per_node <= 64):
+            raise ValueError(f"--gpus-per-node must be an int in [1, 64], got {self.gpus_per_node!r}")
+        if self.executor == "local" and self.nodes != 1:
+            raise ValueError(f"--nodes={self.nodes} needs --executor slurm (the local executor is one machine)")
+        if self.executor == "slurm":
+            if not self.account:
+                raise ValueError("--account is required with --executor slurm")
+            if not _TIME_RE.match(self.time):
+                raise ValueError(f"--time={self.time!r}: expected [D-]HH:MM:SS or minutes")
+            for m in self.container_mounts:
+                if ":" not in m:
+                    raise ValueError(f"--container-mounts entry {m!r}: expected SRC:DST[:FLAGS]")
+            if self.remote_job_dir and not self.ssh_host:
+                raise ValueError("--remote-job-dir needs --ssh-host (it is a path on the login node)")
+            if self.ssh_host and not self.remote_job_dir:
+                raise ValueError("--ssh-host needs --remote-job-dir (where job files go on the cluster)")
+        if self.detach and self.executor != "slurm":
+            raise ValueError("--detach is only supported with --executor slurm")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc if self.executor == "local" else self.nodes * self.gpus_per_node
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc if self.executor == "local" else self.gpus_per_node
+
+    @property
+    def run_sequential(self) -> bool:
+        return self.executor == "local" if self.sequential is None else self.sequential
+
+
+def parse_sweeps(sweeps: list[str]) -> list[tuple[str, list[str]]]:
+    """``["algo.preset=grpo,red", "seed=0,1"]`` -> one (label, overrides) per point of the product.
+
+    With no sweep: one point, label "train", no extra overrides.
+    """
+    axes: list[tuple[str, list[str]]] = []
+    for item in sweeps:
+        if "=" not in item:
+            raise ValueError(f"--sweep {item!r}: expected dotted.field=v1,v2,...")
+        key, values = item.split("=", 1)
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not key.strip() or not vals:
+            raise ValueError(f"--sweep {item!r}: expected dotted.field=v1,v2,... with at least one value")
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"--sweep {item!r}: repeated values")
+        if any(k == key.strip() for k, _ in axes):
+            raise ValueError(f"--sweep {key.strip()!r} given twice")
+        axes.append((key.strip(), vals))
+    if not axes:
+        return [("train", [])]
+    points = []
+    for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in axes]):
+        overrides = [f"{k}={v}" for k, v in combo]
+        label = _NAME_RE.sub("_", "-".join(f"{k.split('.')[-1]}_{v}" for k, v in combo))[:80]
+        points.append((label, overrides))
+    return points
