@@ -280,9 +280,10 @@ def _gather_stats(stats_N4: torch.Tensor, group) -> torch.Tensor:
     if group is None or dist.get_world_size(group) == 1:
         return stats_N4.unsqueeze(0)
     tp = dist.get_world_size(group)
-    out = torch.empty((tp,) + tuple(stats_N4.shape), dtype=stats_N4.dtype, device=stats_N4.device)
+    n = stats_N4.shape[0]
+    out = torch.empty((tp * n, 4), dtype=stats_N4.dtype, device=stats_N4.device)  # gloo wants the flat form
     dist.all_gather_into_tensor(out, stats_N4, group=group)
-    return out
+    return out.view(tp, n, 4)
 
 
 def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=0.2, eps_hi=0.2, luffy_gamma=0.1,

@@ -64,7 +64,7 @@ def run_kernel(logits, target, per, *, fn=red_loss, extra_ent_grad=None, **kw):
 
 def run_ref(logits, target, per, **kw):
     """The float64 reference on the same rounded logits."""
-    p64 = {k: (t.double() if t.dtype.is_floating_point else t) for k, t in per.items()}
+    p64 = {k: (t.double() if t is not None and t.dtype.is_floating_point else t) for k, t in per.items()}
     kw = {k: v for k, v in kw.items() if k != "grad_in_forward"}
     return run_kernel(logits.double(), target, p64, fn=red_loss_reference, **kw)
 
