@@ -323,6 +323,7 @@ def load_checkpoint(path, *, chunks: list, optimizer=None, scheduler=None, load_
     if want_opt:
         _load_optimizer_state(optimizer, loaded["optimizer"])
         if scheduler is not None and meta["scheduler"] is not None:
+            scheduler.num_steps = 0  # megatron's load_state_dict ADDS the saved count to the current one
             scheduler.load_state_dict(meta["scheduler"])
     elif optimizer is not None and hasattr(optimizer, "reload_model_params"):
         optimizer.reload_model_params()  # fp32 main copies follow the loaded weights
