@@ -1,0 +1,220 @@
+"""The nine-preset study: every RED_SPEC.md preset (the paper's Table 2 rows) on the synthetic task.
+
+  python scripts/preset_study.py                      # small default: tiny_cpu, < 30 min on 2 CPU cores
+  python scripts/preset_study.py --steps 60 --eval-samples 8 --parallel 1 data.global_batch_size=32  # larger
+  python scripts/preset_study.py --presets grpo,red --out runs/study_quick
+
+Same starting checkpoint (the recipe's model_dir), same data and seed, and the same rollout budget
+for every preset (steps × prompts × G online samples; ``sft`` has none, ``sft_then_grpo`` spends its
+budget in its GRPO stage, after 3 SFT epochs, as in the paper). Each preset trains in its own
+process (scripts/train.py; torchrun with --nproc > 1) and its final checkpoint is evaluated with
+the paper's protocol (scripts/eval.py, T=0.6, avg@k over the held-out split; the initial
+checkpoint too). Writes, under --out: runs/<preset>/, eval/<preset>/results.json, study.json,
+entropy_dynamics.png; and the markdown report (--report, default
+benchmarks/reports/preset_study_<date>.md) with the table and the plot beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="tiny_cpu")
+    ap.add_argument("--out", default=str(REPO / "runs" / "preset_study"))
+    ap.add_argument("--presets", default="all", help="comma-separated preset names, or 'all' (RED_SPEC order)")
+    ap.add_argument("--steps", type=int, default=None, help="RL steps per preset (default: the recipe's)")
+    ap.add_argument("--seed", type=int, default=0, help="one seed for every run (sampling, data order, init)")
+    ap.add_argument("--eval-samples", type=int, default=4, help="samples per held-out row (avg@k)")
+    ap.add_argument("--eval-max-tokens", type=int, default=None, help="default: the recipe's eval max_tokens")
+    ap.add_argument("--parallel", type=int, default=2, help="training processes at once (CPU: 2 cores)")
+    ap.add_argument("--nproc", type=int, default=1, help="torchrun processes per run (GPU: GPUs per run)")
+    ap.add_argument("--report", default=None, help="markdown report path (default benchmarks/reports/...)")
+    ap.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing finished runs")
+    ap.add_argument("overrides", nargs="*", help="section.field=value overrides applied to every run")
+    return ap
+
+
+def final_stage_dir(run_dir: Path, preset: str) -> Path:
+    """Where the run's last stage keeps metrics and the exported checkpoint (the trainer's layout)."""
+    from red_megatron.algo.presets import preset_stages
+
+    stages = preset_stages(preset)
+    return run_dir if len(stages) == 1 else run_dir / f"stage{len(stages) - 1}_{stages[-1].name}"
+
+
+def _env() -> dict:
+    # one thread a process: results do not depend on how many runs share the machine
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def train_one(args, preset: str, run_dir: Path) -> dict:
+    hf = final_stage_dir(run_dir, preset) / "hf"
+    if (hf / "config.json").exists() and (run_dir / "train.log").exists():
+        return {"preset": preset, "rc": 0, "seconds": None, "reused": True}
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py")]
+    if args.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               str(REPO / "scripts" / "train.py")]
+    cmd += ["--recipe", args.recipe, "--run-dir", str(run_dir), f"algo.preset={preset}", f"seed={args.seed}",
+            *([f"steps={args.steps}"] if args.steps else []), *args.overrides]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(run_dir / "train.log.partial", "w") as log:
+        rc = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    (run_dir / "train.log.partial").rename(run_dir / ("train.log" if rc == 0 else "train.failed.log"))
+    print(f"[study] {preset}: train rc={rc} in {time.time() - t0:.0f} s", flush=True)
+    return {"preset": preset, "rc": rc, "seconds": time.time() - t0, "reused": False}
+
+
+def eval_one(args, cfg, name: str, model: Path, out: Path) -> dict | None:
+    if not (out / "results.json").exists():
+        cmd = [sys.executable, str(REPO / "scripts" / "eval.py"), "--model", str(model), "--name", name,
+               "--out", str(out), "--data", str(cfg.eval.data_path), "--temperature", str(cfg.eval.protocol.temperature),
+               "--max-tokens", str(args.eval_max_tokens or cfg.eval.protocol.max_tokens), "--seed", str(args.seed),
+               "--samples-per-row", str(args.eval_samples), "--dtype", cfg.rollout.dtype, "--reward-workers", "1",
+               "--max-prompt-tokens", str(cfg.data.max_prompt_tokens)]
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "eval.log", "w") as log:
+            rc = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            print(f"[study] {name}: eval failed (rc={rc}), see {out / 'eval.log'}", flush=True)
+            return None
+    return json.loads((out / "results.json").read_text())
+
+
+def train_summary(metrics_dir: Path, last: int = 3) -> dict:
+    """Training-side numbers from the last stage's metrics.jsonl: the end of the run, averaged over ``last`` steps."""
+    from red_megatron.metrics import read_metrics
+
+    try:
+        recs = read_metrics(metrics_dir)
+    except FileNotFoundError:
+        return {}
+
+    def tail(key):
+        vals = [r[key] for r in recs if isinstance(r.get(key), (int, float))]
+        return sum(vals[-last:]) / len(vals[-last:]) if vals else None
+
+    def first(key):
+        vals = [r[key] for r in recs if isinstance(r.get(key), (int, float))]
+        return vals[0] if vals else None
+
+    return {"steps": len(recs), "online_acc": tail("reward/online_accuracy"), "h_rl_first": first("entropy/h_rl"),
+            "h_rl_last": tail("entropy/h_rl"), "h_sft_last": tail("entropy/h_sft"), "w_last": tail("red/w"),
+            "w_mean": (lambda v: sum(v) / len(v) if v else None)([r["red/w"] for r in recs
+                                                                  if isinstance(r.get("red/w"), (int, float))]),
+            "resp_len": tail("response/online_mean_length")}
+
+
+def _f(x, fmt):
+    return "–" if x is None else format(x, fmt)
+
+
+def render_report(rows: list[dict], initial: dict | None, meta: dict, plot: str | None) -> str:
+    lines = [f"# Preset study ({meta['date']})", "",
+             "Every RED_SPEC.md preset (the paper's Table 2 rows) trained on the synthetic task from the same "
+             f"starting checkpoint with the same seed and rollout budget; device: {meta['device']}.", "",
+             "Setup: " + meta["setup"], "",
+             "| preset | held-out Acc (%) | LEN | train online acc (last 3 steps) | H^rl first → last | w (mean / last) "
+             "| train s |", "|---|---|---|---|---|---|---|"]
+    if initial:
+        lines.append(f"| (initial checkpoint) | {initial['acc']:.2f} | {initial['len']:.1f} | – | – | – | – |")
+    for r in rows:
+        ev, tr = r.get("eval"), r.get("train", {})
+        acc = f"{ev['acc']:.2f}" if ev else f"failed (train rc={r['rc']})" if r["rc"] else "eval failed"
+        lines.append(f"| {r['preset']} | {acc} | {_f(ev and ev['len'], '.1f')} | {_f(tr.get('online_acc'), '.3f')} | "
+                     f"{_f(tr.get('h_rl_first'), '.3f')} → {_f(tr.get('h_rl_last'), '.3f')} | "
+                     f"{_f(tr.get('w_mean'), '.2f')} / {_f(tr.get('w_last'), '.2f')} | {_f(r.get('seconds'), '.0f')} |")
+    ranked = sorted((r for r in rows if r.get("eval")), key=lambda r: -r["eval"]["acc"])
+    lines += ["", "Order by held-out accuracy: " + " > ".join(f"{r['preset']} ({r['eval']['acc']:.1f})" for r in ranked),
+              "", "Notes: held-out Acc = avg@k at T=0.6 over the held-out split (red_megatron.eval; k in the setup "
+              "line); LEN = mean response tokens. `sft` has no rollouts (its H^rl and w are empty); for "
+              "`sft_then_grpo` the training columns are its GRPO stage's. A small CPU study is noisy: read "
+              "differences of a few points as ties."]
+    if plot:
+        lines += ["", f"![entropy dynamics per preset]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from configs import get_recipe
+    from red_megatron.algo.presets import PRESETS
+    from red_megatron.overrides import apply_overrides
+    from red_megatron.plots import plot_runs_side_by_side
+
+    presets = list(PRESETS) if args.presets == "all" else [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        print(f"unknown preset(s) {unknown}; valid: {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    # validate every run's config here, before minutes of training (and make the recipe's assets once)
+    base = apply_overrides(get_recipe(args.recipe), [f"seed={args.seed}"] + ([f"steps={args.steps}"] if args.steps
+                                                                             else []) + list(args.overrides))
+    for p in presets:
+        apply_overrides(base, [f"algo.preset={p}"])
+    if base.eval.data_path is None:
+        print(f"recipe {args.recipe} has no eval.data_path (held-out split); set eval.data_path=...", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    print(f"[study] {len(presets)} presets × {base.steps} steps × {base.data.global_batch_size} prompts × "
+          f"(G={base.algo.num_online} + 1) from {base.model_dir} -> {out}", flush=True)
+    initial = eval_one(args, base, "initial checkpoint", Path(base.model_dir), out / "eval" / "initial")
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        trained = list(pool.map(lambda p: train_one(args, p, out / "runs" / p), presets))
+    rows = []
+    for r in trained:
+        stage_dir = final_stage_dir(out / "runs" / r["preset"], r["preset"])
+        r["train"] = train_summary(stage_dir)
+        r["eval"] = eval_one(args, base, r["preset"], stage_dir / "hf", out / "eval" / r["preset"]) if r["rc"] == 0 \
+            else None
+        rows.append(r)
+    plot = None
+    plottable = {r["preset"]: final_stage_dir(out / "runs" / r["preset"], r["preset"]) for r in rows
+                 if (final_stage_dir(out / "runs" / r["preset"], r["preset"]) / "metrics.jsonl").exists()}
+    date = datetime.date.today().isoformat()
+    report = Path(args.report or REPO / "benchmarks" / "reports" / f"preset_study_{date}.md")
+    if plottable:
+        png = plot_runs_side_by_side(plottable, out / "entropy_dynamics.png")
+        report.parent.mkdir(parents=True, exist_ok=True)
+        dst = report.with_name(report.stem + "_entropy.png")
+        shutil.copyfile(png, dst)
+        plot = dst.name
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    setup = (f"recipe `{args.recipe}`, {base.steps} RL steps × {base.data.global_batch_size} prompts × "
+             f"(G={base.algo.num_online} online + 1 offline), seed {args.seed}, policy lr {base.policy.lr:g} "
+             f"(presets with their own lr keep it: sft 5e-5), eval avg@{args.eval_samples} on "
+             f"`{Path(base.eval.data_path).name}` at T={base.eval.protocol.temperature}, "
+             f"{args.eval_max_tokens or base.eval.protocol.max_tokens} max tokens; overrides: "
+             f"{' '.join(args.overrides) or 'none'}; total wall time {time.time() - t0:.0f} s")
+    meta = {"date": date, "device": device, "setup": setup}
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(rows, initial, meta, plot))
+    (out / "study.json").write_text(json.dumps({"meta": meta, "initial": initial, "rows": rows}, indent=1,
+                                               default=str))
+    print(report.read_text())
+    print(f"[study] report {report}; runs {out / 'runs'} ({time.time() - t0:.0f} s)")
+    return 0 if all(r["rc"] == 0 and r.get("eval") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
