@@ -178,7 +178,7 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
         rbar = tl.load(rbar_ptr + offs, mask=msk, other=1.0).to(tl.float32)
         w = tl.load(w_ptr + offs, mask=msk, other=0.0).to(tl.float32)
         wt = tl.load(wt_ptr + offs, mask=msk, other=0.0).to(tl.float32)
-        live = wt != 0.0
+        live = wt > 0.0  # as red_megatron.algo: weight <= 0 is masked (0 = padding)
         # ONLINE: min(r·A, clip(r)·A); its d/dlogp is r·A unless the clip branch is strictly smaller.
         r = tl.exp(logp - lp_old)
         unc = r * A

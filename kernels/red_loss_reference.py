@@ -15,7 +15,7 @@ textbook forms are finite):
   r_off = π / (sg(π) + (1 - sg(π))·rbar) = exp(logp - sg(log(π + (1 - π)·rbar))), the log evaluated
           as logaddexp(logp, log1p(-π) + log rbar), so an underflowed π with rbar = 0 gives 1, not 0/0;
   f(π)  = π / (π + gamma) = sigmoid(logp - log gamma).
-Tokens with weight 0 are excluded with `where` on both the value and the log-prob, so a huge ratio on
+Tokens with weight <= 0 (0 = padding) are excluded with `where` on both the value and the log-prob, so a huge ratio on
 a padding token can neither reach the loss nor turn its zero gradient into NaN (0·inf).
 
 Tensor parallelism: each rank holds a vocab shard; the shards are all-gathered (same V_local on
@@ -99,7 +99,7 @@ def red_loss_reference(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab
     f = lambda t: t.to(cdtype)  # noqa: E731
     adv, logp_old, rbar, w, weight = f(adv_N), f(logp_old_N), f(rbar_N), f(w_N), f(weight_N)
     kind = kind_N.long()
-    live = weight != 0
+    live = weight > 0  # as red_megatron.algo: weight <= 0 is masked (0 = padding)
     lp = torch.where(live, logp, logp.detach())  # weight-0 rows: no gradient path at all
 
     # ONLINE: PPO clip.

@@ -175,3 +175,13 @@ def test_tied_embeddings():
     out = red_loss(hidden @ W.t(), target, **_no_ref(per), **base_kw(v, entropy_coef=0.02))
     (gw_head,) = torch.autograd.grad(out.loss, W)
     assert rel(gw_head, gw_r) > 1e-3
+
+
+def test_empty_batch():
+    """N = 0 (e.g. a micro-batch without response tokens): zero loss, empty gradient, no launch."""
+    logits, target, per = make_inputs(n=3, v=64)
+    sl = slice(0, 0)
+    x = logits[sl].clone().requires_grad_()
+    out = red_loss(x, target[sl], **{k: t[sl] for k, t in _no_ref(per).items()}, **base_kw(64))
+    (g,) = torch.autograd.grad(out.loss, x)
+    assert float(out.loss.detach()) == 0.0 and float(out.clip_frac) == 0.0 and g.shape == (0, 64)
