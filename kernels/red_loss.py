@@ -46,13 +46,14 @@ __all__ = ["red_loss", "logprob_entropy", "RedLossOutput", "KernelConfig", "set_
 
 @dataclasses.dataclass(kw_only=True)
 class KernelConfig:
-    """Block sizes and warps. The interpreter (CPU) wants small blocks; GPU values come from
-    benchmarks/kernel_bench.py's sweep on an H100."""
+    """Block sizes, warps, pipelining stages. The defaults are the GPU's: the best of
+    benchmarks/kernel_bench.py's sweep on an H100 at N=16,384, V=151,936, bf16, 2026-11-23
+    (benchmarks/reports/kernel_2026-11-23.md). The interpreter (CPU) wants small blocks."""
 
     block_v_stats: int = 4096
-    warps_stats: int = 8
-    block_v_grad: int = 4096
-    warps_grad: int = 8
+    warps_stats: int = 4
+    block_v_grad: int = 2048
+    warps_grad: int = 16
     block_t: int = 1024
     stages_stats: int = 3
     stages_grad: int = 3
@@ -73,8 +74,7 @@ class KernelConfig:
 
 _CPU_CONFIG = KernelConfig(block_v_stats=512, warps_stats=1, block_v_grad=512, warps_grad=1, block_t=64,
                            stages_stats=1, stages_grad=1)
-# H100 sweep of 2026-11-23 (benchmarks/reports/kernel_2026-11-23.md) at N=16,384, V=151,936, bf16
-_GPU_CONFIG = KernelConfig(block_v_stats=4096, warps_stats=4, block_v_grad=2048, warps_grad=16)
+_GPU_CONFIG = KernelConfig()
 
 
 def set_kernel_config(config: KernelConfig) -> None:
