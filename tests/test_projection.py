@@ -1,0 +1,79 @@
+"""benchmarks/projection.py: parameter counts, the fit recovers known constants, leave-one-out is
+honest (the held-out shape is not in the fit), and the parallelism terms behave as stated."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("projection", Path(__file__).resolve().parents[1] / "benchmarks" / "projection.py")
+P = importlib.util.module_from_spec(_spec)
+sys.modules["projection"] = P  # dataclasses look their module up while the file executes
+_spec.loader.exec_module(P)
+
+
+@pytest.mark.parametrize("name, billions", [("0.5B", 0.49), ("1.5B", 1.54), ("3B", 3.09), ("7B", 7.61), ("32B", 32.5)])
+def test_parameter_counts_match_the_published_sizes(name, billions):
+    assert P.SHAPES[name].params / 1e9 == pytest.approx(billions, rel=0.02)
+
+
+def _synthetic(c, noise=0.0, seed=0):
+    rng = random.Random(seed)
+    ms = []
+    for name in ("0.5B", "1.5B", "3B", "7B"):
+        s = P.SHAPES[name]
+        for tokens in (4096, 8192):
+            t = P.fwd_bwd_seconds(s, tokens, tokens, c) * (1 + noise * rng.uniform(-1, 1))
+            mem = P.peak_memory_bytes(s, tokens, c, optimizer=False)
+            ms.append(P.Measurement(shape=s, tokens=tokens, seq=tokens, seconds=t, peak_bytes=mem, optimizer=False))
+    return ms
+
+
+def test_fit_recovers_constants_and_loo_error_is_small_on_exact_data():
+    true = P.Constants(r_mm=420e12, beta=3e-12, act=40.0, c0=3 * P.GiB)
+    c = P.fit(_synthetic(true))
+    assert c.r_mm == pytest.approx(true.r_mm, rel=1e-6) and c.beta == pytest.approx(true.beta, rel=1e-5)
+    assert c.act == pytest.approx(true.act, rel=1e-6) and c.c0 == pytest.approx(true.c0, rel=1e-5)
+    loo = P.leave_one_out(_synthetic(true))
+    assert len(loo) == 8 and max(abs(r["time_err"]) for r in loo) < 1e-6
+
+
+def test_loo_holds_the_shape_out():
+    true = P.Constants(r_mm=420e12, beta=3e-12)
+    ms = _synthetic(true)
+    ms_bad = [dataclasses.replace(m, seconds=m.seconds * 2) if m.shape.name == "7B" else m for m in ms]
+    loo = {(r["shape"], r["tokens"]): r for r in P.leave_one_out(ms_bad)}
+    # the doubled shape is predicted from the others: ~ -50 % error, not fitted away
+    assert loo[("7B", 4096)]["time_err"] == pytest.approx(-0.5, abs=0.02)
+
+
+def test_parallel_terms():
+    c, w, s = P.Constants(r_mm=400e12, beta=2e-12), P.Workload(), P.SHAPES["32B"]
+    a = P.project(s, P.Layout(nodes=2, tp=8, pp=2, tp_infer=4), w, c)
+    b = P.project(s, P.Layout(nodes=4, tp=8, pp=2, tp_infer=4), w, c)
+    assert a["bubble"] == pytest.approx((2 - 1) / (a["microbatches"] + 2 - 1))
+    assert b["dp"] == 2 * a["dp"] and b["mem_train_gib"] < a["mem_train_gib"]  # optimizer state sharded wider
+    assert b["train_s"] == pytest.approx(a["train_s"] / 2, rel=0.1)  # DP halves the per-rank tokens
+    one = P.project(P.SHAPES["7B"], P.Layout(nodes=1, tp=1, pp=1, tp_infer=1), w, c)
+    assert one["tp_comm_s"] == 0 and one["bubble"] == 0
+    with pytest.raises(ValueError):
+        P.project(s, P.Layout(nodes=1, tp=8, pp=3, tp_infer=4), w, c)
+    assert not P.project(s, P.Layout(nodes=1, tp=8, pp=1, tp_infer=4), w, c)["fits"]  # 32B on one node
+
+
+def test_measurement_loader(tmp_path):
+    import json
+
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"results": [
+        {"shape": "1.5B", "tokens_per_step": 4096, "seq_len": 4096, "ms_per_step": 200.0, "peak_gib": 30.0},
+        {"shape": "7B", "tokens_per_step": 4096, "seq_len": 4096, "oom": True},
+        {"shape": "Qwen2.5-3B", "tokens_per_step": 8192, "seq_len": 4096, "ms_per_step": 500.0}]}))
+    ms = P.load_policy_measurements(f)
+    assert [(m.shape.name, m.tokens, m.seq) for m in ms] == [("1.5B", 4096, 4096), ("3B", 8192, 4096)]
+    assert ms[0].peak_bytes == 30.0 * P.GiB and ms[1].peak_bytes is None and math.isclose(ms[1].seconds, 0.5)
