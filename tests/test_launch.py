@@ -119,6 +119,8 @@ def test_slurm_dry_run_two_nodes(tmp_path):
     cmd = srun[0]
     assert "--container-image nvcr.io/nvidia/pytorch:25.09-py3" in cmd
     assert "/lustre/data:/data,/lustre/code:/code" in cmd  # the mounts, before NeMo-Run's own job mount
+    assert cmd.index("--container-workdir=/code/red-megatron") > cmd.index("--container-workdir /nemo_run/code")
+    assert "#SBATCH --job-name=qwen25_7b.train" in lines
     torchrun = cmd[cmd.index("torchrun"):]
     assert "--nnodes 2" in torchrun and "--nproc-per-node 8" in torchrun and "--node-rank $SLURM_NODEID" in torchrun
     assert torchrun.endswith(f"/code/red-megatron/scripts/train.py --recipe qwen25_7b --run-dir {run_dir} "

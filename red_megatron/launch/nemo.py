@@ -41,7 +41,7 @@ def set_nemorun_home(path: str | Path) -> Path:
     return home
 
 
-def build_executor(spec: LaunchSpec, nemorun_home: Path):
+def build_executor(spec: LaunchSpec, nemorun_home: Path, title: str = "red-megatron"):
     import nemo_run as run
 
     env = {"PYTHONUNBUFFERED": "1", **spec.env}
@@ -59,9 +59,13 @@ def build_executor(spec: LaunchSpec, nemorun_home: Path):
         tunnel = run.SSHTunnel(host=host, user=user or os.environ.get("USER", ""), job_dir=spec.remote_job_dir)
     else:
         tunnel = run.LocalTunnel(job_dir=str(nemorun_home / "slurm_jobs"))
+    srun_args = None
     if spec.code_dir:
         packager = run.Packager()  # the code is already on the cluster (a mount): nothing to ship
         env.setdefault("PYTHONPATH", spec.code_dir)
+        # NeMo-Run sets --container-workdir /nemo_run/code (where a packager unpacks); nothing is unpacked
+        # here, so work in the repository instead (srun_args come later on the line: the last flag wins)
+        srun_args = [f"--container-workdir={spec.code_dir}"]
     else:
         packager = run.GitArchivePackager()  # ships git HEAD; extracted as the job's /nemo_run/code
         env.setdefault("PYTHONPATH", "/nemo_run/code")
@@ -74,11 +78,12 @@ def build_executor(spec: LaunchSpec, nemorun_home: Path):
         time=spec.time,
         container_image=spec.container_image,
         container_mounts=list(spec.container_mounts),
-        job_name_prefix="red-megatron-",
+        job_name_prefix=f"{title}.",
         launcher="torchrun",
         tunnel=tunnel,
         packager=packager,
         env_vars=env,
+        srun_args=srun_args,
         poll_estimated_start_time=False,
     )
 
@@ -95,7 +100,7 @@ def train_script_path(spec: LaunchSpec, script: str | None) -> str:
 def _experiment(title: str, spec: LaunchSpec, tasks: list[Task], script: str, nemorun_home: Path):
     import nemo_run as run
 
-    executor = build_executor(spec, nemorun_home)
+    executor = build_executor(spec, nemorun_home, title)
     exp = run.Experiment(title, executor=executor, log_level="WARN")
     return exp, executor, [run.Script(path=script, entrypoint="python", args=t.args) for t in tasks]
 
