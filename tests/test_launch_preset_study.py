@@ -1,0 +1,40 @@
+"""scripts/preset_study.py's bookkeeping (the real study is a ~30 min run whose report is committed):
+stage layout, training summaries from metrics.jsonl, the report table, refusal of unknown presets."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import preset_study as S  # noqa: E402
+
+
+def test_final_stage_dir_follows_the_trainer_layout(tmp_path):
+    assert S.final_stage_dir(tmp_path, "red") == tmp_path
+    assert S.final_stage_dir(tmp_path, "sft_then_grpo") == tmp_path / "stage1_grpo"
+
+
+def test_train_summary_and_report(tmp_path):
+    recs = [{"step": i, "reward/online_accuracy": a, "entropy/h_rl": h, "red/w": w}
+            for i, (a, h, w) in enumerate([(0.0, 3.0, 1.0), (0.2, 2.5, 2.0), (0.4, 2.0, 3.0), (0.6, 1.5, 1.0)], 1)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    s = S.train_summary(tmp_path)
+    assert s["steps"] == 4 and abs(s["online_acc"] - 0.4) < 1e-12  # mean of the last three steps
+    assert s["h_rl_first"] == 3.0 and abs(s["w_mean"] - 1.75) < 1e-12 and s["h_sft_last"] is None
+    assert S.train_summary(tmp_path / "missing") == {}
+    rows = [{"preset": "red", "rc": 0, "seconds": 100.0, "train": s, "eval": {"acc": 42.5, "len": 7.0}},
+            {"preset": "grpo", "rc": 0, "seconds": 90.0, "train": {}, "eval": {"acc": 50.0, "len": 6.0}},
+            {"preset": "luffy", "rc": 1, "seconds": 5.0, "train": {}, "eval": None}]
+    md = S.render_report(rows, {"acc": 10.0, "len": 20.0}, {"date": "2026-11-23", "device": "CPU", "setup": "x"},
+                         "p.png")
+    assert "| red | 42.50 | 7.0 | 0.400 | 3.000 → 2.000 | 1.75 / 2.00 | 100 |" in md
+    assert "| luffy | failed (train rc=1) |" in md and "| (initial checkpoint) | 10.00 |" in md
+    assert "grpo (50.0) > red (42.5)" in md and "![entropy dynamics per preset](p.png)" in md
+
+
+def test_unknown_preset_is_refused(capsys):
+    assert S.main(["--presets", "red,not_a_preset", "--out", "/nonexistent/x"]) == 2
+    assert "not_a_preset" in capsys.readouterr().err
