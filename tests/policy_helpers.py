@@ -63,3 +63,20 @@ def red_terms(n: int, seed: int = 0) -> dict:
 def params_snapshot(policy) -> dict:
     return {k: v.detach().clone() for c in policy.chunks for k, v in c.state_dict().items()
             if isinstance(v, torch.Tensor)}
+
+
+def hf_policy(hf_dir: str, tp: int = 1, pp: int = 1, load_weights: bool = True, **overrides):
+    """A policy on policy-core's build_model (SDPA attention, packed THD support) for an HF dir."""
+    from red_megatron.policy import model
+    from red_megatron.policy.config import PolicyConfig
+    from red_megatron.policy.hf_config import read_hf_config
+    from red_megatron.policy.policy import MegatronPolicy
+
+    kw = dict(tp=tp, pp=pp, dtype="float32", lr=1e-3, warmup_steps=1, lr_decay_steps=50, micro_batch_tokens=64,
+              pack_sequences=True, loss_impl="reference")
+    kw.update(overrides)
+    cfg = PolicyConfig(**kw)
+    if load_weights:
+        return MegatronPolicy.from_hf(hf_dir, cfg)
+    chunks = model.build_model(hf_dir, tp=tp, pp=pp, dtype=torch.float32)
+    return MegatronPolicy(chunks, cfg, vocab_size=read_hf_config(hf_dir).vocab_size, hf_dir=hf_dir)

@@ -85,13 +85,18 @@ class MegatronPolicy:
         """Initialise model parallelism (cfg.tp, cfg.pp), build the model from ``hf_dir``'s
         config.json and load its safetensors (each rank reads only its own shards)."""
         from red_megatron.policy import convert, model
-        from red_megatron.policy.parallel import init_model_parallel
+        from red_megatron.policy.hf_config import read_hf_config
+        from red_megatron.policy.parallel import init_model_parallel, is_initialized, pp_size, tp_size
 
-        init_model_parallel(tp=cfg.tp, pp=cfg.pp, seed=cfg.seed if seed is None else seed)
+        if not is_initialized():
+            init_model_parallel(tp=cfg.tp, pp=cfg.pp, seed=cfg.seed if seed is None else seed)
+        elif (tp_size(), pp_size()) != (cfg.tp, cfg.pp):
+            raise ValueError(f"megatron is initialised with tp={tp_size()} pp={pp_size()}, PolicyConfig asks for "
+                             f"tp={cfg.tp} pp={cfg.pp}")
+        hf = read_hf_config(hf_dir)
         chunks = model.build_model(hf_dir, tp=cfg.tp, pp=cfg.pp, dtype=_DTYPES[cfg.dtype])
         convert.load_hf_weights(chunks, hf_dir)
-        hf = model.read_hf_config(hf_dir) if hasattr(model, "read_hf_config") else None
-        vocab = int(getattr(hf, "vocab_size", None) or _hf_vocab_size(hf_dir))
+        vocab = hf.vocab_size
         return cls(chunks, cfg, vocab_size=vocab, hf_dir=str(hf_dir), pad_id=_hf_pad_id(hf_dir))
 
     # --- accessors ----------------------------------------------------------------------------------
