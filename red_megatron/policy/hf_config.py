@@ -1,0 +1,198 @@
+"""Read a Hugging Face ``config.json`` into one validated description of a decoder-only model.
+
+Why not ``transformers.AutoConfig``: the fields moved between transformers 4 and 5 (``rope_theta`` /
+``rope_scaling`` became ``rope_parameters``) and a silent default is worse than an error here.
+This module reads the raw JSON, accepts both spellings, and refuses anything the Megatron
+model of ``model.py`` would compute differently from transformers: a ``ValueError`` names the
+field, the value found and what is supported.
+
+Supported: Qwen2 / Qwen2.5 (incl. Math; tied or untied embeddings; QKV bias), Llama 3.x
+(``rope_scaling`` of type ``llama3``, or none), Qwen3 (per-head q/k RMSNorm). No megatron import
+here: the weight converter and tests use this too.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+# architecture name in config.json -> family
+ARCHITECTURES = {
+    "Qwen2ForCausalLM": "qwen2",
+    "LlamaForCausalLM": "llama",
+    "Qwen3ForCausalLM": "qwen3",
+}
+_MODEL_TYPES = {"qwen2": "qwen2", "llama": "llama", "qwen3": "qwen3"}
+_ROPE_TYPES = ("default", "llama3")
+
+
+@dataclass(kw_only=True)
+class HFModelConfig:
+    """Everything the Megatron model and the weight converter need, in HF's terms."""
+
+    family: str  # "qwen2" | "llama" | "qwen3"
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None  # normalised llama3 parameters, or None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    qk_norm: bool
+    raw: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"config.json: {name} must be a positive int, got {v!r}")
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"config.json: num_key_value_heads ({self.num_kv_heads}) must divide "
+                             f"num_attention_heads ({self.num_heads})")
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"config.json: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def padded_vocab_size(self, tp: int) -> int:
+        """Megatron's vocabulary: padded to a multiple of 128·TP so every TP shard is equal."""
+        mult = 128 * tp
+        return int(math.ceil(self.vocab_size / mult) * mult)
+
+    def num_params(self) -> int:
+        """Parameter count of the HF model (tied embeddings counted once)."""
+        h, L = self.hidden_size, self.num_layers
+        attn = h * self.q_size + 2 * h * self.kv_size + self.q_size * h
+        if self.qkv_bias:
+            attn += self.q_size + 2 * self.kv_size
+        if self.qk_norm:
+            attn += 2 * self.head_dim
+        mlp = 3 * h * self.intermediate_size
+        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return emb + L * (attn + mlp + 2 * h) + h
+
+
+def _load_dict(src) -> dict:
+    if isinstance(src, dict):
+        return dict(src)
+    if hasattr(src, "to_dict"):  # a transformers PretrainedConfig
+        return src.to_dict()
+    p = Path(src)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no config.json at {p}")
+    return json.loads(p.read_text())
+
+
+def _rope(d: dict) -> tuple[float, dict | None]:
+    """(rope_theta, llama3 scaling or None) from either transformers-4 or -5 spelling."""
+    params = d.get("rope_parameters")
+    scaling = d.get("rope_scaling")
+    theta = d.get("rope_theta")
+    if isinstance(params, dict):
+        theta = params.get("rope_theta", theta)
+        if params.get("rope_type", params.get("type", "default")) != "default":
+            scaling = params
+    if theta is None:
+        theta = 10000.0
+    if scaling is None:
+        return float(theta), None
+    if not isinstance(scaling, dict):
+        raise ValueError(f"config.json: rope_scaling must be a dict or null, got {scaling!r}")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in _ROPE_TYPES:
+        raise ValueError(f"config.json: rope_scaling.rope_type {rope_type!r} is not supported "
+                         f"(supported: {_ROPE_TYPES})")
+    if rope_type == "default":
+        return float(theta), None
+    out = {}
+    for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        if k not in scaling:
+            raise ValueError(f"config.json: rope_scaling.{k} is required for rope_type 'llama3'")
+        out[k] = float(scaling[k])
+    return float(theta), out
+
+
+def _require(d: dict, name: str, ok, what: str) -> None:
+    if name in d and d[name] is not None and not ok(d[name]):
+        raise ValueError(f"config.json: {name}={d[name]!r} is not supported ({what})")
+
+
+def read_hf_config(src) -> HFModelConfig:
+    """Parse a checkpoint directory, a config.json path, a dict or a PretrainedConfig."""
+    if isinstance(src, HFModelConfig):
+        return src
+    d = _load_dict(src)
+    archs = d.get("architectures") or []
+    arch = next((a for a in archs if a in ARCHITECTURES), None)
+    if arch is None:
+        raise ValueError(f"config.json: architectures={archs!r} is not supported "
+                         f"(supported: {sorted(ARCHITECTURES)})")
+    family = ARCHITECTURES[arch]
+    if d.get("model_type") not in (None, _MODEL_TYPES[family]):
+        raise ValueError(f"config.json: model_type={d.get('model_type')!r} does not match "
+                         f"architectures={archs!r} (expected {_MODEL_TYPES[family]!r})")
+    _require(d, "hidden_act", lambda v: v == "silu", "only 'silu' (SwiGLU)")
+    _require(d, "use_sliding_window", lambda v: v is False, "sliding-window attention is not implemented")
+    _require(d, "layer_types", lambda v: all(t == "full_attention" for t in v), "only full_attention layers")
+    _require(d, "mlp_bias", lambda v: v is False, "MLP biases are not implemented")
+    _require(d, "attention_dropout", lambda v: float(v) == 0.0, "attention dropout must be 0")
+    _require(d, "partial_rotary_factor", lambda v: float(v) == 1.0, "only full-head RoPE")
+    if isinstance(d.get("rope_parameters"), dict):
+        _require(d["rope_parameters"], "partial_rotary_factor", lambda v: float(v) == 1.0,
+                 "rope_parameters: only full-head RoPE")
+    _require(d, "pretraining_tp", lambda v: int(v) == 1, "only pretraining_tp=1")
+    if family in ("llama", "qwen3"):
+        # Megatron's add_qkv_bias has no o_proj bias: attention_bias (q,k,v AND o) cannot be mapped.
+        _require(d, "attention_bias", lambda v: v is False, "q/k/v/o biases are not implemented for this family")
+    theta, scaling = _rope(d)
+    heads = int(d["num_attention_heads"])
+    hidden = int(d["hidden_size"])
+    head_dim = d.get("head_dim") or hidden // heads
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if key not in d:
+            raise ValueError(f"config.json: required field {key} is missing")
+    return HFModelConfig(
+        family=family, architecture=arch, vocab_size=int(d["vocab_size"]), hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]), num_layers=int(d["num_hidden_layers"]),
+        num_heads=heads, num_kv_heads=int(d.get("num_key_value_heads") or heads), head_dim=int(head_dim),
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        qkv_bias=family == "qwen2", qk_norm=family == "qwen3", raw=d,
+    )
+
+
+def rope_inv_freq(cfg: HFModelConfig) -> torch.Tensor:
+    """inv_freq [head_dim/2] fp32 exactly as transformers computes it (default or llama3 scaling)."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv
+    factor, low, high, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = 2 * math.pi / inv
+    inv_llama = torch.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * inv_llama / factor + smooth * inv_llama
+    is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(is_medium, smoothed, inv_llama)

@@ -1,0 +1,175 @@
+"""Megatron GPTModel chunks from a Hugging Face config.json (Qwen2/2.5, Llama 3.x, Qwen3).
+
+``build_model(hf_dir_or_config, tp=, pp=, dtype=)`` returns this rank's model chunk(s) after
+``parallel.init_model_parallel``: a list with one GPTModel (no virtual pipeline stages), whose
+layers, embedding and output layer are those of this rank's pipeline stage, TP-sharded.
+
+Mapping HF -> Megatron (what makes the logits equal transformers'):
+- RMSNorm everywhere (eps = rms_norm_eps), SwiGLU MLP (gate/up fused in ``linear_fc1``), no
+  linear biases except Qwen2's q/k/v (``add_qkv_bias``), Qwen3's per-head q/k RMSNorm
+  (``qk_layernorm``), tied or untied output layer.
+- RoPE: megatron's rotary module with ``inv_freq`` replaced by transformers' own formula
+  (``hf_config.rope_inv_freq``: default or llama3 scaling), so the frequencies are bit-equal.
+- Vocabulary padded to a multiple of 128·TP (padding rows are zero; callers ignore the padded
+  logit columns, see KERNEL_CONTRACT.md).
+
+Layer spec: transformer-engine's when it imports (fused, fastest); otherwise megatron's local
+spec with its unfused core attention swapped for ``sdpa_attention.SDPAttention`` (flash/cuDNN on
+the GPU, exact math on the CPU, packed THD sequences). ``ModelOptions.attention`` forces one.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from red_megatron.policy import compat
+from red_megatron.policy.hf_config import HFModelConfig, read_hf_config, rope_inv_freq
+
+_ATTENTION = ("auto", "te", "sdpa", "local")
+_RECOMPUTE = (None, "full", "selective")
+
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    """Implementation choices that do not change the maths.
+
+    attention: "auto" (TE if importable, else sdpa) | "te" | "sdpa" | "local" (megatron's
+      unfused DotProductAttention: O(T²) memory, kept for comparison only).
+    sdpa_backend: pin SDPA to "flash" | "cudnn" | "efficient" | "math"; None lets torch choose.
+    recompute: activation recomputation: None | "full" (every layer) | "selective" (core attn).
+    init_weights: random-initialise parameters (off when weights are loaded right after).
+    fused_kernels: megatron's jit-fused bias-SwiGLU / bias-dropout-add (default: on with CUDA).
+    """
+
+    attention: str = "auto"
+    sdpa_backend: str | None = None
+    recompute: str | None = None
+    init_weights: bool = True
+    fused_kernels: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.attention not in _ATTENTION:
+            raise ValueError(f"ModelOptions.attention must be one of {_ATTENTION}, got {self.attention!r}")
+        if self.recompute not in _RECOMPUTE:
+            raise ValueError(f"ModelOptions.recompute must be one of {_RECOMPUTE}, got {self.recompute!r}")
+        if self.sdpa_backend not in (None, "auto", "flash", "cudnn", "efficient", "math"):
+            raise ValueError(f"ModelOptions.sdpa_backend must be None, 'flash', 'cudnn', 'efficient' or 'math', "
+                             f"got {self.sdpa_backend!r}")
+
+
+def have_transformer_engine() -> bool:
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # noqa: BLE001 - TE's torch part fails to load without CUDA/cuDNN
+        return False
+    return True
+
+
+def resolve_attention(options: ModelOptions) -> str:
+    if options.attention == "auto":
+        return "te" if torch.cuda.is_available() and have_transformer_engine() else "sdpa"
+    if options.attention == "te" and not have_transformer_engine():
+        raise ValueError("ModelOptions.attention='te' but transformer_engine does not import here")
+    return options.attention
+
+
+def layer_spec(hf: HFModelConfig, options: ModelOptions):
+    """The transformer-layer ModuleSpec for ``hf`` (see the module docstring)."""
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    impl = resolve_attention(options)
+    if impl == "te":
+        return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=hf.qk_norm)
+    spec = specs.get_gpt_layer_local_spec(qk_layernorm=hf.qk_norm, normalization="RMSNorm")
+    if impl == "sdpa":
+        from red_megatron.policy.sdpa_attention import sdpa_attention_class
+
+        spec.submodules.self_attention.submodules.core_attention = sdpa_attention_class(options.sdpa_backend)
+    return spec
+
+
+def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtype, options: ModelOptions):
+    """Megatron TransformerConfig equivalent to ``hf``, validated against TP/PP."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    checks = {"num_attention_heads": hf.num_heads, "num_key_value_heads": hf.num_kv_heads,
+              "intermediate_size": hf.intermediate_size}
+    for name, v in checks.items():
+        if v % tp:
+            raise ValueError(f"config.json: {name}={v} is not divisible by tp={tp}")
+    if hf.num_layers % pp:
+        raise ValueError(f"config.json: num_hidden_layers={hf.num_layers} is not divisible by pp={pp}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    cuda = torch.cuda.is_available()
+    fused = cuda if options.fused_kernels is None else options.fused_kernels
+    kw = dict(
+        num_layers=hf.num_layers, hidden_size=hf.hidden_size, num_attention_heads=hf.num_heads,
+        num_query_groups=hf.num_kv_heads, kv_channels=hf.head_dim, ffn_hidden_size=hf.intermediate_size,
+        normalization="RMSNorm", layernorm_epsilon=hf.rms_norm_eps, gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu, add_bias_linear=False, add_qkv_bias=hf.qkv_bias,
+        qk_layernorm=hf.qk_norm, hidden_dropout=0.0, attention_dropout=0.0,
+        init_method_std=float(hf.raw.get("initializer_range", 0.02)),
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        use_cpu_initialization=not cuda, perform_initialization=options.init_weights,
+        bias_activation_fusion=fused, bias_dropout_fusion=fused, masked_softmax_fusion=False,
+        apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
+    )
+    if options.recompute == "full":
+        kw.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif options.recompute == "selective":
+        kw.update(recompute_granularity="selective")
+    return TransformerConfig(**kw)
+
+
+def build_model(hf_config_or_dir, *, tp: int, pp: int, dtype: torch.dtype | None = None,
+                options: ModelOptions | None = None) -> list:
+    """This rank's GPTModel chunk(s) for an HF config (call after ``parallel.init_model_parallel``).
+
+    dtype defaults to bfloat16 with CUDA and float32 on the CPU. Weights are random (or
+    uninitialised with ``options.init_weights=False``); ``convert.load_hf_weights`` fills them.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+
+    compat.enable()
+    hf = read_hf_config(hf_config_or_dir)
+    options = options or ModelOptions()
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if not ps.model_parallel_is_initialized():
+        raise RuntimeError("build_model: call parallel.init_model_parallel(tp, pp) first")
+    have_tp, have_pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
+    if (have_tp, have_pp) != (tp, pp):
+        raise ValueError(f"build_model(tp={tp}, pp={pp}) but megatron was initialised with tp={have_tp}, pp={have_pp}")
+    cfg = transformer_config(hf, tp=tp, pp=pp, dtype=dtype, options=options)
+    model = GPTModel(
+        config=cfg, transformer_layer_spec=layer_spec(hf, options), vocab_size=hf.padded_vocab_size(tp),
+        max_sequence_length=hf.max_position_embeddings, pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(), parallel_output=True,
+        share_embeddings_and_output_weights=hf.tie_word_embeddings, position_embedding_type="rope",
+        rotary_percent=1.0, rotary_base=hf.rope_theta,
+    )
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    # transformers' inv_freq (incl. llama3 scaling) so RoPE matches bit for bit
+    model.rotary_pos_emb.inv_freq = rope_inv_freq(hf).to(device)
+    model.hf_config = hf  # the converter and exporter read it back from the chunk
+    return [model]
+
+
+def model_config_of(chunks) -> HFModelConfig:
+    """The HFModelConfig a chunk list was built from."""
+    hf = getattr(chunks[0], "hf_config", None)
+    if hf is None:
+        raise ValueError("these model chunks were not built by model.build_model (no hf_config attribute)")
+    return hf
+
+
+__all__ = ["ModelOptions", "build_model", "layer_spec", "transformer_config", "read_hf_config",
+           "have_transformer_engine", "model_config_of"]
