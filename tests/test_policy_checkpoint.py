@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.dist_pool import megatron_parallel
-from tests.policy_helpers import fixed_batch, red_terms, tiny_policy
+from tests.policy_helpers import fixed_batch, hf_policy, red_terms, tiny_policy
 
 pytestmark = pytest.mark.dist
 
@@ -20,22 +20,22 @@ def _step(pol, seed=0):
     return out["loss"], out["grad_norm"], out["lr"], out["clip_frac"]
 
 
-def _job_resume(tp: int, pp: int, root: str, sharding: str):
+def _job_resume(tp: int, pp: int, root: str, sharding: str, hf_dir: str):
     state = {"data_pos": 2, "regulator": {"h_rl": 1.25, "h_sft": None}, "history": [0.5, 0.25]}
     with megatron_parallel(tp=tp, pp=pp, seed=21):
-        pol = tiny_policy(tp=tp, pp=pp, checkpoint_sharding=sharding)
+        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding)
         first = [_step(pol, s) for s in range(2)]
         path = pol.save_checkpoint(root, 2, state)
         rng_after_save = torch.rand(3)
         cont = [_step(pol, s) for s in range(2, 5)]
     with megatron_parallel(tp=tp, pp=pp, seed=99):  # a different init: everything must come from the checkpoint
-        pol = tiny_policy(tp=tp, pp=pp, checkpoint_sharding=sharding)
+        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding)
         loaded_state = pol.load_latest_checkpoint(root)
         rng_after_load = torch.rand(3)
         updates = pol.num_updates
         resumed = [_step(pol, s) for s in range(2, 5)]
     with megatron_parallel(tp=tp, pp=pp, seed=99):  # weights only: Adam moments start from zero
-        pol = tiny_policy(tp=tp, pp=pp, checkpoint_sharding=sharding)
+        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding)
         pol.load_checkpoint(root, load_optimizer=False)
         weights_only = [_step(pol, s) for s in range(2, 5)]
     return {"first": first, "cont": cont, "resumed": resumed, "weights_only": weights_only, "state": loaded_state,
@@ -44,8 +44,8 @@ def _job_resume(tp: int, pp: int, root: str, sharding: str):
 
 @pytest.mark.parametrize("tp,pp,sharding", [(2, 1, "dp_reshardable"), (1, 2, "dp_reshardable"),
                                             (1, 1, "dp_reshardable"), (2, 1, "fully_reshardable")])
-def test_resume_reproduces_the_uninterrupted_run_bit_exactly(dist2, tmp_path, tp, pp, sharding):
-    r0, r1 = dist2.run(_job_resume, tp, pp, str(tmp_path / "ckpt"), sharding)
+def test_resume_reproduces_the_uninterrupted_run_bit_exactly(dist2, tmp_path, tiny_ckpt_dir, tp, pp, sharding):
+    r0, r1 = dist2.run(_job_resume, tp, pp, str(tmp_path / "ckpt"), sharding, str(tiny_ckpt_dir))
     for r in (r0, r1):
         assert r["resumed"] == r["cont"], (r["resumed"], r["cont"])  # loss, grad norm, lr, clip frac: bit-exact
         assert r["weights_only"] != r["cont"]  # so the optimizer state really was restored
@@ -56,12 +56,12 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(dist2, tmp_path, tp
     assert os.path.basename(r0["path"]) == "step_00000002"
 
 
-def _job_logits(tp: int, root: str, train_first: bool):
+def _job_logits(tp: int, root: str, train_first: bool, hf_dir: str):
     """Full-vocabulary logits of a fixed batch (gathered over TP) after loading/saving ``root``."""
     import torch.distributed as dist
 
     with megatron_parallel(tp=tp, pp=1, seed=31 + tp):
-        pol = tiny_policy(tp=tp)
+        pol = hf_policy(hf_dir, tp=tp, load_weights=False)
         if train_first:
             _step(pol)
             _step(pol, 1)
@@ -88,9 +88,9 @@ def _job_logits(tp: int, root: str, train_first: bool):
         return out[..., :1024], err
 
 
-def test_checkpoint_saved_at_tp2_loads_at_tp1_with_equal_logits(dist2, tmp_path):
-    tp2 = dist2.run(_job_logits, 2, str(tmp_path / "c"), True)
-    tp1 = dist2.run(_job_logits, 1, str(tmp_path / "c"), False)
+def test_checkpoint_saved_at_tp2_loads_at_tp1_with_equal_logits(dist2, tmp_path, tiny_ckpt_dir):
+    tp2 = dist2.run(_job_logits, 2, str(tmp_path / "c"), True, str(tiny_ckpt_dir))
+    tp1 = dist2.run(_job_logits, 1, str(tmp_path / "c"), False, str(tiny_ckpt_dir))
     assert torch.equal(tp2[0][0], tp2[1][0])
     diff = (tp2[0][0] - tp1[0][0]).abs().max().item()
     assert diff < 1e-5, diff
