@@ -398,24 +398,26 @@ def leave_one_out_tied(ms: list[Measurement]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- I/O
-def load_policy_measurements(path: Path) -> list[Measurement]:
-    """Records of benchmarks/policy_throughput.py's JSON: one per measured (shape, tokens) point."""
+def load_policy_measurements(path: Path, impl: str | None = "mcore_sdpa_red") -> list[Measurement]:
+    """benchmarks/policy_throughput.py's JSON ({"runs": [{impl, shape, batch, seq, tokens, ms, peak_gib}]}):
+    one Measurement per successful run of ``impl`` (the trainer's path by default; None: every impl)."""
     data = json.loads(Path(path).read_text())
-    recs = data.get("results", data) if isinstance(data, dict) else data
+    recs = data.get("runs", data.get("results", [])) if isinstance(data, dict) else data
+    names = {k.lower(): k for k in SHAPES}
     out = []
     for r in recs:
-        if r.get("error") or r.get("oom") or not r.get("ms_per_step", r.get("step_ms")):
+        ms = r.get("ms", r.get("ms_per_step"))
+        if r.get("error") or not ms or (impl and r.get("impl", impl) != impl):
             continue
-        name = str(r.get("shape", r.get("model", ""))).replace("Qwen2.5-", "").replace("qwen25_", "")
-        if name not in SHAPES:
+        name = names.get(str(r.get("shape", "")).lower().replace("qwen2.5-", ""))
+        if name is None:
             continue
-        tokens = int(r.get("tokens_per_step", r.get("tokens", 0)))
-        seq = int(r.get("seq_len", r.get("seq", tokens)))
-        peak = r.get("peak_gib", r.get("peak_memory_gib"))
-        out.append(Measurement(shape=SHAPES[name], tokens=tokens, seq=seq,
-                               seconds=float(r.get("ms_per_step", r.get("step_ms"))) / 1e3,
-                               peak_bytes=float(peak) * GiB if peak else None,
-                               optimizer=bool(r.get("optimizer", False)), label=str(r.get("label", ""))))
+        tokens = int(r.get("tokens", r.get("tokens_per_step", 0)))
+        seq = int(r.get("seq", r.get("seq_len", tokens)))
+        peak = r.get("peak_gib")
+        out.append(Measurement(shape=SHAPES[name], tokens=tokens, seq=seq, seconds=float(ms) / 1e3,
+                               peak_bytes=float(peak) * GiB if peak else None, optimizer=bool(r.get("optimizer", False)),
+                               label=f"{r.get('impl', '')} {r.get('batch', '?')}×{seq}"))
     return out
 
 
@@ -434,6 +436,7 @@ def _md_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy-json", default=None, help="policy_throughput JSON (default: the newest in reports/)")
+    ap.add_argument("--impl", default="mcore_sdpa_red", help="which implementation's runs to fit (policy_throughput)")
     ap.add_argument("--cpu", action="store_true", help="also time tiny shapes on this CPU and fit them (noisy on "
                     "a shared machine)")
     ap.add_argument("--report", default=None, help="markdown report path (default reports/projection_<date>.md)")
@@ -442,7 +445,7 @@ def main(argv=None) -> int:
     date = datetime.date.today().isoformat()
     src = Path(args.policy_json) if args.policy_json else max(
         (here / "reports").glob("policy_throughput_*.json"), default=None, key=lambda p: p.stat().st_mtime)
-    ms = load_policy_measurements(src) if src else []
+    ms = load_policy_measurements(src, args.impl) if src else []
     out: dict = {"date": date, "source": str(src) if src else None, "hardware": dataclasses.asdict(Hardware()),
                  "workload": dataclasses.asdict(Workload())}
     if len({m.shape.name for m in ms}) >= 2:

@@ -70,10 +70,13 @@ def test_measurement_loader(tmp_path):
     import json
 
     f = tmp_path / "p.json"
-    f.write_text(json.dumps({"results": [
-        {"shape": "1.5B", "tokens_per_step": 4096, "seq_len": 4096, "ms_per_step": 200.0, "peak_gib": 30.0},
-        {"shape": "7B", "tokens_per_step": 4096, "seq_len": 4096, "oom": True},
-        {"shape": "Qwen2.5-3B", "tokens_per_step": 8192, "seq_len": 4096, "ms_per_step": 500.0}]}))
+    f.write_text(json.dumps({"meta": {}, "runs": [
+        {"impl": "mcore_sdpa_red", "shape": "1.5b", "batch": 1, "seq": 4096, "tokens": 4096, "ms": 200.0,
+         "peak_gib": 30.0},
+        {"impl": "mcore_sdpa_red", "shape": "7b", "batch": 1, "seq": 4096, "tokens": 4096, "error": "OOM: ..."},
+        {"impl": "hf_sdpa", "shape": "3b", "batch": 1, "seq": 4096, "tokens": 4096, "ms": 400.0},
+        {"impl": "mcore_sdpa_red", "shape": "3b", "batch": 2, "seq": 4096, "tokens": 8192, "ms": 500.0}]}))
     ms = P.load_policy_measurements(f)
     assert [(m.shape.name, m.tokens, m.seq) for m in ms] == [("1.5B", 4096, 4096), ("3B", 8192, 4096)]
     assert ms[0].peak_bytes == 30.0 * P.GiB and ms[1].peak_bytes is None and math.isclose(ms[1].seconds, 0.5)
+    assert len(P.load_policy_measurements(f, impl=None)) == 3
