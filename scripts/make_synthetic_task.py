@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--trace-detail", dest="trace_detail", type=int, choices=(0, 1, 2), default=d.trace_detail,
                     help="teacher trace length: 0 short, 1 normal, 2 with restatements and checks")
     ap.add_argument("--data-source", dest="data_source", default=d.data_source)
+    ap.add_argument("--copy-max-digit", dest="copy_max_digit", type=int, default=d.copy_max_digit,
+                    help="copy task: answers are digits 0..N")
     args = vars(ap.parse_args(argv))
     out = args.pop("out")
     cfg = SyntheticTaskConfig(**{**args, "kinds": tuple(args["kinds"])})

@@ -94,6 +94,13 @@ def test_difficulty_and_length_controls():
         .startswith("\\boxed{")
 
 
+def test_copy_max_digit():
+    ps = generate_problems(SyntheticTaskConfig(difficulty="copy", num_examples=50, copy_max_digit=1))
+    assert {p.answer for p in ps} == {"0", "1"}
+    default = generate_problems(SyntheticTaskConfig(difficulty="copy", num_examples=50))
+    assert len({p.answer for p in default}) == 10
+
+
 def test_deterministic_and_seeded():
     a = make_rows(SyntheticTaskConfig(difficulty="hard", num_examples=50, seed=3))
     b = make_rows(SyntheticTaskConfig(difficulty="hard", num_examples=50, seed=3))
@@ -130,7 +137,8 @@ def test_target_text_accepts_both_layouts():
 
 
 @pytest.mark.parametrize("kwargs,field", [(dict(difficulty="x"), "difficulty"), (dict(num_examples=0), "num_examples"),
-                                          (dict(kinds=("calculus",)), "kinds"), (dict(trace_detail=3), "trace_detail")])
+                                          (dict(kinds=("calculus",)), "kinds"), (dict(trace_detail=3), "trace_detail"),
+                                          (dict(copy_max_digit=0), "copy_max_digit")])
 def test_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SyntheticTaskConfig(**kwargs)

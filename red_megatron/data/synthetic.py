@@ -21,6 +21,10 @@ Difficulties:
   ``\\boxed{`` ``d`` ``}`` (learned from the offline trace by imitation, which RED's policy shift
   turns into plain NLL while online accuracy is 0) plus copying one token from the prompt; once the
   format is there, even a random digit scores 1 in 10, so online reward rises within a few steps.
+  Measured with the default tiny checkpoint (plain NLL on the traces with trace_detail=0, AdamW
+  lr 3e-3, 8 traces a step): the ``\\boxed{d}`` format is greedy output after <= 10 steps, the
+  right digit 13% at step 20, 56% at 70, 72% at 80. ``copy_max_digit`` shrinks the digit set
+  (1: answers 0/1, chance 1/2) for a denser reward signal early on.
 - ``easy``: one addition or subtraction of single digits with a single-digit answer.
 - ``medium``/``hard``: multi-step integer arithmetic, linear equations, sums of fractions;
   ``hard`` has more steps, larger numbers, x on both sides, three fractions.
@@ -49,6 +53,7 @@ class SyntheticTaskConfig:
     kinds: tuple[str, ...] = KINDS
     trace_detail: int = 1
     data_source: str = "synthetic_math"
+    copy_max_digit: int = 9  # copy task: digits 0..copy_max_digit (1 = coin flip: chance accuracy 1/2)
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTIES:
@@ -60,6 +65,8 @@ class SyntheticTaskConfig:
         self.kinds = tuple(self.kinds)
         if not self.kinds or any(k not in KINDS for k in self.kinds):
             raise ValueError(f"SyntheticTaskConfig.kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
+        if not 1 <= self.copy_max_digit <= 9:
+            raise ValueError(f"SyntheticTaskConfig.copy_max_digit must be in [1, 9], got {self.copy_max_digit}")
         if self.trace_detail not in (0, 1, 2):
             raise ValueError(f"SyntheticTaskConfig.trace_detail must be 0, 1 or 2, got {self.trace_detail}")
 
@@ -241,8 +248,8 @@ def _fraction(rng: random.Random, hard: bool, detail: int) -> Problem:
 
 # --- copy and easy ------------------------------------------------------------------------------------------
 
-def _copy(rng: random.Random, detail: int) -> Problem:
-    d = rng.randint(0, 9)
+def _copy(rng: random.Random, detail: int, max_digit: int = 9) -> Problem:
+    d = rng.randint(0, max_digit)
     lines = [f"The digit is {d}."] if detail >= 1 else []
     if detail >= 2:
         lines.append(f"Putting {d} in a box.")
@@ -277,7 +284,7 @@ def generate_problems(cfg: SyntheticTaskConfig) -> list[Problem]:
     out = []
     for _ in range(cfg.num_examples):
         if cfg.difficulty == "copy":
-            out.append(_copy(rng, cfg.trace_detail))
+            out.append(_copy(rng, cfg.trace_detail, cfg.copy_max_digit))
         elif cfg.difficulty == "easy":
             out.append(_easy(rng, cfg.trace_detail))
         else:
