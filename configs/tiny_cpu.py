@@ -1,8 +1,12 @@
 """The CPU demo: a tiny random-weight Qwen2 (hidden 128, 2 layers) on the synthetic copy task.
 
-Runs on 2 CPU cores in seconds a step: 8 prompts × (3 online + 1 offline), 32-token responses.
-The learning rate is large (1e-3) because the model starts from random weights and must learn
-the answer format within a few dozen steps; the paper's 2e-6 is for a pretrained 1.5B model.
+Runs on 2 CPU cores at ~1.5 s a step: 8 prompts × (3 online + 1 offline), 32-token responses.
+The learning rate is large (5e-3, constant) because the model starts from random weights and
+must recall the answer format from the offline traces within a few dozen steps; the paper's
+2e-6 is for a pretrained 1.5B model. Measured on the CPU (2026-11-23): by step ~25 the online
+responses take the traces' form (length 32 -> 11 tokens, H^rl 6.9 -> 0.5) and the online accuracy
+rises from 0 to chance (~0.1: the digit itself is not yet copied from the prompt; pure SFT learns
+that in ~40 steps, group-relative RL from a random init much more slowly).
 
 The assets (checkpoint, train split, held-out split) are deterministic and made on first use
 under $RED_ASSETS (default <repo>/runs/assets), atomically, so concurrent torchrun ranks and
@@ -28,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DIFFICULTY = "copy"
 TRAIN_EXAMPLES, EVAL_EXAMPLES = 256, 64
 TRAIN_SEED, EVAL_SEED = 0, 1
-STEPS = 20
+STEPS = 40
 
 
 def assets_root() -> Path:
@@ -75,7 +79,7 @@ def tiny_cpu() -> RunConfig:
         algo=AlgoConfig(preset="red", num_online=3, temperature=1.0),
         data=DataConfig(path=str(a["train"]), schema="openr1", max_prompt_tokens=64, max_response_tokens=32,
                         global_batch_size=8, seed=0),
-        policy=PolicyConfig(tp=1, pp=1, dtype="float32", micro_batch_tokens=1024, lr=1e-3, min_lr_ratio=0.1,
+        policy=PolicyConfig(tp=1, pp=1, dtype="float32", micro_batch_tokens=1024, lr=5e-3, min_lr_ratio=1.0,
                             lr_decay_steps=STEPS, use_distributed_optimizer=True),
         rollout=RolloutConfig(tp_infer=1, max_model_len=128, dtype="float32", cpu_kvcache_space_gib=1.0,
                               max_num_seqs=64),
