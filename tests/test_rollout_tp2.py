@@ -34,6 +34,7 @@ def test_tp2_external_launcher_refit(tiny_ckpt_dir, tmp_path):
         assert r["gap_after"][0] <= 1e-3, r["gap_after"]
         assert r["restored"] == r["before_full"], "refitting the original weights must restore outputs exactly"
         assert r["tp_size"] == 2
+        assert "different prompts" in r["mismatch_error"]
     assert res[0]["greedy_after"] == res[1]["greedy_after"]  # the ranks stay in lock-step
     assert res[0]["shard_shapes"] != res[0]["full_shapes"]  # each rank holds a shard, not the full model
 
@@ -85,6 +86,11 @@ def _rank_main(ckpt: str, out_dir: str) -> None:
     kv = orig["model.layers.0.self_attn.k_proj.weight"].shape[0]
     res["full_shapes"] = [w.shape[0] + 2 * kv, w.shape[1]]  # the fused qkv_proj of the whole model
     res["shard_shapes"] = list(eng.state_dict()["model.layers.0.self_attn.qkv_proj.weight"].shape)
+    try:  # every TP rank must pass the same batch: a mismatch is an error on every rank
+        eng.generate([PROMPTS[rank]], n=1, temperature=0.0, max_tokens=2)
+        res["mismatch_error"] = ""
+    except ValueError as e:
+        res["mismatch_error"] = str(e)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
     eng.close()
 

