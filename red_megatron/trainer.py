@@ -1,0 +1,224 @@
+"""The RED loop. One step, as the paper runs it (RED_SPEC.md "One step"):
+
+    examples  = loader.next_batch()                         this DP rank's prompts
+    exp       = rollout G samples + the offline trace, verify   steps 1-2   (experience.py)
+    logp, H   = policy.logprobs_and_entropy(exp)             step 3      (old policy, no grad)
+    w         = regulator(H^rl, H^sft)  over the global batch  step 4      (RED part I)
+    terms     = advantages, r̄, per-token kinds and weights     steps 2, 5, 6 (RED part II)
+    metrics  |= policy.train_step(exp, terms)                step 6-7    (one optimiser step)
+    refit the engine from the policy, log, checkpoint
+
+Everything a preset changes was chosen once by ``build_objective``; the loop is the same for
+all nine rows of the paper's Table 2. Staged presets (``sft_then_grpo``) run their stages one
+after another, each from the previous stage's exported HF checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from red_megatron.algo import build_objective, entropy_partial_sums, entropy_stats_from_sums, sample_mean_entropy, step_metrics
+from red_megatron.algo.presets import StagedPreset, get_preset
+from red_megatron.config import RunConfig, check_world
+from red_megatron.experience import Experience, collect_experience
+from red_megatron.metrics import MetricsLogger
+
+log = logging.getLogger("red_megatron.trainer")
+
+
+class _Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[f"time/{name}"] = time.perf_counter() - self.t0
+
+        return _Span()
+
+
+def train(cfg: RunConfig) -> dict:
+    """Run ``cfg`` to the end (resuming when a checkpoint exists); returns the final metrics."""
+    preset = get_preset(cfg.algo.preset)
+    if isinstance(preset, StagedPreset):
+        return _train_stages(cfg, preset)
+    return _Run(cfg).run()
+
+
+def _train_stages(cfg: RunConfig, preset: StagedPreset) -> dict:
+    model_dir, out = cfg.model_dir, {}
+    for i, stage in enumerate(preset.stages):
+        stage_cfg = dataclasses.replace(
+            cfg, name=f"{cfg.name}/{stage.name}", run_dir=str(Path(cfg.run_dir) / f"stage{i}_{stage.name}"),
+            model_dir=model_dir, export_hf=True, algo=dataclasses.replace(cfg.algo, preset=stage.name))
+        out = train(stage_cfg)
+        model_dir = str(Path(stage_cfg.run_dir) / "hf")
+    return out
+
+
+class _Run:
+    def __init__(self, cfg: RunConfig):
+        from transformers import AutoTokenizer
+
+        from red_megatron.data.dataset import load_dataset
+        from red_megatron.data.loader import PromptLoader
+        from red_megatron.policy import MegatronPolicy
+        from red_megatron.reward.scorer import RewardScorer
+
+        self.cfg = cfg
+        self.preset = get_preset(cfg.algo.preset)
+        self.objective = build_objective(cfg.algo)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
+        self.dataset = load_dataset(cfg.data, self.tokenizer)
+        # A preset may bring its own schedule (sft: lr 5e-5, 3 epochs); studies that compare presets
+        # at equal budget turn that off (use_preset_schedule=false) and keep the run's lr and steps.
+        own = cfg.use_preset_schedule
+        epochs = self.preset.epochs if own else None
+        self.steps = cfg.steps if epochs is None else epochs * (len(self.dataset) // cfg.data.global_batch_size)
+        lr = self.preset.lr if own and self.preset.lr is not None else cfg.policy.lr
+        policy_cfg = dataclasses.replace(cfg.policy, lr=lr, lr_decay_steps=max(self.steps, cfg.policy.warmup_steps + 1))
+        self.policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed)
+        self.topo = self.policy.topology
+        check_world(cfg, self.topo.world_size)
+        self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=self.topo.dp_rank, dp_world_size=self.topo.dp_size)
+        self.scorer = RewardScorer(cfg.reward)
+        self.engine = self.refit_plan = None
+        if self.preset.online and self.topo.is_mp_src:
+            from red_megatron.rollout.engine import RolloutEngine
+            from red_megatron.rollout.refit import RefitPlan
+
+            self.engine = RolloutEngine(cfg.model_dir, cfg.rollout)
+            self.refit_plan = RefitPlan.for_engine(self.engine, self.policy.hf_weight_specs(),
+                                                   bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
+        self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=self.topo.rank == 0)
+        self.step = 0
+        self.skipped_steps = 0
+        self._maybe_resume()
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def _trainer_state(self) -> dict:
+        return {"step": self.step, "loader": self.loader.state_dict(), "objective": self.objective.state_dict(),
+                "skipped_steps": self.skipped_steps, "preset": self.cfg.algo.preset}
+
+    def _maybe_resume(self) -> None:
+        if not self.cfg.resume:
+            return
+        state = self.policy.load_latest_checkpoint(self.cfg.checkpoint_dir)
+        if state is None:
+            return
+        if state["preset"] != self.cfg.algo.preset:
+            raise ValueError(f"{self.cfg.checkpoint_dir}: the checkpoint is of preset {state['preset']!r}, this run "
+                             f"is algo.preset={self.cfg.algo.preset!r}; use another run_dir or resume=false")
+        self.step, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
+        self.loader.load_state_dict(state["loader"])
+        self.objective.load_state_dict(state["objective"])
+        self._refit()  # the engine must sample from the resumed weights
+        log.info("resumed %s at step %d", self.cfg.checkpoint_dir, self.step)
+
+    def _save(self) -> None:
+        self.policy.save_checkpoint(self.cfg.checkpoint_dir, self.step, self._trainer_state())
+
+    # --- the step -----------------------------------------------------------------------------------
+    def _refit(self) -> dict:
+        if not self.preset.online:
+            return {}
+        from red_megatron.rollout.refit import refit
+
+        stream = self.policy.stream_hf_weights()  # a collective: every rank walks it
+        if self.engine is None:
+            for _ in stream:
+                pass
+            return {}
+        stats = refit(self.engine, self.refit_plan, stream)
+        return {"refit/seconds": stats.seconds, "refit/buckets": stats.buckets, "refit/gbytes": stats.bytes / 1e9}
+
+    def _experience(self, examples) -> Experience:
+        cfg = self.cfg
+        exp = None
+        if self.topo.is_mp_src:
+            exp = collect_experience(
+                examples, generate=self.engine.generate if self.engine is not None else None,
+                score=self.scorer.score, decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                num_online=cfg.algo.num_online if self.preset.online else 0, with_offline=self.preset.with_offline,
+                temperature=cfg.algo.temperature, top_p=cfg.top_p, max_response_tokens=cfg.data.max_response_tokens,
+                seed=cfg.seed * 1_000_003 + self.step * 7919 + self.topo.dp_rank)
+        return self.topo.broadcast_from_mp_src(exp)
+
+    def red_step(self) -> dict:
+        cfg, obj, topo = self.cfg, self.objective, self.topo
+        t = _Timer()
+        with t("rollout"):
+            examples = self.loader.next_batch()
+            exp = self._experience(examples)
+        tokens, prompt_lens = exp.sequences()
+        response_len_B = exp.response_len_B
+        with t("old_logprobs"):
+            logp_old_N, entropy_N = self.policy.logprobs_and_entropy(tokens, prompt_lens, cfg.algo.temperature)
+        # RED part I: entropies over the global batch (every DP rank's samples), then w.
+        H_B = sample_mean_entropy(entropy_N, response_len_B)
+        stats = entropy_stats_from_sums(topo.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B)))
+        w = obj.offline_weight(stats)
+        # Advantages, r̄ and the per-token kinds/weights, normalised by the global counts.
+        n_tokens = int(topo.dp_all_reduce(torch.tensor([float(response_len_B.sum())], dtype=torch.float64)).item())
+        terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
+                                               num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens)
+        with t("train"):
+            upd = self.policy.train_step(tokens, prompt_lens, terms, logp_old_N, temperature=cfg.algo.temperature,
+                                         **obj.loss_kwargs())
+        if upd["skipped"]:  # a NaN/Inf loss or gradient: the weights were left untouched
+            self.skipped_steps += 1
+            log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)", self.step + 1,
+                        self.skipped_steps)
+        with t("refit"):
+            refit_metrics = self._refit()
+        self.step += 1
+        m = step_metrics(rewards_B=obj.rewards(exp.rewards_B, exp.is_offline_B), is_offline_B=exp.is_offline_B,
+                         response_len_B=response_len_B, rbar_G=rbar_G, entropy=stats,
+                         regulator_metrics=obj.regulator.metrics() if obj.regulator is not None else None, w=w)
+        m.update({f"optim/{k}": v for k, v in upd.items()})
+        m.update(self._gap_metrics(exp, logp_old_N))
+        m.update(refit_metrics)
+        m.update(t.times)
+        m["reward/mean"] = float(exp.rewards_B.mean())
+        m["reward/verifier_timeouts"] = sum(r == "timeout" for r in exp.reward_reasons)
+        m["data/traces_truncated"] = exp.traces_truncated
+        m["train/skipped_steps"] = self.skipped_steps
+        m["throughput/tokens_per_s"] = (sum(len(x) for x in tokens)) / max(1e-9, sum(t.times.values()))
+        return m
+
+    @staticmethod
+    def _gap_metrics(exp: Experience, logp_old_N: torch.Tensor) -> dict:
+        """max/mean |logp_engine − logp_trainer| over the online tokens of this step."""
+        per_seq = torch.split(logp_old_N.detach().double().cpu(), [len(r) for r in exp.response_ids])
+        diffs = [(torch.tensor(e, dtype=torch.float64) - tr).abs() for e, tr in zip(exp.engine_logp, per_seq)
+                 if e is not None]
+        if not diffs:
+            return {}
+        d = torch.cat(diffs)
+        return {"rollout/logp_gap_max": float(d.max()), "rollout/logp_gap_mean": float(d.mean())}
+
+    def run(self) -> dict:
+        last: dict = {}
+        try:
+            while self.step < self.steps:
+                last = self.red_step()
+                self.logger.log(self.step, last)
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.steps:
+                    self._save()
+            self._save()
+            if self.cfg.export_hf:
+                self.policy.export_hf(Path(self.cfg.run_dir) / "hf", tokenizer_dir=self.cfg.model_dir)
+        finally:
+            self.logger.close()
+            self.scorer.close()
+        return last
