@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--parallel", type=int, default=2, help="training processes at once (CPU: 2 cores)")
     ap.add_argument("--nproc", type=int, default=1, help="torchrun processes per run (GPU: GPUs per run)")
     ap.add_argument("--report", default=None, help="markdown report path (default benchmarks/reports/...)")
+    ap.add_argument("--preset-schedule", action="store_true",
+                    help="let presets keep their own lr/epochs (sft: 5e-5, 3 epochs) instead of equal steps and lr")
     ap.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing finished runs")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides applied to every run")
     return ap
@@ -70,6 +72,7 @@ def train_one(args, preset: str, run_dir: Path) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                str(REPO / "scripts" / "train.py")]
     cmd += ["--recipe", args.recipe, "--run-dir", str(run_dir), f"algo.preset={preset}", f"seed={args.seed}",
+            f"use_preset_schedule={str(args.preset_schedule).lower()}",
             *([f"steps={args.steps}"] if args.steps else []), *args.overrides]
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -166,8 +169,9 @@ def main(argv=None) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     # validate every run's config here, before minutes of training (and make the recipe's assets once)
-    base = apply_overrides(get_recipe(args.recipe), [f"seed={args.seed}"] + ([f"steps={args.steps}"] if args.steps
-                                                                             else []) + list(args.overrides))
+    common = [f"seed={args.seed}", f"use_preset_schedule={str(args.preset_schedule).lower()}"]
+    common += [f"steps={args.steps}"] if args.steps else []
+    base = apply_overrides(get_recipe(args.recipe), common + list(args.overrides))
     for p in presets:
         apply_overrides(base, [f"algo.preset={p}"])
     if base.eval.data_path is None:
@@ -202,7 +206,9 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     setup = (f"recipe `{args.recipe}`, {base.steps} RL steps × {base.data.global_batch_size} prompts × "
              f"(G={base.algo.num_online} online + 1 offline), seed {args.seed}, policy lr {base.policy.lr:g} "
-             f"(presets with their own lr keep it: sft 5e-5), eval avg@{args.eval_samples} on "
+             + ("(presets keep their own lr/epochs: sft 5e-5, 3 epochs)" if args.preset_schedule else
+                "for every preset (use_preset_schedule=false: equal steps and lr, sft included)")
+             + f", eval avg@{args.eval_samples} on "
              f"`{Path(base.eval.data_path).name}` at T={base.eval.protocol.temperature}, "
              f"{args.eval_max_tokens or base.eval.protocol.max_tokens} max tokens; overrides: "
              f"{' '.join(args.overrides) or 'none'}; total wall time {time.time() - t0:.0f} s")
