@@ -78,5 +78,5 @@ def hf_policy(hf_dir: str, tp: int = 1, pp: int = 1, load_weights: bool = True, 
     cfg = PolicyConfig(**kw)
     if load_weights:
         return MegatronPolicy.from_hf(hf_dir, cfg)
-    chunks = model.build_model(hf_dir, tp=tp, pp=pp, dtype=torch.float32)
+    chunks = model.build_model(hf_dir, tp=tp, pp=pp, dtype=getattr(torch, cfg.dtype))
     return MegatronPolicy(chunks, cfg, vocab_size=read_hf_config(hf_dir).vocab_size, hf_dir=hf_dir)

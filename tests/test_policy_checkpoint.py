@@ -20,32 +20,34 @@ def _step(pol, seed=0):
     return out["loss"], out["grad_norm"], out["lr"], out["clip_frac"]
 
 
-def _job_resume(tp: int, pp: int, root: str, sharding: str, hf_dir: str):
+def _job_resume(tp: int, pp: int, root: str, sharding: str, hf_dir: str, dtype: str):
     state = {"data_pos": 2, "regulator": {"h_rl": 1.25, "h_sft": None}, "history": [0.5, 0.25]}
     with megatron_parallel(tp=tp, pp=pp, seed=21):
-        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding)
+        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding, dtype=dtype)
         first = [_step(pol, s) for s in range(2)]
         path = pol.save_checkpoint(root, 2, state)
         rng_after_save = torch.rand(3)
         cont = [_step(pol, s) for s in range(2, 5)]
     with megatron_parallel(tp=tp, pp=pp, seed=99):  # a different init: everything must come from the checkpoint
-        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding)
+        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding, dtype=dtype)
         loaded_state = pol.load_latest_checkpoint(root)
         rng_after_load = torch.rand(3)
         updates = pol.num_updates
         resumed = [_step(pol, s) for s in range(2, 5)]
     with megatron_parallel(tp=tp, pp=pp, seed=99):  # weights only: Adam moments start from zero
-        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding)
+        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, checkpoint_sharding=sharding, dtype=dtype)
         pol.load_checkpoint(root, load_optimizer=False)
         weights_only = [_step(pol, s) for s in range(2, 5)]
     return {"first": first, "cont": cont, "resumed": resumed, "weights_only": weights_only, "state": loaded_state,
             "expected_state": state, "rng": (rng_after_save, rng_after_load), "updates": updates, "path": str(path)}
 
 
-@pytest.mark.parametrize("tp,pp,sharding", [(2, 1, "dp_reshardable"), (1, 2, "dp_reshardable"),
-                                            (1, 1, "dp_reshardable"), (2, 1, "fully_reshardable")])
-def test_resume_reproduces_the_uninterrupted_run_bit_exactly(dist2, tmp_path, tiny_ckpt_dir, tp, pp, sharding):
-    r0, r1 = dist2.run(_job_resume, tp, pp, str(tmp_path / "ckpt"), sharding, str(tiny_ckpt_dir))
+@pytest.mark.parametrize("tp,pp,sharding,dtype", [(2, 1, "dp_reshardable", "float32"), (1, 2, "dp_reshardable", "float32"),
+                                                  (1, 1, "dp_reshardable", "float32"),
+                                                  (2, 1, "fully_reshardable", "float32"),
+                                                  (2, 1, "dp_reshardable", "bfloat16")])
+def test_resume_reproduces_the_uninterrupted_run_bit_exactly(dist2, tmp_path, tiny_ckpt_dir, tp, pp, sharding, dtype):
+    r0, r1 = dist2.run(_job_resume, tp, pp, str(tmp_path / "ckpt"), sharding, str(tiny_ckpt_dir), dtype)
     for r in (r0, r1):
         assert r["resumed"] == r["cont"], (r["resumed"], r["cont"])  # loss, grad norm, lr, clip frac: bit-exact
         assert r["weights_only"] != r["cont"]  # so the optimizer state really was restored
