@@ -81,3 +81,23 @@ def test_logprob_pass_equals_hf_transformers(dist2, tiny_ckpt_dir, tp, pp):
     assert lp.shape == ref_lp.shape
     assert (lp - ref_lp).abs().max() < 1e-4, (lp - ref_lp).abs().max()
     assert (ent - ref_ent).abs().max() < 1e-4, (ent - ref_ent).abs().max()
+
+
+def _job_weights_out(hf_dir: str, out_dir: str):
+    with megatron_parallel(tp=2, pp=1, seed=23):
+        pol = hf_policy(hf_dir, tp=2, load_weights=True)
+        specs = [name for name, _, _ in pol.hf_weight_specs()]
+        streamed = {name: t.clone() for name, t in pol.stream_hf_weights()}
+        pol.export_hf(out_dir)
+        return specs, streamed
+
+
+def test_weights_out_of_the_policy_equal_the_hf_checkpoint(dist2, tiny_ckpt_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    specs, streamed = dist2.run(_job_weights_out, str(tiny_ckpt_dir), str(tmp_path / "hf"))[0]
+    ref = load_file(str(tiny_ckpt_dir / "model.safetensors"))
+    assert specs == list(streamed) and set(streamed) == set(ref)
+    for name, t in ref.items():
+        assert torch.equal(streamed[name].float(), t.float()), name
+    assert (tmp_path / "hf" / "config.json").is_file()

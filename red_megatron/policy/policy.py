@@ -208,9 +208,10 @@ class MegatronPolicy:
         return convert.export_hf(self.chunks, self._hf_config(), out_dir, tokenizer_dir=tokenizer_dir or self.hf_dir)
 
     def _hf_config(self):
-        if self.hf_dir is None:
-            raise ValueError("this policy was not built from an HF directory (from_hf): no HF names to export")
-        return self.hf_dir
+        hf = getattr(self.chunks[0], "hf_config", None)  # set by model.build_model
+        if hf is None and self.hf_dir is None:
+            raise ValueError("this policy's model was not built by model.build_model: no HF names to export")
+        return hf if hf is not None else self.hf_dir
 
 
 def _with(fn, extra: dict):
