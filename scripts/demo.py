@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="the demo's folder (run, plots, evaluation)")
     ap.add_argument("--steps", type=int, default=None, help="RED steps (default: the recipe's)")
-    ap.add_argument("--fresh", action="store_true", help="start the run over instead of resuming it")
+    ap.add_argument("--resume", action="store_true", help="continue the last demo run instead of starting over")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides of the tiny_cpu recipe")
     args = ap.parse_args(argv)
     # A demo prints its own story; library chatter (vLLM's INFO lines, deprecation notes) stays out.
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from red_megatron.trainer import train
 
     run_dir = out / "run"
-    if args.fresh and run_dir.exists():
+    if not args.resume and run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
