@@ -237,6 +237,39 @@ def run_one(impl: str, shape: str, B: int, S: int, steps: int, warmup: int) -> d
     return rec
 
 
+def saved_bytes_per_token(shape: str, T: int, fused: bool) -> dict:
+    """Bytes autograd saves per token: one decoder layer, and everything outside the layers.
+
+    Counted with saved_tensors_hooks (unique storages, parameters excluded) on 1- and 2-layer
+    models of ``shape``: a device-independent account of activation memory, used to project
+    peak memory where no GPU is at hand. Kernels differ by device (e.g. a fused RMSNorm saves
+    less than the CPU composite), so on the CPU this is an upper bound for the GPU.
+    """
+    from red_megatron.policy.model import ModelOptions, build_model
+
+    def count(layers: int) -> int:
+        cfg = hf_config_dict(shape, layers=layers)
+        m = build_model(cfg, tp=1, pp=1, dtype=torch.bfloat16,
+                        options=ModelOptions(attention="sdpa", fused_kernels=fused))[0]
+        tok = torch.randint(0, cfg["vocab_size"], (1, T), device=_device())
+        pos = torch.arange(T, device=_device()).unsqueeze(0)
+        seen: dict = {}
+
+        def pack(t):
+            if not (isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf)):
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(tok, pos, attention_mask=None)  # logits only: the fused loss keeps no [N, V] copy
+        return sum(seen.values())
+
+    one, two = count(1), count(2)
+    return {"shape": shape, "T": T, "fused": fused, "per_layer_per_token": (two - one) / T,
+            "outside_layers_per_token": (2 * one - two) / T}
+
+
 def _fmt(r: dict) -> str:
     lay = f"{r['batch']}×{r['seq']:,}"
     if "error" in r:
@@ -257,6 +290,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-parity", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny shape on whatever device (CPU test)")
+    ap.add_argument("--saved-bytes", action="store_true",
+                    help="only count autograd-saved bytes per token and layer (runs on the CPU)")
     args = ap.parse_args()
     if args.smoke:
         args.shapes, args.layouts, args.steps, args.warmup = "smoke", "1x64,2x32", 2, 1
@@ -280,6 +315,14 @@ def main() -> None:
             json.dump(results, f, indent=1)
 
     print(json.dumps(meta), flush=True)
+    if args.saved_bytes:
+        for shape in args.shapes.split(","):
+            for fused in (False, True):
+                r = saved_bytes_per_token(shape, 512, fused)
+                results.setdefault("saved_bytes", []).append(r)
+                print(json.dumps(r), flush=True)
+        save()
+        return
     shapes = args.shapes.split(",")
     if not args.no_parity:
         import tempfile
