@@ -133,3 +133,26 @@ def test_sharded_checkpoint_with_index_reads_like_a_single_file(tiny, tmp_path):
     for u in weight_units(hf):
         for r in (0, 1):
             assert torch.equal(_read_local(a, u, hf, r, 2), _read_local(b, u, hf, r, 2)), u.hf_names
+
+
+def test_hf_directory_writer_shards_and_indexes(tiny, tmp_path):
+    """Small max_shard_bytes: several shards + index.json, read back equal; tokenizer copied."""
+    from red_megatron.policy.convert import _LazyCheckpoint
+    from red_megatron.policy.hf_export import write_hf_directory
+
+    src = tiny["qwen3"]
+    ref = _hf_state(src)
+    raw = json.loads((src / "config.json").read_text())
+    out = write_hf_directory(iter(ref.items()), raw, tmp_path / "out", src_dir=src, max_shard_bytes=300_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and all((out / f).is_file() for f in files)
+    assert not list(out.glob("*.tmp")) and not (out / "model.safetensors").exists()
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in ref.values())
+    ck = _LazyCheckpoint(out)
+    assert ck.names() == set(ref)
+    for k, v in ref.items():
+        assert torch.equal(ck.slice(k)[:], v), k
+    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    nothing = write_hf_directory(iter(ref.items()), raw, tmp_path / "nowrite", write=False)
+    assert not nothing.exists(), "a non-writing rank must not create files"

@@ -13,7 +13,8 @@ parameter it becomes. Everything else follows from it:
   alive at a time.
 - ``hf_weight_specs(hf_config)``: ordered ``(hf_name, shape, dtype)`` for planning refit buckets.
 - ``export_hf(chunks, hf_config, out_dir)``: a complete HF directory (config.json, sharded
-  safetensors + index, tokenizer/generation files copied), written by global rank 0.
+  safetensors + index, tokenizer/generation files copied), written by global rank 0
+  (``hf_export.py``).
 
 Megatron layouts (per TP rank r of n; G kv groups, q heads per group P, head dim D, F ffn):
 - ``linear_qkv`` rows = for each local group g: [q heads of g (P·D), k of g (D), v of g (D)];
@@ -28,7 +29,6 @@ last stage's output-layer copy of the embedding is filled from ``model.embed_tok
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,15 +275,7 @@ def load_hf_weights(chunks, hf_dir, hf_config=None) -> int:
             param.data.copy_(local.to(param.dtype))
             count += 1
         del local
-    if hf.tie_word_embeddings:
-        _untie_check(chunks)
     return count
-
-
-def _untie_check(chunks) -> None:
-    for c in chunks:
-        if c.pre_process and c.post_process and "output_layer.weight" in dict(c.named_parameters()):
-            raise AssertionError("tied model has a separate output_layer.weight on a single stage")
 
 
 # ---------------------------------------------------------------- Megatron -> HF
@@ -358,78 +350,21 @@ def stream_hf_weights(model_chunks, hf_config=None, *, dtype: torch.dtype | None
         del fulls
 
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
-
-
 def export_hf(model_chunks, hf_config, out_dir, *, tokenizer_dir=None, dtype: torch.dtype | None = None,
               max_shard_bytes: int = 4 << 30) -> Path:
     """Write a complete HF directory to ``out_dir`` (collective; global rank 0 writes).
 
-    config.json is the source config (torch_dtype updated); tokenizer and generation files are
-    copied from ``tokenizer_dir`` (default: ``hf_config`` when it is a directory).
+    config.json is the source config (dtype updated); tokenizer and generation files are copied
+    from ``tokenizer_dir`` (default: ``hf_config`` when it is a directory).
     """
+    from red_megatron.policy.hf_export import write_hf_directory
+
     hf = _hf_of(model_chunks, hf_config)
-    out = Path(out_dir)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
     src_dir = tokenizer_dir if tokenizer_dir is not None else (
         hf_config if isinstance(hf_config, (str, Path)) and Path(hf_config).is_dir() else None)
-    writer = _ShardWriter(out, max_shard_bytes) if rank0 else None
-    saved_dtype = None
-    for name, t in stream_hf_weights(model_chunks, hf, dtype=dtype):
-        if writer is not None:
-            saved_dtype = t.dtype
-            writer.add(name, t)
-    if rank0:
-        writer.close()
-        cfg = dict(hf.raw)
-        cfg["torch_dtype"] = str(saved_dtype).replace("torch.", "") if saved_dtype is not None else cfg.get("torch_dtype")
-        (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        if src_dir is not None:
-            for f in Path(src_dir).iterdir():
-                if f.is_file() and f.name != "config.json" and not f.name.endswith(_WEIGHT_SUFFIXES):
-                    shutil.copy2(f, out / f.name)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    out = write_hf_directory(stream_hf_weights(model_chunks, hf, dtype=dtype), hf.raw, out_dir, src_dir=src_dir,
+                             write=rank0, max_shard_bytes=max_shard_bytes)
     if dist.is_initialized():
         dist.barrier()
     return out
-
-
-class _ShardWriter:
-    """Writes safetensors shards of at most ``max_bytes`` as they fill (only one shard in memory)."""
-
-    def __init__(self, out: Path, max_bytes: int):
-        from safetensors.torch import save_file
-
-        self.out, self.max_bytes, self._save = out, int(max_bytes), save_file
-        out.mkdir(parents=True, exist_ok=True)
-        self.cur: dict[str, torch.Tensor] = {}
-        self.size = 0
-        self.files: list[tuple[Path, list[str], int]] = []
-
-    def add(self, name: str, t: torch.Tensor) -> None:
-        nbytes = t.numel() * t.element_size()
-        if self.cur and self.size + nbytes > self.max_bytes:
-            self._write()
-        self.cur[name] = t.detach().to("cpu").contiguous().clone()
-        self.size += nbytes
-
-    def _write(self) -> None:
-        tmp = self.out / f".shard-{len(self.files):05d}.safetensors.tmp"
-        self._save(self.cur, str(tmp), metadata={"format": "pt"})
-        self.files.append((tmp, list(self.cur), self.size))
-        self.cur, self.size = {}, 0
-
-    def close(self) -> None:
-        if self.cur or not self.files:
-            self._write()
-        n = len(self.files)
-        if n == 1:
-            self.files[0][0].replace(self.out / "model.safetensors")
-            return
-        weight_map, total = {}, 0
-        for i, (tmp, names, size) in enumerate(self.files):
-            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            tmp.replace(self.out / fname)
-            weight_map.update({k: fname for k in names})
-            total += size
-        (self.out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
