@@ -9,12 +9,14 @@ The model (per optimiser step; P = parameters, L layers, h hidden, V vocabulary,
 length, t/p/d = tensor/pipeline/data parallel sizes, m = microbatches per DP rank):
 
 Compute, one GPU, no parallelism (fitted):
-    t_layer(token) = F_layer / R_mm + beta · h          F_layer = 6·P_layer + 6·h·T (causal attention)
-    t_head(token)  = 6·h·V / R_head + gamma · V          (LM-head GEMMs + the fused loss over V logits)
-  R_mm (effective matmul FLOP/s of the layer stack) and beta (memory-bound time per hidden element:
-  norms, activations, rotary, residuals) are least-squares fits to measured step times; R_head and
-  gamma come from the kernel measurements in ../shared/GPU.md when the policy benchmark does not
-  separate the head.
+    t(call) = tokens · [L · (F_layer / R_mm + beta·h) + 6·h·V / R_head + gamma·V] + c_step + t0_loss
+    F_layer = 6·P_layer + 6·h·T (causal attention, GPU.md's MFU convention)
+  R_mm (effective FLOP/s of the layer stack) and c_step (fixed cost of a forward+backward call:
+  launches, syncs) are least-squares fits to measured step times; beta (memory-bound work per
+  hidden element) is 0 unless several shapes are measured (with one shape it cannot be separated
+  from R_mm). R_head comes from GPU.md's LM-head GEMM measurements, gamma and t0_loss from the
+  fused RED loss kernel's report. The fit is checked leave-one-out: every measured configuration
+  is predicted from constants fitted without it (see the report for which measurements exist).
 Tensor parallel t (Megatron, sequence parallel): compute / t, plus per layer and token 4 collectives
   (2 forward, 2 backward) of h·2 bytes, each moving 2(t−1)/t of it over NVLink at B_nvl, not
   overlapped (assumption: no TE userbuffers), plus alpha latency per collective per microbatch.
@@ -117,11 +119,15 @@ class Hardware:
 @dataclass(kw_only=True)
 class Constants:
     r_mm: float  # effective FLOP/s of the layer stack (fitted)
-    beta: float  # s per token per hidden element per layer (fitted)
-    r_head: float = 720e12  # LM-head GEMM FLOP/s, fwd+bwd at N=16,384 (../shared/GPU.md, H100)
-    gamma: float = 4.7e-3 / (16384 * 151936)  # fused RED loss s per logit (GPU.md: 4.7 ms at 16,384×151,936)
-    act: float = 34.0  # bytes per token per hidden element per layer (Korthikanti et al., no recompute)
-    c0: float = 2.0 * GiB  # context + NCCL + allocator slack
+    c_step: float = 0.0  # fixed time per forward+backward call: launches, syncs (fitted)
+    beta: float = 0.0  # s per token·hidden·layer of memory-bound work; 0 = folded into r_mm (one measured shape
+    #                    cannot separate it: both grow with tokens)
+    r_head: float = 720e12  # LM-head GEMM FLOP/s (fitted on GPU.md's two LM-head measurements)
+    gamma: float = 5.72e-3 / (16384 * 151936)  # loss s per logit (fitted on the kernel report)
+    loss_t0: float = 0.0  # loss per-call overhead (fitted on the kernel report)
+    act: float = 34.0  # activation bytes per token·hidden·layer (fitted on peak memory)
+    c0: float = 2.0 * GiB  # context + allocator slack (fitted)
+    logit_bytes: float = 2.0  # bytes per logit the loss holds: bf16 logits, gradient written in place (the trainer)
 
 
 def layer_flops_per_token(s: Shape, seq: int) -> float:
@@ -134,11 +140,12 @@ def model_flops_per_token(s: Shape, seq: int) -> float:
     return 6.0 * s.params + 6.0 * s.layers * s.hidden * seq
 
 
-def fwd_bwd_seconds(s: Shape, tokens: int, seq: int, c: Constants) -> float:
+def fwd_bwd_seconds(s: Shape, tokens: int, seq: int, c: Constants, *, gamma: float | None = None) -> float:
     """One GPU, whole model, forward + backward over ``tokens`` tokens of sequences of length ``seq``."""
+    g = c.gamma if gamma is None else gamma
     per_tok = s.layers * (layer_flops_per_token(s, seq) / c.r_mm + c.beta * s.hidden)
-    per_tok += 6.0 * s.hidden * s.vocab / c.r_head + c.gamma * s.vocab
-    return tokens * per_tok
+    per_tok += 6.0 * s.hidden * s.vocab / c.r_head + g * s.vocab
+    return tokens * per_tok + c.c_step + c.loss_t0
 
 
 def params_per_gpu(s: Shape, t: int = 1, p: int = 1) -> float:
@@ -148,10 +155,12 @@ def params_per_gpu(s: Shape, t: int = 1, p: int = 1) -> float:
     return (s.layers * s.params_layer / p + vocab_mats * s.vocab * s.hidden) / t
 
 
-def peak_memory_bytes(s: Shape, tokens_mb: int, c: Constants, *, t=1, p=1, d=1, m=1, optimizer=True) -> float:
+def peak_memory_bytes(s: Shape, tokens_mb: int, c: Constants, *, t=1, p=1, d=1, m=1, optimizer=True,
+                      logit_bytes: float | None = None) -> float:
+    lb = c.logit_bytes if logit_bytes is None else logit_bytes
     states = params_per_gpu(s, t, p) * ((2 + 4 + 12 / d) if optimizer else (2 + 2))  # w/o optimizer: bf16 w + g
     acts = c.act * s.hidden * (s.layers / p) * tokens_mb * min(m, p) / t
-    logits = 2.0 * tokens_mb * s.vocab / t
+    logits = lb * tokens_mb * s.vocab / t
     return states + acts + logits + c.c0
 
 
@@ -163,7 +172,9 @@ class Measurement:
     seq: int
     seconds: float  # forward + backward step time
     peak_bytes: float | None = None
-    optimizer: bool = False  # did the measured step include the optimizer's state in memory?
+    optimizer: bool = False  # did the measured step hold optimizer state?
+    gamma: float | None = None  # the measured implementation's loss cost per logit (None: the fused kernel's)
+    logit_bytes: float | None = None  # ... and its bytes per logit
     label: str = ""
 
 
@@ -174,7 +185,7 @@ def _lstsq2(rows: list[tuple[float, float]], ys: list[float]) -> tuple[float, fl
         x1, x2 = x1 / y, x2 / y
         a11, a12, a22, b1, b2 = a11 + x1 * x1, a12 + x1 * x2, a22 + x2 * x2, b1 + x1, b2 + x2
     det = a11 * a22 - a12 * a12
-    if len(rows) >= 2 and abs(det) > 1e-30 * max(a11 * a22, 1e-300):
+    if len(rows) >= 2 and abs(det) > 1e-12 * a11 * a22:
         u, v = (b1 * a22 - b2 * a12) / det, (a11 * b2 - a12 * b1) / det
         if u > 0 and v >= 0:
             return u, v
@@ -182,22 +193,25 @@ def _lstsq2(rows: list[tuple[float, float]], ys: list[float]) -> tuple[float, fl
 
 
 def fit(ms: list[Measurement], base: Constants | None = None) -> Constants:
-    """Fit 1/R_mm and beta to step times, then act and c0 to peak memory (when measured)."""
-    base = base or Constants(r_mm=400e12, beta=0.0)
+    """Fit 1/R_mm and c_step to step times (head and loss subtracted at their own measured rates), then
+    act and c0 to peak memory (when measured)."""
+    base = base or Constants(r_mm=400e12)
     rows, ys = [], []
     for mm in ms:
-        head = mm.tokens * (6.0 * mm.shape.hidden * mm.shape.vocab / base.r_head + base.gamma * mm.shape.vocab)
-        rows.append((mm.tokens * mm.shape.layers * layer_flops_per_token(mm.shape, mm.seq),
-                     mm.tokens * mm.shape.layers * mm.shape.hidden))
-        ys.append(max(mm.seconds - head, 1e-9))
-    inv_r, beta = _lstsq2(rows, ys)
-    c = dataclasses.replace(base, r_mm=1.0 / inv_r, beta=beta)
+        s = mm.shape
+        g = base.gamma if mm.gamma is None else mm.gamma
+        known = mm.tokens * (6.0 * s.hidden * s.vocab / base.r_head + g * s.vocab + base.beta * s.hidden * s.layers)
+        known += base.loss_t0 if mm.gamma is None else 0.0
+        rows.append((mm.tokens * s.layers * layer_flops_per_token(s, mm.seq), 1.0))
+        ys.append(max(mm.seconds - known, 1e-9))
+    inv_r, c_step = _lstsq2(rows, ys)
+    c = dataclasses.replace(base, r_mm=1.0 / inv_r, c_step=c_step)
     mem = [mm for mm in ms if mm.peak_bytes]
     if mem:
         rows, ys = [], []
+        zero = dataclasses.replace(c, act=0.0, c0=0.0)
         for mm in mem:
-            zero = dataclasses.replace(c, act=0.0, c0=0.0)
-            fixed = peak_memory_bytes(mm.shape, mm.tokens, zero, optimizer=mm.optimizer)
+            fixed = peak_memory_bytes(mm.shape, mm.tokens, zero, optimizer=mm.optimizer, logit_bytes=mm.logit_bytes)
             rows.append((mm.shape.hidden * mm.shape.layers * mm.tokens, 1.0))
             ys.append(max(mm.peak_bytes - fixed, 1.0))
         act, c0 = _lstsq2(rows, ys)
@@ -205,24 +219,86 @@ def fit(ms: list[Measurement], base: Constants | None = None) -> Constants:
     return c
 
 
+def _row(m: Measurement, c: Constants, held_out: str) -> dict:
+    pred = fwd_bwd_seconds(m.shape, m.tokens, m.seq, c, gamma=m.gamma)
+    row = {"held_out": held_out, "shape": m.shape.name, "label": m.label, "tokens": m.tokens, "seq": m.seq,
+           "measured_ms": 1e3 * m.seconds, "predicted_ms": 1e3 * pred, "time_err": pred / m.seconds - 1.0}
+    if m.peak_bytes:
+        pm = peak_memory_bytes(m.shape, m.tokens, c, optimizer=m.optimizer, logit_bytes=m.logit_bytes)
+        row |= {"measured_gib": m.peak_bytes / GiB, "predicted_gib": pm / GiB, "mem_err": pm / m.peak_bytes - 1}
+    return row
+
+
 def leave_one_out(ms: list[Measurement], base: Constants | None = None) -> list[dict]:
-    """Fit on all shapes but one, predict that shape's measurements: the model's honest error."""
+    """Predict each group from constants fitted on the others: groups are shapes when several were measured,
+    single configurations otherwise. The model's honest error on what was measured."""
+    by_shape = len({m.shape.name for m in ms}) > 1
+    key = (lambda m: m.shape.name) if by_shape else (lambda m: m.label or f"{m.tokens}x{m.seq}")
     out = []
-    for name in sorted({m.shape.name for m in ms}, key=lambda n: SHAPES.get(n, ms[0].shape).params):
-        train = [m for m in ms if m.shape.name != name]
-        if len({m.shape.name for m in train}) < 1:
+    for k in dict.fromkeys(key(m) for m in ms):
+        train = [m for m in ms if key(m) != k]
+        if not train:
             continue
         c = fit(train, base)
-        for m in (m for m in ms if m.shape.name == name):
-            pred = fwd_bwd_seconds(m.shape, m.tokens, m.seq, c)
-            row = {"shape": name, "label": m.label, "tokens": m.tokens, "seq": m.seq,
-                   "measured_ms": 1e3 * m.seconds, "predicted_ms": 1e3 * pred,
-                   "time_err": pred / m.seconds - 1.0}
-            if m.peak_bytes:
-                pm = peak_memory_bytes(m.shape, m.tokens, c, optimizer=m.optimizer)
-                row |= {"measured_gib": m.peak_bytes / GiB, "predicted_gib": pm / GiB, "mem_err": pm / m.peak_bytes - 1}
-            out.append(row)
+        out += [_row(m, c, k) for m in ms if key(m) == k]
     return out
+
+
+# ----------------------------------------------------------------------------------------------- measured (H100)
+# The H100 measurements that exist for this project (2026-11-23; H100 80GB HBM3, one GPU). No H100 number of
+# the trainer's Megatron path exists: benchmarks/reports/policy_throughput_2026-11-23.md records that no GPU
+# was lent to that task. What is here:
+#  - ../shared/GPU.md: Qwen2.5-1.5B shape, HF transformers Qwen2 + SDPA, bf16, fwd+bwd, no optimizer;
+#    megatron-core stock local spec (unfused attention: B·heads·T² scores) at 1×4,096;
+#    LM-head GEMM fwd+bwd at N=16,384 for H=1536 and H=3584 (V=151,936);
+#    naive PyTorch loss (no entropy gradient): 15.8 ms / +7.0 GiB at N=4,096, 62.1 ms at N=16,384.
+#  - benchmarks/reports/kernel_2026-11-23.md: the fused RED loss, gradient written in the forward (the
+#    trainer's path), six (N, V) configurations.
+HF_GAMMA = 62.1e-3 / (16384 * 151936)  # HF's fp32 cross entropy ~ GPU.md's naive PyTorch loss (ASSUMED equal)
+HF_LOGIT_BYTES = 2.0 + 7.0 * GiB / (4096 * 151936)  # bf16 logits + the naive loss's measured extra memory
+GPU_MD_HF = [  # (micro-batch, seq, ms, peak GiB)
+    (1, 4096, 138.0, 25.4), (2, 4096, 238.0, 45.0), (1, 8192, 257.0, 45.8)]
+GPU_MD_MCORE_STOCK = (1, 4096, 354.0, 61.5)  # unfused attention: outside the model's assumptions
+GPU_MD_HEAD = [(16384, 1536, 151936, 32e-3), (16384, 3584, 151936, 73e-3)]  # N, H, V, seconds
+KERNEL_LOSS = [  # N, V, ms (red_loss grad_in_forward, kernel report 2026-11-23)
+    (4096, 32000, 0.78), (4096, 128256, 1.52), (4096, 151936, 1.83),
+    (16384, 32000, 1.72), (16384, 128256, 4.87), (16384, 151936, 5.72)]
+
+
+def hf_measurements() -> list[Measurement]:
+    return [Measurement(shape=SHAPES["1.5B"], tokens=b * t, seq=t, seconds=ms / 1e3, peak_bytes=gib * GiB,
+                        gamma=HF_GAMMA, logit_bytes=HF_LOGIT_BYTES, label=f"HF+SDPA {b}×{t}")
+            for b, t, ms, gib in GPU_MD_HF]
+
+
+def fit_head(points=GPU_MD_HEAD) -> float:
+    return sum(6.0 * n * h * v for n, h, v, _ in points) / sum(t for *_, t in points)
+
+
+def fit_loss(points=KERNEL_LOSS) -> tuple[float, float]:
+    """gamma (s per logit) and t0 (s per call) of the fused loss: t = gamma·N·V + t0."""
+    return _lstsq2([(n * v, 1.0) for n, v, _ in points], [ms / 1e3 for *_, ms in points])
+
+
+def loo_head_and_loss() -> list[dict]:
+    out = []
+    for i, (n, h, v, t) in enumerate(GPU_MD_HEAD):
+        r = fit_head([p for j, p in enumerate(GPU_MD_HEAD) if j != i])
+        pred = 6.0 * n * h * v / r
+        out.append({"term": "LM-head GEMM", "config": f"N={n:,} H={h} V={v:,}", "measured_ms": 1e3 * t,
+                    "predicted_ms": 1e3 * pred, "time_err": pred / t - 1})
+    for i, (n, v, ms) in enumerate(KERNEL_LOSS):
+        g, t0 = fit_loss([p for j, p in enumerate(KERNEL_LOSS) if j != i])
+        pred = 1e3 * (g * n * v + t0)
+        out.append({"term": "fused RED loss", "config": f"N={n:,} V={v:,}", "measured_ms": ms, "predicted_ms": pred,
+                    "time_err": pred / ms - 1})
+    return out
+
+
+def calibrated_constants() -> Constants:
+    g, t0 = fit_loss()
+    base = Constants(r_mm=400e12, r_head=fit_head(), gamma=g, loss_t0=t0)
+    return fit(hf_measurements(), base)
 
 
 # ----------------------------------------------------------------------------------------------- cluster
@@ -298,7 +374,8 @@ def project(s: Shape, lay: Layout, w: Workload, c: Constants, hw: Hardware = Har
     # one microbatch on the slowest (last) stage, forward + backward
     layer_tok = layer_flops_per_token(s, seq) / c.r_mm + c.beta * s.hidden
     head_tok = 6.0 * s.hidden * s.vocab / c.r_head + c.gamma * s.vocab
-    compute_mb = mb * ((s.layers / p) * layer_tok + head_tok) / t
+    # per micro-batch: the fitted fixed cost of a forward+backward call and of a loss call (not divided by t)
+    compute_mb = mb * ((s.layers / p) * layer_tok + head_tok) / t + c.c_step + c.loss_t0
     tp_mb = (s.layers / p) * 4 * (_allreduce_s(mb * s.hidden * 2.0, t, hw.b_nvl) + (hw.alpha if t > 1 else 0))
     stage_mb = compute_mb + tp_mb
     fwd_bwd = (m + p - 1) * stage_mb
@@ -340,63 +417,6 @@ CLUSTER_LAYOUTS = {
 }
 
 
-# ----------------------------------------------------------------------------------------------- CPU check
-CPU_SHAPES = [  # tiny Qwen2-like shapes: the model's form checked on a second device (fp32, this CPU)
-    Shape(name="cpu-h128", layers=2, hidden=128, ffn=384, heads=4, kv_heads=2, vocab=1024, tied=False),
-    Shape(name="cpu-h256", layers=2, hidden=256, ffn=768, heads=4, kv_heads=2, vocab=1024, tied=False),
-    Shape(name="cpu-h384", layers=3, hidden=384, ffn=1152, heads=6, kv_heads=2, vocab=2048, tied=False),
-    Shape(name="cpu-h512", layers=2, hidden=512, ffn=1536, heads=8, kv_heads=2, vocab=2048, tied=False),
-    Shape(name="cpu-h768", layers=2, hidden=768, ffn=2048, heads=12, kv_heads=4, vocab=2048, tied=False),
-]
-
-
-def measure_cpu(shapes=CPU_SHAPES, seq: int = 256, batch: int = 2, reps: int = 5) -> list[Measurement]:
-    """Forward + backward of a random-weight transformers Qwen2 on this CPU, median of ``reps``."""
-    import statistics
-    import time
-
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    out = []
-    for s in shapes:
-        cfg = Qwen2Config(hidden_size=s.hidden, intermediate_size=s.ffn, num_hidden_layers=s.layers,
-                          num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, vocab_size=s.vocab,
-                          tie_word_embeddings=s.tied, max_position_embeddings=seq, attn_implementation="sdpa")
-        model = Qwen2ForCausalLM(cfg).float()
-        ids = torch.randint(0, s.vocab, (batch, seq))
-        times = []
-        for i in range(reps + 1):
-            model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            model(input_ids=ids, labels=ids).loss.backward()
-            if i:  # the first pass warms up
-                times.append(time.perf_counter() - t0)
-        out.append(Measurement(shape=s, tokens=batch * seq, seq=seq, seconds=statistics.median(times),
-                               label=f"cpu fp32 {batch}×{seq}"))
-    return out
-
-
-def fit_tied(ms: list[Measurement]) -> Constants:
-    """CPU variant: one GEMM rate for layers and head (R_head = R_mm), no separate loss-kernel term."""
-    c = Constants(r_mm=1e11, beta=0.0, gamma=0.0)
-    for _ in range(20):  # fixed point: the head's share is computed with the current R_mm
-        c = fit(ms, dataclasses.replace(c, r_head=c.r_mm))
-    return dataclasses.replace(c, r_head=c.r_mm)
-
-
-def leave_one_out_tied(ms: list[Measurement]) -> list[dict]:
-    out = []
-    for s in {m.shape.name: m.shape for m in ms}.values():
-        c = fit_tied([m for m in ms if m.shape.name != s.name])
-        for m in (m for m in ms if m.shape.name == s.name):
-            pred = fwd_bwd_seconds(m.shape, m.tokens, m.seq, c)
-            out.append({"shape": s.name, "label": m.label, "tokens": m.tokens, "seq": m.seq,
-                        "measured_ms": 1e3 * m.seconds, "predicted_ms": 1e3 * pred, "time_err": pred / m.seconds - 1})
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- I/O
 def load_policy_measurements(path: Path, impl: str | None = "mcore_sdpa_red") -> list[Measurement]:
     """benchmarks/policy_throughput.py's JSON ({"runs": [{impl, shape, batch, seq, tokens, ms, peak_gib}]}):
@@ -435,104 +455,124 @@ def _md_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy-json", default=None, help="policy_throughput JSON (default: the newest in reports/)")
+    ap.add_argument("--policy-json", default=None, help="policy_throughput.py JSON with H100 runs of the trainer's "
+                    "Megatron path (default: the newest reports/policy_throughput_*.json, if any)")
     ap.add_argument("--impl", default="mcore_sdpa_red", help="which implementation's runs to fit (policy_throughput)")
-    ap.add_argument("--cpu", action="store_true", help="also time tiny shapes on this CPU and fit them (noisy on "
-                    "a shared machine)")
     ap.add_argument("--report", default=None, help="markdown report path (default reports/projection_<date>.md)")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
     date = datetime.date.today().isoformat()
     src = Path(args.policy_json) if args.policy_json else max(
         (here / "reports").glob("policy_throughput_*.json"), default=None, key=lambda p: p.stat().st_mtime)
-    ms = load_policy_measurements(src, args.impl) if src else []
-    out: dict = {"date": date, "source": str(src) if src else None, "hardware": dataclasses.asdict(Hardware()),
-                 "workload": dataclasses.asdict(Workload())}
-    if len({m.shape.name for m in ms}) >= 2:
-        c = fit(ms)
-        loo = leave_one_out(ms)
-        out["fit"] = dataclasses.asdict(c)
-        out["loo"] = loo
+    policy_ms = load_policy_measurements(src, args.impl) if src else []
+    g, t0 = fit_loss()
+    base = Constants(r_mm=400e12, r_head=fit_head(), gamma=g, loss_t0=t0)
+    hf = hf_measurements()
+    out: dict = {"date": date, "hardware": dataclasses.asdict(Hardware()), "workload": dataclasses.asdict(Workload()),
+                 "loo_terms": loo_head_and_loss(), "loo_hf": leave_one_out(hf, base)}
+    if policy_ms:  # the trainer's own path measured on an H100: fit on it (all shapes), check leave-one-shape-out
+        c = fit(policy_ms, base)
+        out |= {"calibrated_on": f"{src} ({args.impl})", "loo_policy": leave_one_out(policy_ms, base)}
     else:
-        c = Constants(r_mm=0.45 * Hardware().peak_bf16, beta=0.0)
-        out["fit"], out["loo"] = None, []
-        print(f"fewer than two measured shapes in {src}: using an assumed R_mm = 45% of peak", file=sys.stderr)
-    if args.cpu:
-        cms = measure_cpu()
-        out["cpu_loo"] = leave_one_out_tied(cms)
-        out["cpu_fit"] = dataclasses.asdict(fit_tied(cms))
-    proj = [project(SHAPES[name], lay, Workload(), c) for name, lays in CLUSTER_LAYOUTS.items() for lay in lays]
-    out["projection"] = proj
-    json_path = here / "reports" / f"projection_{date}.json"
-    json_path.write_text(json.dumps(out, indent=1, default=str))
+        c = fit(hf, base)
+        out["calibrated_on"] = "GPU.md HF transformers + SDPA (1.5B), H100"
+    b_, t_, ms_, gib_ = GPU_MD_MCORE_STOCK
+    out["out_of_model"] = [_row(Measurement(shape=SHAPES["1.5B"], tokens=b_ * t_, seq=t_, seconds=ms_ / 1e3,
+                                            peak_bytes=gib_ * GiB, gamma=HF_GAMMA, logit_bytes=4.0,
+                                            label=f"megatron stock local spec {b_}×{t_}"), c, "-")]
+    out["fit"] = dataclasses.asdict(c)
+    out["projection"] = [project(SHAPES[name], lay, Workload(), c) for name, lays in CLUSTER_LAYOUTS.items()
+                         for lay in lays]
+    (here / "reports" / f"projection_{date}.json").write_text(json.dumps(out, indent=1, default=str))
     report = Path(args.report or here / "reports" / f"projection_{date}.md")
     report.write_text(render_report(out, c))
     print(report.read_text())
     return 0
 
 
+def _err_line(rows: list[dict], key: str, what: str) -> str:
+    e = [abs(r[key]) for r in rows if key in r]
+    return f"{what}: mean |error| {sum(e) / len(e):.1%}, max {max(e):.1%} over {len(e)} configurations." if e else ""
+
+
 def render_report(out: dict, c: Constants) -> str:
     hw, w = Hardware(), Workload()
+    cols = [("held_out", "held out", ""), ("label", "configuration", ""), ("measured_ms", "measured ms", ".1f"),
+            ("predicted_ms", "predicted ms", ".1f"), ("time_err", "time error", "+.1%"),
+            ("measured_gib", "measured GiB", ".1f"), ("predicted_gib", "predicted GiB", ".1f"),
+            ("mem_err", "memory error", "+.1%")]
     lines = [f"# RED step projection to 8×H100 clusters ({out['date']})", "",
-             "Model, assumptions and fit: `benchmarks/projection.py` (its docstring states every formula). "
-             f"Measured input: `{out['source']}` (single H100, see that report for the device and versions). "
-             "Everything multi-GPU below is projected, not measured.", ""]
-    lines += ["## Fitted constants", "",
-              f"- R_mm (effective layer-stack FLOP/s): {c.r_mm / 1e12:.0f} TFLOP/s ({c.r_mm / hw.peak_bf16:.0%} of the "
-              f"{hw.peak_bf16 / 1e12:.0f} TFLOP/s bf16 peak)",
-              f"- beta (memory-bound time per token·hidden·layer): {c.beta * 1e12:.2f} ps",
-              f"- R_head {c.r_head / 1e12:.0f} TFLOP/s and the fused-loss cost {c.gamma * 1e12:.2f} ps per logit "
-              "(from ../shared/GPU.md kernel measurements on the H100)",
-              f"- activations: {c.act:.1f} bytes per token·hidden·layer; fixed overhead c0 {c.c0 / GiB:.2f} GiB", ""]
-    if out["loo"]:
-        errs = [abs(r["time_err"]) for r in out["loo"]]
-        merrs = [abs(r["mem_err"]) for r in out["loo"] if "mem_err" in r]
-        lines += ["## Error on the measured configurations (leave-one-shape-out)", "",
-                  "Each shape's points are predicted from constants fitted on the *other* shapes only.", "",
-                  _md_table(out["loo"], [("shape", "shape", ""), ("label", "config", ""), ("tokens", "tokens", "d"),
-                                         ("measured_ms", "measured ms", ".1f"), ("predicted_ms", "predicted ms", ".1f"),
-                                         ("time_err", "time error", "+.1%"), ("measured_gib", "measured GiB", ".1f"),
-                                         ("predicted_gib", "predicted GiB", ".1f"), ("mem_err", "memory error", "+.1%")]),
-                  f"Step time: mean |error| {sum(errs) / len(errs):.1%}, max {max(errs):.1%} over {len(errs)} "
-                  "configurations." + (f" Peak memory: mean |error| {sum(merrs) / len(merrs):.1%}, max "
-                                      f"{max(merrs):.1%}." if merrs else ""), ""]
-    if out.get("cpu_loo"):
-        errs = [abs(r["time_err"]) for r in out["cpu_loo"]]
-        lines += ["## The same model on this CPU (tiny fp32 shapes, leave-one-out)", "",
-                  _md_table(out["cpu_loo"], [("shape", "shape", ""), ("measured_ms", "measured ms", ".1f"),
-                                             ("predicted_ms", "predicted ms", ".1f"), ("time_err", "error", "+.1%")]),
-                  f"Mean |error| {sum(errs) / len(errs):.1%}.", ""]
-    lines += ["## Projection: 7B and 32B on 1–8 nodes", "",
-              f"Workload: one RED step of the paper, {w.prompts} prompts × {w.group} ({w.online} online + 1 offline), "
+             "Model, formulas and assumptions: `benchmarks/projection.py` (docstring). Inputs: every H100 "
+             "measurement this project has (H100 80GB HBM3, one GPU, 2026-11-23): ../shared/GPU.md (policy "
+             "forward+backward of the Qwen2.5-1.5B shape with HF transformers + SDPA and with megatron-core's stock "
+             "local spec; LM-head GEMMs) and benchmarks/reports/kernel_2026-11-23.md (the fused RED loss). "
+             "**No H100 measurement of the trainer's Megatron path exists**: benchmarks/reports/"
+             "policy_throughput_2026-11-23.md records that no GPU was lent to that task, and none to this one "
+             "(`device` status: no machine could be started). The layer-stack rate is therefore calibrated on "
+             f"{out['calibrated_on']}; rerun `python benchmarks/projection.py --policy-json <policy_throughput.json>` "
+             "once the Megatron path is measured. Everything multi-GPU below is projected, not measured.", "",
+             "## Fitted constants", "",
+             f"- R_mm, effective FLOP/s of the layer stack: {c.r_mm / 1e12:.0f} TFLOP/s ({c.r_mm / hw.peak_bf16:.0%} of "
+             f"the {hw.peak_bf16 / 1e12:.0f} TFLOP/s bf16 peak); fixed cost per forward+backward call c_step "
+             f"{c.c_step * 1e3:.1f} ms (both from the HF rows)",
+             f"- LM-head GEMM rate {c.r_head / 1e12:.0f} TFLOP/s (GPU.md, two hidden sizes)",
+             f"- fused RED loss: {c.gamma * 1e12:.2f} ps per logit + {c.loss_t0 * 1e3:.2f} ms per call (kernel report, "
+             "six (N, V) configurations)",
+             f"- activations {c.act:.1f} bytes per token·hidden·layer, fixed memory {c.c0 / GiB:.2f} GiB (HF rows' peak "
+             "memory, with the HF loss's measured 14 B/logit taken out; the trainer's fused loss holds 2 B/logit)", "",
+             "## Error on every measured configuration (leave-one-out)", "",
+             "Each row is predicted from constants fitted *without* it.", "",
+             "Policy forward+backward, 1.5B shape, HF transformers + SDPA (GPU.md):", "",
+             _md_table(out["loo_hf"], cols[1:]),
+             _err_line(out["loo_hf"], "time_err", "Step time") + " " + _err_line(out["loo_hf"], "mem_err", "Peak memory"),
+             ""]
+    if out.get("loo_policy"):
+        lines += ["The trainer's Megatron path (policy_throughput.py), leave-one-shape-out:", "",
+                  _md_table(out["loo_policy"], cols), _err_line(out["loo_policy"], "time_err", "Step time"), ""]
+    lines += ["The head and loss terms (each point from a fit on the others):", "",
+              _md_table(out["loo_terms"], [("term", "term", ""), ("config", "configuration", ""),
+                                           ("measured_ms", "measured ms", ".2f"), ("predicted_ms", "predicted ms", ".2f"),
+                                           ("time_err", "error", "+.1%")]),
+              _err_line(out["loo_terms"], "time_err", "Head and loss"), "",
+              "Outside the model's assumptions (shown, not fitted): megatron-core's stock local spec materialises "
+              "B·heads·T² attention scores (no SDPA/flash), which the model does not describe:", "",
+              _md_table(out["out_of_model"], cols[1:]),
+              "This is why the trainer uses its own SDPA core attention (red_megatron/policy/sdpa_attention.py).", "",
+              "## Projection: 7B and 32B on 1–8 nodes of 8×H100", "",
+              f"Workload: one RED step as in the paper, {w.prompts} prompts × {w.group} ({w.online} online + 1 offline), "
               f"prompt {w.prompt_len} tokens, mean response {w.resp_mean} (the paper's RED LEN ≈ 2,500), longest "
-              f"{w.resp_max}: {w.tokens / 1e6:.2f} M training tokens a step; packed micro-batches of 8,192 tokens.",
-              "",
+              f"{w.resp_max}: {w.tokens / 1e6:.2f} M training tokens a step, packed 8,192-token micro-batches. "
+              "The first rows of each model are the recipes' layouts (configs/qwen25.py).", "",
               _md_table(out["projection"], [
-                  ("model", "model", ""), ("nodes", "nodes", "d"), ("tp", "TP", "d"), ("pp", "PP", "d"), ("dp", "DP", "d"),
-                  ("tp_infer", "vLLM TP", "d"), ("mem_train_gib", "train GiB/GPU", ".1f"), ("fits", "fits 80 GB", ""),
-                  ("bubble", "PP bubble", ".1%"), ("tp_comm_s", "TP comm s", ".1f"), ("train_s", "train s", ".1f"),
-                  ("rollout_s", "rollout s", ".1f"), ("rollout_share", "rollout share", ".0%"),
-                  ("step_s", "step s", ".1f"), ("train_tok_s_gpu", "train tok/s/GPU", ".0f"),
-                  ("step_tok_s_gpu", "step tok/s/GPU", ".0f"), ("train_mfu", "train MFU", ".0%")]),
-              "Reading it: the training part scales almost linearly with nodes (DP, little communication at "
-              "these sizes: the distributed optimizer moves 6 bytes/param of the local shard per step), while the "
-              "rollout does not: a step waits for its longest response (8,192 decode iterations), and each "
-              "iteration costs at least one read of the engine's weights, so more engines mean fewer sequences "
-              "each but not fewer iterations. The rollout share grows with the node count; beyond ~2 nodes for "
-              "7B, more GPUs buy little step time unless responses are capped, generation is made asynchronous "
-              "(off-policy by one step), or long samples are cut.", "",
-              "## Assumptions (not measured here)", "",
-              f"- NVLink all-reduce bus bandwidth {hw.b_nvl / 1e9:.0f} GB/s, inter-node {hw.b_ib / 1e9:.0f} GB/s per GPU, "
-              f"{hw.alpha * 1e6:.0f} µs per collective; TP collectives not overlapped; DP not overlapped "
-              "(the policy's DDP runs overlap_grad_reduce=False).",
-              f"- Rollout decode at {hw.eta_bw:.0%} of HBM bandwidth, KV cache = what the colocated training state "
-              "leaves of 92% of HBM; vLLM cannot run on the GPU machine here, so no rollout number is measured.",
-              "- The old-log-prob pass costs 1/3 of a forward+backward; optimizer 36 B/param of the local shard at HBM "
-              "speed; refit = one NVLink copy of the local weights.",
-              "- Activation memory assumes no recomputation and 1F1B holding min(m, p) micro-batches on the first "
-              "stage; the fitted `act` absorbs the implementation's actual footprint at TP=1.",
-              "- TP, PP and DP terms are textbook formulas that no measurement here could check (one GPU); "
-              "the leave-one-out error above covers only the single-GPU compute and memory terms."]
+                  ("model", "model", ""), ("nodes", "nodes", "d"), ("tp", "TP", "d"), ("pp", "PP", "d"),
+                  ("dp", "DP", "d"), ("tp_infer", "vLLM TP", "d"), ("mem_train_gib", "train GiB/GPU", ".1f"),
+                  ("fits", "fits 80 GB", ""), ("bubble", "PP bubble", ".1%"), ("tp_comm_s", "TP comm s", ".1f"),
+                  ("train_s", "train s", ".1f"), ("rollout_s", "rollout s", ".1f"),
+                  ("rollout_share", "rollout share", ".0%"), ("step_s", "step s", ".1f"),
+                  ("train_tok_s_gpu", "train tok/s/GPU", ".0f"), ("step_tok_s_gpu", "step tok/s/GPU", ".0f"),
+                  ("train_mfu", "train MFU", ".0%")]),
+              "Reading it: the training part scales almost linearly with nodes (data parallel; the distributed "
+              "optimizer moves 6 bytes per parameter of the local shard a step, small next to the compute), while "
+              "the rollout does not: a step waits for its longest response (8,192 decode iterations) and every "
+              "iteration reads the engine's weights at least once, so more engines mean fewer sequences each but "
+              "not fewer iterations. The rollout share therefore grows with the node count: past ~2 nodes for 7B "
+              "and ~4 for 32B, more GPUs buy little step time unless responses are capped, generation overlaps "
+              "training (one step off-policy), or long samples are cut. 7B at TP=1 and 32B on one node do not fit.",
+              "", "## Assumptions (not measured here)", "",
+              "- One measured shape: the layer-stack rate R_mm is taken as shape-independent. Larger hidden sizes "
+              "usually run GEMMs closer to peak, so 7B/32B compute is likely over-estimated (conservative).",
+              "- HF's cross entropy is costed as GPU.md's naive PyTorch loss (62.1 ms at 16,384 × 151,936) when "
+              "the HF rows are fitted; the projection uses the fused kernel's measured cost instead.",
+              f"- NVLink all-reduce bus bandwidth {hw.b_nvl / 1e9:.0f} GB/s, inter-node {hw.b_ib / 1e9:.0f} GB/s per "
+              f"GPU, {hw.alpha * 1e6:.0f} µs per collective; TP collectives not overlapped; DP not overlapped (the "
+              "policy's DDP runs overlap_grad_reduce=False, grads reduced in fp32).",
+              f"- Rollout decode at {hw.eta_bw:.0%} of HBM bandwidth; KV cache = what the colocated training state "
+              "leaves of 92% of HBM. vLLM cannot run on the GPU machine here: no rollout number is measured.",
+              "- The old-log-prob pass costs 1/3 of a forward+backward; optimizer 36 B/param of the local shard at "
+              "HBM speed; refit = one NVLink copy of the local weights; c_step is paid per micro-batch.",
+              "- Activation memory: no recomputation; 1F1B holds min(m, p) micro-batches on the first stage.",
+              "- The TP, PP and DP terms are textbook formulas no measurement here could check (one GPU at most); "
+              "the leave-one-out errors above cover the single-GPU compute, head, loss and memory terms only."]
     return "\n".join(lines) + "\n"
 
 

@@ -6,13 +6,14 @@ cosine decay to 0.1·lr, one optimiser step per rollout batch. The step count (5
 choice, not the paper's (it does not state one); override ``steps=`` (lr_decay_steps follows).
 
 Layouts (why; the numbers are benchmarks/projection.py's, see benchmarks/reports/projection_*.md):
-- 1.5B: TP=1, PP=1: weights + grads + sharded optimizer ≈ 10 GB; a GPU holds it with 8k-token
-  micro-batches; pure DP over the node's 8 GPUs, one vLLM engine a GPU (tp_infer=1).
-- 7B: TP=2 (divides the 28 query / 4 KV heads), PP=1: ≈ 48 GB/GPU at DP=4 with 8k-token
-  micro-batches, where TP=1 does not fit 80 GB; vLLM tp_infer=2 leaves room for the KV cache
-  beside the colocated training state.
+- 1.5B: TP=1, PP=1: weights + grads + sharded optimizer ≈ 11 GiB, ≈ 36 GiB/GPU projected with
+  8k-token micro-batches; pure DP over the node's 8 GPUs, one vLLM engine a GPU (tp_infer=1).
+- 7B: TP=2 (divides the 28 query / 4 KV heads), PP=1: ≈ 60 GiB/GPU projected at DP=4 with
+  8k-token micro-batches, where TP=1 does not fit 80 GB (≈ 108 GiB); vLLM tp_infer=2 leaves room
+  for the KV cache beside the colocated training state.
 - 32B: TP=8 (divides 40 / 8 heads; a full NVLink node), PP=2 so that one DP replica is 2 nodes
-  (≈ 47 GB/GPU); vLLM tp_infer=4 (16 GB of weights a GPU). Needs nodes × 8 divisible by 16.
+  (≈ 57 GiB/GPU projected); vLLM tp_infer=4 (16 GB of weights a GPU). Needs nodes × 8 divisible
+  by 16. (Projections calibrated on H100 measurements: benchmarks/reports/projection_2026-11-23.md.)
 Qwen2.5-Math-1.5B ships max_position_embeddings=4096; like LUFFY (whose data and scripts the
 authors use), set rope_theta=40000 and max_position_embeddings=16384 in its config.json so the
 1k prompt + 8k response window fits (check_world does not read rope settings).
