@@ -12,7 +12,7 @@ pytestmark = pytest.mark.dist
 
 def _job_impl(impl: str):
     with megatron_parallel(tp=2, pp=1, seed=13):
-        pol = tiny_policy(tp=2, loss_impl=impl)
+        pol = tiny_policy(tp=2, loss_impl=impl, grad_in_forward=impl == "kernel")
         tokens, prompts = fixed_batch(lengths=(14, 22, 9), prompts=(4, 6, 2))
         n = sum(len(t) - p for t, p in zip(tokens, prompts))
         lp, ent = pol.logprobs_and_entropy(tokens, prompts, 0.8)

@@ -31,7 +31,7 @@ class PolicyConfig:
     clip_grad: float = 1.0  # global grad-norm clip; 0 disables clipping
     use_distributed_optimizer: bool = True
     loss_impl: str = "auto"  # 'kernel' (Triton), 'reference' (PyTorch), 'auto' = kernel iff CUDA
-    grad_in_forward: bool = False  # kernel memory trick: gradient written during the forward
+    grad_in_forward: bool = True  # Triton kernel only: dL/dlogits written in place into the logits buffer in the forward (no extra [T, V] tensor)
     checkpoint_sharding: str = "dp_reshardable"  # 'fully_reshardable' to resume the optimizer at another TP/PP
     keep_last_checkpoints: int = 2  # 0 keeps all
     seed: int = 1234

@@ -118,10 +118,41 @@ def _forward_step(device: torch.device, loss_fn: Callable, data_iterator, model)
     return out, partial(loss_fn, mb)
 
 
-def _response_logits(mb: MicroBatch, logits_BSV: torch.Tensor) -> torch.Tensor:
-    """[M, V_local] rows of the (vocab-parallel) logits that predict the micro-batch's response tokens."""
-    v_local = logits_BSV.shape[-1]
-    return logits_BSV.reshape(-1, v_local).index_select(0, mb.logit_rows_M.to(logits_BSV.device))
+# Values for the logit rows that predict no response token (prompt rows, padding): weight 0 masks a
+# row in the kernel and in its reference; the other fills only keep the row's arithmetic finite.
+_ROW_FILL = {"kind_N": 3, "adv_N": 0.0, "logp_old_N": 0.0, "rbar_N": 1.0, "w_N": 0.0, "weight_N": 0.0,
+             "ref_logp_N": 0.0}
+
+
+def _all_rows(logits_BSV: torch.Tensor) -> torch.Tensor:
+    """[R, V_local] view (no copy) of the micro-batch's logits, R = B·S rows.
+
+    The loss runs on every row with weight 0 where no response token is predicted, instead of
+    gathering the response rows: a gather copies [M, V] and its backward allocates a fresh [R, V]
+    gradient, whereas on the view the kernel can write the gradient in place into the logits
+    buffer (grad_in_forward), so the loss adds no [R, V] tensor at all. Prompt rows cost one extra
+    read each, small next to the model's forward.
+    """
+    return logits_BSV.reshape(-1, logits_BSV.shape[-1])
+
+
+def _row_target(mb: MicroBatch, n_rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = mb.logit_rows_M.to(device)
+    target_R = torch.zeros(n_rows, dtype=torch.long, device=device)
+    target_R[rows] = mb.target_M.to(device)
+    return rows, target_R
+
+
+def _row_tensors(sel: dict, rows: torch.Tensor, n_rows: int, device) -> dict:
+    out = {}
+    for k, v in sel.items():
+        if v is None:
+            out[k] = None
+            continue
+        full = torch.full((n_rows,), _ROW_FILL[k], dtype=v.dtype, device=device)
+        full[rows] = v
+        out[k] = full
+    return out
 
 
 def _run_schedule(chunks: list, mbs: list[MicroBatch], step_fn: Callable, *, forward_only: bool):
@@ -141,9 +172,11 @@ def logprob_pass(chunks: list, mbs: list[MicroBatch], num_tokens: int, *, ctx: P
     ent_N = torch.zeros(num_tokens, dtype=torch.float32, device=ctx.device)
 
     def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
-        logits_MV = _response_logits(mb, logits_BSV)
-        lp, ent = logprob_entropy(logits_MV, mb.target_M.to(ctx.device), vocab_start=ctx.tp_rank * logits_MV.shape[1],
-                                  vocab_size=vocab_size, temperature=temperature, group=ctx.loss_group)
+        logits_RV = _all_rows(logits_BSV)
+        rows, target_R = _row_target(mb, logits_RV.shape[0], ctx.device)
+        lp_R, ent_R = logprob_entropy(logits_RV, target_R, vocab_start=ctx.tp_rank * logits_RV.shape[1],
+                                      vocab_size=vocab_size, temperature=temperature, group=ctx.loss_group)
+        lp, ent = lp_R[rows], ent_R[rows]
         idx = mb.token_index_M.to(ctx.device)
         logp_N[idx] = lp.float()
         ent_N[idx] = ent.float()
@@ -170,12 +203,13 @@ def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, ctx: Paral
     stats: list[torch.Tensor] = []
 
     def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
-        logits_MV = _response_logits(mb, logits_BSV)
+        logits_RV = _all_rows(logits_BSV)
+        rows, target_R = _row_target(mb, logits_RV.shape[0], ctx.device)
         t = select_tokens(tensors, mb.token_index_M, ctx.device)
-        out = red_loss(logits_MV, mb.target_M.to(ctx.device), vocab_start=ctx.tp_rank * logits_MV.shape[1],
+        out = red_loss(logits_RV, target_R, vocab_start=ctx.tp_rank * logits_RV.shape[1],
                        vocab_size=vocab_size, temperature=opts.temperature, eps_lo=opts.eps_lo, eps_hi=opts.eps_hi,
                        luffy_gamma=opts.luffy_gamma, entropy_coef=opts.entropy_coef, kl_coef=opts.kl_coef,
-                       group=ctx.loss_group, **t)
+                       group=ctx.loss_group, **_row_tensors(t, rows, logits_RV.shape[0], ctx.device))
         n_online = ((t["kind_N"] == ONLINE) & (t["weight_N"] != 0)).sum().float()
         loss = out.loss.float()
         stats.append(torch.stack([loss.detach(), out.clip_frac.detach().float() * n_online, n_online,
