@@ -180,16 +180,17 @@ def main(argv=None) -> int:
     t0 = time.time()
     print(f"[study] {len(presets)} presets × {base.steps} steps × {base.data.global_batch_size} prompts × "
           f"(G={base.algo.num_online} + 1) from {base.model_dir} -> {out}", flush=True)
-    initial = eval_one(args, base, "initial checkpoint", Path(base.model_dir), out / "eval" / "initial")
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        trained = list(pool.map(lambda p: train_one(args, p, out / "runs" / p), presets))
-    rows = []
-    for r in trained:
-        stage_dir = final_stage_dir(out / "runs" / r["preset"], r["preset"])
+    def train_and_eval(p: str) -> dict:  # each worker evaluates its run at once: evals overlap other trainings
+        r = train_one(args, p, out / "runs" / p)
+        stage_dir = final_stage_dir(out / "runs" / p, p)
         r["train"] = train_summary(stage_dir)
-        r["eval"] = eval_one(args, base, r["preset"], stage_dir / "hf", out / "eval" / r["preset"]) if r["rc"] == 0 \
-            else None
-        rows.append(r)
+        r["eval"] = eval_one(args, base, p, stage_dir / "hf", out / "eval" / p) if r["rc"] == 0 else None
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        first = pool.submit(eval_one, args, base, "initial checkpoint", Path(base.model_dir), out / "eval" / "initial")
+        rows = list(pool.map(train_and_eval, presets))
+        initial = first.result()
     plot = None
     plottable = {r["preset"]: final_stage_dir(out / "runs" / r["preset"], r["preset"]) for r in rows
                  if (final_stage_dir(out / "runs" / r["preset"], r["preset"]) / "metrics.jsonl").exists()}
