@@ -47,16 +47,18 @@ def test_parse_sweeps_product_and_labels():
 
 
 def test_launch_spec_validation():
-    assert LaunchSpec(executor="slurm", nodes=2, gpus_per_node=8, account="a").world_size == 16
+    assert LaunchSpec(executor="slurm", nodes=2, gpus_per_node=8, account="a", container_image="i").world_size == 16
     assert LaunchSpec(executor="local", nproc=3).world_size == 3
     with pytest.raises(ValueError, match="--account"):
         LaunchSpec(executor="slurm", nodes=2)
     with pytest.raises(ValueError, match="--nodes"):
         LaunchSpec(executor="local", nodes=2)
+    with pytest.raises(ValueError, match="--container-image"):
+        LaunchSpec(executor="slurm", account="a")
     with pytest.raises(ValueError, match="--time"):
-        LaunchSpec(executor="slurm", account="a", time="4h")
+        LaunchSpec(executor="slurm", account="a", container_image="i", time="4h")
     with pytest.raises(ValueError, match="--container-mounts"):
-        LaunchSpec(executor="slurm", account="a", container_mounts=("/lustre",))
+        LaunchSpec(executor="slurm", account="a", container_image="i", container_mounts=("/lustre",))
     with pytest.raises(ValueError, match="--detach"):
         LaunchSpec(executor="local", detach=True)
 

@@ -54,17 +54,17 @@ def test_cluster_layout_fits_8_gpu_nodes_and_real_head_counts(tmp_path, name):
     (ckpt / "config.json").write_text(json.dumps(QWEN25[name]))
     cfg = apply_overrides(get_recipe(name), [f"model_dir={ckpt}"])
     for nodes in NODES[name]:
-        spec = LaunchSpec(executor="slurm", nodes=nodes, gpus_per_node=8, account="a")
+        spec = LaunchSpec(executor="slurm", nodes=nodes, gpus_per_node=8, account="a", container_image="i")
         assert check_launch(cfg, spec) == []  # config.json read: no skipped checks
     # and the checks bite: the same recipe on one GPU fewer per node is refused
     with pytest.raises(ValueError):
-        check_launch(cfg, LaunchSpec(executor="slurm", nodes=NODES[name][0], gpus_per_node=7, account="a"))
+        check_launch(cfg, LaunchSpec(executor="slurm", nodes=NODES[name][0], gpus_per_node=7, account="a", container_image="i"))
 
 
 def test_32b_needs_two_nodes():
     cfg = get_recipe("qwen25_32b")
     with pytest.raises(ValueError, match="policy.pp=2"):
-        check_launch(cfg, LaunchSpec(executor="slurm", nodes=1, gpus_per_node=8, account="a"))
+        check_launch(cfg, LaunchSpec(executor="slurm", nodes=1, gpus_per_node=8, account="a", container_image="i"))
 
 
 def test_tiny_cpu_assets_and_world_sizes():

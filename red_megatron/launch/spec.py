@@ -47,6 +47,10 @@ class LaunchSpec:
         if self.executor == "slurm":
             if not self.account:
                 raise ValueError("--account is required with --executor slurm")
+            if not self.container_image:
+                # NeMo-Run 0.11.1 assumes pyxis; without a container its generated srun paths are wrong
+                raise ValueError("--container-image is required with --executor slurm (NeMo-Run runs the job "
+                                 "in a pyxis/enroot container)")
             if not _TIME_RE.match(self.time):
                 raise ValueError(f"--time={self.time!r}: expected [D-]HH:MM:SS or minutes")
             for m in self.container_mounts:
