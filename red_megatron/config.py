@@ -75,8 +75,8 @@ class RunConfig:
         return Path(self.run_dir) / "checkpoints"
 
 
-def check_world(cfg: RunConfig, world_size: int) -> None:
-    """Checks that need the world size and the checkpoint's config.json; one ValueError naming fields."""
+def check_layout(cfg: RunConfig, world_size: int) -> int:
+    """TP × PP against the world, the prompt batch against DP; returns the DP size. No files read."""
     tp, pp = cfg.policy.tp, cfg.policy.pp
     if world_size % (tp * pp) != 0:
         raise ValueError(f"policy.tp={tp} × policy.pp={pp} must divide the world size {world_size}")
@@ -84,6 +84,12 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
     if cfg.data.global_batch_size % dp != 0:
         raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
                          f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp})")
+    return dp
+
+
+def check_checkpoint(cfg: RunConfig) -> None:
+    """TP, PP and vLLM's TP against the checkpoint's head and layer counts (reads config.json)."""
+    tp, pp = cfg.policy.tp, cfg.policy.pp
     cfg_path = Path(cfg.model_dir) / "config.json"
     if not cfg_path.exists():
         raise ValueError(f"model_dir={cfg.model_dir!r}: no config.json there (expected a Hugging Face checkpoint)")
@@ -98,3 +104,9 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
             raise ValueError(f"rollout.tp_infer={cfg.rollout.tp_infer} must divide the checkpoint's {name}={n}")
     if layers is None or layers % pp != 0:
         raise ValueError(f"policy.pp={pp} must divide the checkpoint's num_hidden_layers={layers} ({cfg_path})")
+
+
+def check_world(cfg: RunConfig, world_size: int) -> None:
+    """Every check that needs the launch and the checkpoint; one ValueError naming the fields."""
+    check_layout(cfg, world_size)
+    check_checkpoint(cfg)
