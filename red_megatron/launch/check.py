@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from red_megatron.config import check_checkpoint, check_layout
 from red_megatron.launch.spec import LaunchSpec
 
 
@@ -13,14 +14,9 @@ def check_launch(cfg, spec: LaunchSpec) -> list[str]:
     """Raise ValueError for an impossible layout; return notes on checks that had to be skipped."""
     notes: list[str] = []
     world, per_node = spec.world_size, spec.procs_per_node
-    tp, pp, tp_inf = cfg.policy.tp, cfg.policy.pp, cfg.rollout.tp_infer
-    where = f"{spec.nodes} node(s) × {per_node} process(es)" if spec.executor == "slurm" else f"--nproc {world}"
-    if world % (tp * pp) != 0:
-        raise ValueError(f"policy.tp={tp} × policy.pp={pp} = {tp * pp} must divide the world size {world} ({where})")
-    dp = world // (tp * pp)
-    if cfg.data.global_batch_size % dp != 0:
-        raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
-                         f"by the data-parallel size {dp} = world {world} / (policy.tp={tp} × policy.pp={pp})")
+    tp, tp_inf = cfg.policy.tp, cfg.rollout.tp_infer
+
+    check_layout(cfg, world)  # TP × PP against the world, the prompt batch against DP
     if per_node % tp != 0:
         raise ValueError(f"policy.tp={tp} must divide the processes per node {per_node}: tensor parallelism "
                          "stays inside a node (NVLink), never across the network")
@@ -29,9 +25,7 @@ def check_launch(cfg, spec: LaunchSpec) -> list[str]:
                          f"size {world}: each vLLM engine spans tp_infer ranks of one node")
     cfg_json = Path(cfg.model_dir) / "config.json"
     if cfg_json.is_file():
-        from red_megatron.config import check_world  # head counts / layers against tp, pp, tp_infer
-
-        check_world(cfg, world)
+        check_checkpoint(cfg)  # head counts / layers against tp, pp, tp_infer
     else:
         notes.append(f"model_dir={cfg.model_dir!r} has no readable config.json here: head/layer divisibility "
                      "is checked when the job starts (scripts/train.py runs check_world first)")
