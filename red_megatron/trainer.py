@@ -14,6 +14,7 @@ after another, each from the previous stage's exported HF checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -30,21 +31,12 @@ from red_megatron.metrics import MetricsLogger
 log = logging.getLogger("red_megatron.trainer")
 
 
-class _Timer:
-    def __init__(self):
-        self.times: dict[str, float] = {}
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.times[f"time/{name}"] = time.perf_counter() - self.t0
-
-        return _Span()
+@contextlib.contextmanager
+def _timed(times: dict[str, float], stage: str):
+    """Wall time of one stage of the step, as the metric ``time/<stage>``."""
+    t0 = time.perf_counter()
+    yield
+    times[f"time/{stage}"] = time.perf_counter() - t0
 
 
 def train(cfg: RunConfig) -> dict:
@@ -156,13 +148,13 @@ class _Run:
 
     def red_step(self) -> dict:
         cfg, obj, topo = self.cfg, self.objective, self.topo
-        t = _Timer()
-        with t("rollout"):
+        times: dict[str, float] = {}
+        with _timed(times, "rollout"):
             examples = self.loader.next_batch()
             exp = self._experience(examples)
         tokens, prompt_lens = exp.sequences()
         response_len_B = exp.response_len_B
-        with t("old_logprobs"):
+        with _timed(times, "old_logprobs"):
             logp_old_N, entropy_N = self.policy.logprobs_and_entropy(tokens, prompt_lens, cfg.algo.temperature)
         # RED part I: entropies over the global batch (every DP rank's samples), then w.
         H_B = sample_mean_entropy(entropy_N, response_len_B)
@@ -172,14 +164,14 @@ class _Run:
         n_tokens = int(topo.dp_all_reduce(torch.tensor([float(response_len_B.sum())], dtype=torch.float64)).item())
         terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
                                                num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens)
-        with t("train"):
+        with _timed(times, "train"):
             upd = self.policy.train_step(tokens, prompt_lens, terms, logp_old_N, temperature=cfg.algo.temperature,
                                          **obj.loss_kwargs())
         if upd["skipped"]:  # a NaN/Inf loss or gradient: the weights were left untouched
             self.skipped_steps += 1
             log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)", self.step + 1,
                         self.skipped_steps)
-        with t("refit"):
+        with _timed(times, "refit"):
             refit_metrics = self._refit()
         self.step += 1
         m = step_metrics(rewards_B=obj.rewards(exp.rewards_B, exp.is_offline_B), is_offline_B=exp.is_offline_B,
@@ -188,12 +180,12 @@ class _Run:
         m.update({f"optim/{k}": v for k, v in upd.items()})
         m.update(self._gap_metrics(exp, logp_old_N))
         m.update(refit_metrics)
-        m.update(t.times)
+        m.update(times)
         m["reward/mean"] = float(exp.rewards_B.mean())
         m["reward/verifier_timeouts"] = sum(r == "timeout" for r in exp.reward_reasons)
         m["data/traces_truncated"] = exp.traces_truncated
         m["train/skipped_steps"] = self.skipped_steps
-        m["throughput/tokens_per_s"] = (sum(len(x) for x in tokens)) / max(1e-9, sum(t.times.values()))
+        m["throughput/tokens_per_s"] = (sum(len(x) for x in tokens)) / max(1e-9, sum(times.values()))
         return m
 
     @staticmethod
