@@ -40,6 +40,22 @@ def _entropy_axes(ax, records, title):
     ax.legend(lines, [l.get_label() for l in lines], loc="best", fontsize=8)
 
 
+def _lines(plt, records, path: Path, title: str, series, ylim=None) -> Path:
+    """One figure of metric curves over steps."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in series:
+        ax.plot(*_series(records, key), label=label)
+    ax.set_xlabel("step")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     records = read_metrics(run_dir)
     if not records:
@@ -56,28 +72,11 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("reward/mean", "mean reward (all samples)"), ("reward/online_accuracy", "online accuracy"),
-                       ("reward/offline_accuracy", "offline accuracy")):
-        ax.plot(*_series(records, key), label=label)
-    ax.set_xlabel("step")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=8)
-    ax.set_title("Reward and accuracy")
-    fig.tight_layout()
-    written.append(out / "reward.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*_series(records, "response/online_mean_length"), label="online response length (tokens)")
-    ax.set_xlabel("step")
-    ax.legend(fontsize=8)
-    ax.set_title("Response length")
-    fig.tight_layout()
-    written.append(out / "response_length.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_lines(plt, records, out / "reward.png", "Reward and accuracy", (
+        ("reward/mean", "mean reward (all samples)"), ("reward/online_accuracy", "online accuracy"),
+        ("reward/offline_accuracy", "offline accuracy")), ylim=(-0.05, 1.05)))
+    written.append(_lines(plt, records, out / "response_length.png", "Response length", (
+        ("response/online_mean_length", "online response length (tokens)"),)))
     return written
 
 
