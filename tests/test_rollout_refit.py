@@ -141,3 +141,27 @@ def test_logprob_gap():
 def test_rollout_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):
         RolloutConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_refit_gpu_bench_smoke(tmp_path):
+    """benchmarks/refit_gpu_bench.py on the CPU at a tiny shape: the real Megatron stream and refit into
+    an emulated vLLM layout (fused qkv_proj / gate_up_proj) land every element exactly, and the bucket
+    counts follow the bucket size. Its own process: it initialises a one-rank model-parallel state."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "benchmarks" / "refit_gpu_bench.py"), "--shape", "smoke", "--repeats", "1",
+           "--buckets", "0,whole", "--out", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "refit_gpu_bench.json").read_text())
+    assert res["check"]["exact"], res["check"]
+    assert res["check"]["tensors_checked"] == res["meta"]["tensors"]  # tied: no lm_head in the stream
+    one_each, whole = res["runs"]
+    assert one_each["buckets"] == res["meta"]["tensors"]
+    assert whole["buckets"] == 1 and whole["max_bucket_MiB"] * 2 ** 20 == res["meta"]["model_bytes"]
+    assert all(run["seconds"] > 0 and run["GBps"] > 0 for run in res["runs"])
