@@ -110,3 +110,16 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
     """Every check that needs the launch and the checkpoint; one ValueError naming the fields."""
     check_layout(cfg, world_size)
     check_checkpoint(cfg)
+
+
+def save_run_config(cfg: RunConfig, run_dir, **effective) -> Path:
+    """Write ``run_dir/run_config.json``: every field of the resolved config (recipe + overrides) and the
+    values the run derived from it (``effective``: steps, lr), so a run dir says how it was made."""
+    import dataclasses
+
+    path = Path(run_dir) / "run_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"config": dataclasses.asdict(cfg), "effective": effective}, indent=1, default=str))
+    tmp.replace(path)
+    return path

@@ -24,7 +24,7 @@ import torch
 
 from red_megatron.algo import build_objective, entropy_partial_sums, entropy_stats_from_sums, sample_mean_entropy, step_metrics
 from red_megatron.algo.presets import StagedPreset, get_preset
-from red_megatron.config import RunConfig, check_world
+from red_megatron.config import RunConfig, check_world, save_run_config
 from red_megatron.experience import Experience, collect_experience
 from red_megatron.metrics import MetricsLogger
 
@@ -93,6 +93,8 @@ class _Run:
             self.refit_plan = RefitPlan.for_engine(self.engine, self.policy.hf_weight_specs(),
                                                    bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
         self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=self.topo.rank == 0)
+        if self.topo.rank == 0:
+            save_run_config(cfg, cfg.run_dir, steps=self.steps, lr=lr)
         self.step = 0
         self.skipped_steps = 0
         self._maybe_resume()

@@ -48,6 +48,9 @@ def test_red_learns_the_easy_task_and_writes_metrics_and_plots(tmp_path):
     _run(_train_cmd(run_dir, f"steps={steps}"))
     recs = read_metrics(run_dir)
     assert [r["step"] for r in recs] == list(range(1, steps + 1))
+    saved = json.loads((run_dir / "run_config.json").read_text())  # the run dir says how it was made
+    assert saved["config"]["steps"] == steps and saved["config"]["algo"]["preset"] == "red"
+    assert saved["effective"] == {"steps": steps, "lr": saved["config"]["policy"]["lr"]}
     for key in ("entropy/h_rl", "entropy/h_sft", "entropy/delta_rl", "entropy/delta_sft", "red/w", "red/rbar_hist",
                 "reward/online_accuracy", "reward/offline_accuracy", "response/online_mean_length",
                 "optim/clip_frac", "optim/loss", "optim/grad_norm", "rollout/logp_gap_max", "rollout/logp_gap_mean",
