@@ -1,13 +1,17 @@
 """The nine-preset study: every RED_SPEC.md preset (the paper's Table 2 rows) on the synthetic task.
 
-  python scripts/preset_study.py                      # small default: tiny_cpu, < 30 min on 2 CPU cores
+  python scripts/preset_study.py                      # small default: tiny_cpu_study, < 30 min on 2 CPU cores
   python scripts/preset_study.py --steps 60 --eval-samples 8 --parallel 1 data.global_batch_size=32  # larger
   python scripts/preset_study.py --presets grpo,red --out runs/study_quick
 
-Same starting checkpoint (the recipe's model_dir), same data and seed, and the same rollout budget
-for every preset (steps × prompts × G online samples; ``sft`` has none, ``sft_then_grpo`` spends its
-budget in its GRPO stage, after 3 SFT epochs, as in the paper). Each preset trains in its own
-process (scripts/train.py; torchrun with --nproc > 1) and its final checkpoint is evaluated with
+Same starting checkpoint, same data and seed, and the same rollout budget for every preset
+(steps × prompts × G online samples; ``sft`` has none). The starting checkpoint is a weak base
+trained first (--base-sft-steps SFT steps on the traces from the recipe's random-init model), so
+that online samples are sometimes right from the first step, as with a pretrained model; 0 starts
+from the recipe's model_dir itself. Without --preset-schedule every run takes the recipe's steps
+and lr (``sft_then_grpo``: that many SFT steps, then that many GRPO steps); with it, presets keep
+their own schedules (sft: lr 5e-5, 3 epochs). Each preset trains in its own process
+(scripts/train.py; torchrun with --nproc > 1) and its final checkpoint is evaluated with
 the paper's protocol (scripts/eval.py, T=0.6, avg@k over the held-out split; the initial
 checkpoint too). Writes, under --out: runs/<preset>/, eval/<preset>/results.json, study.json,
 entropy_dynamics.png; and the markdown report (--report, default
@@ -32,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="tiny_cpu")
+    ap.add_argument("--recipe", default="tiny_cpu_study")
     ap.add_argument("--out", default=str(REPO / "runs" / "preset_study"))
     ap.add_argument("--presets", default="all", help="comma-separated preset names, or 'all' (RED_SPEC order)")
     ap.add_argument("--steps", type=int, default=None, help="RL steps per preset (default: the recipe's)")
@@ -44,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report", default=None, help="markdown report path (default benchmarks/reports/...)")
     ap.add_argument("--preset-schedule", action="store_true",
                     help="let presets keep their own lr/epochs (sft: 5e-5, 3 epochs) instead of equal steps and lr")
+    ap.add_argument("--base-sft-steps", type=int, default=30,
+                    help="first train a base checkpoint with this many SFT steps on the traces and start every "
+                         "preset from it (a weak model that sometimes solves the task, as a pretrained base "
+                         "does; tiny_cpu_study: 30 steps -> ~11%% held-out); 0: start from the recipe's model_dir")
     ap.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing finished runs")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides applied to every run")
     return ap
@@ -63,7 +71,7 @@ def _env() -> dict:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
-def train_one(args, preset: str, run_dir: Path) -> dict:
+def train_one(args, preset: str, run_dir: Path, extra: tuple[str, ...] = ()) -> dict:
     hf = final_stage_dir(run_dir, preset) / "hf"
     if (hf / "config.json").exists() and (run_dir / "train.log").exists():
         return {"preset": preset, "rc": 0, "seconds": None, "reused": True}
@@ -73,7 +81,7 @@ def train_one(args, preset: str, run_dir: Path) -> dict:
                str(REPO / "scripts" / "train.py")]
     cmd += ["--recipe", args.recipe, "--run-dir", str(run_dir), f"algo.preset={preset}", f"seed={args.seed}",
             f"use_preset_schedule={str(args.preset_schedule).lower()}",
-            *([f"steps={args.steps}"] if args.steps else []), *args.overrides]
+            *([f"steps={args.steps}"] if args.steps else []), *args.overrides, *extra]
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(run_dir / "train.log.partial", "w") as log:
@@ -178,17 +186,26 @@ def main(argv=None) -> int:
         print(f"recipe {args.recipe} has no eval.data_path (held-out split); set eval.data_path=...", file=sys.stderr)
         return 2
     t0 = time.time()
+    start, extra = Path(base.model_dir), ()
+    if args.base_sft_steps > 0:  # every preset starts from this weak SFT model instead of the random init
+        b = train_one(args, "sft", out / "base", (f"steps={args.base_sft_steps}",))
+        if b["rc"] != 0:
+            print(f"[study] training the base checkpoint failed, see {out / 'base'}", file=sys.stderr)
+            return 1
+        start = out / "base" / "hf"
+        extra = (f"model_dir={start}",)
     print(f"[study] {len(presets)} presets × {base.steps} steps × {base.data.global_batch_size} prompts × "
-          f"(G={base.algo.num_online} + 1) from {base.model_dir} -> {out}", flush=True)
+          f"(G={base.algo.num_online} + 1) from {start} -> {out}", flush=True)
+
     def train_and_eval(p: str) -> dict:  # each worker evaluates its run at once: evals overlap other trainings
-        r = train_one(args, p, out / "runs" / p)
+        r = train_one(args, p, out / "runs" / p, extra)
         stage_dir = final_stage_dir(out / "runs" / p, p)
         r["train"] = train_summary(stage_dir)
         r["eval"] = eval_one(args, base, p, stage_dir / "hf", out / "eval" / p) if r["rc"] == 0 else None
         return r
 
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        first = pool.submit(eval_one, args, base, "initial checkpoint", Path(base.model_dir), out / "eval" / "initial")
+        first = pool.submit(eval_one, args, base, "initial checkpoint", start, out / "eval" / "initial")
         rows = list(pool.map(train_and_eval, presets))
         initial = first.result()
     plot = None
@@ -206,7 +223,11 @@ def main(argv=None) -> int:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     setup = (f"recipe `{args.recipe}`, {base.steps} RL steps × {base.data.global_batch_size} prompts × "
-             f"(G={base.algo.num_online} online + 1 offline), seed {args.seed}, policy lr {base.policy.lr:g} "
+             f"(G={base.algo.num_online} online + 1 offline), seed {args.seed}, "
+             + (f"every preset starts from a base checkpoint made by {args.base_sft_steps} SFT steps on the traces "
+                f"(the initial-checkpoint row), " if args.base_sft_steps > 0 else "every preset starts from the "
+                "recipe's (random-init) checkpoint, ")
+             + f"policy lr {base.policy.lr:g} "
              + ("(presets keep their own lr/epochs: sft 5e-5, 3 epochs)" if args.preset_schedule else
                 "for every preset (use_preset_schedule=false: equal steps and lr, sft included)")
              + f", eval avg@{args.eval_samples} on "

@@ -21,10 +21,16 @@ NODES = {"qwen25_math_1p5b": (1, 2), "qwen25_7b": (1, 2, 4, 8), "qwen25_32b": (2
 
 
 def test_registry_and_unknown_name():
-    assert set(RECIPES) == {"tiny_cpu", "qwen25_math_1p5b", "qwen25_7b", "qwen25_32b"}
+    assert set(RECIPES) == {"tiny_cpu", "tiny_cpu_study", "qwen25_math_1p5b", "qwen25_7b", "qwen25_32b"}
     with pytest.raises(ValueError) as e:
         get_recipe("qwen3_moe")
     assert all(name in str(e.value) for name in RECIPES)
+
+
+def test_study_recipe_is_the_demo_at_a_lower_lr():
+    demo, study = get_recipe("tiny_cpu"), get_recipe("tiny_cpu_study")
+    assert (demo.policy.lr, study.policy.lr) == (5e-3, 1e-3)
+    assert study.model_dir == demo.model_dir and study.data == demo.data and study.algo == demo.algo
 
 
 def test_recipes_are_fresh_objects():
