@@ -47,14 +47,14 @@ def test_unknown_preset_is_refused(capsys):
 @pytest.mark.slow
 def test_study_from_a_base_checkpoint_end_to_end(tmp_path):
     """--base-sft-steps: a base checkpoint is trained first, every preset and the initial-checkpoint
-    evaluation start from it, and the report says so. A real (tiny) run: train, vLLM rollouts, eval."""
+    evaluation start from it, and the report says so. A real (tiny) run: two trainings, two vLLM evals."""
     out, report = tmp_path / "study", tmp_path / "report.md"
-    rc = S.main(["--presets", "grpo", "--steps", "2", "--base-sft-steps", "2", "--eval-samples", "1",
-                 "--eval-max-tokens", "8", "--parallel", "1", "--out", str(out), "--report", str(report)])
+    rc = S.main(["--presets", "sft", "--steps", "2", "--base-sft-steps", "2", "--eval-samples", "1",
+                 "--eval-max-tokens", "8", "--parallel", "2", "--out", str(out), "--report", str(report)])
     assert rc == 0, "\n".join(f"{p}:\n{p.read_text()[-2000:]}" for p in out.rglob("*.log"))
     base_hf = out / "base" / "hf"
     assert (base_hf / "config.json").exists()
-    saved = json.loads((out / "runs" / "grpo" / "run_config.json").read_text())
+    saved = json.loads((out / "runs" / "sft" / "run_config.json").read_text())
     assert saved["config"]["model_dir"] == str(base_hf) and saved["config"]["steps"] == 2
     assert json.loads((out / "base" / "run_config.json").read_text())["config"]["steps"] == 2
     text = report.read_text()
