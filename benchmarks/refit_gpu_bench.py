@@ -32,7 +32,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
@@ -42,6 +41,7 @@ sys.path.insert(0, HERE)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from bench_util import sync, wall_times  # noqa: E402
 from policy_throughput import SHAPES, hf_config_dict  # noqa: E402
 
 MiB = 1 << 20
@@ -133,11 +133,6 @@ class VllmLayoutSink:
         return {"tensors_checked": n, "max_abs_diff": worst, "nan_left": nan, "exact": worst == 0.0 and nan == 0}
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _peak_reset():
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -151,23 +146,11 @@ def _peak_extra(base: int) -> float | None:
     return None
 
 
-def _time(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    _sync()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def copy_roofline(nbytes: int, device, repeats: int) -> float:
     """Seconds for one device-to-device copy of ``nbytes`` (one read + one write of every byte)."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    secs = statistics.median(_time(lambda: dst.copy_(src), repeats))
+    secs = statistics.median(wall_times(lambda: dst.copy_(src), repeats))
     del src, dst
     return secs
 
@@ -212,7 +195,7 @@ def main(argv=None) -> dict:
     print(json.dumps(meta), flush=True)
 
     roof = copy_roofline(model_bytes, device, args.repeats)
-    stream_only = statistics.median(_time(lambda: [None for _ in stream_hf_weights(chunks)], args.repeats))
+    stream_only = statistics.median(wall_times(lambda: [None for _ in stream_hf_weights(chunks)], args.repeats))
     res = {"meta": meta, "roofline_s": roof, "roofline_GBps": model_bytes / roof / 1e9,
            "stream_only_s": stream_only, "runs": []}
 
@@ -223,13 +206,13 @@ def main(argv=None) -> dict:
                                tie_word_embeddings=bool(cfg.get("tie_word_embeddings")))
         if check is None:  # first refit into the NaN-filled destination: every element must land
             refit(sink, plan, stream_hf_weights(chunks))
-            _sync()
+            sync()
             check = sink.check_against(stream_hf_weights(chunks))
             res["check"] = check
             print("check", json.dumps(check), flush=True)
         base = _peak_reset()
         stats = []
-        secs = _time(lambda: stats.append(refit(sink, plan, stream_hf_weights(chunks))), args.repeats)
+        secs = wall_times(lambda: stats.append(refit(sink, plan, stream_hf_weights(chunks))), args.repeats)
         s = statistics.median(secs)
         row = {"bucket": b, "bucket_bytes": bb, "seconds": s, "GBps": plan.total_bytes / s / 1e9,
                "x_roofline": s / roof, "buckets": stats[-1].buckets, "max_bucket_MiB": stats[-1].max_bucket_bytes / MiB,

@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import traceback
 
 import torch
@@ -40,6 +39,7 @@ sys.path.insert(0, HERE)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from bench_util import sync, wall_times  # noqa: E402
 from policy_throughput import SHAPES, hf_config_dict  # noqa: E402
 
 GiB = 1 << 30
@@ -78,22 +78,13 @@ def synthetic_batch(cfg: dict, prompts: int, group: int, response: int, prompt_l
     return tokens, prompt_lens, terms
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _stage(fn, repeats: int) -> tuple[float, float | None]:
+    """Median seconds of ``fn`` and the peak memory (GiB) while it ran."""
     fn()  # warm-up
-    _sync()
+    sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    secs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        secs.append(time.perf_counter() - t0)
+    secs = wall_times(fn, repeats, warmup=0)
     peak = torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else None
     return statistics.median(secs), peak
 
