@@ -1,9 +1,27 @@
-"""Small helpers the benchmark scripts share: wall-clock timing that waits for the GPU."""
+"""What the benchmark scripts share: the import set-up, run metadata, GPU-synchronised timing.
+
+Importing it puts the repository root on sys.path (for ``red_megatron``) and, without CUDA, sets
+TRITON_INTERPRET=1 so the Triton kernels run on the CPU (smoke mode).
+"""
 from __future__ import annotations
 
+import datetime
+import os
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def run_meta(**extra) -> dict:
+    """Date (UTC), device and torch version of this run, plus ``extra``."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, **extra}
 
 
 def sync() -> None:

@@ -27,7 +27,6 @@ Writes refit_gpu_bench.json under --out and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -35,13 +34,8 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from bench_util import sync, wall_times  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_util import run_meta, sync, wall_times  # noqa: E402  (sets up sys.path, TRITON_INTERPRET)
 from policy_throughput import SHAPES, hf_config_dict  # noqa: E402
 
 MiB = 1 << 20
@@ -188,10 +182,8 @@ def main(argv=None) -> dict:
     specs = hf_weight_specs(chunks)
     model_bytes = sink.nbytes()
     largest = max(t.numel() * t.element_size() for t in sink.params.values())
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "shape": args.shape, "dtype": str(dtype).replace("torch.", ""),
-            "model_bytes": model_bytes, "tensors": len(specs)}
+    meta = run_meta(shape=args.shape, dtype=str(dtype).replace("torch.", ""), model_bytes=model_bytes,
+                    tensors=len(specs))
     print(json.dumps(meta), flush=True)
 
     roof = copy_roofline(model_bytes, device, args.repeats)

@@ -23,7 +23,6 @@ Writes step_throughput.json under --out and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -33,13 +32,8 @@ import traceback
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from bench_util import sync, wall_times  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_util import run_meta, sync, wall_times  # noqa: E402  (sets up sys.path, TRITON_INTERPRET)
 from policy_throughput import SHAPES, hf_config_dict  # noqa: E402
 
 GiB = 1 << 30
@@ -161,9 +155,7 @@ def main(argv=None) -> dict:
     from red_megatron.policy.parallel import init_model_parallel
 
     init_model_parallel(tp=1, pp=1, seed=args.seed)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__, "args": vars(args)}
+    meta = run_meta(args=vars(args))
     res = {"meta": meta, "shapes": []}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "step_throughput.json")
