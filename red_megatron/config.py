@@ -8,7 +8,7 @@ any model or engine is built, so a config that cannot work fails in seconds, nam
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from red_megatron.algo.config import AlgoConfig
@@ -115,11 +115,9 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
 def save_run_config(cfg: RunConfig, run_dir, **effective) -> Path:
     """Write ``run_dir/run_config.json``: every field of the resolved config (recipe + overrides) and the
     values the run derived from it (``effective``: steps, lr), so a run dir says how it was made."""
-    import dataclasses
-
     path = Path(run_dir) / "run_config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"config": dataclasses.asdict(cfg), "effective": effective}, indent=1, default=str))
+    tmp.write_text(json.dumps({"config": asdict(cfg), "effective": effective}, indent=1, default=str))
     tmp.replace(path)
     return path

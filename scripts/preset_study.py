@@ -5,10 +5,10 @@
   python scripts/preset_study.py --presets grpo,red --out runs/study_quick
 
 Same starting checkpoint, same data and seed, and the same rollout budget for every preset
-(steps × prompts × G online samples; ``sft`` has none). The starting checkpoint is a weak base
-trained first (--base-sft-steps SFT steps on the traces from the recipe's random-init model), so
-that online samples are sometimes right from the first step, as with a pretrained model; 0 starts
-from the recipe's model_dir itself. Without --preset-schedule every run takes the recipe's steps
+(steps × prompts × G online samples; ``sft`` has none). For the tiny random-init recipes the
+starting checkpoint is a weak base trained first (--base-sft-steps, default 30 SFT steps on the
+traces), so that online samples are sometimes right from the first step, as with a pretrained
+model; the other recipes (pretrained checkpoints) start from their model_dir (default 0). Without --preset-schedule every run takes the recipe's steps
 and lr (``sft_then_grpo``: that many SFT steps, then that many GRPO steps); with it, presets keep
 their own schedules (sft: lr 5e-5, 3 epochs). Each preset trains in its own process
 (scripts/train.py; torchrun with --nproc > 1) and its final checkpoint is evaluated with
@@ -48,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report", default=None, help="markdown report path (default benchmarks/reports/...)")
     ap.add_argument("--preset-schedule", action="store_true",
                     help="let presets keep their own lr/epochs (sft: 5e-5, 3 epochs) instead of equal steps and lr")
-    ap.add_argument("--base-sft-steps", type=int, default=30,
+    ap.add_argument("--base-sft-steps", type=int, default=None,
                     help="first train a base checkpoint with this many SFT steps on the traces and start every "
                          "preset from it (a weak model that sometimes solves the task, as a pretrained base "
-                         "does; tiny_cpu_study: 30 steps -> ~11%% held-out); 0: start from the recipe's model_dir")
+                         "does); 0: start from the recipe's model_dir. Default: 30 for the tiny random-init "
+                         "recipes (tiny_cpu_study: ~11%% held-out), 0 for the others (pretrained checkpoints)")
     ap.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing finished runs")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides applied to every run")
     return ap
@@ -161,6 +162,14 @@ def render_report(rows: list[dict], initial: dict | None, meta: dict, plot: str 
     return "\n".join(lines) + "\n"
 
 
+def base_sft_steps(args) -> int:
+    """--base-sft-steps, or its default: 30 for the tiny random-init recipes, 0 (no base) for the others."""
+    n = args.base_sft_steps if args.base_sft_steps is not None else 30 if args.recipe.startswith("tiny_cpu") else 0
+    if n < 0:
+        raise ValueError(f"--base-sft-steps must be >= 0, got {n}")
+    return n
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from configs import get_recipe
@@ -172,6 +181,11 @@ def main(argv=None) -> int:
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         print(f"unknown preset(s) {unknown}; valid: {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    try:
+        args.base_sft_steps = base_sft_steps(args)
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
@@ -226,7 +240,7 @@ def main(argv=None) -> int:
              f"(G={base.algo.num_online} online + 1 offline), seed {args.seed}, "
              + (f"every preset starts from a base checkpoint made by {args.base_sft_steps} SFT steps on the traces "
                 f"(the initial-checkpoint row), " if args.base_sft_steps > 0 else "every preset starts from the "
-                "recipe's (random-init) checkpoint, ")
+                f"recipe's checkpoint `{Path(base.model_dir).name}`, ")
              + f"policy lr {base.policy.lr:g} "
              + ("(presets keep their own lr/epochs: sft 5e-5, 3 epochs)" if args.preset_schedule else
                 "for every preset (use_preset_schedule=false: equal steps and lr, sft included)")

@@ -38,6 +38,15 @@ def test_train_summary_and_report(tmp_path):
     assert "grpo (50.0) > red (42.5)" in md and "![entropy dynamics per preset](p.png)" in md
 
 
+def test_base_steps_default_per_recipe_and_negative_refused(capsys):
+    assert S.main(["--base-sft-steps", "-1", "--out", "/nonexistent/x"]) == 2
+    assert "--base-sft-steps must be >= 0, got -1" in capsys.readouterr().err
+    # the default: a weak base for the tiny random-init recipes, none for pretrained checkpoints
+    for recipe, want in (("tiny_cpu_study", 30), ("tiny_cpu", 30), ("qwen25_math_1p5b", 0)):
+        assert S.base_sft_steps(S.build_parser().parse_args(["--recipe", recipe])) == want
+    assert S.base_sft_steps(S.build_parser().parse_args(["--recipe", "qwen25_7b", "--base-sft-steps", "5"])) == 5
+
+
 def test_unknown_preset_is_refused(capsys):
     assert S.main(["--presets", "red,not_a_preset", "--out", "/nonexistent/x"]) == 2
     assert "not_a_preset" in capsys.readouterr().err
