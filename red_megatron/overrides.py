@@ -2,11 +2,18 @@
 
 A recipe (configs/) returns the whole config; the command line changes single fields. Each
 value is parsed by the field's annotation (bool, int, float, str, Optional[...], tuple of
-numbers, Literal), the touched dataclasses are rebuilt so their ``__post_init__``
-validation runs again, and an unknown or ill-typed field is one ValueError naming it.
+numbers, Literal) and an unknown or ill-typed field is one ValueError naming it. All overrides
+are applied first (on copies, without validation), then every touched dataclass is rebuilt once,
+innermost first, so its ``__post_init__`` validation sees the final values: the order of the
+overrides never matters (``rollout.tp_infer=2 rollout.executor=external_launcher`` and the reverse
+are the same command line).
+
+``config_from_dict`` rebuilds a nested config from ``dataclasses.asdict`` output (a run dir's
+``run_config.json``), every field parsed by its annotation.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -69,6 +76,7 @@ def _parse(value: str, tp: Any, field: str) -> Any:
 
 
 def _set(cfg: Any, path: list[str], value: str, full: str) -> Any:
+    """A copy of ``cfg`` with the field at ``path`` set, WITHOUT running any ``__post_init__``."""
     if not dataclasses.is_dataclass(cfg):
         raise ValueError(f"{full}: {'.'.join(path)} is not a config section")
     fields = {f.name: f for f in dataclasses.fields(cfg)}
@@ -82,17 +90,63 @@ def _set(cfg: Any, path: list[str], value: str, full: str) -> Any:
         new = _parse(value, hints[name], full.split("=", 1)[0])
     else:
         new = _set(getattr(cfg, name), path[1:], value, full)
-    return dataclasses.replace(cfg, **{name: new})  # reruns __post_init__ validation
+    out = copy.copy(cfg)  # a shallow copy: no __init__, no validation yet
+    object.__setattr__(out, name, new)
+    return out
+
+
+def _validate(cfg: Any, touched: dict) -> Any:
+    """Rebuild the touched dataclasses once, innermost first: each ``__post_init__`` runs on final values."""
+    changes = {name: _validate(getattr(cfg, name), sub) for name, sub in touched.items() if sub}
+    for name in touched:
+        changes.setdefault(name, getattr(cfg, name))
+    init = {f.name for f in dataclasses.fields(cfg) if f.init}
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if k in init})
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Return a copy of ``cfg`` with each ``dotted.field=value`` applied in order."""
+    """Return a copy of ``cfg`` with every ``dotted.field=value`` applied, then validated once.
+
+    The result does not depend on the order of ``overrides`` (a field given twice: the last wins).
+    """
+    touched: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected dotted.field=value")
         key, value = item.split("=", 1)
-        cfg = _set(cfg, key.strip().split("."), value.strip(), item)
-    return cfg
+        path = key.strip().split(".")
+        cfg = _set(cfg, path, value.strip(), item)
+        node = touched
+        for part in path:
+            node = node.setdefault(part, {})
+    return _validate(cfg, touched) if touched else cfg
+
+
+def _from_value(value: Any, tp: Any, field: str) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return config_from_dict(tp, value, prefix=field + ".")
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        return tuple(value) if origin is tuple else list(value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return config_from_dict(arg, value, prefix=field + ".")
+    return value
+
+
+def config_from_dict(cls: type, data: dict, *, prefix: str = "") -> Any:
+    """``cls`` rebuilt from ``dataclasses.asdict`` output; unknown keys are one ValueError naming them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or cls.__name__}: expected a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown field(s) {[prefix + u for u in unknown]} of {cls.__name__}; valid: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _from_value(v, hints[k], prefix + k) for k, v in data.items()})
 
 
 def config_to_dict(cfg: Any) -> dict:
