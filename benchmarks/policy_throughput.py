@@ -105,8 +105,9 @@ def _dtype():
 
 def build_mcore(cfg: dict, sdpa_backend: str | None = None):
     from red_megatron.policy.model import ModelOptions, build_model
+    from red_megatron.policy.parallel import current as parallel_current
 
-    return build_model(cfg, tp=1, pp=1, dtype=_dtype(), options=ModelOptions(attention="sdpa",
+    return build_model(cfg, groups=parallel_current(), dtype=_dtype(), options=ModelOptions(attention="sdpa",
                                                                           sdpa_backend=sdpa_backend))[0]
 
 
@@ -169,6 +170,7 @@ def hf_step_fn(model, tokens):
 def parity_check(shape: str, tmp: str) -> dict:
     """2-layer model of ``shape``: Megatron bf16 vs HF fp32 logits on HF's own weights."""
     from red_megatron.policy.convert import load_hf_weights
+    from red_megatron.policy.parallel import current as parallel_current
 
     cfg = hf_config_dict(shape, layers=2)
     torch.manual_seed(0)
@@ -186,7 +188,7 @@ def parity_check(shape: str, tmp: str) -> dict:
         ref = hf.float()(input_ids=tokens).logits.double()
     del hf
     mc = build_mcore(cfg)
-    load_hf_weights([mc], tmp)
+    load_hf_weights([mc], tmp, groups=parallel_current())
     mc.eval()
     with torch.no_grad():
         out = mc(tokens, torch.arange(S, device=_device()).unsqueeze(0), attention_mask=None)[..., :cfg["vocab_size"]]
@@ -246,10 +248,11 @@ def saved_bytes_per_token(shape: str, T: int, fused: bool) -> dict:
     less than the CPU composite), so on the CPU this is an upper bound for the GPU.
     """
     from red_megatron.policy.model import ModelOptions, build_model
+    from red_megatron.policy.parallel import current as parallel_current
 
     def count(layers: int) -> int:
         cfg = hf_config_dict(shape, layers=layers)
-        m = build_model(cfg, tp=1, pp=1, dtype=torch.bfloat16,
+        m = build_model(cfg, groups=parallel_current(), dtype=torch.bfloat16,
                         options=ModelOptions(attention="sdpa", fused_kernels=fused))[0]
         tok = torch.randint(0, cfg["vocab_size"], (1, T), device=_device())
         pos = torch.arange(T, device=_device()).unsqueeze(0)

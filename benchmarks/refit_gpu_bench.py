@@ -175,9 +175,9 @@ def main(argv=None) -> dict:
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    init_model_parallel(tp=1, pp=1, seed=0)
+    groups = init_model_parallel(tp=1, pp=1, seed=0)
     cfg = hf_config_dict(args.shape)
-    chunks = build_model(cfg, tp=1, pp=1, dtype=dtype, options=ModelOptions(attention="sdpa"))
+    chunks = build_model(cfg, groups=groups, dtype=dtype, options=ModelOptions(attention="sdpa"))
     sink = VllmLayoutSink(cfg, device, dtype)
     specs = hf_weight_specs(chunks)
     model_bytes = sink.nbytes()
@@ -187,7 +187,8 @@ def main(argv=None) -> dict:
     print(json.dumps(meta), flush=True)
 
     roof = copy_roofline(model_bytes, device, args.repeats)
-    stream_only = statistics.median(wall_times(lambda: [None for _ in stream_hf_weights(chunks)], args.repeats))
+    stream_only = statistics.median(wall_times(lambda: [None for _ in stream_hf_weights(chunks, groups=groups)],
+                                               args.repeats))
     res = {"meta": meta, "roofline_s": roof, "roofline_GBps": model_bytes / roof / 1e9,
            "stream_only_s": stream_only, "runs": []}
 
@@ -197,14 +198,15 @@ def main(argv=None) -> dict:
         plan = RefitPlan.build(specs, sink.expected_weights, dtype=dtype, bucket_bytes=bb,
                                tie_word_embeddings=bool(cfg.get("tie_word_embeddings")))
         if check is None:  # first refit into the NaN-filled destination: every element must land
-            refit(sink, plan, stream_hf_weights(chunks))
+            refit(sink, plan, stream_hf_weights(chunks, groups=groups))
             sync()
-            check = sink.check_against(stream_hf_weights(chunks))
+            check = sink.check_against(stream_hf_weights(chunks, groups=groups))
             res["check"] = check
             print("check", json.dumps(check), flush=True)
         base = _peak_reset()
         stats = []
-        secs = wall_times(lambda: stats.append(refit(sink, plan, stream_hf_weights(chunks))), args.repeats)
+        secs = wall_times(lambda: stats.append(refit(sink, plan, stream_hf_weights(chunks, groups=groups))),
+                          args.repeats)
         s = statistics.median(secs)
         row = {"bucket": b, "bucket_bytes": bb, "seconds": s, "GBps": plan.total_bytes / s / 1e9,
                "x_roofline": s / roof, "buckets": stats[-1].buckets, "max_bucket_MiB": stats[-1].max_bucket_bytes / MiB,

@@ -86,6 +86,7 @@ def _stage(fn, repeats: int) -> tuple[float, float | None]:
 def run_shape(shape: str, args) -> dict:
     from red_megatron.policy.config import PolicyConfig
     from red_megatron.policy.model import build_model
+    from red_megatron.policy.parallel import current as parallel_current
     from red_megatron.policy.policy import MegatronPolicy
 
     cfg = hf_config_dict(shape)
@@ -100,8 +101,8 @@ def run_shape(shape: str, args) -> dict:
     on_gpu = torch.cuda.is_available()
     pcfg = PolicyConfig(dtype="bfloat16" if on_gpu else "float32", micro_batch_tokens=args.micro_batch_tokens,
                         lr=1e-6, lr_decay_steps=100, loss_impl="auto")
-    chunks = build_model(cfg, tp=1, pp=1, dtype=torch.bfloat16 if on_gpu else torch.float32)
-    policy = MegatronPolicy(chunks, pcfg, vocab_size=cfg["vocab_size"])
+    chunks = build_model(cfg, groups=parallel_current(), dtype=torch.bfloat16 if on_gpu else torch.float32)
+    policy = MegatronPolicy(chunks, pcfg, groups=parallel_current(), vocab_size=cfg["vocab_size"])
     tokens, prompt_lens, terms = synthetic_batch(cfg, args.prompts, args.group, args.response, args.prompt_len,
                                                  args.seed)
     n_tok = sum(len(t) for t in tokens)

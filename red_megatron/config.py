@@ -41,8 +41,12 @@ class RunConfig:
     checkpoint_every: int = 0  # 0: only at the end
     resume: bool = True  # continue from run_dir/checkpoints/latest when it exists
     export_hf: bool = True  # write the final policy as an HF directory (run_dir/hf)
-    refit_bucket_mb: float = 256.0
-    use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps  # bytes a refit bucket holds before it is handed to the engine
+    refit_bucket_mb: float = 256.0  # bytes a refit bucket holds before it is handed to the engine
+    use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps
+    # Debugging and layout parity: write each step's rollouts (all replicas) to a directory, or train on
+    # rollouts recorded so, at any layout, instead of sampling (the engine is still refit every step).
+    record_experience_dir: str | None = None
+    replay_experience_dir: str | None = None
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     data: DataConfig
     policy: PolicyConfig = field(default_factory=PolicyConfig)

@@ -35,10 +35,43 @@ class Experience:
     def response_len_B(self) -> torch.Tensor:
         return torch.tensor([len(r) for r in self.response_ids], dtype=torch.int64)
 
+    def split(self, num_prompts: list[int], traces_truncated: list[int]) -> list["Experience"]:
+        """Consecutive parts of ``num_prompts[k]`` prompts each (group ids renumbered from 0), with
+        ``traces_truncated[k]`` truncated traces: the experience of several replicas generated in one
+        engine call, handed back per replica."""
+        if sum(num_prompts) != self.num_prompts:
+            raise ValueError(f"Experience.split: {sum(num_prompts)} prompts asked for, {self.num_prompts} held")
+        parts, lo = [], 0
+        for n, truncated in zip(num_prompts, traces_truncated, strict=True):
+            idx = [i for i, g in enumerate(self.group_id_B.tolist()) if lo <= g < lo + n]
+            pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+            sel = torch.tensor(idx, dtype=torch.long)
+            parts.append(Experience(
+                prompt_ids=pick(self.prompt_ids), response_ids=pick(self.response_ids),
+                group_id_B=self.group_id_B[sel] - lo, is_offline_B=self.is_offline_B[sel],
+                rewards_B=self.rewards_B[sel], engine_logp=pick(self.engine_logp),
+                finish_reasons=pick(self.finish_reasons),
+                reward_reasons=pick(self.reward_reasons) if self.reward_reasons else [], num_prompts=n,
+                traces_truncated=truncated))
+            lo += n
+        return parts
+
     def sequences(self) -> tuple[list[torch.Tensor], list[int]]:
         """(prompt + response token ids, prompt length) of every sample, for the policy's passes."""
         toks = [torch.tensor(p + r, dtype=torch.int64) for p, r in zip(self.prompt_ids, self.response_ids)]
         return toks, [len(p) for p in self.prompt_ids]
+
+
+def merge_experience(parts: Sequence[Experience]) -> Experience:
+    """One experience from consecutive parts (the inverse of :meth:`Experience.split`)."""
+    cat = lambda name: [x for p in parts for x in getattr(p, name)]  # noqa: E731
+    offsets = torch.cumsum(torch.tensor([0] + [p.num_prompts for p in parts[:-1]]), 0).tolist()
+    return Experience(
+        prompt_ids=cat("prompt_ids"), response_ids=cat("response_ids"),
+        group_id_B=torch.cat([p.group_id_B + o for p, o in zip(parts, offsets)]),
+        is_offline_B=torch.cat([p.is_offline_B for p in parts]), rewards_B=torch.cat([p.rewards_B for p in parts]),
+        engine_logp=cat("engine_logp"), finish_reasons=cat("finish_reasons"), reward_reasons=cat("reward_reasons"),
+        num_prompts=sum(p.num_prompts for p in parts), traces_truncated=sum(p.traces_truncated for p in parts))
 
 
 GenerateFn = Callable[..., list]  # RolloutEngine.generate's signature

@@ -27,6 +27,7 @@ from red_megatron.algo.presets import StagedPreset, get_preset
 from red_megatron.config import RunConfig, check_world, save_run_config
 from red_megatron.experience import Experience, collect_experience
 from red_megatron.metrics import MetricsLogger
+from red_megatron.rollout.placement import gather_prompts, plan_rollout
 
 log = logging.getLogger("red_megatron.trainer")
 
@@ -80,20 +81,22 @@ class _Run:
         lr = self.preset.lr if own and self.preset.lr is not None else cfg.policy.lr
         policy_cfg = dataclasses.replace(cfg.policy, lr=lr, lr_decay_steps=max(self.steps, cfg.policy.warmup_steps + 1))
         self.policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed)
-        self.topo = self.policy.topology
-        check_world(cfg, self.topo.world_size)
-        self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=self.topo.dp_rank, dp_world_size=self.topo.dp_size)
+        self.groups = g = self.policy.groups
+        check_world(cfg, g.world_size)
+        self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=g.dp_rank, dp_world_size=g.dp_size)
         self.scorer = RewardScorer(cfg.reward)
+        self.placement = plan_rollout(g, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor,
+                                      online=self.preset.online)
         self.engine = self.refit_plan = None
-        if self.preset.online and self.topo.is_mp_src:
+        if self.placement.builds_engine:
             from red_megatron.rollout.engine import RolloutEngine
             from red_megatron.rollout.refit import RefitPlan
 
             self.engine = RolloutEngine(cfg.model_dir, cfg.rollout)
             self.refit_plan = RefitPlan.for_engine(self.engine, self.policy.hf_weight_specs(),
                                                    bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
-        self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=self.topo.rank == 0)
-        if self.topo.rank == 0:
+        self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0)
+        if g.rank == 0:
             save_run_config(cfg, cfg.run_dir, steps=self.steps, lr=lr)
         self.step = 0
         self.skipped_steps = 0
@@ -137,19 +140,60 @@ class _Run:
         return {"refit/seconds": stats.seconds, "refit/buckets": stats.buckets, "refit/gbytes": stats.bytes / 1e9}
 
     def _experience(self, examples) -> Experience:
-        cfg = self.cfg
+        """This replica's experience on every one of its ranks (rollout/placement.py says who generates)."""
+        cfg, g, plan = self.cfg, self.groups, self.placement
+        if cfg.replay_experience_dir is not None:
+            return self._replayed_experience()
         exp = None
-        if self.topo.is_mp_src:
-            exp = collect_experience(
-                examples, generate=self.engine.generate if self.engine is not None else None,
-                score=self.scorer.score, decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+        if plan.generates or (not self.preset.online and g.is_mp_src):
+            batches = gather_prompts(plan, g.dp_rank, examples) if self.preset.online else [examples]
+            # Ranks of the engine that are no replica's source only join its collective: they skip verification.
+            score = self.scorer.score if g.is_mp_src else (lambda responses, golds: ([0.0] * len(responses), None))
+            # seeded by the first replica served: with one replica per engine, a replica's samples do not
+            # depend on the layout
+            first = plan.served_replicas[0] if plan.served_replicas else g.dp_rank
+            both = collect_experience(
+                [ex for b in batches for ex in b], generate=self.engine.generate if self.engine is not None else None,
+                score=score, decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                 num_online=cfg.algo.num_online if self.preset.online else 0, with_offline=self.preset.with_offline,
                 temperature=cfg.algo.temperature, top_p=cfg.top_p, max_response_tokens=cfg.data.max_response_tokens,
-                seed=cfg.seed * 1_000_003 + self.step * 7919 + self.topo.dp_rank)
-        return self.topo.broadcast_from_mp_src(exp)
+                seed=cfg.seed * 1_000_003 + self.step * 7919 + first)
+            parts = both.split([len(b) for b in batches], [sum(int(ex.trace_truncated) for ex in b) * self.preset.with_offline for b in batches]) \
+                if len(batches) > 1 else [both]
+            served = plan.served_replicas if self.preset.online else (g.dp_rank,)
+            exp = parts[served.index(g.dp_rank)] if g.is_mp_src else None
+        exp = g.broadcast_from_mp_src(exp)
+        if cfg.record_experience_dir is not None:
+            self._record_experience(exp)
+        return exp
+
+    # --- recorded experience: the layout tests replay one run's rollouts in another layout ------------------
+    def _record_experience(self, exp: Experience) -> None:
+        """Rank 0 writes the step's global experience (every replica's, in DP order)."""
+        g = self.groups
+        parts = [exp]
+        if g.dp_size > 1:
+            parts = [None] * g.dp_size
+            torch.distributed.all_gather_object(parts, exp, group=g.dp_group)
+        if g.rank == 0:
+            out = Path(self.cfg.record_experience_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(parts, out / f"step{self.step + 1:06d}.pt")
+
+    def _replayed_experience(self) -> Experience:
+        """This replica's slice of a recorded step (recorded at any DP size)."""
+        from red_megatron.experience import merge_experience
+
+        g = self.groups
+        path = Path(self.cfg.replay_experience_dir) / f"step{self.step + 1:06d}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"replay_experience_dir: no recorded experience for step {self.step + 1} ({path})")
+        whole = merge_experience(torch.load(path, weights_only=False))
+        per = whole.num_prompts // g.dp_size
+        return whole.split([per] * g.dp_size, [0] * g.dp_size)[g.dp_rank]
 
     def red_step(self) -> dict:
-        cfg, obj, topo = self.cfg, self.objective, self.topo
+        cfg, obj, g = self.cfg, self.objective, self.groups
         times: dict[str, float] = {}
         with _timed(times, "rollout"):
             examples = self.loader.next_batch()
@@ -160,10 +204,10 @@ class _Run:
             logp_old_N, entropy_N = self.policy.logprobs_and_entropy(tokens, prompt_lens, cfg.algo.temperature)
         # RED part I: entropies over the global batch (every DP rank's samples), then w.
         H_B = sample_mean_entropy(entropy_N, response_len_B)
-        stats = entropy_stats_from_sums(topo.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B)))
+        stats = entropy_stats_from_sums(g.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B)))
         w = obj.offline_weight(stats)
         # Advantages, r̄ and the per-token kinds/weights, normalised by the global counts.
-        n_tokens = int(topo.dp_all_reduce(torch.tensor([float(response_len_B.sum())], dtype=torch.float64)).item())
+        n_tokens = int(g.dp_all_reduce(torch.tensor([float(response_len_B.sum())], dtype=torch.float64)).item())
         terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
                                                num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens)
         with _timed(times, "train"):

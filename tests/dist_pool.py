@@ -85,8 +85,8 @@ def megatron_parallel(tp: int = 1, pp: int = 1, seed: int = 1234):
     """Initialise megatron's model-parallel state on the pool's gloo group, then tear it down."""
     from red_megatron.policy.parallel import destroy_model_parallel, init_model_parallel
 
-    init_model_parallel(tp=tp, pp=pp, seed=seed)
+    groups = init_model_parallel(tp=tp, pp=pp, seed=seed)
     try:
-        yield
+        yield groups
     finally:
         destroy_model_parallel()

@@ -53,7 +53,7 @@ def _gather_vocab(logits_local: torch.Tensor) -> torch.Tensor:
 
     from red_megatron.policy import parallel
 
-    group = parallel.tp_group()
+    group = parallel.current().tp_group
     n = dist.get_world_size(group)
     if n == 1:
         return logits_local
@@ -72,13 +72,14 @@ def megatron_logits(model, tokens_BS: torch.Tensor, packed_seq_params=None):
     B, S = tokens_BS.shape
     pos = torch.arange(S).unsqueeze(0).expand(B, S)
     with torch.no_grad():
-        if parallel.pp_size() > 1:
-            if not parallel.is_first_stage():
+        groups = parallel.current()
+        if groups.pp_size > 1:
+            if not groups.is_first_stage:
                 h = torch.empty(S, B, model.config.hidden_size)
                 dist.recv(h, src=ps.get_pipeline_model_parallel_prev_rank())
                 model.set_input_tensor(h)
             out = model(tokens_BS, pos, attention_mask=None, packed_seq_params=packed_seq_params)
-            if not parallel.is_last_stage():
+            if not groups.is_last_stage:
                 dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
                 return None
         else:
@@ -90,9 +91,9 @@ def logits_worker(ckpt: str, tp: int, pp: int, tokens_BS: torch.Tensor, cu_seqle
     from red_megatron.policy.convert import load_hf_weights
     from red_megatron.policy.model import build_model
 
-    with megatron_parallel(tp=tp, pp=pp):
-        chunks = build_model(ckpt, tp=tp, pp=pp, dtype=torch.float32)
-        load_hf_weights(chunks, ckpt)
+    with megatron_parallel(tp=tp, pp=pp) as groups:
+        chunks = build_model(ckpt, groups=groups, dtype=torch.float32)
+        load_hf_weights(chunks, ckpt, groups=groups)
         chunks[0].eval()
         psp = None
         if cu_seqlens is not None:
@@ -110,11 +111,11 @@ def stream_worker(ckpt: str, tp: int, pp: int):
     from red_megatron.policy.convert import hf_weight_specs, load_hf_weights, stream_hf_weights
     from red_megatron.policy.model import build_model
 
-    with megatron_parallel(tp=tp, pp=pp):
-        chunks = build_model(ckpt, tp=tp, pp=pp, dtype=torch.float32)
-        load_hf_weights(chunks, ckpt)
+    with megatron_parallel(tp=tp, pp=pp) as groups:
+        chunks = build_model(ckpt, groups=groups, dtype=torch.float32)
+        load_hf_weights(chunks, ckpt, groups=groups)
         specs = hf_weight_specs(chunks)
-        streamed = [(n, t.detach().clone()) for n, t in stream_hf_weights(chunks)]
+        streamed = [(n, t.detach().clone()) for n, t in stream_hf_weights(chunks, groups=groups)]
     return {"specs": specs, "streamed": streamed}
 
 
@@ -123,12 +124,12 @@ def roundtrip_worker(ckpt: str, out_dir: str, tp: int, pp: int):
     from red_megatron.policy.convert import export_hf, load_hf_weights
     from red_megatron.policy.model import ModelOptions, build_model
 
-    with megatron_parallel(tp=tp, pp=pp):
-        a = build_model(ckpt, tp=tp, pp=pp, dtype=torch.float32)
-        load_hf_weights(a, ckpt)
-        export_hf(a, ckpt, out_dir)
-        b = build_model(out_dir, tp=tp, pp=pp, dtype=torch.float32, options=ModelOptions(init_weights=False))
-        load_hf_weights(b, out_dir)
+    with megatron_parallel(tp=tp, pp=pp) as groups:
+        a = build_model(ckpt, groups=groups, dtype=torch.float32)
+        load_hf_weights(a, ckpt, groups=groups)
+        export_hf(a, ckpt, out_dir, groups=groups)
+        b = build_model(out_dir, groups=groups, dtype=torch.float32, options=ModelOptions(init_weights=False))
+        load_hf_weights(b, out_dir, groups=groups)
         pa = {k: v.detach().clone() for k, v in a[0].named_parameters()}
         pb = {k: v.detach().clone() for k, v in b[0].named_parameters()}
     return {"a": pa, "b": pb}

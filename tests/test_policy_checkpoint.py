@@ -17,7 +17,7 @@ def _step(pol, seed=0):
     tokens, prompts = fixed_batch()
     n = sum(len(t) - p for t, p in zip(tokens, prompts))
     terms = red_terms(n, seed=seed)
-    terms["weight_N"] = terms["weight_N"] / pol.ctx.dp_size  # every DP rank has this batch: global mean
+    terms["weight_N"] = terms["weight_N"] / pol.groups.dp_size  # every DP rank has this batch: global mean
     out = pol.train_step(tokens, prompts, terms, torch.full((n,), -6.0), temperature=0.9)
     return out["loss"], out["grad_norm"], out["lr"], out["clip_frac"]
 
@@ -81,7 +81,7 @@ def _job_logits(tp: int, root: str, train_first: bool, hf_dir: str):
             out = pol.chunks[0](input_ids=ids, position_ids=pos, attention_mask=None)
         if tp > 1:
             parts = [torch.empty_like(out) for _ in range(tp)]
-            dist.all_gather(parts, out.contiguous(), group=pol.ctx.tp_group)
+            dist.all_gather(parts, out.contiguous(), group=pol.groups.tp_group)
             out = torch.cat(parts, dim=-1)
         err = None
         if not train_first:  # optimizer state saved dp_reshardable at TP=2 cannot load at TP=1

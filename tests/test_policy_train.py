@@ -18,7 +18,7 @@ def _job_learns_and_sums(tp: int):
         pol = tiny_policy(tp=tp)
         tokens, prompts = fixed_batch()
         n = sum(len(t) - p for t, p in zip(tokens, prompts))
-        terms = nll_terms(n, scale=1.0 / pol.ctx.dp_size)  # weight carries the DP normalisation
+        terms = nll_terms(n, scale=1.0 / pol.groups.dp_size)  # weight carries the DP normalisation
         logp0, ent0 = pol.logprobs_and_entropy(tokens, prompts, 1.0)
         out = [pol.train_step(tokens, prompts, terms, torch.zeros(n)) for _ in range(6)]
         # One big micro-batch and many small ones must give the same loss (SUM, not mean).
@@ -26,7 +26,7 @@ def _job_learns_and_sums(tp: int):
         big = pol.logprobs_and_entropy(tokens, prompts, 1.0)
         pol.cfg.micro_batch_tokens = 40
         small = pol.logprobs_and_entropy(tokens, prompts, 1.0)
-        return {"expected0": float(-(terms["weight_N"] * logp0).sum() * pol.ctx.dp_size), "steps": out,
+        return {"expected0": float(-(terms["weight_N"] * logp0).sum() * pol.groups.dp_size), "steps": out,
                 "ent0": float(ent0.mean()), "mb_diff": float((big[0] - small[0]).abs().max())}
 
 
@@ -69,7 +69,7 @@ def _job_pp_parity(pp: int, ckpt: str):
     with megatron_parallel(tp=1, pp=pp, seed=11):
         pol = tiny_policy(pp=pp)
         if pp == 1:
-            save_checkpoint(ckpt, 0, chunks=pol.ddp)
+            save_checkpoint(ckpt, 0, chunks=pol.ddp, groups=pol.groups)
         else:
             pol.load_checkpoint(ckpt, load_optimizer=False, load_rng=False)
         tokens, prompts = fixed_batch()

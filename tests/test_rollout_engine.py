@@ -204,7 +204,7 @@ def _megatron_tp2_train_and_stream(hf_dir: str, seqs: list[list[int]], steps: in
     import torch.distributed as dist
 
     from red_megatron.policy.config import PolicyConfig
-    from red_megatron.policy.parallel import destroy_model_parallel, tp_group
+    from red_megatron.policy.parallel import current, destroy_model_parallel
     from red_megatron.policy.policy import MegatronPolicy
 
     try:
@@ -228,8 +228,8 @@ def _megatron_tp2_train_and_stream(hf_dir: str, seqs: list[list[int]], steps: in
                 for _ in range(n_new):
                     ids = torch.tensor([seq])
                     logits = model(ids, torch.arange(len(seq))[None], None)[0, -1].float()  # this rank's vocab shard
-                    parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(tp_group()))]
-                    dist.all_gather(parts, logits.contiguous(), group=tp_group())
+                    parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(current().tp_group))]
+                    dist.all_gather(parts, logits.contiguous(), group=current().tp_group)
                     full = torch.cat(parts)[:pol.vocab_size]
                     seq.append(int(full.argmax()))
                 greedy.append(seq[len(p):])

@@ -65,14 +65,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _layout() -> dict:
-    from megatron.core import parallel_state as ps
-
-    return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
-            "dp": ps.get_data_parallel_world_size(),
-            "world": dist.get_world_size() if dist.is_initialized() else 1}
-
-
 def _unwrap(chunk):
     return chunk.module if hasattr(chunk, "module") else chunk
 
@@ -210,7 +202,7 @@ def _save_strategy():
     return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1)
 
 
-def save_checkpoint(root, step: int, *, chunks: list, optimizer=None, scheduler=None,
+def save_checkpoint(root, step: int, *, chunks: list, groups, optimizer=None, scheduler=None,
                     trainer_state: dict | None = None, sharding_type: str = "dp_reshardable",
                     keep_last: int | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
@@ -246,7 +238,7 @@ def save_checkpoint(root, step: int, *, chunks: list, optimizer=None, scheduler=
     torch.save(_rng_state(), tmp / "rng" / f"rank{_rank():05d}.pt")
     _barrier()
     if _rank() == 0:
-        meta = {"format_version": FORMAT_VERSION, "step": step, "layout": _layout(),
+        meta = {"format_version": FORMAT_VERSION, "step": step, "layout": groups.layout(),
                 "optimizer": optimizer is not None, "sharding_type": sharding_type,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "trainer_state": trainer_state}
@@ -291,7 +283,7 @@ def resolve_checkpoint(path) -> Path | None:
     return None
 
 
-def load_checkpoint(path, *, chunks: list, optimizer=None, scheduler=None, load_optimizer: bool = True,
+def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=None, load_optimizer: bool = True,
                     load_rng: bool = True) -> LoadInfo:
     """Collective. Loads weights into ``chunks`` (any TP/PP); optimizer + scheduler when given and
     ``load_optimizer`` (the optimizer needs the saved TP/PP unless saved 'fully_reshardable')."""
@@ -303,7 +295,7 @@ def load_checkpoint(path, *, chunks: list, optimizer=None, scheduler=None, load_
     meta = json.loads((ckpt / "meta.json").read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{ckpt}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-    layout, saved = _layout(), meta["layout"]
+    layout, saved = groups.layout(), meta["layout"]
     want_opt = optimizer is not None and load_optimizer
     if want_opt and not meta["optimizer"]:
         raise ValueError(f"{ckpt} has no optimizer state; pass load_optimizer=False to load weights only")

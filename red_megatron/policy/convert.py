@@ -3,16 +3,16 @@
 One table (``weight_units``) lists, in HF order, every HF tensor group and the Megatron
 parameter it becomes. Everything else follows from it:
 
-- ``load_hf_weights(chunks, hf_dir)``: each rank opens the shards lazily (``safe_open`` +
+- ``load_hf_weights(chunks, hf_dir, groups=)``: each rank opens the shards lazily (``safe_open`` +
   ``get_slice``) and reads only the rows/columns of its own TP shard of its own pipeline stage's
   parameters, so a rank never holds more than its slice of one tensor at a time beyond its model.
-- ``stream_hf_weights(chunks, hf_config)``: a generator of ``(hf_name, full_tensor)`` in
+- ``stream_hf_weights(chunks, hf_config, groups=)``: a generator of ``(hf_name, full_tensor)`` in
   ``hf_weight_specs`` order that yields the same full tensors on every rank. It is a collective:
   every rank of the model walks it in step. TP shards are all-gathered on the owning stage, then
   broadcast from that stage over the pipeline group. One unit (at most three HF tensors) is
   alive at a time.
 - ``hf_weight_specs(hf_config)``: ordered ``(hf_name, shape, dtype)`` for planning refit buckets.
-- ``export_hf(chunks, hf_config, out_dir)``: a complete HF directory (config.json, sharded
+- ``export_hf(chunks, hf_config, out_dir, groups=)``: a complete HF directory (config.json, sharded
   safetensors + index, tokenizer/generation files copied), written by global rank 0
   (``hf_export.py``).
 
@@ -122,13 +122,6 @@ def _hf_of(chunks, hf_config=None) -> HFModelConfig:
     if hf is None:
         raise ValueError("pass hf_config: these chunks were not built by model.build_model")
     return hf
-
-
-def _tp_pp():
-    from megatron.core import parallel_state as ps
-
-    return (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size(),
-            ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size())
 
 
 def _owner_stage(unit: WeightUnit, hf: HFModelConfig, pp: int) -> int:
@@ -252,8 +245,9 @@ def _read_local(ckpt: _LazyCheckpoint, unit: WeightUnit, hf: HFModelConfig, r: i
 
 
 @torch.no_grad()
-def load_hf_weights(chunks, hf_dir, hf_config=None) -> int:
-    """Fill this rank's chunks from an HF checkpoint directory; returns the number of params set.
+def load_hf_weights(chunks, hf_dir, hf_config=None, *, groups) -> int:
+    """Fill this rank's chunks (in ``groups``' layout) from an HF checkpoint directory; returns the
+    number of params set.
 
     Raises WeightMismatchError naming the tensor when the checkpoint lacks a tensor the config
     needs, has one it does not use, or a tensor's shape differs from the config's.
@@ -261,7 +255,7 @@ def load_hf_weights(chunks, hf_dir, hf_config=None) -> int:
     hf = _hf_of(chunks, hf_config if hf_config is not None else hf_dir)
     ckpt = _LazyCheckpoint(hf_dir)
     _check_names(ckpt, hf)
-    r, n, _, _ = _tp_pp()
+    r, n = groups.tp_rank, groups.tp_size
     count = 0
     for unit in weight_units(hf):
         targets = _local_params(chunks, unit, hf)
@@ -303,20 +297,16 @@ def _full_from_parts(unit: WeightUnit, hf: HFModelConfig, parts: list[torch.Tens
     raise AssertionError(unit.kind)
 
 
-def _tp_gather(t: torch.Tensor, kind: str) -> list[torch.Tensor]:
-    from megatron.core import parallel_state as ps
-
-    group = ps.get_tensor_model_parallel_group()
-    n = dist.get_world_size(group) if dist.is_initialized() else 1
-    if n == 1 or kind == "norm":
+def _tp_gather(t: torch.Tensor, kind: str, groups) -> list[torch.Tensor]:
+    if groups.tp_size == 1 or kind == "norm":
         return [t]
-    parts = [torch.empty_like(t) for _ in range(n)]
-    dist.all_gather(parts, t.contiguous(), group=group)
+    parts = [torch.empty_like(t) for _ in range(groups.tp_size)]
+    dist.all_gather(parts, t.contiguous(), group=groups.tp_group)
     return parts
 
 
 @torch.no_grad()
-def stream_hf_weights(model_chunks, hf_config=None, *, dtype: torch.dtype | None = None
+def stream_hf_weights(model_chunks, hf_config=None, *, groups, dtype: torch.dtype | None = None
                       ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (hf_name, full tensor) in ``hf_weight_specs`` order, identical on every rank.
 
@@ -324,20 +314,18 @@ def stream_hf_weights(model_chunks, hf_config=None, *, dtype: torch.dtype | None
     of a stage are gathered over TP and broadcast from that stage over PP). Tensors live on the
     parameters' device; ``dtype`` casts them (default: the parameters' dtype).
     """
-    from megatron.core import parallel_state as ps
-
     hf = _hf_of(model_chunks, hf_config)
-    _, _, stage, pp = _tp_pp()
+    stage, pp = groups.pp_rank, groups.pp_size
     device = next(model_chunks[0].parameters()).device
     dtype = dtype or next(model_chunks[0].parameters()).dtype
-    pp_group = ps.get_pipeline_model_parallel_group() if pp > 1 else None
-    pp_ranks = dist.get_process_group_ranks(pp_group) if pp > 1 else None
+    pp_group, pp_ranks = groups.pp_group, groups.pp_ranks
     for unit in weight_units(hf):
         owner = _owner_stage(unit, hf, pp)
         if owner == stage:
             targets = _local_params(model_chunks, unit, hf)
             mname, param = targets[0]
-            fulls = [t.to(dtype) for t in _full_from_parts(unit, hf, _tp_gather(param.detach(), unit.kind))]
+            fulls = [t.to(dtype) for t in _full_from_parts(
+                unit, hf, _tp_gather(param.detach(), unit.kind, groups))]
             for name, shape, t in zip(unit.hf_names, unit.hf_shapes, fulls):
                 assert tuple(t.shape) == tuple(shape), (name, tuple(t.shape), shape)
         else:
@@ -350,7 +338,7 @@ def stream_hf_weights(model_chunks, hf_config=None, *, dtype: torch.dtype | None
         del fulls
 
 
-def export_hf(model_chunks, hf_config, out_dir, *, tokenizer_dir=None, dtype: torch.dtype | None = None,
+def export_hf(model_chunks, hf_config, out_dir, *, groups, tokenizer_dir=None, dtype: torch.dtype | None = None,
               max_shard_bytes: int = 4 << 30) -> Path:
     """Write a complete HF directory to ``out_dir`` (collective; global rank 0 writes).
 
@@ -363,7 +351,8 @@ def export_hf(model_chunks, hf_config, out_dir, *, tokenizer_dir=None, dtype: to
     src_dir = tokenizer_dir if tokenizer_dir is not None else (
         hf_config if isinstance(hf_config, (str, Path)) and Path(hf_config).is_dir() else None)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    out = write_hf_directory(stream_hf_weights(model_chunks, hf, dtype=dtype), hf.raw, out_dir, src_dir=src_dir,
+    out = write_hf_directory(stream_hf_weights(model_chunks, hf, groups=groups, dtype=dtype), hf.raw, out_dir,
+                             src_dir=src_dir,
                              write=rank0, max_shard_bytes=max_shard_bytes)
     if dist.is_initialized():
         dist.barrier()

@@ -1,6 +1,6 @@
 """Megatron GPTModel chunks from a Hugging Face config.json (Qwen2/2.5, Llama 3.x, Qwen3).
 
-``build_model(hf_dir_or_config, tp=, pp=, dtype=)`` returns this rank's model chunk(s) after
+``build_model(hf_dir_or_config, groups=, dtype=)`` returns this rank's model chunk(s) after
 ``parallel.init_model_parallel``: a list with one GPTModel (no virtual pipeline stages), whose
 layers, embedding and output layer are those of this rank's pipeline stage, TP-sharded.
 
@@ -127,14 +127,14 @@ def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtyp
     return TransformerConfig(**kw)
 
 
-def build_model(hf_config_or_dir, *, tp: int, pp: int, dtype: torch.dtype | None = None,
+def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
                 options: ModelOptions | None = None) -> list:
-    """This rank's GPTModel chunk(s) for an HF config (call after ``parallel.init_model_parallel``).
+    """This rank's GPTModel chunk(s) for an HF config, in the layout of ``groups``
+    (``parallel.init_model_parallel``'s result).
 
     dtype defaults to bfloat16 with CUDA and float32 on the CPU. Weights are random (or
     uninitialised with ``options.init_weights=False``); ``convert.load_hf_weights`` fills them.
     """
-    from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
     compat.enable()
@@ -142,20 +142,16 @@ def build_model(hf_config_or_dir, *, tp: int, pp: int, dtype: torch.dtype | None
     options = options or ModelOptions()
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if not ps.model_parallel_is_initialized():
-        raise RuntimeError("build_model: call parallel.init_model_parallel(tp, pp) first")
-    have_tp, have_pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
-    if (have_tp, have_pp) != (tp, pp):
-        raise ValueError(f"build_model(tp={tp}, pp={pp}) but megatron was initialised with tp={have_tp}, pp={have_pp}")
+    tp, pp = groups.tp_size, groups.pp_size
     cfg = transformer_config(hf, tp=tp, pp=pp, dtype=dtype, options=options)
     model = GPTModel(
         config=cfg, transformer_layer_spec=layer_spec(hf, options), vocab_size=hf.padded_vocab_size(tp),
-        max_sequence_length=hf.max_position_embeddings, pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(), parallel_output=True,
+        max_sequence_length=hf.max_position_embeddings, pre_process=groups.is_first_stage,
+        post_process=groups.is_last_stage, parallel_output=True,
         share_embeddings_and_output_weights=hf.tie_word_embeddings, position_embedding_type="rope",
         rotary_percent=1.0, rotary_base=hf.rope_theta,
     )
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = groups.device
     model.to(device)
     # transformers' inv_freq (incl. llama3 scaling) so RoPE matches bit for bit
     model.rotary_pos_emb.inv_freq = rope_inv_freq(hf).to(device)

@@ -1,8 +1,12 @@
-"""Megatron model-parallel state: initialise / destroy, and small accessors for groups and ranks.
+"""Model-parallel state: the one place the project touches megatron's ``parallel_state``.
 
-Why a wrapper: megatron keeps its groups in module globals. Everything else in the project takes
-explicit process groups (ARCHITECTURE.md rule 4), so the trainer calls ``init_model_parallel``
-once and then hands ``tp_group()`` / ``pp_group()`` / ``dp_group()`` to the code that needs them.
+``init_model_parallel(tp, pp, cp)`` initialises megatron's groups (megatron's own modules read
+them from its globals) and returns a frozen :class:`ParallelGroups`: every group, rank and size
+the project's code needs, read once. ``MegatronPolicy`` holds it and hands it to model
+building, HF import/export and streaming, checkpoints and the passes (ARCHITECTURE.md rule 4:
+distribution enters through explicit groups). No other module of the project reads
+``parallel_state``; tests/test_parallel_groups.py enforces that.
+
 It also enables the CPU compat layer (no-op on a GPU) and seeds megatron's per-TP-rank RNG
 streams, so that the same seed gives the same weights and dropout on CPU and GPU.
 """
@@ -21,15 +25,98 @@ from red_megatron.policy import compat
 class ParallelConfig:
     tp: int = 1
     pp: int = 1
+    cp: int = 1
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp"):
+        for name in ("tp", "pp", "cp"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"ParallelConfig.{name} must be an int >= 1, got {v!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"ParallelConfig.seed must be an int >= 0, got {self.seed!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelGroups:
+    """This rank's place in the TP × CP × DP × PP grid, with the groups its collectives take.
+
+    A group is ``None``-free: at size 1 it is still a valid group, but the project's helpers run
+    no collective on it (one code path for 1 GPU and 1,000). ``mp`` is the model-parallel group
+    (TP × PP of one data-parallel replica); ``mp_src`` its source rank (TP rank 0 of the first
+    pipeline stage), where a replica's rollouts are gathered and from which they are broadcast.
+    """
+
+    rank: int
+    world_size: int
+    tp_group: object
+    tp_rank: int
+    tp_size: int
+    pp_group: object
+    pp_rank: int
+    pp_size: int
+    pp_ranks: tuple[int, ...]  # global ranks of this rank's pipeline, stage order
+    cp_group: object
+    cp_rank: int
+    cp_size: int
+    dp_group: object  # data parallel without CP (the replicas that see different prompts)
+    dp_rank: int
+    dp_size: int
+    dp_cp_group: object  # data parallel × context parallel (gradient reduction)
+    mp_group: object
+    mp_size: int
+    mp_src: int  # global rank
+    device: torch.device
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def pp_first_rank(self) -> int:
+        return self.pp_ranks[0]
+
+    @property
+    def pp_last_rank(self) -> int:
+        return self.pp_ranks[-1]
+
+    @property
+    def is_mp_src(self) -> bool:
+        return self.rank == self.mp_src
+
+    @property
+    def loss_group(self):
+        """The TP group for the vocab-parallel loss, None at TP=1 (no collective)."""
+        return self.tp_group if self.tp_size > 1 else None
+
+    def layout(self) -> dict:
+        return {"tp": self.tp_size, "pp": self.pp_size, "cp": self.cp_size, "dp": self.dp_size,
+                "world": self.world_size}
+
+    # --- the trainer's few collectives ---------------------------------------------------------------
+    def dp_all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over the data-parallel replicas (a copy; the input is left alone)."""
+        out = t.detach().clone()
+        if self.dp_size > 1:
+            moved = out.to(self.device)
+            dist.all_reduce(moved, group=self.dp_group)
+            out = moved.to(t.device)
+        return out
+
+    def broadcast_from_mp_src(self, obj):
+        """The source rank's object on every rank of this replica's model-parallel group."""
+        if self.mp_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=self.mp_src, group=self.mp_group)
+        return box[0]
+
+
+_current: ParallelGroups | None = None
 
 
 def _ensure_process_group() -> None:
@@ -44,37 +131,86 @@ def _ensure_process_group() -> None:
         dist.init_process_group(backend)
 
 
-def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
-    """Initialise megatron's TP/PP/DP groups on the default process group and seed its RNGs.
+def _read_groups() -> ParallelGroups:
+    """Everything the project needs from megatron's globals, read once, right after initialisation."""
+    from megatron.core import parallel_state as ps
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
+    pp_group, mp_group = ps.get_pipeline_model_parallel_group(), ps.get_model_parallel_group()
+    mp_size = dist.get_world_size(mp_group)
+    is_src = tp_rank == 0 and pp_rank == 0 and ps.get_context_parallel_rank() == 0
+    if mp_size > 1:
+        flags = [None] * mp_size
+        dist.all_gather_object(flags, (rank, is_src), group=mp_group)
+        mp_src = next(r for r, s in flags if s)
+    else:
+        mp_src = rank
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return ParallelGroups(
+        rank=rank, world_size=world,
+        tp_group=ps.get_tensor_model_parallel_group(), tp_rank=tp_rank,
+        tp_size=ps.get_tensor_model_parallel_world_size(),
+        pp_group=pp_group, pp_rank=pp_rank, pp_size=ps.get_pipeline_model_parallel_world_size(),
+        pp_ranks=tuple(dist.get_process_group_ranks(pp_group)),
+        cp_group=ps.get_context_parallel_group(), cp_rank=ps.get_context_parallel_rank(),
+        cp_size=ps.get_context_parallel_world_size(),
+        dp_group=ps.get_data_parallel_group(), dp_rank=ps.get_data_parallel_rank(),
+        dp_size=ps.get_data_parallel_world_size(),
+        dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True),
+        mp_group=mp_group, mp_size=mp_size, mp_src=mp_src, device=device)
+
+
+def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, *, cp: int = 1) -> ParallelGroups:
+    """Initialise megatron's TP/CP/PP/DP groups on the default process group, seed its RNGs, and
+    return them as one frozen :class:`ParallelGroups`.
 
     Works inside an already-initialised default group (the tests' gloo pool, torchrun) and
     initialises one from the environment (RANK/WORLD_SIZE/MASTER_*) or as a 1-process group
-    otherwise. world_size must be a multiple of tp*pp; the rest is data parallel.
+    otherwise. world_size must be a multiple of tp*cp*pp; the rest is data parallel.
     """
-    cfg = ParallelConfig(tp=tp, pp=pp, seed=seed)
+    global _current
+    cfg = ParallelConfig(tp=tp, pp=pp, cp=cp, seed=seed)
     compat.enable()
     _ensure_process_group()
     world = dist.get_world_size()
-    if world % (cfg.tp * cfg.pp) != 0:
-        raise ValueError(f"world_size {world} is not a multiple of tp*pp = {cfg.tp}*{cfg.pp}")
+    if world % (cfg.tp * cfg.cp * cfg.pp) != 0:
+        raise ValueError(f"world_size {world} is not a multiple of tp*cp*pp = {cfg.tp}*{cfg.cp}*{cfg.pp}")
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
     if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
+        destroy_model_parallel()
     ps.initialize_model_parallel(
         tensor_model_parallel_size=cfg.tp,
         pipeline_model_parallel_size=cfg.pp,
+        context_parallel_size=cfg.cp,
         create_gloo_process_groups=not torch.cuda.is_available(),
     )
     torch.manual_seed(cfg.seed)
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
+    _current = _read_groups()
+    return _current
+
+
+def current() -> ParallelGroups:
+    """The groups of the last ``init_model_parallel`` (for entry points and tests; library code
+    takes a ParallelGroups argument instead)."""
+    if _current is None:
+        raise RuntimeError("model parallelism is not initialised: call parallel.init_model_parallel first")
+    return _current
+
+
+def is_initialized() -> bool:
+    return _current is not None
 
 
 def destroy_model_parallel() -> None:
     """Tear down megatron's groups (the default process group stays)."""
+    global _current
     from megatron.core import parallel_state as ps
 
+    _current = None
     ps.destroy_model_parallel()
     _destroy_subgroups()
     try:  # megatron keeps a global microbatch calculator in some versions
@@ -100,89 +236,3 @@ def _destroy_subgroups() -> None:
     for pg in list(c10d._world.pg_map):  # noqa: SLF001 - the registry is the only list of live groups
         if pg is not default:
             dist.destroy_process_group(pg)
-
-
-def is_initialized() -> bool:
-    from megatron.core import parallel_state as ps
-
-    return ps.model_parallel_is_initialized()
-
-
-def tp_group():
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_group()
-
-
-def pp_group():
-    from megatron.core import parallel_state as ps
-
-    return ps.get_pipeline_model_parallel_group()
-
-
-def dp_group(with_context_parallel: bool = False):
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_group(with_context_parallel=with_context_parallel)
-
-
-def tp_rank() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_rank()
-
-
-def tp_size() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_world_size()
-
-
-def pp_rank() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_pipeline_model_parallel_rank()
-
-
-def pp_size() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_pipeline_model_parallel_world_size()
-
-
-def dp_rank() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_rank()
-
-
-def dp_size() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_world_size()
-
-
-def is_first_stage() -> bool:
-    from megatron.core import parallel_state as ps
-
-    return ps.is_pipeline_first_stage(ignore_virtual=True)
-
-
-def is_last_stage() -> bool:
-    from megatron.core import parallel_state as ps
-
-    return ps.is_pipeline_last_stage(ignore_virtual=True)
-
-
-def pp_first_rank() -> int:
-    """Global rank of the first pipeline stage in this rank's pipeline group."""
-    from megatron.core import parallel_state as ps
-
-    return ps.get_pipeline_model_parallel_first_rank()
-
-
-def pp_last_rank() -> int:
-    """Global rank of the last pipeline stage in this rank's pipeline group."""
-    from megatron.core import parallel_state as ps
-
-    return ps.get_pipeline_model_parallel_last_rank()

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
 
 from red_megatron.policy.batching import MicroBatch, select_tokens
+
+if TYPE_CHECKING:
+    from red_megatron.policy.parallel import ParallelGroups
 
 ONLINE = 0  # token kind of KERNEL_CONTRACT.md; counted for the clip fraction
 
@@ -48,39 +51,6 @@ def resolve_loss_impl(name: str) -> tuple[Callable, Callable]:
         from kernels.red_loss_reference import logprob_entropy, red_loss_reference
         return red_loss_reference, logprob_entropy
     raise ValueError(f"loss_impl must be 'auto', 'kernel' or 'reference', got {name!r}")
-
-
-@dataclass(kw_only=True)
-class ParallelCtx:
-    """The process groups a pass needs, read once from megatron's parallel_state."""
-
-    tp_group: object
-    tp_rank: int
-    tp_size: int
-    pp_group: object
-    pp_size: int
-    pp_last_global_rank: int
-    is_last_stage: bool
-    dp_group: object
-    dp_size: int
-    device: torch.device
-
-    @classmethod
-    def from_megatron(cls) -> "ParallelCtx":
-        from megatron.core import parallel_state as ps
-
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        return cls(tp_group=ps.get_tensor_model_parallel_group(), tp_rank=ps.get_tensor_model_parallel_rank(),
-                   tp_size=ps.get_tensor_model_parallel_world_size(),
-                   pp_group=ps.get_pipeline_model_parallel_group(), pp_size=ps.get_pipeline_model_parallel_world_size(),
-                   pp_last_global_rank=ps.get_pipeline_model_parallel_last_rank(),
-                   is_last_stage=ps.is_pipeline_last_stage(ignore_virtual=True),
-                   dp_group=ps.get_data_parallel_group(), dp_size=ps.get_data_parallel_world_size(), device=device)
-
-    @property
-    def loss_group(self):
-        """The TP group for the vocab-parallel loss, None at TP=1 (no collective)."""
-        return self.tp_group if self.tp_size > 1 else None
 
 
 @dataclass(kw_only=True)
@@ -165,35 +135,35 @@ def _run_schedule(chunks: list, mbs: list[MicroBatch], step_fn: Callable, *, for
               micro_batch_size=max(mb.tokens_BS.shape[0] for mb in mbs), forward_only=forward_only)
 
 
-def logprob_pass(chunks: list, mbs: list[MicroBatch], num_tokens: int, *, ctx: ParallelCtx, vocab_size: int,
+def logprob_pass(chunks: list, mbs: list[MicroBatch], num_tokens: int, *, groups: ParallelGroups, vocab_size: int,
                  temperature: float, logprob_entropy: Callable) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_N, entropy_N) fp32 on every rank of the pipeline, no grad. N order (batching)."""
-    logp_N = torch.zeros(num_tokens, dtype=torch.float32, device=ctx.device)
-    ent_N = torch.zeros(num_tokens, dtype=torch.float32, device=ctx.device)
+    logp_N = torch.zeros(num_tokens, dtype=torch.float32, device=groups.device)
+    ent_N = torch.zeros(num_tokens, dtype=torch.float32, device=groups.device)
 
     def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
         logits_RV = _all_rows(logits_BSV)
-        rows, target_R = _row_target(mb, logits_RV.shape[0], ctx.device)
-        lp_R, ent_R = logprob_entropy(logits_RV, target_R, vocab_start=ctx.tp_rank * logits_RV.shape[1],
-                                      vocab_size=vocab_size, temperature=temperature, group=ctx.loss_group)
+        rows, target_R = _row_target(mb, logits_RV.shape[0], groups.device)
+        lp_R, ent_R = logprob_entropy(logits_RV, target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
+                                      vocab_size=vocab_size, temperature=temperature, group=groups.loss_group)
         lp, ent = lp_R[rows], ent_R[rows]
-        idx = mb.token_index_M.to(ctx.device)
+        idx = mb.token_index_M.to(groups.device)
         logp_N[idx] = lp.float()
         ent_N[idx] = ent.float()
         zero = logits_BSV.new_zeros((), dtype=torch.float32)
-        return zero, torch.tensor(0, dtype=torch.int, device=ctx.device), {}
+        return zero, torch.tensor(0, dtype=torch.int, device=groups.device), {}
 
     for c in chunks:
         c.eval()
     with torch.no_grad():
-        _run_schedule(chunks, mbs, partial(_forward_step, ctx.device, loss_fn), forward_only=True)
-    if ctx.pp_size > 1:  # only the last stage has logits: share its results with the pipeline
-        dist.broadcast(logp_N, src=ctx.pp_last_global_rank, group=ctx.pp_group)
-        dist.broadcast(ent_N, src=ctx.pp_last_global_rank, group=ctx.pp_group)
+        _run_schedule(chunks, mbs, partial(_forward_step, groups.device, loss_fn), forward_only=True)
+    if groups.pp_size > 1:  # only the last stage has logits: share its results with the pipeline
+        dist.broadcast(logp_N, src=groups.pp_last_rank, group=groups.pp_group)
+        dist.broadcast(ent_N, src=groups.pp_last_rank, group=groups.pp_group)
     return logp_N, ent_N
 
 
-def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, ctx: ParallelCtx, vocab_size: int,
+def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, groups: ParallelGroups, vocab_size: int,
                opts: LossOptions, red_loss: Callable) -> dict[str, float]:
     """Forward + backward of the RED loss; grads end up in the DDP buffers (summed, see module doc).
 
@@ -204,29 +174,29 @@ def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, ctx: Paral
 
     def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
         logits_RV = _all_rows(logits_BSV)
-        rows, target_R = _row_target(mb, logits_RV.shape[0], ctx.device)
-        t = select_tokens(tensors, mb.token_index_M, ctx.device)
-        out = red_loss(logits_RV, target_R, vocab_start=ctx.tp_rank * logits_RV.shape[1],
+        rows, target_R = _row_target(mb, logits_RV.shape[0], groups.device)
+        t = select_tokens(tensors, mb.token_index_M, groups.device)
+        out = red_loss(logits_RV, target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
                        vocab_size=vocab_size, temperature=opts.temperature, eps_lo=opts.eps_lo, eps_hi=opts.eps_hi,
                        luffy_gamma=opts.luffy_gamma, entropy_coef=opts.entropy_coef, kl_coef=opts.kl_coef,
-                       group=ctx.loss_group, **_row_tensors(t, rows, logits_RV.shape[0], ctx.device))
+                       group=groups.loss_group, **_row_tensors(t, rows, logits_RV.shape[0], groups.device))
         n_online = ((t["kind_N"] == ONLINE) & (t["weight_N"] != 0)).sum().float()
         loss = out.loss.float()
         stats.append(torch.stack([loss.detach(), out.clip_frac.detach().float() * n_online, n_online,
                                   (~torch.isfinite(loss.detach())).float()]))
-        return loss, torch.tensor(int(mb.target_M.numel()), dtype=torch.int, device=ctx.device), {}
+        return loss, torch.tensor(int(mb.target_M.numel()), dtype=torch.int, device=groups.device), {}
 
     for c in chunks:
         c.train()
-    _run_schedule(chunks, mbs, partial(_forward_step, ctx.device, loss_fn), forward_only=False)
+    _run_schedule(chunks, mbs, partial(_forward_step, groups.device, loss_fn), forward_only=False)
     # [loss_sum, clipped, n_online, n_nonfinite]; zeros off the last stage, so a SUM over the
     # pipeline hands the last stage's numbers to every stage, and a SUM over DP adds the partial
     # sums of the globally normalised loss.
-    tot = torch.stack(stats).sum(0) if stats else torch.zeros(4, device=ctx.device)
-    if ctx.pp_size > 1:
-        dist.all_reduce(tot, group=ctx.pp_group)
-    if ctx.dp_size > 1:
-        dist.all_reduce(tot, group=ctx.dp_group)
+    tot = torch.stack(stats).sum(0) if stats else torch.zeros(4, device=groups.device)
+    if groups.pp_size > 1:
+        dist.all_reduce(tot, group=groups.pp_group)
+    if groups.dp_size > 1:
+        dist.all_reduce(tot, group=groups.dp_group)
     loss_sum, clipped, n_online, n_bad = tot.tolist()
     return {"loss": loss_sum, "clip_frac": clipped / n_online if n_online > 0 else 0.0,
             "loss_finite": n_bad == 0}

@@ -25,8 +25,8 @@ from red_megatron.policy.checkpoint import LoadInfo, load_checkpoint, resolve_ch
 from red_megatron.policy.config import PolicyConfig
 from red_megatron.policy.optim import (OptimSettings, build_optimizer, build_scheduler, current_lr, optimizer_step,
                                        wrap_ddp, zero_grads)
-from red_megatron.policy.passes import LossOptions, ParallelCtx, finalize_grads_sum, logprob_pass, resolve_loss_impl, \
-    train_pass
+from red_megatron.policy.parallel import ParallelGroups
+from red_megatron.policy.passes import LossOptions, finalize_grads_sum, logprob_pass, resolve_loss_impl, train_pass
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -43,17 +43,21 @@ def _as_batch(tokens, prompt_lens) -> SequenceBatch:
 class MegatronPolicy:
     """Model chunks + DDP + optimizer + scheduler, with the passes and checkpoints of the RED loop.
 
-    ``chunks``: this rank's GPTModel chunk(s) built with ``parallel_output=True`` after
-    ``parallel.init_model_parallel(cfg.tp, cfg.pp)``; not yet DDP-wrapped. ``vocab_size``: the
+    ``chunks``: this rank's GPTModel chunk(s) built with ``parallel_output=True`` in the layout of
+    ``groups`` (``parallel.init_model_parallel(cfg.tp, cfg.pp)``); not yet DDP-wrapped. ``vocab_size``: the
     real (HF) vocabulary; padded logit columns beyond it never count.
     """
 
-    def __init__(self, chunks: list, cfg: PolicyConfig, *, vocab_size: int, hf_dir: str | None = None,
-                 pad_id: int = 0):
+    def __init__(self, chunks: list, cfg: PolicyConfig, *, groups: ParallelGroups, vocab_size: int,
+                 hf_dir: str | None = None, pad_id: int = 0):
         from megatron.core.utils import get_model_config
 
         if not chunks:
             raise ValueError("MegatronPolicy needs at least one model chunk")
+        if (groups.tp_size, groups.pp_size) != (cfg.tp, cfg.pp):
+            raise ValueError(f"the model-parallel groups are tp={groups.tp_size} pp={groups.pp_size}, PolicyConfig "
+                             f"asks for policy.tp={cfg.tp} policy.pp={cfg.pp}")
+        self.groups = groups
         self.cfg = cfg
         self.vocab_size = int(vocab_size)
         self.hf_dir = hf_dir
@@ -75,9 +79,7 @@ class MegatronPolicy:
                                        use_distributed_optimizer=cfg.use_distributed_optimizer)
         self.optimizer = build_optimizer(self.ddp, self._settings)
         self.scheduler = build_scheduler(self.optimizer, self._settings)
-        self.ctx = ParallelCtx.from_megatron()
         self._red_loss, self._logprob_entropy = resolve_loss_impl(cfg.loss_impl)
-        self._topology = None
 
     # --- construction from a Hugging Face directory ------------------------------------------------
     @classmethod
@@ -86,32 +88,23 @@ class MegatronPolicy:
         config.json and load its safetensors (each rank reads only its own shards)."""
         from red_megatron.policy import convert, model
         from red_megatron.policy.hf_config import read_hf_config
-        from red_megatron.policy.parallel import init_model_parallel, is_initialized, pp_size, tp_size
+        from red_megatron.policy import parallel
 
-        if not is_initialized():
-            init_model_parallel(tp=cfg.tp, pp=cfg.pp, seed=cfg.seed if seed is None else seed)
-        elif (tp_size(), pp_size()) != (cfg.tp, cfg.pp):
-            raise ValueError(f"megatron is initialised with tp={tp_size()} pp={pp_size()}, PolicyConfig asks for "
-                             f"tp={cfg.tp} pp={cfg.pp}")
+        if parallel.is_initialized():  # e.g. a test's worker pool initialised the groups already
+            groups = parallel.current()
+        else:
+            groups = parallel.init_model_parallel(tp=cfg.tp, pp=cfg.pp, seed=cfg.seed if seed is None else seed)
         hf = read_hf_config(hf_dir)
-        chunks = model.build_model(hf_dir, tp=cfg.tp, pp=cfg.pp, dtype=_DTYPES[cfg.dtype])
-        convert.load_hf_weights(chunks, hf_dir)
-        vocab = hf.vocab_size
-        return cls(chunks, cfg, vocab_size=vocab, hf_dir=str(hf_dir), pad_id=_hf_pad_id(hf_dir))
+        chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype])
+        convert.load_hf_weights(chunks, hf_dir, groups=groups)
+        return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
+                   pad_id=_hf_pad_id(hf_dir))
 
     # --- accessors ----------------------------------------------------------------------------------
     @property
     def chunks(self) -> list:
         """The unwrapped model chunks (GPTModel), e.g. for weight export."""
         return [m.module for m in self.ddp]
-
-    @property
-    def topology(self):
-        if self._topology is None:
-            from red_megatron.policy.topology import Topology
-
-            self._topology = Topology.from_megatron()
-        return self._topology
 
     @property
     def lr(self) -> float:
@@ -139,7 +132,7 @@ class MegatronPolicy:
                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logp_N, entropy_N) fp32 on the CPU, no grad, at ``temperature`` (old-policy pass)."""
         batch = _as_batch(tokens, prompt_lens)
-        logp, ent = logprob_pass(self.ddp, self.micro_batches(batch), batch.num_response_tokens, ctx=self.ctx,
+        logp, ent = logprob_pass(self.ddp, self.micro_batches(batch), batch.num_response_tokens, groups=self.groups,
                                  vocab_size=self.vocab_size, temperature=float(temperature),
                                  logprob_entropy=self._logprob_entropy)
         return logp.cpu(), ent.cpu()
@@ -167,7 +160,7 @@ class MegatronPolicy:
         zero_grads(self.ddp, self.optimizer)
         kernel_opts = {"grad_in_forward": True} if self.cfg.grad_in_forward else {}
         red_loss = self._red_loss if not kernel_opts else _with(self._red_loss, kernel_opts)
-        stats = train_pass(self.ddp, mbs, tensors, ctx=self.ctx, vocab_size=self.vocab_size, opts=opts,
+        stats = train_pass(self.ddp, mbs, tensors, groups=self.groups, vocab_size=self.vocab_size, opts=opts,
                            red_loss=red_loss)
         step = optimizer_step(self.optimizer, self.scheduler, clip_grad=self.cfg.clip_grad,
                               loss_finite=stats["loss_finite"])
@@ -177,13 +170,13 @@ class MegatronPolicy:
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, root, step: int, trainer_state: dict | None = None) -> Path:
-        return save_checkpoint(root, step, chunks=self.ddp, optimizer=self.optimizer, scheduler=self.scheduler,
-                               trainer_state=trainer_state, sharding_type=self.cfg.checkpoint_sharding,
+        return save_checkpoint(root, step, chunks=self.ddp, groups=self.groups, optimizer=self.optimizer,
+                               scheduler=self.scheduler, trainer_state=trainer_state, sharding_type=self.cfg.checkpoint_sharding,
                                keep_last=self.cfg.keep_last_checkpoints or None)
 
     def load_checkpoint(self, path, *, load_optimizer: bool = True, load_rng: bool = True) -> LoadInfo:
-        return load_checkpoint(path, chunks=self.ddp, optimizer=self.optimizer, scheduler=self.scheduler,
-                               load_optimizer=load_optimizer, load_rng=load_rng)
+        return load_checkpoint(path, chunks=self.ddp, groups=self.groups, optimizer=self.optimizer,
+                               scheduler=self.scheduler, load_optimizer=load_optimizer, load_rng=load_rng)
 
     def load_latest_checkpoint(self, root) -> dict | None:
         """The trainer state of the newest complete checkpoint under ``root`` (None if there is none)."""
@@ -195,7 +188,7 @@ class MegatronPolicy:
     def stream_hf_weights(self):
         from red_megatron.policy import convert
 
-        return convert.stream_hf_weights(self.chunks, self._hf_config())
+        return convert.stream_hf_weights(self.chunks, self._hf_config(), groups=self.groups)
 
     def hf_weight_specs(self):
         from red_megatron.policy import convert
@@ -205,7 +198,8 @@ class MegatronPolicy:
     def export_hf(self, out_dir, *, tokenizer_dir=None) -> Path:
         from red_megatron.policy import convert
 
-        return convert.export_hf(self.chunks, self._hf_config(), out_dir, tokenizer_dir=tokenizer_dir or self.hf_dir)
+        return convert.export_hf(self.chunks, self._hf_config(), out_dir, groups=self.groups,
+                                 tokenizer_dir=tokenizer_dir or self.hf_dir)
 
     def _hf_config(self):
         hf = getattr(self.chunks[0], "hf_config", None)  # set by model.build_model

@@ -1,0 +1,94 @@
+"""Where the rollout engines live in the trainer's world, and how experience reaches every rank.
+
+The trainer's ranks form TP × PP × DP (megatron's order: TP fastest, then DP, then PP); a
+data-parallel replica (its TP × PP ranks) trains on its own slice of the prompts, which its
+model-parallel source rank (``mp_src``) must hold as experience and broadcast to the replica.
+vLLM's own layout is independent of that:
+
+- ``tp_infer == 1`` (``uni`` executor): one in-process engine per replica, on the replica's
+  ``mp_src``. It generates for that replica only. The other ranks build nothing.
+- ``tp_infer > 1`` (``external_launcher``): vLLM splits the whole torchrun world into engines of
+  ``tp_infer`` consecutive ranks, and every rank builds its part (vLLM's group creation is a
+  collective over the world). An engine generates for every replica whose ``mp_src`` it holds,
+  so ``tp_infer`` may be smaller than the trainer's TP (several engines in a replica; those
+  without a source rank only take part in refits), equal to it, or larger (one engine over
+  several replicas: their prompts are batched into one call). Every rank of an engine must pass
+  the same prompts, so they are first gathered within the engine.
+
+Nothing here imports megatron or vllm: :func:`plan_rollout` takes the trainer's
+``ParallelGroups`` (duck-typed) and the rollout config, and :func:`check_placement` is the rule
+the run validator applies before anything starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+
+def check_placement(*, world_size: int, tp_infer: int, executor: str) -> None:
+    """The layouts this planner implements; ValueError naming the fields otherwise."""
+    if tp_infer > 1 and executor != "external_launcher":
+        raise ValueError(f"rollout.tp_infer={tp_infer} needs rollout.executor='external_launcher' (an engine spans "
+                         f"{tp_infer} trainer ranks), got rollout.executor={executor!r}")
+    if tp_infer == 1 and executor != "uni":
+        raise ValueError(f"rollout.executor={executor!r} with rollout.tp_infer=1: use 'uni' (one in-process engine "
+                         f"per data-parallel replica)")
+    if world_size % tp_infer != 0:
+        raise ValueError(f"rollout.tp_infer={tp_infer} must divide the world size {world_size} (vLLM's "
+                         f"external_launcher splits the whole torchrun world into engines of tp_infer ranks)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutPlacement:
+    """This rank's part in rollouts (the same plan is computed identically on every rank)."""
+
+    builds_engine: bool
+    engine_ranks: tuple[int, ...]  # global ranks of this rank's engine (empty: no engine here)
+    served_replicas: tuple[int, ...]  # dp ranks whose prompts this rank's engine generates, in order
+    engine_group: object | None  # process group over engine_ranks (None when it has one rank)
+    needs_experience: bool  # this rank is the mp_src of a served replica (the others only join the collective)
+
+    @property
+    def generates(self) -> bool:
+        return self.builds_engine and bool(self.served_replicas)
+
+
+def plan_rollout(groups, *, tp_infer: int, executor: str, online: bool) -> RolloutPlacement:
+    """Collective over the world (one all_gather of each rank's replica and source) when ``online``."""
+    check_placement(world_size=groups.world_size, tp_infer=tp_infer, executor=executor)
+    none = RolloutPlacement(builds_engine=False, engine_ranks=(), served_replicas=(), engine_group=None,
+                            needs_experience=False)
+    if not online:
+        return none
+    if tp_infer == 1:
+        if not groups.is_mp_src:
+            return none
+        return RolloutPlacement(builds_engine=True, engine_ranks=(groups.rank,), served_replicas=(groups.dp_rank,),
+                                engine_group=None, needs_experience=True)
+    world = groups.world_size
+    table = [None] * world  # rank -> (dp_rank, mp_src)
+    if world > 1:
+        dist.all_gather_object(table, (groups.dp_rank, groups.mp_src))
+    else:
+        table = [(groups.dp_rank, groups.mp_src)]
+    engines = [tuple(range(e, e + tp_infer)) for e in range(0, world, tp_infer)]
+    engine_group = None
+    mine = ()
+    for ranks in engines:  # dist.new_group is collective: every rank creates every engine's group
+        g = dist.new_group(list(ranks)) if len(ranks) > 1 else None
+        if groups.rank in ranks:
+            mine, engine_group = ranks, g
+    served = tuple(sorted({dp for r, (dp, src) in enumerate(table) if r == src and r in mine}))
+    return RolloutPlacement(builds_engine=True, engine_ranks=mine, served_replicas=served, engine_group=engine_group,
+                            needs_experience=groups.is_mp_src)
+
+
+def gather_prompts(placement: RolloutPlacement, dp_rank: int, examples: list) -> list[list]:
+    """Every served replica's examples, in ``served_replicas`` order, on every rank of the engine."""
+    if placement.engine_group is None:
+        return [examples]
+    box = [None] * len(placement.engine_ranks)
+    dist.all_gather_object(box, (dp_rank, examples), group=placement.engine_group)
+    by_replica = dict(box)
+    return [by_replica[r] for r in placement.served_replicas]
