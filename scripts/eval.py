@@ -1,124 +1,14 @@
-"""Evaluate an HF checkpoint with the paper's protocol and print a Table 2-shaped markdown table.
+"""Evaluate an HF checkpoint with the paper's protocol: python scripts/eval.py --model DIR [--name RED] [...]
 
-  python scripts/eval.py --model runs/demo/hf --name RED --out runs/demo/eval
-  python scripts/eval.py --model DIR --per-source-limit 2 --max-repeats 2 --max-tokens 256   # a CPU taste
-  python scripts/eval.py --table runs/*/eval/results.json                                    # only the table
-
-Reads ../shared/data/math_eval.parquet by default (data_source, prompt, reward_model.ground_truth;
-AIME/AMC rows repeated 32 times: avg@32) or any parquet/JSONL with a problem and an answer field
-(``--schema problem_answer --problem-key question --answer-key answer``). Generation runs on the
-vLLM rollout engine (red_megatron.rollout) at T=0.6, one sample per row; rewards through the
-math-verify pool. Writes results.json, samples.jsonl and table.md under --out.
+A thin wrapper of ``red_megatron.cli.eval`` (the ``red-eval`` console script); ``--help`` lists
+the options.
 """
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "math_eval.parquet")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="HF checkpoint directory (config.json, safetensors, tokenizer)")
-    ap.add_argument("--name", default=None, help="the table row's name (default: the model dir's name)")
-    ap.add_argument("--out", default=None, help="output directory for results.json, samples.jsonl, table.md")
-    ap.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="only print a table of these results")
-    ap.add_argument("--include", nargs="*", default=[], metavar="RESULTS_JSON",
-                    help="earlier results.json files to show as rows above this model")
-    g = ap.add_argument_group("data")
-    g.add_argument("--data", default=DEFAULT_DATA)
-    g.add_argument("--schema", choices=("openr1", "problem_answer"), default="openr1")
-    g.add_argument("--problem-key", default="problem")
-    g.add_argument("--answer-key", default=None, help="default: reward_model.ground_truth / answer")
-    g.add_argument("--prompt-key", default="prompt")
-    g.add_argument("--data-source-key", default="data_source")
-    g.add_argument("--prompt-template", default="{problem}", help="problem_answer: the user turn")
-    g.add_argument("--system-prompt", default=None)
-    g.add_argument("--max-prompt-tokens", type=int, default=4096)
-    g.add_argument("--too-long-prompt", choices=("error", "drop"), default="error")
-    g = ap.add_argument_group("protocol")
-    g.add_argument("--temperature", type=float, default=0.6)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-tokens", type=int, default=8192, help="response limit")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--limit", type=int, default=None, help="unique problems in all")
-    g.add_argument("--per-source-limit", type=int, default=None, help="unique problems per benchmark")
-    g.add_argument("--max-repeats", type=int, default=None, help="rows kept per problem (of the 32 AIME/AMC repeats)")
-    g.add_argument("--samples-per-row", type=int, default=1,
-                   help="k samples of every row: avg@k for files that do not repeat their rows")
-    g.add_argument("--batch-size", type=int, default=1024, help="rows per engine call")
-    g = ap.add_argument_group("engine and reward")
-    g.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    g.add_argument("--tp", type=int, default=1, help="vLLM tensor parallelism")
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    g.add_argument("--max-num-seqs", type=int, default=256)
-    g.add_argument("--reward-workers", type=int, default=4)
-    g.add_argument("--reward-timeout", type=float, default=10.0)
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from red_megatron.eval import load_records, markdown_table, protocol_note
-
-    if args.table:
-        records = load_records(args.table)
-        print(markdown_table(records) + "\n" + protocol_note(records))
-        return 0
-    if not args.model:
-        build_parser().error("--model is required (or --table to only print a table)")
-
-    from red_megatron.data.chat import eos_token_id, load_tokenizer
-    from red_megatron.data.dataset import DataConfig, RedDataset
-    from red_megatron.eval import EvalConfig, make_generate_fn, run_eval, select_rows
-    from red_megatron.reward import RewardConfig, RewardScorer
-    from red_megatron.rollout.config import RolloutConfig
-    from red_megatron.rollout.engine import RolloutEngine
-
-    t0 = time.perf_counter()
-    model = Path(args.model)
-    name = args.name or model.name
-    out = Path(args.out) if args.out else model / "eval"
-    tok = load_tokenizer(model)
-    dcfg = DataConfig(path=args.data, schema=args.schema, prompt_key=args.prompt_key, problem_key=args.problem_key,
-                      answer_key=args.answer_key, data_source_key=args.data_source_key,
-                      prompt_template=args.prompt_template, system_prompt=args.system_prompt,
-                      require_trace=False, max_prompt_tokens=args.max_prompt_tokens,
-                      too_long_prompt=args.too_long_prompt, answer_check="off", global_batch_size=1,
-                      shuffle=False)
-    ds = RedDataset.load(dcfg, tok)
-    ecfg = EvalConfig(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed, limit=args.limit,
-                      per_source_limit=args.per_source_limit, max_repeats=args.max_repeats,
-                      samples_per_row=args.samples_per_row, batch_size=args.batch_size)
-    rows, _ = select_rows(ds, ecfg)
-    longest = max(len(ds.prompt_ids(i)) for i in rows)
-    rcfg = RolloutConfig(max_model_len=longest + args.max_tokens, dtype=args.dtype, tp_infer=args.tp,
-                         executor="uni" if args.tp == 1 else "external_launcher", seed=args.seed,
-                         gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs)
-    engine = RolloutEngine(model, rcfg)
-    scorer = RewardScorer(RewardConfig(num_workers=args.reward_workers, timeout_s=args.reward_timeout))
-    try:
-        gen = make_generate_fn(engine, tok, top_p=args.top_p, stop_token_ids=[eos_token_id(tok)])
-        meta = {"model": str(model.resolve()), "data": str(Path(args.data).resolve()), "top_p": args.top_p,
-                "dtype": args.dtype, "rows": len(rows), "engine": "vllm",
-                "device": "cuda" if engine.on_gpu else "cpu"}
-        result, table = run_eval(name=name, dataset=ds, generate_fn=gen, scorer=scorer, cfg=ecfg, out_dir=out,
-                                 meta=meta, include=args.include)
-    finally:
-        scorer.close()
-        engine.close()
-    print(table)
-    print(f"[eval] {name}: {len(rows)} samples, Avg. {result.acc:.2f}, LEN {result.len:.0f}, reward "
-          f"{result.reward_stats} -> {out} ({time.perf_counter() - t0:.1f} s)")
-    return 0
-
+from red_megatron.cli.eval import build_parser, main  # noqa: E402,F401
 
 if __name__ == "__main__":  # the reward pool's workers start with forkserver/spawn
     sys.exit(main())

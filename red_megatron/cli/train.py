@@ -1,0 +1,128 @@
+"""red-train: one RED (or any preset's) run from a recipe and section.field=value overrides.
+
+  red-train --recipe tiny_cpu steps=2                          # one process (the CPU demo's recipe)
+  torchrun --nproc-per-node 8 scripts/train.py --recipe qwen25_math_1p5b model_dir=... data.path=...
+  red-train --recipe qwen25_7b model_dir=/ckpt/Qwen2.5-7B --world-size 16 --check   # validate only
+
+A torchrun target (reads RANK / WORLD_SIZE / LOCAL_RANK); alone it runs as a one-process world.
+The recipe (configs/) gives the whole config; every override is applied, then the config is
+validated once (order never matters). Before megatron or vLLM start, the model dir (config.json,
+tokenizer, safetensors headers), the chat template, the reward's verify_fn and the layout against
+the world size are checked. ``--check`` stops there: it reads config.json (no weights), prints a
+summary of the resolved layout and exits 0. A refusal is one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from red_megatron.cli.common import add_overrides, parser, world_size
+from red_megatron.errors import UserError, run_cli
+
+
+def build_parser():
+    from configs import RECIPES
+
+    ap = parser("red-train", __doc__)
+    ap.add_argument("--recipe", default="tiny_cpu", help=f"one of {sorted(RECIPES)}")
+    ap.add_argument("--run-dir", default=None, help="where metrics, checkpoints and plots go (overrides run_dir)")
+    ap.add_argument("--check", action="store_true",
+                    help="resolve and validate the config against the model's config.json and the world size, "
+                         "print the layout, exit (no weights, no engines)")
+    ap.add_argument("--world-size", type=int, default=None,
+                    help="the world size to validate for (default: $WORLD_SIZE, else 1)")
+    add_overrides(ap)
+    return ap
+
+
+def parse_config(argv=None):
+    """The resolved RunConfig of a command line (recipe + overrides, validated once)."""
+    args = build_parser().parse_args(argv)
+    return _resolve(args)
+
+
+def _resolve(args):
+    from configs import get_recipe
+    from red_megatron.overrides import apply_overrides
+
+    cfg = get_recipe(args.recipe)
+    overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    return apply_overrides(cfg, overrides)
+
+
+def preflight(cfg, *, weights: bool = True) -> tuple[object, list[str]]:
+    """Every start-time check of the files a run names; returns (HFModelConfig, notes for --check)."""
+    from red_megatron.algo.presets import preset_stages
+    from red_megatron.cli.checks import check_chat_template, check_model_dir, check_verify_fn
+
+    notes = []
+    check_chat_template(cfg.data.chat_template)
+    hf = check_model_dir(cfg.model_dir, weights=weights, need_chat_template=cfg.data.chat_template is None)
+    if any(s.online for s in preset_stages(cfg.algo.preset)) or cfg.eval.data_path is not None:
+        check_verify_fn(cfg.reward.verify_fn)
+    for field, path in (("data.path", cfg.data.path), ("eval.data_path", cfg.eval.data_path)):
+        if path is not None and not Path(path).is_file():
+            if weights:
+                raise UserError(f"no data file in {field}={path!r}: expected an existing .parquet or .jsonl file")
+            notes.append(f"{field} {path} is not on this machine")
+    return hf, notes
+
+
+def summary(cfg, world: int, hf, notes: list[str]) -> str:
+    """One paragraph: the model, the layout, the batch and the lengths the run would use."""
+    from red_megatron.algo.presets import preset_stages
+
+    tp, pp = cfg.policy.tp, cfg.policy.pp
+    dp = world // (tp * pp)
+    r = cfg.rollout
+    online = any(s.online for s in preset_stages(cfg.algo.preset))
+    engines = (f"vLLM tp_infer={r.tp_infer} ({r.executor} executor, {world // r.tp_infer} engine(s)), "
+               f"max_model_len {r.max_model_len}") if online else "no rollout engine (offline preset)"
+    g = cfg.algo.num_online
+    text = (f"check OK: {cfg.name} (algo.preset={cfg.algo.preset}, {cfg.steps} steps) on {hf.architecture} "
+            f"{hf.num_params() / 1e9:.2f}B from {cfg.model_dir} ({hf.num_layers} layers, {hf.num_heads} heads / "
+            f"{hf.num_kv_heads} KV heads, vocab {hf.vocab_size}, {hf.max_position_embeddings} positions); world "
+            f"{world} = TP {tp} x PP {pp} x DP {dp} ({hf.num_layers // pp} layers a stage, "
+            f"{hf.num_heads // tp} heads a TP rank, padded vocab {hf.padded_vocab_size(tp)}); {engines}; "
+            f"{cfg.data.global_batch_size} prompts a step ({cfg.data.global_batch_size // dp} a DP rank) x "
+            f"(G={g} online + 1 offline), prompts <= {cfg.data.max_prompt_tokens} and responses <= "
+            f"{cfg.data.max_response_tokens} tokens, micro_batch_tokens {cfg.policy.micro_batch_tokens}, "
+            f"{cfg.policy.dtype}, lr {cfg.policy.lr:g}; run_dir {cfg.run_dir}")
+    if notes:
+        text += "; note: " + "; ".join(notes)
+    return text + "."
+
+
+def _main(argv: list[str]) -> int:
+    from red_megatron.config import check_world
+
+    args = build_parser().parse_args(argv)
+    cfg = _resolve(args)
+    world = world_size(args.world_size)
+    hf, notes = preflight(cfg, weights=not args.check)
+    check_world(cfg, world)  # before megatron or vLLM start
+    if args.check:
+        print(summary(cfg, world, hf, notes))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from red_megatron.trainer import train
+
+    t0 = time.time()
+    final = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        keep = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+        print(json.dumps({"run_dir": cfg.run_dir, "seconds": round(time.time() - t0, 1), **keep}, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":  # dist checkpointing's helpers start with spawn: keep the guard
+    import sys
+
+    sys.exit(main())
