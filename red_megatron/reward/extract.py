@@ -7,7 +7,10 @@ An unclosed box (a truncated response) yields nothing: the model never committed
 """
 from __future__ import annotations
 
+import re
+
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
 def _match_braces(text: str, open_idx: int) -> int | None:
@@ -73,14 +76,12 @@ def extract_boxed(text: str) -> str | None:
 
 
 def normalize_for_exact_match(answer: str) -> str:
-    """A light canonical form for the exact-match fast path: no spaces, no ``$``, no ``\\!``.
+    """A light canonical form for the exact-match fast path: no spaces, no unescaped ``$``, no ``\\!``.
 
     Deliberately conservative: two strings equal here are equal as math, so the fast path
     never awards a wrong answer; everything else goes to math-verify.
     """
-    s = answer.strip()
-    if s.startswith("$") and s.endswith("$"):
-        s = s.strip("$")
+    s = _UNESCAPED_DOLLAR.sub("", answer.strip())  # "$69$,$84$" and "69,84" are one answer
     for junk in ("\\!", "\\,", "\\;", "\\ ", " ", "\t", "\n"):
         s = s.replace(junk, "")
     if s.startswith("\\(") and s.endswith("\\)"):

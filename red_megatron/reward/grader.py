@@ -1,0 +1,252 @@
+"""The grader: is an extracted answer mathematically the gold answer?
+
+math-verify stays the engine (its LaTeX normaliser, latex2sympy2 parser and ``verify``);
+this module configures and wraps it where its defaults give full marks to wrong answers:
+
+- answers are normalised first (normalize.py) and parsed whole, never "the last number
+  that parses" (math-verify's ``get_last_eq`` fallback read only the ``5/3`` of a matrix
+  and the ``2`` of ``\\hbar\\omega(v+1/2)-...``);
+- symbols keep their case (``ConversionConfig(lowercase_symbols=False)``), so ``N=n`` is
+  an equation between two variables and not ``n=n``;
+- decimals are read as the exact rationals they spell (``0.1`` -> ``1/10``) and numbers are
+  compared by :func:`numbers_close`: equal, or within a *relative* tolerance ``rel_tol``
+  (``GradeOptions``, default 1e-9). math-verify's default rounds floats to 6 decimals,
+  which accepts ``0.1730769`` for ``9/52`` and ``0`` for ``3.89e-10``;
+- lists and sets must match element for element (``221`` is not ``221, 8``), tuples and
+  matrices in order and shape, intervals with their open/closed ends;
+- pure-text answers (``\\text{(C)}``) compare as case-folded text.
+
+Everything else (symbolic expressions, equations, unions) goes to ``math_verify.verify``
+with ``strict=True`` on these exact parses.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+from red_megatron.reward.extract import normalize_for_exact_match
+from red_megatron.reward.normalize import Normalized, normalize_answer, plain_text
+
+CORRECT = "correct"
+WRONG = "wrong"
+PARSE_FAIL = "parse_fail"
+GOLD_PARSE_FAIL = "gold_parse_fail"
+MV_TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradeOptions:
+    """How two answers are compared (documented in RewardConfig, which sets them).
+
+    rel_tol: two numbers are equal when ``|a - b| <= rel_tol * max(|a|, |b|)`` (or exactly
+        equal). 1e-9 by default: a rounded decimal (``0.1730769`` for ``9/52``) is wrong,
+        while ``3.14159265359`` for ``\\pi`` (11 digits) is right. 0 asks for exact equality
+        at ``precision`` digits.
+    precision: decimal digits numbers are evaluated to before comparing.
+    """
+    rel_tol: float = 1e-9
+    precision: int = 30
+
+    def __post_init__(self):
+        if not isinstance(self.rel_tol, (int, float)) or not 0 <= self.rel_tol < 1:
+            raise ValueError(f"rel_tol must be a number in [0, 1), got {self.rel_tol!r}")
+        if not isinstance(self.precision, int) or not 15 <= self.precision <= 100:
+            raise ValueError(f"precision must be an int in [15, 100], got {self.precision!r}")
+
+
+def quiet_math_verify() -> None:
+    # math-verify logs a warning per timeout / failed parse: that is what stats are for
+    for name in ("math_verify", "math_verify.parser", "math_verify.grader", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@functools.lru_cache(maxsize=1)
+def _configs():
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+    return (NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=True,
+                                boxed="all", equations=False),
+            ConversionConfig(interpret_as_mixed_fractions=True, interpret_simple_eq_as_assignment=False,
+                             interpret_contains_as_eq=True, lowercase_symbols=False))
+
+
+def _exact_decimals(expr):
+    """Every Float in ``expr`` replaced by the rational its digits spell (``0.1`` -> 1/10)."""
+    import sympy
+
+    try:
+        floats = expr.atoms(sympy.Float)
+    except Exception:
+        return expr
+    if not floats:
+        return expr
+    return expr.xreplace({f: sympy.Rational(str(f)) for f in floats})
+
+
+def _parse_latex(latex: str):
+    from latex2sympy2_extended.latex2sympy2 import latex2sympy
+    from latex2sympy2_extended.math_normalization import normalize_latex
+    from math_verify.grader import should_treat_as_complex
+
+    norm_cfg, conv_cfg = _configs()
+    text = normalize_latex(latex, config=norm_cfg)
+    expr = latex2sympy(text, is_real=not should_treat_as_complex(text), convert_degrees=False,
+                       normalization_config=None, conversion_config=conv_cfg)
+    return _exact_decimals(expr)
+
+
+def parse_normalized(n: Normalized, timeout_s: int | None):
+    """The sympy object for a normalised answer; raises on a parse error or timeout."""
+    from math_verify.utils import timeout
+
+    if not n.latex:
+        raise ValueError("empty answer")
+    return timeout(timeout_seconds=timeout_s)(_parse_latex)(n.latex)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold_cached(gold: str, timeout_s: int | None):
+    n = normalize_answer(gold)
+    return n, (None if n.text is not None else parse_normalized(n, timeout_s))
+
+
+def parse_gold(gold: str, timeout_s: int | None = 5):
+    """(Normalized, sympy object or None for a text answer) of a gold answer; raises when it
+    cannot be parsed (the dataset's load-time check reports such rows)."""
+    quiet_math_verify()
+    return _parse_gold_cached(gold, timeout_s if timeout_s and timeout_s > 0 else None)
+
+
+# --- comparison -----------------------------------------------------------------------------
+
+def _is_number(x) -> bool:
+    import sympy
+
+    return isinstance(x, sympy.Expr) and not x.free_symbols and not isinstance(x, sympy.MatrixBase)
+
+
+def numbers_close(a, b, opts: GradeOptions) -> bool | None:
+    """Two symbol-free expressions: equal or within ``rel_tol``; None when not comparable."""
+    import sympy
+
+    try:
+        if a == b:
+            return True
+        av, bv = a.evalf(opts.precision), b.evalf(opts.precision)
+        if not (av.is_number and bv.is_number) or av.has(sympy.nan, sympy.zoo) or bv.has(sympy.nan, sympy.zoo):
+            return None
+        if av.is_infinite or bv.is_infinite:
+            return bool(av == bv)
+        ar, ai = av.as_real_imag()
+        br, bi = bv.as_real_imag()
+        diff = sympy.sqrt((ar - br) ** 2 + (ai - bi) ** 2)
+        scale = sympy.Max(sympy.sqrt(ar ** 2 + ai ** 2), sympy.sqrt(br ** 2 + bi ** 2))
+        if diff == 0:
+            return True
+        return bool(diff <= opts.rel_tol * scale)
+    except (TypeError, ValueError, ArithmeticError, AttributeError):
+        return None
+
+
+def _match_sets(g_elems, p_elems, opts, timeout_s) -> bool:
+    if len(g_elems) != len(p_elems):
+        return False
+    left = list(p_elems)
+    for g in g_elems:  # each gold element takes one prediction element (sets here are small)
+        hit = next((k for k, p in enumerate(left) if equal(g, p, opts, timeout_s)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
+
+
+def _is_assignment(x) -> bool:
+    import sympy
+
+    return isinstance(x, sympy.Eq) and isinstance(x.lhs, (sympy.Symbol, sympy.Function, sympy.Indexed))
+
+
+def equal(g, p, opts: GradeOptions, timeout_s: int | None = 5) -> bool:
+    """Gold object ``g`` vs predicted object ``p`` (both from :func:`parse_normalized`)."""
+    import sympy
+    from math_verify import verify
+
+    if _is_number(g) and _is_number(p):
+        close = numbers_close(g, p, opts)
+        if close is not None:
+            return close
+    if isinstance(g, sympy.MatrixBase) or isinstance(p, sympy.MatrixBase):
+        if not (isinstance(g, sympy.MatrixBase) and isinstance(p, sympy.MatrixBase)) or g.shape != p.shape:
+            return False
+        return all(equal(a, b, opts, timeout_s) for a, b in zip(g, p))
+    if isinstance(g, sympy.FiniteSet) and len(g) > 1:
+        if not isinstance(p, (sympy.FiniteSet, sympy.Tuple)):
+            return False  # one element of a list is not the list
+        return _match_sets(list(g.args), list(p.args), opts, timeout_s)
+    if isinstance(g, sympy.Tuple) and isinstance(p, sympy.Tuple):
+        return len(g) == len(p) and all(equal(a, b, opts, timeout_s) for a, b in zip(g, p))
+    if isinstance(g, sympy.Interval) and isinstance(p, sympy.Interval):
+        return (g.left_open == p.left_open and g.right_open == p.right_open
+                and equal(g.start, p.start, opts, timeout_s) and equal(g.end, p.end, opts, timeout_s))
+    if _is_assignment(g):
+        if _is_assignment(p):
+            return g.lhs == p.lhs and equal(g.rhs, p.rhs, opts, timeout_s)
+        if not isinstance(p, sympy.core.relational.Relational):
+            return equal(g.rhs, p, opts, timeout_s)  # "x = 5" answered "5"
+    if _is_number(g) and isinstance(p, (sympy.Set, sympy.Tuple)) and not isinstance(p, sympy.Interval):
+        return False
+    return bool(verify(g, p, float_rounding=opts.precision, numeric_precision=opts.precision, strict=True,
+                       allow_set_relation_comp=False, timeout_seconds=timeout_s, raise_on_error=True))
+
+
+def _percent_pairs(gn: Normalized, g, pn: Normalized, p):
+    """``62.5%`` is answered by ``62.5%``, ``62.5`` or ``0.625``; ``0.625%`` is not ``62.5%``."""
+    import sympy
+
+    pairs = [(g, p)]
+    if gn.percent and not pn.percent and isinstance(g, sympy.Expr):
+        pairs.append((g / 100, p))
+    elif pn.percent and not gn.percent and isinstance(p, sympy.Expr):
+        pairs.append((g, p / 100))
+    return pairs
+
+
+def grade(pred: str, gold: str, opts: GradeOptions = GradeOptions(), timeout_s: int | None = 5) -> tuple[bool, str]:
+    """(equivalent?, reason) for an extracted answer ``pred`` against the ``gold`` answer.
+
+    Raises math-verify's TimeoutException when a parse or comparison runs past ``timeout_s``
+    (signal.alarm: main thread only; None runs without).
+    """
+    from math_verify.errors import TimeoutException
+
+    quiet_math_verify()
+    if normalize_for_exact_match(pred) == normalize_for_exact_match(gold):
+        return True, CORRECT
+    try:
+        gn, g = parse_gold(gold, timeout_s)
+    except TimeoutException:
+        raise
+    except Exception:
+        return False, GOLD_PARSE_FAIL
+    if gn.text is not None:
+        return (True, CORRECT) if plain_text(pred) == gn.text else (False, WRONG)
+    pn = normalize_answer(pred)
+    if pn.latex.replace(" ", "") == gn.latex.replace(" ", "") and pn.percent == gn.percent:
+        return True, CORRECT
+    try:
+        p = parse_normalized(pn, timeout_s)
+    except TimeoutException:
+        raise
+    except Exception:
+        return False, PARSE_FAIL
+    for a, b in _percent_pairs(gn, g, pn, p):
+        try:
+            if equal(a, b, opts, timeout_s):
+                return True, CORRECT
+        except TimeoutException:
+            raise
+        except Exception:
+            continue  # sympy could not compare them: not shown equal
+    return False, WRONG

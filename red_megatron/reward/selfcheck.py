@@ -1,0 +1,83 @@
+"""Gold self-check: every gold answer must be graded correct when a model writes it back.
+
+``gold_variants(gold)`` are the forms a model writes a correct answer in (verbatim, ``$``
+stripped, spaces removed, ``\\frac{a}{b}`` as ``a/b``, ``bmatrix`` for ``pmatrix``);
+``self_check(golds, grade_fn)`` grades each against its gold and returns the failures.
+The test suite and ``benchmarks/grader_report.py`` run it over every distinct gold in
+``math_eval.parquet``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+from red_megatron.reward.normalize import strip_dollars
+
+_SIMPLE = re.compile(r"^-?[\w.]+$")
+
+
+def _brace_arg(s: str, i: int) -> tuple[str, int] | None:
+    """The ``{...}`` group (or single token) starting at ``s[i]``: (content, index after)."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i >= len(s):
+        return None
+    if s[i] != "{":
+        if s[i] == "\\":
+            m = re.match(r"\\[A-Za-z]+", s[i:])
+            return (m.group(0), i + len(m.group(0))) if m else None
+        return s[i], i + 1
+    depth = 0
+    for j in range(i, len(s)):
+        if s[j] == "{":
+            depth += 1
+        elif s[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return s[i + 1:j], j + 1
+    return None
+
+
+def frac_to_slash(s: str) -> str:
+    """``\\frac{a}{b}`` -> ``a/b`` (``(a)/(b)`` unless both are single tokens; the quotient in
+    parentheses when a factor touches it, as a model writes ``(1/4) n``)."""
+    for cmd in ("\\dfrac", "\\tfrac", "\\frac"):
+        while True:
+            k = s.find(cmd)
+            if k < 0:
+                break
+            num = _brace_arg(s, k + len(cmd))
+            den = _brace_arg(s, num[1]) if num else None
+            if num is None or den is None:
+                break
+            if re.search(r"\d\s*$", s[:k]):
+                return s  # a mixed number (1\frac{4}{5}) has no slash form
+            a, b = frac_to_slash(num[0]), frac_to_slash(den[0])
+            a = a if _SIMPLE.match(a) else f"({a})"
+            b = b if _SIMPLE.match(b) else f"({b})"
+            q = f"{a}/{b}"
+            before, after = s[:k].rstrip(), s[den[1]:].lstrip()
+            alone = (not before or before[-1] in "(,=+-{[") and (not after or after[0] in "),=+-}]")
+            s = s[:k] + (q if alone else f"({q})") + s[den[1]:]
+    return s
+
+
+def gold_variants(gold: str) -> dict[str, str]:
+    """Correct answers a model writes for ``gold``, by name (duplicates kept: each is a check)."""
+    bare = strip_dollars(gold)
+    out = {"verbatim": gold, "dollars_stripped": bare, "no_spaces": re.sub(r"\s+", "", bare)}
+    if "frac" in bare:
+        out["slash"] = frac_to_slash(bare)
+    if "pmatrix" in bare:
+        out["bmatrix"] = bare.replace("pmatrix", "bmatrix")
+    return out
+
+
+def self_check(golds: Iterable[str], grade_fn: Callable[[str, str], bool]) -> list[tuple[str, str, str]]:
+    """(gold, variant name, variant) for every variant ``grade_fn(variant, gold)`` rejects."""
+    bad = []
+    for g in golds:
+        for name, v in gold_variants(g).items():
+            if not grade_fn(v, g):
+                bad.append((g, name, v))
+    return bad
