@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SCHEMAS = ("openr1", "problem_answer")
 TOO_LONG_POLICIES = ("error", "drop")
 ANSWER_CHECKS = ("error", "warn", "off")
+MAX_REPORTED_ERRORS = 20  # bad rows named at once when a file is refused
 _SCHEMA_DEFAULTS = {  # (answer_key, target_key)
     "openr1": ("reward_model.ground_truth", "target"),
     "problem_answer": ("answer", "solution"),
@@ -129,27 +130,39 @@ def read_records(cfg: DataConfig) -> list[RawRecord]:
         keys.append(cfg.target_key)
     default_source = cfg.default_data_source or Path(cfg.path).stem
     out: list[RawRecord] = []
-    for row, line, rec in iter_rows(cfg.path, columns=keys):
-        if cfg.limit is not None and row >= cfg.limit:
+    errors: list[str] = []  # every bad row up to MAX_REPORTED_ERRORS, reported at once
+    for row, line, rec in iter_rows(cfg.path, columns=keys, errors=errors):
+        if cfg.limit is not None and row >= cfg.limit or len(errors) >= MAX_REPORTED_ERRORS:
             break
-        loc = where(cfg.path, row, line)
-        if cfg.schema == "openr1":
-            messages = parse_messages(get_field(rec, cfg.prompt_key), loc, cfg.prompt_key)
-        else:
-            problem = parse_text(get_field(rec, cfg.problem_key), loc, cfg.problem_key)
-            messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
-            messages.append({"role": "user", "content": cfg.prompt_template.replace("{problem}", problem)})
-        gold = parse_gold(get_field(rec, cfg.answer_key), loc, cfg.answer_key)
-        trace = parse_trace(get_field(rec, cfg.target_key), loc, cfg.target_key) if cfg.require_trace else None
-        src = get_field(rec, cfg.data_source_key)
-        if src is None or src is MISSING:  # absent: the file's name
-            src = default_source
-        elif not isinstance(src, str) or not src:
-            raise DataError(f"{loc}: field {cfg.data_source_key!r} must be a non-empty str, got {src!r:.80}")
-        out.append(RawRecord(row=row, data_source=src, messages=messages, gold=gold, trace=trace, line=line))
+        try:
+            out.append(_record(cfg, row, line, rec, default_source))
+        except DataError as e:
+            errors.append(str(e))
+    if errors:
+        errors = errors[:MAX_REPORTED_ERRORS]
+        more = " (stopped at the first 20)" if len(errors) == MAX_REPORTED_ERRORS else ""
+        raise DataError(f"{len(errors)} bad row(s) in {cfg.path}{more}: " + "; ".join(errors))
     if not out:
         raise DataError(f"{cfg.path}: no rows")
     return out
+
+
+def _record(cfg: DataConfig, row: int, line: int | None, rec: dict, default_source: str) -> RawRecord:
+    loc = where(cfg.path, row, line)
+    if cfg.schema == "openr1":
+        messages = parse_messages(get_field(rec, cfg.prompt_key), loc, cfg.prompt_key)
+    else:
+        problem = parse_text(get_field(rec, cfg.problem_key), loc, cfg.problem_key)
+        messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
+        messages.append({"role": "user", "content": cfg.prompt_template.replace("{problem}", problem)})
+    gold = parse_gold(get_field(rec, cfg.answer_key), loc, cfg.answer_key)
+    trace = parse_trace(get_field(rec, cfg.target_key), loc, cfg.target_key) if cfg.require_trace else None
+    src = get_field(rec, cfg.data_source_key)
+    if src is None or src is MISSING:  # absent: the file's name
+        src = default_source
+    elif not isinstance(src, str) or not src:
+        raise DataError(f"{loc}: field {cfg.data_source_key!r} must be a non-empty str, got {src!r:.80}")
+    return RawRecord(row=row, data_source=src, messages=messages, gold=gold, trace=trace, line=line)
 
 
 def check_answers_parse(records: list[RawRecord], path: str, policy: str = "error",

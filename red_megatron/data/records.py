@@ -52,16 +52,30 @@ def get_field(rec: dict, key: str) -> Any:
     return cur
 
 
-def iter_rows(path: str | Path, columns: list[str] | None = None) -> Iterator[tuple[int, int | None, dict]]:
-    """(row, jsonl line or None, record dict) for each record of a .parquet or .jsonl/.json file."""
+def iter_rows(path: str | Path, columns: list[str] | None = None,
+              errors: list[str] | None = None) -> Iterator[tuple[int, int | None, dict]]:
+    """(row, jsonl line or None, record dict) for each record of a .parquet or .jsonl/.json file.
+
+    A JSONL line that is not UTF-8, not JSON or not an object raises a DataError naming the file and
+    line; with ``errors`` (a list) its message is appended there instead and the line is skipped.
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"data file not found: {p}")
     suffix = p.suffix.lower()
+
+    def bad(msg: str) -> None:
+        if errors is None:
+            raise DataError(msg)
+        errors.append(msg)
+
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(p)
+        try:
+            pf = pq.ParquetFile(p)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise DataError(f"unreadable parquet file in {p}: expected a complete parquet file ({e})") from None
         names = pf.schema_arrow.names
         cols = None
         if columns is not None:
@@ -73,18 +87,25 @@ def iter_rows(path: str | Path, columns: list[str] | None = None) -> Iterator[tu
                 yield row, None, rec
                 row += 1
     elif suffix in (".jsonl", ".json"):
-        with open(p, encoding="utf-8") as f:
+        with open(p, "rb") as f:
             row = 0
-            for line_no, line in enumerate(f, start=1):
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    bad(f"{p.name} line {line_no}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                        f"expected UTF-8 text")
+                    continue
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{p.name} line {line_no}: not valid JSON ({e.msg}); "
-                                    f"expected one JSON object a line") from None
+                    bad(f"{p.name} line {line_no}: not valid JSON ({e.msg}); expected one JSON object a line")
+                    continue
                 if not isinstance(rec, dict):
-                    raise DataError(f"{p.name} line {line_no}: expected a JSON object, got {type(rec).__name__}")
+                    bad(f"{p.name} line {line_no}: expected a JSON object, got {type(rec).__name__}")
+                    continue
                 yield row, line_no, rec
                 row += 1
     else:

@@ -31,15 +31,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from red_megatron.errors import CheckpointError
 
 FORMAT_VERSION = 1
 LATEST = "latest"
@@ -283,6 +287,24 @@ def resolve_checkpoint(path) -> Path | None:
     return None
 
 
+DIST_PARTS = ("metadata.json", "common.pt", ".metadata")  # torch_dist's files beside the *.distcp shards
+
+
+def _read_meta(ckpt: Path) -> dict:
+    """meta.json, and every part a resume needs present (a missing one is named)."""
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"unreadable checkpoint part in {ckpt / 'meta.json'}: expected complete JSON "
+                              f"({e})") from None
+    for part in DIST_PARTS:
+        if not (ckpt / "dist" / part).is_file():
+            raise CheckpointError(f"missing checkpoint part in {ckpt}: expected dist/{part}")
+    if not any((ckpt / "dist").glob("*.distcp")):
+        raise CheckpointError(f"missing checkpoint part in {ckpt}: expected dist/*.distcp (the tensor shards)")
+    return meta
+
+
 def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=None, load_optimizer: bool = True,
                     load_rng: bool = True) -> LoadInfo:
     """Collective. Loads weights into ``chunks`` (any TP/PP); optimizer + scheduler when given and
@@ -292,7 +314,7 @@ def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=Non
     ckpt = resolve_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint at {path} (neither meta.json nor a '{LATEST}' pointer)")
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = _read_meta(ckpt)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{ckpt}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
     layout, saved = groups.layout(), meta["layout"]
@@ -309,7 +331,11 @@ def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=Non
         init_optimizer_state(optimizer)
         sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=True,
                                                        metadata={"distrib_optim_sharding_type": meta["sharding_type"]})
-    loaded = dist_checkpointing.load(sd, str(ckpt / "dist"))
+    try:
+        loaded = dist_checkpointing.load(sd, str(ckpt / "dist"))
+    except Exception as e:  # noqa: BLE001 - a damaged part surfaces as many types: name the directory
+        raise CheckpointError(f"unreadable checkpoint part in {ckpt / 'dist'}: expected a complete distributed "
+                              f"checkpoint ({type(e).__name__}: {str(e)[:300]})") from e
     for key, chunk in zip(["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))], chunks):
         _unwrap(chunk).load_state_dict(loaded[key], strict=True)
     if want_opt:
@@ -322,8 +348,17 @@ def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=Non
     rng_ok = False
     rng_file = ckpt / "rng" / f"rank{_rank():05d}.pt"
     if load_rng and saved == layout and rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        try:
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        except Exception as e:  # noqa: BLE001 - a truncated pickle: name the file
+            raise CheckpointError(f"unreadable RNG state in {rng_file}: expected a complete torch.save file "
+                                  f"({type(e).__name__}: {e})") from e
         rng_ok = True
+    elif load_rng and saved == layout:
+        msg = (f"resuming {ckpt} WITHOUT its RNG state: {rng_file} is missing; the sampling streams keep their "
+               f"seeded values (the run is not bit-exact with an uninterrupted one)")
+        warnings.warn(msg, stacklevel=2)
+        logging.getLogger(__name__).warning(msg)
     _barrier()
     return LoadInfo(path=ckpt, step=int(meta["step"]), trainer_state=meta["trainer_state"],
                     loaded_optimizer=want_opt, loaded_rng=rng_ok, saved_layout=saved)

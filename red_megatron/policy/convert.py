@@ -174,8 +174,12 @@ class _LazyCheckpoint:
         elif (self.dir / "model.safetensors").is_file():
             from safetensors import safe_open
 
-            with safe_open(str(self.dir / "model.safetensors"), framework="pt") as f:
-                self.where = {k: "model.safetensors" for k in f.keys()}
+            try:
+                with safe_open(str(self.dir / "model.safetensors"), framework="pt") as f:
+                    self.where = {k: "model.safetensors" for k in f.keys()}
+            except Exception as e:  # noqa: BLE001 - SafetensorError ("incomplete metadata"): name the file
+                raise WeightMismatchError(f"unreadable weights file in {self.dir / 'model.safetensors'}: expected "
+                                          f"a complete safetensors file ({e})") from None
         else:
             raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {self.dir}")
         self._open: dict = {}
@@ -188,7 +192,11 @@ class _LazyCheckpoint:
 
         fname = self.where[name]
         if fname not in self._open:
-            self._open[fname] = safe_open(str(self.dir / fname), framework="pt")
+            try:
+                self._open[fname] = safe_open(str(self.dir / fname), framework="pt")
+            except Exception as e:  # noqa: BLE001 - SafetensorError / OSError: name the file
+                raise WeightMismatchError(f"unreadable weights file in {self.dir / fname}: expected a complete "
+                                          f"safetensors file ({e})") from None
         return self._open[fname].get_slice(name)
 
 
@@ -262,6 +270,9 @@ def load_hf_weights(chunks, hf_dir, hf_config=None, *, groups) -> int:
         if not targets:
             continue
         local = _read_local(ckpt, unit, hf, r, n)
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            raise WeightMismatchError(f"non-finite values (NaN/Inf) in tensor {_first_nonfinite(ckpt, unit)} of "
+                                      f"{ckpt.dir}: expected finite weights")
         for mname, param in targets:
             if tuple(local.shape) != tuple(param.shape):
                 raise WeightMismatchError(f"Megatron param {mname} (from {unit.hf_names}): shard shape "
@@ -270,6 +281,15 @@ def load_hf_weights(chunks, hf_dir, hf_config=None, *, groups) -> int:
             count += 1
         del local
     return count
+
+
+def _first_nonfinite(ckpt: _LazyCheckpoint, unit: WeightUnit) -> str:
+    """The first of ``unit``'s HF tensors holding a NaN/Inf (the unit's names if the slice hides it)."""
+    for name in unit.hf_names:
+        t = ckpt.slice(name)[:]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return "/".join(unit.hf_names)
 
 
 # ---------------------------------------------------------------- Megatron -> HF

@@ -99,7 +99,13 @@ def _load_dict(src) -> dict:
         p = p / "config.json"
     if not p.is_file():
         raise FileNotFoundError(f"no config.json at {p}")
-    return json.loads(p.read_text())
+    try:
+        d = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"unreadable config.json in {p}: expected complete UTF-8 JSON ({e}; truncated?)") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"unreadable config.json in {p}: expected a JSON object, got {type(d).__name__}")
+    return d
 
 
 def _rope(d: dict) -> tuple[float, dict | None]:
