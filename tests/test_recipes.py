@@ -21,7 +21,7 @@ NODES = {"qwen25_math_1p5b": (1, 2), "qwen25_7b": (1, 2, 4, 8), "qwen25_32b": (2
 
 
 def test_registry_and_unknown_name():
-    assert set(RECIPES) == {"tiny_cpu", "tiny_cpu_study", "qwen25_math_1p5b", "qwen25_7b", "qwen25_32b"}
+    assert set(RECIPES) == {"tiny_cpu", "tiny_cpu_study", "chain_cpu_base", "chain_cpu_study", "qwen25_math_1p5b", "qwen25_7b", "qwen25_32b"}
     with pytest.raises(ValueError) as e:
         get_recipe("qwen3_moe")
     assert all(name in str(e.value) for name in RECIPES)

@@ -1,0 +1,164 @@
+"""The chain study on the CPU (../shared/STUDY_DESIGN.md §6): the countdown chain task, a base with
+partial ability built once by the project's own SFT path, and the study recipe that starts from it.
+
+- ``chain_cpu_base``: the §6.4 warm-up. A random Qwen2 of the chain shape (hidden 192, 4 layers, 6
+  heads of 32, 2 KV heads, intermediate 512, vocab 512 with the BPE trained on the chain corpus),
+  trained with preset ``sft`` (use_preset_schedule=false) on ``chain_pretrain`` (24k native rows):
+  700 steps × 32 rows, lr 1.5e-3 constant, AdamW (0.9, 0.95), wd 0, clip 1, fp32.
+  ``scripts/build_chain_base.py`` runs it once per inputs, then checks the §6.4 gate.
+- ``chain_cpu_study``: every preset starts from that base (``model_dir``), on ``chain_train``
+  (2048 teacher traces), evaluated on ``chain_test`` (easy/medium/hard, 64 each): 100 steps of
+  8 prompts × (G=3 online + 1 offline), T=1, lr 5e-4 constant, response limit 224, prompt limit
+  32, max_model_len 256, ε 0.2/0.2, KL 0, no entropy bonus, fp32; eval T=0.6, 16 samples a row.
+
+Assets live under $RED_ASSETS (default <repo>/runs/assets), each directory named by a hash of the
+inputs that make it (``chain_data_<key>``, ``chain_init_<key>``, ``chain_base_<key>``), written
+atomically, so a changed knob gets a new directory and never a stale one. Building the recipes
+makes only the cheap assets (splits, random init: seconds); the base is never trained here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from configs.tiny_cpu import assets_root
+from red_megatron.algo.config import AlgoConfig
+from red_megatron.config import EvalRunConfig, RunConfig
+from red_megatron.data.dataset import DataConfig
+from red_megatron.eval.protocol import EvalConfig
+from red_megatron.metrics import MetricsConfig
+from red_megatron.policy.config import PolicyConfig
+from red_megatron.reward.scorer import RewardConfig
+from red_megatron.rollout.config import RolloutConfig
+
+REPO = Path(__file__).resolve().parents[1]
+ASSET_VERSION = 1  # bump when the generator or the tokenizer corpus changes what a key means
+BASE_STEPS, BASE_BATCH, BASE_LR = 700, 32, 1.5e-3
+STUDY_STEPS, STUDY_LR = 100, 5e-4
+PROMPT_TOKENS, RESPONSE_TOKENS, MAX_MODEL_LEN = 32, 224, 256
+
+
+def _key(obj) -> str:
+    blob = json.dumps({"v": ASSET_VERSION, **obj}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _atomic_dir(final: Path, make) -> Path:
+    """Run ``make(tmp_dir)`` and rename the result to ``final`` unless another process got there first."""
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        make(tmp)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def chain_data(task=None, root: Path | None = None) -> dict[str, Path]:
+    """Make (once) and return {split: parquet} of the chain task ``task`` (default: the CPU knobs)."""
+    from red_megatron.data.chain import SPLITS, ChainTaskConfig, write_splits
+
+    task = task or ChainTaskConfig()
+    d = Path(root or assets_root()) / f"chain_data_{_key(dataclasses.asdict(task))}"
+
+    def make(tmp: Path) -> None:
+        write_splits(task, tmp)
+        (tmp / "chain_config.json").write_text(json.dumps(dataclasses.asdict(task), indent=1, default=str) + "\n")
+
+    _atomic_dir(d, make)
+    return {s: d / f"chain_{s}.parquet" for s in SPLITS}
+
+
+def chain_init(base_seed: int = 0, root: Path | None = None) -> Path:
+    """Make (once) and return the random-init checkpoint of the chain shape for ``base_seed``."""
+    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+
+    ckpt = shape_config("chain", seed=base_seed)
+    d = Path(root or assets_root()) / f"chain_init_{_key({'ckpt': dataclasses.asdict(ckpt), 'corpus': 'chain'})}"
+    return _atomic_dir(d, lambda tmp: make_tiny_checkpoint(ckpt, tmp, corpus="chain"))
+
+
+def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, overrides=()) -> dict:
+    """Everything that decides the base: the problems of the pretrain split, the init, the SFT schedule,
+    and any extra ``section.field=value`` overrides of the build (a smoke test's smaller batch)."""
+    from red_megatron.data.chain import ChainTaskConfig
+    from red_megatron.data.tiny_checkpoint import shape_config
+
+    task = task or ChainTaskConfig()
+    return {"task_problems": task.problem_fields(), "ckpt": dataclasses.asdict(shape_config("chain", seed=base_seed)),
+            "corpus": "chain", "base_seed": base_seed, "steps": steps, "global_batch_size": BASE_BATCH,
+            "lr": BASE_LR, "schedule": "constant", "adam": [0.9, 0.95], "weight_decay": 0.0, "clip_grad": 1.0,
+            "dtype": "float32", "max_prompt_tokens": PROMPT_TOKENS, "max_response_tokens": RESPONSE_TOKENS,
+            "overrides": sorted(overrides)}
+
+
+def base_dir(base_seed: int = 0, steps: int = BASE_STEPS, task=None, root: Path | None = None,
+             overrides=()) -> Path:
+    """Where the base of these inputs is (or will be) cached: hf/, gate.json, gate.md, inputs.json, run/."""
+    return Path(root or assets_root()) / f"chain_base_{_key(base_inputs(base_seed, steps, task, overrides))}"
+
+
+def chain_base(base_seed: int = 0, steps: int = BASE_STEPS, task=None, root: Path | None = None, *,
+               overrides=(), allow_failed_gate: bool = False) -> Path:
+    """The cached base's HF directory, only once its gate report exists (and passed, unless allowed)."""
+    d = base_dir(base_seed, steps, task, root, overrides)
+    gate = d / "gate.json"
+    if not gate.exists():
+        raise FileNotFoundError(f"no chain base at {d} (no gate.json); build it first: python "
+                                f"scripts/build_chain_base.py --base-seed {base_seed} --steps {steps}")
+    report = json.loads(gate.read_text())
+    if not report["passed"] and not allow_failed_gate:
+        raise ValueError(f"the chain base {d} failed its gate ({d / 'gate.md'}); STUDY_DESIGN §6.4: change only "
+                         f"the base (steps ±50 %, the k=4/5 mass), or pass allow_failed_gate=True to look anyway")
+    return d / "hf"
+
+
+def chain_cpu_base() -> RunConfig:
+    """The §6.4 SFT warm-up of the base (base_seed 0); scripts/build_chain_base.py overrides seed and steps."""
+    data, init = chain_data(), chain_init(0)
+    return RunConfig(
+        name="chain_cpu_base", run_dir=str(base_dir(0) / "run"), model_dir=str(init), seed=0, steps=BASE_STEPS,
+        checkpoint_every=100, export_hf=True, use_preset_schedule=False,
+        algo=AlgoConfig(preset="sft", num_online=3, temperature=1.0),
+        data=DataConfig(path=str(data["pretrain"]), schema="openr1", max_prompt_tokens=PROMPT_TOKENS,
+                        max_response_tokens=RESPONSE_TOKENS, global_batch_size=BASE_BATCH, seed=0,
+                        answer_check="off"),  # 24k three-digit golds, checked by the generator's tests
+        policy=PolicyConfig(tp=1, pp=1, dtype="float32", micro_batch_tokens=4096, lr=BASE_LR, min_lr_ratio=1.0,
+                            lr_decay_steps=BASE_STEPS, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
+                            clip_grad=1.0, use_distributed_optimizer=True),
+        rollout=RolloutConfig(tp_infer=1, max_model_len=MAX_MODEL_LEN, dtype="float32", cpu_kvcache_space_gib=1.0),
+        reward=RewardConfig(num_workers=1),
+        metrics=MetricsConfig(tensorboard=False, progress=False),
+    )
+
+
+def chain_cpu_study() -> RunConfig:
+    """The study's recipe (§6.5): every preset from the cached base (base_seed 0; it must be built first)."""
+    data = chain_data()
+    return RunConfig(
+        name="chain_cpu_study", run_dir=str(REPO / "runs" / "chain_cpu_study"), model_dir=str(base_dir(0) / "hf"),
+        seed=0, steps=STUDY_STEPS, checkpoint_every=0, export_hf=True, use_preset_schedule=False,
+        algo=AlgoConfig(preset="red", num_online=3, temperature=1.0, eps_lo=0.2, eps_hi=0.2, rbar_source="online",
+                        offline_reward="verify", kl_coef=0.0, entropy_coef=0.0),
+        data=DataConfig(path=str(data["train"]), schema="openr1", max_prompt_tokens=PROMPT_TOKENS,
+                        max_response_tokens=RESPONSE_TOKENS, global_batch_size=8, seed=0, answer_check="off"),
+        policy=PolicyConfig(tp=1, pp=1, dtype="float32", micro_batch_tokens=4096, lr=STUDY_LR, min_lr_ratio=1.0,
+                            lr_decay_steps=STUDY_STEPS, use_distributed_optimizer=True),
+        rollout=RolloutConfig(tp_infer=1, max_model_len=MAX_MODEL_LEN, dtype="float32", cpu_kvcache_space_gib=1.0,
+                              max_num_seqs=64),
+        reward=RewardConfig(num_workers=1),
+        metrics=MetricsConfig(tensorboard=False, progress=True),
+        eval=EvalRunConfig(data_path=str(data["test"]),
+                           protocol=EvalConfig(temperature=0.6, max_tokens=RESPONSE_TOKENS, samples_per_row=16)),
+    )
