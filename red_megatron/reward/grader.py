@@ -108,15 +108,23 @@ def parse_normalized(n: Normalized, timeout_s: int | None):
 
 @functools.lru_cache(maxsize=4096)
 def _parse_gold_cached(gold: str, timeout_s: int | None):
-    n = normalize_answer(gold)
-    return n, (None if n.text is not None else parse_normalized(n, timeout_s))
+    n = normalize_answer(gold)  # a timeout propagates and is not cached; a parse error is
+    if n.text is not None:
+        return n, None, None
+    try:
+        return n, parse_normalized(n, timeout_s), None
+    except Exception as e:
+        return n, None, f"{type(e).__name__}: {str(e)[:200]}"
 
 
 def parse_gold(gold: str, timeout_s: int | None = 5):
-    """(Normalized, sympy object or None for a text answer) of a gold answer; raises when it
-    cannot be parsed (the dataset's load-time check reports such rows)."""
+    """(Normalized, sympy object or None for a text answer) of a gold answer; raises
+    ValueError when it cannot be parsed (the dataset's load-time check reports such rows)."""
     quiet_math_verify()
-    return _parse_gold_cached(gold, timeout_s if timeout_s and timeout_s > 0 else None)
+    n, expr, err = _parse_gold_cached(gold, timeout_s if timeout_s and timeout_s > 0 else None)
+    if err is not None:
+        raise ValueError(f"gold answer {gold!r:.80} does not parse: {err}")
+    return n, expr
 
 
 # --- comparison -----------------------------------------------------------------------------

@@ -8,6 +8,13 @@ task at a time and waits on every pipe and process sentinel with the nearest dea
 A task past its deadline gets its worker killed and replaced and is reported as
 ``"timeout"``; a worker that dies mid-task is replaced and its task reported as ``"crash"``.
 
+A ``map`` call can also carry a deadline for the whole batch (the trainer's step budget):
+when it passes, every task still running is killed and every task not yet started is
+reported as ``"deadline"``, so one call never runs past it, however many answers hang.
+Tasks can carry a priority: the likely-slow ones (long answers, towers of powers,
+factorials) are handed out first, one per worker, so hanging answers run side by side
+on all workers instead of queueing behind each other at the end of the batch.
+
 Each worker runs the verifier in its own main thread, which is where math-verify's
 ``signal.alarm`` timeouts work (they raise in threads). The clock for a task starts when it
 is handed to a worker that has finished importing, so a respawn's import time never counts
@@ -25,6 +32,7 @@ from typing import Any, Callable
 
 TIMEOUT = "timeout"
 CRASH = "crash"
+DEADLINE = "deadline"  # not finished when the batch's deadline passed
 
 
 def resolve_callable(path: str) -> Callable[..., Any]:
@@ -38,9 +46,12 @@ def resolve_callable(path: str) -> Callable[..., Any]:
     return fn
 
 
-def _worker_main(conn, fn_path: str) -> None:
-    """Worker loop: import the verifier once, say ready, then answer tasks until told to stop."""
+def _worker_main(conn, fn_path: str, init_path: str | None = None, init_args: tuple = ()) -> None:
+    """Worker loop: import the verifier (and run its initializer) once, say ready, then answer
+    tasks until told to stop."""
     fn = resolve_callable(fn_path)
+    if init_path is not None:
+        resolve_callable(init_path)(*init_args)
     conn.send(("ready", None))
     while True:
         try:
@@ -76,13 +87,17 @@ class VerifyPool:
     """
 
     def __init__(self, *, fn_path: str, num_workers: int, timeout_s: float,
-                 start_method: str = "forkserver", startup_timeout_s: float = 120.0):
+                 start_method: str = "forkserver", startup_timeout_s: float = 120.0,
+                 init_path: str | None = None, init_args: tuple = ()):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         resolve_callable(fn_path)  # fail here, in the caller, on a bad path
+        if init_path is not None:
+            resolve_callable(init_path)
         self.fn_path = fn_path
+        self.init_path, self.init_args = init_path, tuple(init_args)
         self.timeout_s = float(timeout_s)
         self.startup_timeout_s = float(startup_timeout_s)
         self._ctx = mp.get_context(start_method)
@@ -92,8 +107,8 @@ class VerifyPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.fn_path), daemon=True,
-                                 name="red-verify")
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.fn_path, self.init_path, self.init_args),
+                                 daemon=True, name="red-verify")
         proc.start()
         child.close()  # so the parent sees EOF when the worker dies
         return _Worker(proc=proc, conn=parent)
@@ -107,16 +122,33 @@ class VerifyPool:
         self._workers[i] = self._spawn()
         self.respawns += 1
 
-    def map(self, tasks: list[tuple]) -> list[tuple[str, Any]]:
+    @property
+    def num_workers(self) -> int:
+        return len(self._workers)
+
+    def map(self, tasks: list[tuple], *, deadline_s: float | None = None,
+            priority: list[float] | None = None) -> list[tuple[str, Any]]:
+        """Run every task; ``deadline_s``: seconds from now for the whole batch (None: none);
+        ``priority``: one number per task, higher handed out first (ties keep their order)."""
         if self._closed:
             raise RuntimeError("VerifyPool.map called after close()")
+        if deadline_s is not None and not deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 seconds or None, got {deadline_s!r}")
+        if priority is not None and len(priority) != len(tasks):
+            raise ValueError(f"priority has {len(priority)} entries for {len(tasks)} tasks")
         for i, w in enumerate(self._workers):
             if w.task is not None:  # a previous map was interrupted (KeyboardInterrupt): its answer is stale
                 self._replace(i)
+        t0 = time.monotonic()
+        batch_end = float("inf") if deadline_s is None else t0 + deadline_s
         results: list[tuple[str, Any] | None] = [None] * len(tasks)
-        pending = deque(range(len(tasks)))
+        order = range(len(tasks)) if priority is None else sorted(range(len(tasks)), key=lambda t: -priority[t])
+        pending = deque(order)
         while pending or any(w.task is not None for w in self._workers):
             now = time.monotonic()
+            if now >= batch_end:
+                self._cut(results, pending)
+                break
             for w in self._workers:  # hand out work to every ready, idle worker
                 if w.ready and w.task is None and pending:
                     t = pending.popleft()
@@ -124,13 +156,25 @@ class VerifyPool:
                     w.task, w.deadline = t, now + self.timeout_s
             deadlines = [w.deadline if w.ready else w.spawned_at + self.startup_timeout_s
                          for w in self._workers if w.task is not None or not w.ready]
-            wait_s = max(0.0, min(deadlines) - now) if deadlines else None
+            deadlines.append(batch_end)
+            wait_s = max(0.0, min(deadlines) - now) if min(deadlines) < float("inf") else None
             objs = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
             wait(objs, timeout=wait_s)
             for i in range(len(self._workers)):
                 self._poll_worker(i, results)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _cut(self, results: list, pending: deque) -> None:
+        """The batch's deadline passed: kill what still runs, skip what has not started."""
+        for i, w in enumerate(self._workers):
+            if w.task is not None:
+                self._poll_worker(i, results)  # it may have just answered
+            if self._workers[i].task is not None:
+                results[self._workers[i].task] = (DEADLINE, None)
+                self._replace(i)
+        while pending:
+            results[pending.popleft()] = (DEADLINE, None)
 
     def _poll_worker(self, i: int, results: list) -> None:
         w = self._workers[i]

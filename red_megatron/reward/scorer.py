@@ -3,8 +3,12 @@
 ``RewardScorer(cfg).score(responses, golds) -> (rewards, stats)``. Per response:
 1. extract the last ``\\boxed{}``/``\\fbox{}``: none -> 0, counted ``no_boxed``;
 2. fast path: the same string as the gold after light normalisation -> 1 without math-verify;
-3. otherwise math-verify in the process pool, with a hard per-answer deadline: a hung or
-   crashed worker is replaced and the answer scores 0, counted ``timeouts``/``crashes``.
+3. otherwise the grader (grader.py: math-verify, configured and wrapped) in the process
+   pool, with a hard per-answer deadline: a hung or crashed worker is replaced and the
+   answer scores 0, counted ``timeouts``/``crashes``;
+4. the whole call has a deadline too (``step_timeout_s``): answers still unfinished when it
+   passes score 0 as timeouts (counted again in ``deadline``), so one step's verification
+   takes about ``ceil(answers / workers) * typical_answer_s + timeout_s`` at most.
 Every response ends with exactly one reason, so the counts always add up to the batch.
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from red_megatron.reward.extract import extract_boxed, normalize_for_exact_match
-from red_megatron.reward.pool import CRASH, TIMEOUT, VerifyPool
+from red_megatron.reward.pool import CRASH, DEADLINE, TIMEOUT, VerifyPool
 from red_megatron.reward import verify as _v
 
 log = logging.getLogger(__name__)
@@ -23,14 +27,33 @@ _START_METHODS = ("spawn", "forkserver")
 
 @dataclass(kw_only=True)
 class RewardConfig:
+    """How answers are verified.
+
+    rel_tol: numbers are equal when ``|a - b| <= rel_tol * max(|a|, |b|)`` (or exactly equal);
+        1e-9 by default, so a rounded decimal (``0.1730769`` for ``9/52``) scores 0 while an
+        11-digit ``\pi`` scores 1. Applies element-wise inside lists, tuples, matrices.
+        (math-verify's own default, rounding to 6 decimals, is not used.)
+    timeout_s: hard deadline per answer, from hand-off to a ready worker (killed past it).
+    step_timeout_s: deadline for one ``score`` call; None: ``timeout_s + typical_answer_s *
+        ceil(answers to verify / num_workers)``.
+    """
     num_workers: int = 2
-    timeout_s: float = 10.0  # hard deadline per answer, from hand-off to a ready worker
+    timeout_s: float = 10.0
+    step_timeout_s: float | None = None
+    typical_answer_s: float = 1.0  # per-answer budget in the default step deadline (typical: ~0.05 s)
+    rel_tol: float = 1e-9
     start_method: str = "forkserver"
     exact_match_fast_path: bool = True
     # "module:function" run in the workers: (pred, gold, timeout_s) -> (bool, reason).
     # Swappable so tests can inject hangs and crashes; the product never changes it.
     verify_fn: str = "red_megatron.reward.verify:verify_answer"
     startup_timeout_s: float = 120.0
+
+    def step_deadline_s(self, num_answers: int) -> float:
+        """The deadline of one ``score`` call that sends ``num_answers`` to the workers."""
+        if self.step_timeout_s is not None:
+            return float(self.step_timeout_s)
+        return self.timeout_s + self.typical_answer_s * -(-num_answers // self.num_workers)
 
     def __post_init__(self):
         if not isinstance(self.num_workers, int) or not 1 <= self.num_workers <= 256:
@@ -42,6 +65,12 @@ class RewardConfig:
                              f"got {self.start_method!r} (fork is unsafe with torch/threads)")
         if ":" not in self.verify_fn:
             raise ValueError(f"RewardConfig.verify_fn must be 'package.module:function', got {self.verify_fn!r}")
+        if self.step_timeout_s is not None and not self.step_timeout_s > 0:
+            raise ValueError(f"RewardConfig.step_timeout_s must be > 0 seconds or None, got {self.step_timeout_s!r}")
+        if not self.typical_answer_s > 0:
+            raise ValueError(f"RewardConfig.typical_answer_s must be > 0 seconds, got {self.typical_answer_s!r}")
+        if not isinstance(self.rel_tol, (int, float)) or not 0 <= self.rel_tol < 1:
+            raise ValueError(f"RewardConfig.rel_tol must be a number in [0, 1), got {self.rel_tol!r}")
         if not self.startup_timeout_s > 0:
             raise ValueError(f"RewardConfig.startup_timeout_s must be > 0, got {self.startup_timeout_s!r}")
 
@@ -55,7 +84,8 @@ class RewardStats:
     wrong: int = 0
     no_boxed: int = 0
     parse_fail: int = 0  # the prediction (or, rarely, the gold) did not parse
-    timeouts: int = 0
+    timeouts: int = 0  # killed at the per-answer deadline, or cut by the step deadline
+    deadline: int = 0  # of ``timeouts``: unfinished when the step deadline passed
     crashes: int = 0
     errors: int = 0  # the verifier raised: a bug, scored 0
     reasons: list[str] = field(default_factory=list)
@@ -70,6 +100,13 @@ class RewardStats:
         return out
 
 
+def answer_cost(pred: str) -> float:
+    """A cheap guess at how slow an answer is to verify (higher: slower), used to hand the
+    likely-slow ones out first: length, powers (``9^{9^{9}}``), factorials, big numbers."""
+    digits = sum(c.isdigit() for c in pred)
+    return len(pred) + 50.0 * pred.count("^") + 50.0 * pred.count("!") + 2.0 * digits
+
+
 class RewardScorer:
     """Owns the verifier pool; build one and reuse it (workers take ~1-2 s to start)."""
 
@@ -82,7 +119,9 @@ class RewardScorer:
         if self._pool is None:  # lazily, so configs and dry runs cost nothing
             self._pool = VerifyPool(fn_path=self.cfg.verify_fn, num_workers=self.cfg.num_workers,
                                     timeout_s=self.cfg.timeout_s, start_method=self.cfg.start_method,
-                                    startup_timeout_s=self.cfg.startup_timeout_s)
+                                    startup_timeout_s=self.cfg.startup_timeout_s,
+                                    init_path="red_megatron.reward.verify:configure",
+                                    init_args=(float(self.cfg.rel_tol),))
         return self._pool
 
     def score(self, responses: list[str], golds: list[str]) -> tuple[list[float], RewardStats]:
@@ -110,18 +149,25 @@ class RewardScorer:
                 continue
             tasks.append((pred, gold, mv_timeout))
             task_rows.append(i)
+        n_cut = 0
         if tasks:
-            for i, (status, value) in zip(task_rows, self.pool.map(tasks)):
+            out = self.pool.map(tasks, deadline_s=self.cfg.step_deadline_s(len(tasks)),
+                                priority=[answer_cost(t[0]) for t in tasks])
+            for i, (status, value) in zip(task_rows, out):
                 if status == "ok":
                     ok, why = value
                     rewards[i] = 1.0 if ok else 0.0
                     reasons[i] = _v.CORRECT if ok else why
                 elif status in (TIMEOUT, CRASH):
                     reasons[i] = status
+                elif status == DEADLINE:
+                    reasons[i], n_cut = TIMEOUT, n_cut + 1
                 else:
                     log.warning("verifier error on response %d: %s", i, value)
                     reasons[i] = "error"
-        return rewards, self._count(reasons)
+        stats = self._count(reasons)
+        stats.deadline = n_cut
+        return rewards, stats
 
     @staticmethod
     def _count(reasons: list[str]) -> RewardStats:

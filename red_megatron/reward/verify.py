@@ -1,34 +1,45 @@
-"""math-verify equivalence of one extracted answer against one gold answer.
+"""The verifier workers' entry points: one extracted answer against one gold answer.
 
 Runs inside a verifier worker's main thread (see pool.py): math-verify's own timeouts use
 ``signal.alarm``, which only works there. Its alarms take whole seconds and cover one
-expression each, so they are a first line; the pool's kill deadline is the guarantee.
+parse or comparison each, so they are a first line; the pool's kill deadline is the guarantee.
 
-Gold answers are wrapped in ``$...$`` when bare: math-verify's LaTeX extractor finds
-nothing in a bare ``5`` (RED_SPEC). The extracted prediction is re-boxed so the extractor
-takes it whole rather than hunting for a sub-expression inside it.
+The grading itself is grader.py (math-verify, configured and wrapped); the comparison
+options (relative tolerance) reach each worker once, through :func:`configure`, which the
+scorer passes to the pool as its initializer.
 """
 from __future__ import annotations
 
-import functools
-import logging
 import re
 
-# reasons a verifier can give; the scorer counts them
-CORRECT = "correct"
-WRONG = "wrong"
-PARSE_FAIL = "parse_fail"
-GOLD_PARSE_FAIL = "gold_parse_fail"
-MV_TIMEOUT = "timeout"
+from red_megatron.reward.grader import (CORRECT, GOLD_PARSE_FAIL, MV_TIMEOUT, PARSE_FAIL, WRONG, GradeOptions,
+                                        grade, parse_gold, quiet_math_verify)
 
-_LATEX_DELIMS = ("\\(", "\\[", "\\boxed", "\\begin{")
+__all__ = ["CORRECT", "WRONG", "PARSE_FAIL", "GOLD_PARSE_FAIL", "MV_TIMEOUT", "configure", "verify_answer",
+           "parse_gold_answer", "gold_parses", "wrap_gold"]
+
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+_LATEX_DELIMS = ("\\(", "\\[", "\\boxed")
+
+# This process's comparison options: the defaults, or what the pool's initializer set.
+_OPTIONS = GradeOptions()
+
+
+def configure(rel_tol: float = 1e-9, precision: int = 30) -> None:
+    """Set this process's grading options (called once per verifier worker at start-up)."""
+    global _OPTIONS
+    _OPTIONS = GradeOptions(rel_tol=rel_tol, precision=precision)
+
+
+def options() -> GradeOptions:
+    return _OPTIONS
 
 
 def wrap_gold(gold: str) -> str:
-    """``5`` -> ``$5$``; a gold answer that already carries LaTeX delimiters stays as it is.
+    """``5`` -> ``$5$`` (a matrix too); an answer that already carries delimiters stays as it is.
 
-    An escaped dollar (``\\$18.90``, a currency sign) is content, not a delimiter.
+    Kept for callers that hand a gold answer to math-verify directly; the grader itself
+    normalises golds with normalize.py. An escaped dollar (``\\$18.90``) is content.
     """
     g = gold.strip()
     if _UNESCAPED_DOLLAR.search(g) or any(d in g for d in _LATEX_DELIMS):
@@ -36,77 +47,35 @@ def wrap_gold(gold: str) -> str:
     return f"${g}$"
 
 
-def wrap_pred(pred: str) -> str:
-    return f"$\\boxed{{{pred}}}$"
-
-
-def _quiet_math_verify() -> None:
-    # math-verify logs a warning per timeout / failed parse: that is what stats are for
-    for name in ("math_verify", "math_verify.parser", "math_verify.grader"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_gold(gold: str, timeout_s: int):
-    from math_verify import parse
-
-    return parse(wrap_gold(gold), parsing_timeout=timeout_s, raise_on_error=True)
-
-
 def parse_gold_answer(gold: str, timeout_s: int = 5) -> list:
-    """math-verify's parse of a gold answer (wrapped when bare); [] when it cannot be parsed.
+    """The parsed gold answer as a one-element list (a sympy object, or the case-folded words
+    of a text answer such as ``\\text{east}``); [] when it cannot be parsed.
 
-    Also used by the dataset to reject unparseable answers at load time; call it from a
-    main thread (signal.alarm), or with ``timeout_s=0`` to run without a timeout.
+    Used by the dataset to flag unparseable answers at load time; call it from a main
+    thread (signal.alarm), or with ``timeout_s=0`` to run without a timeout.
     """
-    from math_verify.errors import TimeoutException
-
-    _quiet_math_verify()
+    quiet_math_verify()
     try:
-        return list(_parse_gold(gold, timeout_s if timeout_s > 0 else None))
-    except TimeoutException:
+        norm, expr = parse_gold(gold, timeout_s if timeout_s > 0 else None)
+    except BaseException as e:  # math-verify's TimeoutException is not an Exception
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         return []
-    except Exception:
-        return []
+    return [norm.text] if norm.text is not None else [expr]
 
 
 def gold_parses(gold: str, timeout_s: int = 5) -> bool:
-    """Whether math-verify turns the gold answer into a math object.
-
-    A parse that only yields math-verify's raw-string fallback (``'}{'``, ``'\\frac{'``) means
-    the gold is not math-verify can compare, so such a row could only ever be rewarded by an
-    identical string: the dataset rejects it.
-    """
-    return any(not isinstance(x, str) for x in parse_gold_answer(gold, timeout_s))
+    """Whether the grader can compare answers with this gold as mathematics (or as a text
+    answer). A gold that does not parse (``}{``, ``t(0,4]``, a sentence) could only ever be
+    rewarded by an identical string: the dataset rejects or flags such rows."""
+    return bool(parse_gold_answer(gold, timeout_s))
 
 
 def verify_answer(pred: str, gold: str, timeout_s: int = 5) -> tuple[bool, str]:
     """(equivalent?, reason) for an extracted answer ``pred`` vs the ``gold`` answer."""
-    from math_verify import parse, verify
     from math_verify.errors import TimeoutException
 
-    _quiet_math_verify()
-    t = max(1, int(timeout_s))
     try:
-        gold_parsed = _parse_gold(gold, t)
+        return grade(pred, gold, _OPTIONS, timeout_s=max(1, int(timeout_s)))
     except TimeoutException:
         return False, MV_TIMEOUT
-    except Exception:
-        return False, GOLD_PARSE_FAIL
-    if not gold_parsed:
-        return False, GOLD_PARSE_FAIL
-    try:
-        pred_parsed = parse(wrap_pred(pred), parsing_timeout=t, raise_on_error=True)
-    except TimeoutException:
-        return False, MV_TIMEOUT
-    except Exception:
-        return False, PARSE_FAIL
-    if not pred_parsed:
-        return False, PARSE_FAIL
-    try:
-        ok = bool(verify(gold_parsed, pred_parsed, timeout_seconds=t, raise_on_error=True))
-    except TimeoutException:
-        return False, MV_TIMEOUT
-    except Exception:
-        return False, WRONG  # sympy could not compare them: not shown equal
-    return ok, CORRECT if ok else WRONG
