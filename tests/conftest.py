@@ -70,3 +70,16 @@ def tiny_ckpt_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_qwen2")
     make_tiny_checkpoint(TinyCheckpointConfig(arch="qwen2", seed=0), out)
     return out
+
+
+def shared_data_dir():
+    """The benchmarks' data directory: $RED_SHARED_DATA, default ``shared/data`` beside the repo.
+
+    Skips the calling test, naming RED_SHARED_DATA, when the directory is absent.
+    """
+    from pathlib import Path
+
+    d = Path(os.environ.get("RED_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    if not d.is_dir():
+        pytest.skip(f"benchmark data not found at {d}; set RED_SHARED_DATA to the directory holding math_eval.parquet")
+    return d
