@@ -24,8 +24,19 @@ def shared_data_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are refusals (one line through run_cli) and whose options may sit anywhere
+    among the ``section.field=value`` overrides (``parse_args`` parses intermixed)."""
+
+    def error(self, message):
+        raise UserError(f"{message} in the command line of {self.prog}: expected the options of {self.prog} --help")
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true",
                     help="print the traceback of a refusal too (also: RED_DEBUG=1)")
     return ap
