@@ -11,9 +11,11 @@ A task past its deadline gets its worker killed and replaced and is reported as
 A ``map`` call can also carry a deadline for the whole batch (the trainer's step budget):
 when it passes, every task still running is killed and every task not yet started is
 reported as ``"deadline"``, so one call never runs past it, however many answers hang.
-Tasks can carry a priority: the likely-slow ones (long answers, towers of powers,
-factorials) are handed out first, one per worker, so hanging answers run side by side
-on all workers instead of queueing behind each other at the end of the batch.
+Tasks can carry a priority (higher handed out first). The scorer hands the likely-fast
+answers out first and the likely-slow ones (towers of powers, factorials, long answers)
+last: the fast ones never queue behind a hang, and the hanging ones end up side by side
+on all workers, killed together at one timeout, so a batch takes about
+``ceil(answers / workers) * typical + one timeout``.
 
 Each worker runs the verifier in its own main thread, which is where math-verify's
 ``signal.alarm`` timeouts work (they raise in threads). The clock for a task starts when it

@@ -14,6 +14,7 @@ Every response ends with exactly one reason, so the counts always add up to the 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from red_megatron.reward.extract import extract_boxed, normalize_for_exact_match
@@ -101,10 +102,10 @@ class RewardStats:
 
 
 def answer_cost(pred: str) -> float:
-    """A cheap guess at how slow an answer is to verify (higher: slower), used to hand the
-    likely-slow ones out first: length, powers (``9^{9^{9}}``), factorials, big numbers."""
-    digits = sum(c.isdigit() for c in pred)
-    return len(pred) + 50.0 * pred.count("^") + 50.0 * pred.count("!") + 2.0 * digits
+    """A cheap guess at how slow an answer is to verify (higher: slower), so the likely-slow
+    ones go last: length, powers (``9^{9^{9}}``), factorials, long digit runs."""
+    longest_digits = max((len(r) for r in re.findall(r"\d+", pred)), default=0)
+    return len(pred) + 50.0 * pred.count("^") + 50.0 * pred.count("!") + 10.0 * max(0, longest_digits - 6)
 
 
 class RewardScorer:
@@ -152,7 +153,7 @@ class RewardScorer:
         n_cut = 0
         if tasks:
             out = self.pool.map(tasks, deadline_s=self.cfg.step_deadline_s(len(tasks)),
-                                priority=[answer_cost(t[0]) for t in tasks])
+                                priority=[-answer_cost(t[0]) for t in tasks])  # likely-fast first
             for i, (status, value) in zip(task_rows, out):
                 if status == "ok":
                     ok, why = value
