@@ -14,7 +14,8 @@ this module configures and wraps it where its defaults give full marks to wrong 
   which accepts ``0.1730769`` for ``9/52`` and ``0`` for ``3.89e-10``;
 - lists and sets must match element for element (``221`` is not ``221, 8``), tuples and
   matrices in order and shape, intervals with their open/closed ends;
-- pure-text answers (``\\text{(C)}``) compare as case-folded text.
+- pure-text answers (``\\text{(C)}``) compare as case-folded text;
+- numbers sympy would hang on (``9^{9^{9^{9}}}``) are refused before parsing (:func:`too_big`).
 
 Everything else (symbolic expressions, equations, unions) goes to ``math_verify.verify``
 with ``strict=True`` on these exact parses.
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import re
 from dataclasses import dataclass
 
 from red_megatron.reward.extract import normalize_for_exact_match
@@ -97,12 +100,42 @@ def _parse_latex(latex: str):
     return _exact_decimals(expr)
 
 
+_TOWER = re.compile(r"\d+(?:\s*\^\s*\{?\s*\(?\s*\d+)+")
+_FACT_OF_FACT = re.compile(r"!\s*[)}]\s*!")
+MAX_DIGITS = 100_000  # an integer with more digits than this is not an answer; sympy may hang building it
+
+
+def too_big(latex: str) -> bool:
+    """Whether ``latex`` spells a number sympy would hang on: a tower of integer powers with
+    more than MAX_DIGITS digits (``9^{9^{9^{9}}}``), a factorial of a factorial (``(9!)!!``).
+    Checked before parsing, so such an answer is refused at once (reason ``timeout``) instead
+    of eating a worker until the pool kills it (``2^{1009}`` and ``10^{100}`` are fine)."""
+    if _FACT_OF_FACT.search(latex):
+        return True
+    for m in _TOWER.finditer(latex):
+        nums = [int(x) for x in re.findall(r"\d+", m.group(0))]
+        value = float(nums[-1])
+        for base in reversed(nums[:-1]):
+            if base <= 1:
+                value = float(base)
+                continue
+            digits = value * math.log10(base)
+            if digits > MAX_DIGITS:
+                return True
+            value = float(base) ** value if digits < 300 else math.inf
+    return False
+
+
 def parse_normalized(n: Normalized, timeout_s: int | None):
     """The sympy object for a normalised answer; raises on a parse error or timeout."""
     from math_verify.utils import timeout
 
     if not n.latex:
         raise ValueError("empty answer")
+    if too_big(n.latex):  # counted as a timeout: it is one, told in advance
+        from math_verify.errors import TimeoutException
+
+        raise TimeoutException(f"answer too large to evaluate (over {MAX_DIGITS} digits)")
     return timeout(timeout_seconds=timeout_s)(_parse_latex)(n.latex)
 
 
