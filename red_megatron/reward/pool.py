@@ -141,6 +141,8 @@ class VerifyPool:
         for i, w in enumerate(self._workers):
             if w.task is not None:  # a previous map was interrupted (KeyboardInterrupt): its answer is stale
                 self._replace(i)
+        if deadline_s is not None:
+            self._wait_ready()  # the batch's clock starts when the workers can take work
         t0 = time.monotonic()
         batch_end = float("inf") if deadline_s is None else t0 + deadline_s
         results: list[tuple[str, Any] | None] = [None] * len(tasks)
@@ -166,6 +168,16 @@ class VerifyPool:
                 self._poll_worker(i, results)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _wait_ready(self) -> None:
+        """Block until every worker has imported the verifier (raises past startup_timeout_s)."""
+        while not all(w.ready for w in self._workers):
+            now = time.monotonic()
+            first = min(w.spawned_at + self.startup_timeout_s for w in self._workers if not w.ready)
+            wait([w.conn for w in self._workers if not w.ready] + [w.proc.sentinel for w in self._workers],
+                 timeout=max(0.0, first - now))
+            for i in range(len(self._workers)):
+                self._poll_worker(i, [])
 
     def _cut(self, results: list, pending: deque) -> None:
         """The batch's deadline passed: kill what still runs, skip what has not started."""
