@@ -1,38 +1,168 @@
 #!/usr/bin/env bash
-# Every GPU measurement the open issues still need, for one device call each (10-minute limit a call).
+# Every GPU measurement the open issues still owe, in ONE device call of at most 8 minutes (issue 18).
 #
-#   bash benchmarks/gpu_pending.sh kernel   # issue 4: benchmarks/kernel_bench.py on this revision
-#   bash benchmarks/gpu_pending.sh policy   # issue 5 (+8): policy_throughput.py, then projection.py on it
-#   bash benchmarks/gpu_pending.sh refit    # issue 6: refit_gpu_bench.py, Qwen2.5-1.5B shape
-#   bash benchmarks/gpu_pending.sh step     # issue 8: step_throughput.py, RED step stages at 0.5B-7B shapes
+#   OUT=/some/dir bash benchmarks/gpu_pending.sh all     # GPU machine: wheel install + every part below
+#   OUT=/some/dir bash benchmarks/gpu_pending.sh smoke   # CPU, no CUDA, tiny shapes: every part's code path
+#   OUT=/some/dir bash benchmarks/gpu_pending.sh kernel  # one part (policy|projection|kernel|refit|step)
+#   GPU_PENDING_DRY_RUN=1 OUT=/tmp bash benchmarks/gpu_pending.sh all   # print part, budget, JSON, command
 #
-# Run on the GPU machine from the repository root with the wheels carried in .whl/ (it has no
-# megatron-core or liger-kernel and cannot download; see ../shared/GPU.md):
+# Parts, cheapest and most decisive first, each under its own `timeout` (seconds, GPU budget):
+#   policy      150  policy_throughput.py: 1.5B at 1x8192, Megatron (fused RED loss / megatron CE) vs HF+SDPA,
+#                    then 1.5B 2x4096 and 0.5B 1x8192 of the trainer's path (rows for the projection's fit)
+#   projection   20  projection.py refitted on those rows (CPU work; its error on them is in the JSON)
+#   kernel      140  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
+#   refit        60  refit_gpu_bench.py, 1.5B, buckets 256 MiB (the trainer's default) and whole model
+#   step         90  step_throughput.py, RED step stages at 1.5B and 7B (7B reports "skipped" where weights +
+#                    fp32 grads + Adam state exceed one GPU: 127.6 GiB needed at TP=1)
+# A part never runs past the call's deadline (GPU_PENDING_TOTAL_S, default 470 s from the start, the
+# wheel install included); one with under GPU_PENDING_MIN_PART_S (15 s) left is skipped and says so.
+# Each part writes its JSON into $OUT as soon as it ends (the benchmarks also save as they go, so a
+# part cut short keeps what it measured); $OUT/summary.json (status and seconds per part) is
+# rewritten after every part, and printed last. The device tool returns at most 8 files from $OUT:
+# this writes 7 (summary.json, gpu_pending.log with every part's output, one JSON per part).
+#
+# GPU machine (no megatron-core/liger-kernel there, no downloads): carry the wheels in .whl/, made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform any \
 #     -d .whl megatron-core==0.19.2 liger-kernel==0.8.5
-# Everything lands in $OUT (logs, JSON). Each part's own time limit keeps the call inside 10 minutes.
+# and run from the repository root: bash benchmarks/gpu_pending.sh all   (device tool: carry [".whl"]).
 set -uo pipefail
-part="${1:?usage: gpu_pending.sh kernel|policy|refit|step}"
-case "$part" in kernel|policy|refit|step) ;; *)
-  echo "gpu_pending.sh: unknown part '$part' (expected kernel, policy, refit or step)" >&2; exit 2 ;; esac
-OUT="${OUT:?set OUT to the output folder}"
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-git log --oneline -1 2>/dev/null | tee "$OUT/revision.txt"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-case "$part" in
-  kernel)
-    timeout 540 python3 benchmarks/kernel_bench.py --out "$OUT" 2>&1 | tee "$OUT/kernel.log" ;;
-  policy)
-    timeout 480 python3 benchmarks/policy_throughput.py --out "$OUT" --shapes 1.5b \
-      --layouts 1x8192,2x4096,1x16384 --impls mcore_sdpa_red,mcore_sdpa,hf_sdpa \
-      --extra 1.5b:mcore_sdpa_cudnn:1x8192,1.5b:mcore_sdpa_flash:1x8192 2>&1 | tee "$OUT/policy.log"
-    python3 benchmarks/projection.py --policy-json "$OUT/policy_throughput.json" \
-      --report "$OUT/projection.md" 2>&1 | tee "$OUT/projection.log" ;;
-  refit)
-    timeout 540 python3 benchmarks/refit_gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/refit.log" ;;
-  step)
-    timeout 540 python3 benchmarks/step_throughput.py --out "$OUT" 2>&1 | tee "$OUT/step.log" ;;
+mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|refit|step}"
+ALL_PARTS="policy projection kernel refit step"
+case "$mode" in
+  all|smoke) parts="${GPU_PENDING_PARTS:-$ALL_PARTS}" ;;
+  policy|projection|kernel|refit|step) parts="$mode" ;;
+  *) echo "gpu_pending.sh: unknown mode '$mode' (expected all, smoke, or one of: $ALL_PARTS)" >&2; exit 2 ;;
 esac
+for p in $parts; do
+  case " $ALL_PARTS " in *" $p "*) ;; *) echo "gpu_pending.sh: GPU_PENDING_PARTS: unknown part '$p' (expected some of: $ALL_PARTS)" >&2; exit 2 ;; esac
+done
+OUT="${OUT:?set OUT to the output folder}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+TOTAL_S="${GPU_PENDING_TOTAL_S:-470}"
+MIN_PART_S="${GPU_PENDING_MIN_PART_S:-15}"
+LOG="$OUT/gpu_pending.log"
+export PYTHONUNBUFFERED=1
+
+say() { echo "$*" | tee -a "$LOG"; }
+
+# part -> budget (s), the JSON it writes, its command (GPU or smoke)
+budget() { case "$1" in policy) echo 150 ;; projection) echo 20 ;; kernel) echo 140 ;; refit) echo 60 ;; step) echo 90 ;; esac; }
+json_of() { case "$1" in policy) echo policy_throughput.json ;; projection) echo projection.json ;;
+  kernel) echo kernel_bench.json ;; refit) echo refit_gpu_bench.json ;; step) echo step_throughput.json ;; esac; }
+set_cmd() {  # sets cmd=(script and arguments) for part $1
+  local smoke=0; [ "$mode" = smoke ] && smoke=1
+  case "$1" in
+    policy) if [ $smoke = 1 ]; then
+        cmd=(benchmarks/policy_throughput.py --out "$OUT" --smoke --impls mcore_sdpa_red,mcore_sdpa,hf_sdpa \
+          --extra smoke:mcore_sdpa_red:1x32)
+      else
+        cmd=(benchmarks/policy_throughput.py --out "$OUT" --shapes 1.5b --layouts 1x8192 \
+          --impls mcore_sdpa_red,hf_sdpa,mcore_sdpa --extra 1.5b:mcore_sdpa_red:2x4096,0.5b:mcore_sdpa_red:1x8192)
+      fi ;;
+    projection)
+      cmd=(benchmarks/projection.py --policy-json "$OUT/policy_throughput.json" --json "$OUT/projection.json" \
+        --report "$SCRATCH/projection.md") ;;
+    kernel) if [ $smoke = 1 ]; then
+        cmd=(benchmarks/kernel_bench.py --out "$OUT" --smoke --parts correctness,two_shard,diag,table)
+      else
+        cmd=(benchmarks/kernel_bench.py --out "$OUT" --shape 16384x151936 --no-sweep \
+          --parts correctness,two_shard,diag,table --variants red_loss,red_loss_gif,liger,naive,compile)
+      fi ;;
+    refit) if [ $smoke = 1 ]; then
+        cmd=(benchmarks/refit_gpu_bench.py --out "$OUT" --shape smoke --buckets 256MiB,whole --repeats 2)
+      else
+        cmd=(benchmarks/refit_gpu_bench.py --out "$OUT" --shape 1.5b --buckets 256MiB,whole)
+      fi ;;
+    step) if [ $smoke = 1 ]; then
+        cmd=(benchmarks/step_throughput.py --out "$OUT" --shapes smoke --prompts 2 --group 2 --response 16 \
+          --prompt-len 8 --repeats 1)
+      else
+        cmd=(benchmarks/step_throughput.py --out "$OUT" --shapes 1.5b,7b)
+      fi ;;
+  esac
+}
+
+if [ -n "${GPU_PENDING_DRY_RUN:-}" ]; then  # print each part's budget and command; run nothing
+  SCRATCH='<scratch>'
+  for part in $parts; do
+    set_cmd "$part"; printf '%s\t%s\t%s\t%s\n' "$part" "$(budget "$part")" "$(json_of "$part")" "${cmd[*]}"
+  done
+  exit 0
+fi
+SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu_pending.XXXXXX")"
+: > "$LOG"
+: > "$SCRATCH/parts.tsv"
+if [ "$mode" = smoke ]; then  # same parts, tiny shapes, the CPU: CUDA hidden, Triton interpreted
+  export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  install="skipped (smoke: this environment's packages)"
+else
+  t0=$SECONDS
+  ls .whl/*.whl > /dev/null 2>&1 || { say "gpu_pending.sh: no wheels in .whl/ (see the header: megatron-core, liger-kernel)"; exit 1; }
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    2>&1 | tee -a "$LOG" || { say "gpu_pending.sh: wheel install failed"; exit 1; }
+  export PYTHONPATH="/tmp/site:$PWD"
+  install="ok in $((SECONDS - t0)) s"
+fi
+say "revision: $(git log --oneline -1 2>/dev/null || echo unknown)"
+say "gpu: $(nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || echo none)"
+say "install: $install"
+
+write_summary() {  # $SCRATCH/parts.tsv -> $OUT/summary.json (and a table on stdout when asked)
+  "$PY" - "$OUT" "$SCRATCH/parts.tsv" "$mode" "$TOTAL_S" "$SECONDS" "$install" "${1:-}" <<'EOF'
+import json, os, subprocess, sys
+out, tsv, mode, total, secs, install, show = sys.argv[1:8]
+def errors(x):
+    if isinstance(x, dict):
+        return sum(1 for k in x if k in ("error", "errors")) + sum(errors(v) for v in x.values())
+    return sum(errors(v) for v in x) if isinstance(x, list) else 0
+parts = []
+for line in open(tsv).read().splitlines():
+    part, status, rc, seconds, budget, jname = line.split("\t")
+    path = os.path.join(out, jname)
+    row = {"part": part, "status": status, "rc": int(rc), "seconds": int(seconds), "budget_s": int(budget),
+           "json": jname if os.path.exists(path) else None}
+    if row["json"]:
+        try:
+            row["errors_inside"] = errors(json.load(open(path)))
+        except ValueError as e:
+            row["json_unreadable"] = str(e)[:200]
+    parts.append(row)
+rev = subprocess.run(["git", "log", "--oneline", "-1"], capture_output=True, text=True).stdout.strip() or "unknown"
+s = {"mode": mode, "revision": rev, "install": install, "total_budget_s": int(total), "seconds": int(secs), "parts": parts}
+json.dump(s, open(os.path.join(out, "summary.json.tmp"), "w"), indent=1)
+os.replace(os.path.join(out, "summary.json.tmp"), os.path.join(out, "summary.json"))
+if show:
+    print(f"\n=== gpu_pending.sh {mode}: {secs} s of {total} ({install}) ===")
+    print("| part | status | seconds | budget | JSON | errors inside |\n|---|---|---|---|---|---|")
+    for r in parts:
+        print(f"| {r['part']} | {r['status']} | {r['seconds']} | {r['budget_s']} | {r['json'] or '-'} | "
+              f"{r.get('errors_inside', r.get('json_unreadable', '-'))} |")
+EOF
+}
+
+for part in $parts; do
+  b=$(budget "$part"); left=$((TOTAL_S - SECONDS - 5)); t=$(( b < left ? b : left ))
+  jname=$(json_of "$part"); rm -f "$OUT/$jname"
+  if [ "$t" -lt "$MIN_PART_S" ]; then
+    status="skipped: ${left} s left of the call's ${TOTAL_S}"; rc=0; took=0
+  elif [ "$part" = projection ] && [ ! -s "$OUT/policy_throughput.json" ]; then
+    status="skipped: no policy_throughput.json"; rc=0; took=0
+  else
+    set_cmd "$part"
+    say "=== $part (timeout ${t} s): $PY ${cmd[*]}"
+    t0=$SECONDS
+    timeout -k 5 "$t" "$PY" "${cmd[@]}" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}; took=$((SECONDS - t0))
+    case "$rc" in 0) status=ok ;; 124|137) status="timeout after ${t} s" ;; *) status="failed (exit $rc)" ;; esac
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$status" "$rc" "$took" "$b" "$jname" >> "$SCRATCH/parts.tsv"
+  say "=== $part: $status (${took} s)"
+  write_summary
+done
+write_summary show | tee -a "$LOG"
+rm -rf "$SCRATCH"
+"$PY" -c "import json,sys; sys.exit(0 if all(p['status'] == 'ok' for p in json.load(open('$OUT/summary.json'))['parts']) else 1)"

@@ -12,6 +12,9 @@ in halves, the all_gather replaced by a local merge) timing one rank's share, an
 N=16,384, V=151,936 against a float64 reference (relative errors). Writes JSON to --out.
 
 Usage (on the GPU machine): python3 benchmarks/kernel_bench.py --out $OUT [--quick]
+  --shape 16384x151936 --no-sweep   one (N, V) for every part, no tuning sweep (gpu_pending.sh all)
+  --smoke                           CPU, TRITON_INTERPRET=1, N=64 x V=512: every part's code path runs
+                                    (timings are wall clock and meaningless; no peak memory)
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_util  # noqa: E402,F401  (repository root on sys.path; TRITON_INTERPRET=1 without CUDA)
 import triton  # noqa: E402
 
 from kernels import red_loss as red_loss_mod  # noqa: E402,F401
@@ -37,14 +40,18 @@ from kernels.red_loss_reference import red_loss_reference  # noqa: E402
 GiB = 1024 ** 3
 RESULTS: dict = {}
 _COMPILED = None
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+OUT_DIR: str | None = None  # set by main(): the table is saved after every variant
 
 
-def save(out_dir):
-    with open(os.path.join(out_dir, "kernel_bench.json"), "w") as f:
+def save(out_dir):  # whole or not at all: a run killed by its time limit keeps the last complete file
+    path = os.path.join(out_dir, "kernel_bench.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(RESULTS, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
-def make_inputs(n, v, *, vocab_size=None, dtype=torch.bfloat16, seed=0, temperature=1.0, dev="cuda"):
+def make_inputs(n, v, *, vocab_size=None, dtype=torch.bfloat16, seed=0, temperature=1.0, dev=DEV):
     g = torch.Generator(device=dev).manual_seed(seed)
     vocab_size = v if vocab_size is None else vocab_size
     logits = (torch.randn(n, v, generator=g, device=dev) * 2.0).to(dtype)
@@ -75,7 +82,9 @@ def naive_loss(logits, target, kind, adv, logp_old, rbar, w, weight, temperature
 
 
 def cuda_time(fn, reps=10, warmup=3) -> float:
-    """Median ms over reps, CUDA events, after warm-up."""
+    """Median ms over reps, CUDA events, after warm-up (wall clock, at most 2 reps, on the CPU)."""
+    if not torch.cuda.is_available():
+        return 1e3 * sorted(bench_util.wall_times(fn, min(reps, 2), min(warmup, 1)))[0]
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -92,7 +101,10 @@ def cuda_time(fn, reps=10, warmup=3) -> float:
 
 
 def peak_extra(fn) -> float:
-    """GiB allocated beyond what was live before the call, result kept alive."""
+    """GiB allocated beyond what was live before the call, result kept alive (None on the CPU)."""
+    if not torch.cuda.is_available():
+        fn()
+        return None
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -137,16 +149,17 @@ def variants(n, v, T=1.0, eps=0.2, ec=0.01):
         return setup, step
 
     def liger():
-        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
         B = 16
         L = n // B
 
-        def setup():
+        def setup():  # the import here: without liger-kernel only this variant fails, not the table
+            from liger_kernel.transformers.grpo_loss import triton_grpo_loss  # noqa: F401
             logits, target, per = make_inputs(B * (L + 1), v, temperature=T)
             return (logits.view(B, L + 1, v).requires_grad_(), target[: B * L].view(B, L),
                     per["logp_old_N"][: B * L].view(B, L).contiguous(), per["adv_N"][:B].contiguous())
 
         def step(st):
+            from liger_kernel.transformers.grpo_loss import triton_grpo_loss
             x, ids, old, adv = st
             loss, _ = triton_grpo_loss(x, old, None, ids, adv, None, temperature=T, beta=0.0, eps_low=eps,
                                        eps_high=eps, inplace=True, loss_type="grpo", reduce=True)
@@ -158,7 +171,7 @@ def variants(n, v, T=1.0, eps=0.2, ec=0.01):
 
 
 def copy_roofline_ms(n, v) -> float:
-    a = torch.empty(n, v, dtype=torch.bfloat16, device="cuda").normal_()
+    a = torch.empty(n, v, dtype=torch.bfloat16, device=DEV).normal_()
     b = torch.empty_like(a)
     ms = cuda_time(lambda: b.copy_(a), reps=20)
     del a, b
@@ -172,7 +185,7 @@ def sweep(n=16384, v=151936):
     logits, target, per = make_inputs(n, v)
     per.pop("ref_logp_N")
     grad = torch.empty_like(logits)
-    one = torch.ones(1, device="cuda")
+    one = torch.ones(1, device=DEV)
     base = KernelConfig()
     set_kernel_config(base)
     tok = _token_math(_shard_stats(logits, target, 0, v, 1.0).unsqueeze(0), temperature=1.0,
@@ -215,13 +228,19 @@ def sweep(n=16384, v=151936):
     return cfg
 
 
-def bench_table(shapes, skip_slow_over=None):
+def bench_table(shapes, names=None):
+    """Each (N, V): the copy roofline, then the variants ``names`` (default all) in that order; the
+    table is saved after every variant, so a run cut short keeps what it measured."""
     rows = []
+    RESULTS["table"] = rows
     for n, v in shapes:
         roof = copy_roofline_ms(n, v)
         row = dict(n=n, v=v, logits_GiB=n * v * 2 / GiB, roofline_ms=roof)
+        rows.append(row)
         print(f"N={n} V={v}: roofline {roof:.3f} ms", flush=True)
-        for name, (setup, step) in variants(n, v).items():
+        table = variants(n, v)
+        for name in names or list(table):
+            setup, step = table[name]
             try:
                 st = setup()
                 ms = cuda_time(lambda: step(st), reps=10 if name not in ("naive", "compile") else 5, warmup=2)
@@ -230,13 +249,13 @@ def bench_table(shapes, skip_slow_over=None):
                 mem = peak_extra(lambda: step(st))
                 del st
                 row[name] = dict(ms=ms, extra_GiB=mem)
-                print(f"  {name:13s} {ms:8.3f} ms  +{mem:6.2f} GiB", flush=True)
+                print(f"  {name:13s} {ms:8.3f} ms  +{mem if mem is not None else float('nan'):6.2f} GiB", flush=True)
             except Exception as e:
                 row[name] = dict(error=repr(e)[:300])
                 print(f"  {name}: FAILED {e!r}"[:300], flush=True)
             torch.cuda.empty_cache()
-        rows.append(row)
-        RESULTS["table"] = rows
+            if OUT_DIR:
+                save(OUT_DIR)
     return rows
 
 
@@ -244,7 +263,7 @@ def diag_inplace(n=16384, v=151936):
     """Is pass 4 slower writing in place (grad_in_forward) than into a fresh buffer?"""
     logits, target, per = make_inputs(n, v)
     per.pop("ref_logp_N")
-    one = torch.ones(1, device="cuda")
+    one = torch.ones(1, device=DEV)
     tok = _token_math(_shard_stats(logits, target, 0, v, 1.0).unsqueeze(0), temperature=1.0,
                       per_token={**per, "ref_logp_N": None})
     grad = torch.empty_like(logits)
@@ -264,7 +283,7 @@ def two_shard(n=16384, v=151936, T=1.0, ec=0.01):
     h = v // 2
     shards = [logits[:, :h].contiguous(), logits[:, h:].contiguous()]
     opts = dict(per_token={**per, "ref_logp_N": None}, entropy_coef=ec, temperature=T)
-    one = torch.ones(1, device="cuda")
+    one = torch.ones(1, device=DEV)
 
     def full_step():
         tok = _token_math(_shard_stats(logits, target, 0, v, T).unsqueeze(0), **opts)
@@ -301,8 +320,9 @@ def two_shard(n=16384, v=151936, T=1.0, ec=0.01):
     print("two-shard:", res, flush=True)
 
 
-def correctness(n=16384, v=151936, vocab_size=151665, T=0.7, chunk=1024):
+def correctness(n=16384, v=151936, vocab_size=None, T=0.7, chunk=1024):
     """Kernel (bf16 logits, padded vocab, entropy and KL terms on) vs float64 reference, row chunks."""
+    vocab_size = vocab_size or (151665 if v == 151936 else v - v // 16)  # Qwen2.5's padding, or 1/16 padded
     out = {}
     for gif in (False, True):
         logits, target, per = make_inputs(n, v, vocab_size=vocab_size, temperature=T, seed=123)
@@ -339,17 +359,45 @@ def correctness(n=16384, v=151936, vocab_size=151665, T=0.7, chunk=1024):
                                   entropy_coef=0.01, kl_coef=0.05, **out)
 
 
+def parse_shape(text: str) -> tuple[int, int]:
+    try:
+        n, v = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--shape: expected NxV (e.g. 16384x151936), got {text!r}") from None
+    if n < 1 or v < 2:
+        raise ValueError(f"--shape: N >= 1 and V >= 2 expected, got {text!r}")
+    return n, v
+
+
 def main():
+    global OUT_DIR
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--parts", default="sweep,diag,table,two_shard,correctness")
+    ap.add_argument("--shape", default=None, help="NxV: one shape for every part (default: the full grid)")
+    ap.add_argument("--variants", default=None, help="table variants, in this order (default: "
+                    "naive,compile,liger,red_loss,red_loss_gif)")
+    ap.add_argument("--smoke", action="store_true", help="CPU smoke test: 64x512, no sweep/compile/liger")
     args = ap.parse_args()
+    if args.smoke:
+        args.shape, args.no_sweep = args.shape or "64x512", True
+        args.variants = args.variants or "red_loss,red_loss_gif,naive"
+    shape = parse_shape(args.shape) if args.shape else None
+    names = args.variants.split(",") if args.variants else None
+    known = ("naive", "compile", "liger", "red_loss", "red_loss_gif")
+    if names and any(x not in known for x in names):
+        ap.error(f"--variants: unknown {[x for x in names if x not in known]}; valid: {','.join(known)}")
     parts = args.parts.split(",")
+    os.makedirs(args.out, exist_ok=True)
+    OUT_DIR = args.out
+    cuda = torch.cuda.is_available()
     RESULTS["meta"] = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                           sm_count=torch.cuda.get_device_properties(0).multi_processor_count)
+                           device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
+                           triton=triton.__version__,
+                           sm_count=torch.cuda.get_device_properties(0).multi_processor_count if cuda else None,
+                           args=vars(args))
     try:
         import liger_kernel  # noqa: F401
         from importlib.metadata import version
@@ -357,23 +405,24 @@ def main():
     except Exception as e:
         RESULTS["meta"]["liger_kernel"] = f"unavailable: {e!r}"
     print(RESULTS["meta"], flush=True)
+    one = dict(n=shape[0], v=shape[1]) if shape else {}
     for part in parts:
         t0 = time.time()
         try:
             if part == "sweep" and not args.no_sweep:
-                cfg = sweep()
+                cfg = sweep(**one)
                 set_kernel_config(cfg)
                 print("best config", cfg, flush=True)
             elif part == "table":
-                shapes = [(4096, 151936), (16384, 151936)] if args.quick else [
+                shapes = [shape] if shape else [(4096, 151936), (16384, 151936)] if args.quick else [
                     (n, v) for n in (4096, 16384) for v in (32000, 128256, 151936)]
-                bench_table(shapes)
+                bench_table(shapes, names)
             elif part == "diag":
-                diag_inplace()
+                diag_inplace(**one)
             elif part == "two_shard":
-                two_shard()
+                two_shard(**one)
             elif part == "correctness":
-                correctness()
+                correctness(**one, chunk=min(1024, shape[0]) if shape else 1024)
         except Exception:
             RESULTS.setdefault("errors", {})[part] = traceback.format_exc()[-2000:]
             traceback.print_exc()
@@ -391,7 +440,11 @@ def summary():
         cells = []
         for k in ("naive", "compile", "liger", "red_loss", "red_loss_gif"):
             c = row.get(k, {})
-            cells.append(f"{k} {c['ms']:.2f}ms/+{c['extra_GiB']:.2f}G" if "ms" in c else f"{k} ERR")
+            if "ms" in c:
+                mem = "" if c["extra_GiB"] is None else f"/+{c['extra_GiB']:.2f}G"
+                cells.append(f"{k} {c['ms']:.2f}ms{mem}")
+            elif k in row:
+                cells.append(f"{k} ERR")
         print(f"N={row['n']} V={row['v']} roof {row['roofline_ms']:.2f}ms | " + " | ".join(cells))
     for k in ("diag_inplace", "two_shard", "correctness"):
         if k in RESULTS:

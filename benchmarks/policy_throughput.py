@@ -313,9 +313,10 @@ def main() -> None:
     results = {"meta": meta, "parity": [], "runs": []}
     path = os.path.join(args.out, "policy_throughput.json")
 
-    def save():
-        with open(path, "w") as f:
+    def save():  # atomic: a run killed by its time limit keeps the last complete file
+        with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=1)
+        os.replace(path + ".tmp", path)
 
     print(json.dumps(meta), flush=True)
     if args.saved_bytes:

@@ -459,6 +459,7 @@ def main(argv=None) -> int:
                     "Megatron path (default: the newest reports/policy_throughput_*.json, if any)")
     ap.add_argument("--impl", default="mcore_sdpa_red", help="which implementation's runs to fit (policy_throughput)")
     ap.add_argument("--report", default=None, help="markdown report path (default reports/projection_<date>.md)")
+    ap.add_argument("--json", default=None, help="JSON output path (default reports/projection_<date>.json)")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
     date = datetime.date.today().isoformat()
@@ -483,7 +484,7 @@ def main(argv=None) -> int:
     out["fit"] = dataclasses.asdict(c)
     out["projection"] = [project(SHAPES[name], lay, Workload(), c) for name, lays in CLUSTER_LAYOUTS.items()
                          for lay in lays]
-    (here / "reports" / f"projection_{date}.json").write_text(json.dumps(out, indent=1, default=str))
+    Path(args.json or here / "reports" / f"projection_{date}.json").write_text(json.dumps(out, indent=1, default=str))
     report = Path(args.report or here / "reports" / f"projection_{date}.md")
     report.write_text(render_report(out, c))
     print(report.read_text())
