@@ -12,7 +12,8 @@ this module configures and wraps it where its defaults give full marks to wrong 
   compared by :func:`numbers_close`: equal, or within a *relative* tolerance ``rel_tol``
   (``GradeOptions``, default 1e-9). math-verify's default rounds floats to 6 decimals,
   which accepts ``0.1730769`` for ``9/52`` and ``0`` for ``3.89e-10``;
-- lists and sets must match element for element (``221`` is not ``221, 8``), tuples and
+- lists and sets must match element for element and in number (``221`` is not ``221, 8``,
+  ``16,3,1`` is not ``16,3,1,1``), equations as equations (``N=n+1`` is not ``N=n``), tuples and
   matrices in order and shape, intervals with their open/closed ends;
 - pure-text answers (``\\text{(C)}``) compare as case-folded text;
 - numbers sympy would hang on (``9^{9^{9^{9}}}``) are refused before parsing (:func:`too_big`).
@@ -175,6 +176,8 @@ def numbers_close(a, b, opts: GradeOptions) -> bool | None:
     try:
         if a == b:
             return True
+        if isinstance(a, sympy.Integer) and isinstance(b, sympy.Integer):
+            return False  # integers are written exactly: 11111111101 is not 11111111100
         av, bv = a.evalf(opts.precision), b.evalf(opts.precision)
         if not (av.is_number and bv.is_number) or av.has(sympy.nan, sympy.zoo) or bv.has(sympy.nan, sympy.zoo):
             return None
@@ -209,6 +212,21 @@ def _is_assignment(x) -> bool:
     return isinstance(x, sympy.Eq) and isinstance(x.lhs, (sympy.Symbol, sympy.Function, sympy.Indexed))
 
 
+def _same_equation(g, p, opts: GradeOptions, timeout_s) -> bool:
+    """Two equations are the same when their sides match, or ``lhs - rhs`` of one is a nonzero
+    constant times the other's (math-verify's own equation comparison accepts ``M^7`` for
+    ``M^6`` in ``dM/dt = k M^6``)."""
+    import sympy
+
+    if g.lhs == p.lhs and equal(g.rhs, p.rhs, opts, timeout_s):
+        return True
+    dg, dp = g.lhs - g.rhs, p.lhs - p.rhs
+    if dp == 0 or dg == 0:
+        return dg == dp
+    ratio = sympy.simplify(dg / dp)
+    return bool(ratio.is_number and ratio != 0 and ratio.is_finite)
+
+
 def equal(g, p, opts: GradeOptions, timeout_s: int | None = 5) -> bool:
     """Gold object ``g`` vs predicted object ``p`` (both from :func:`parse_normalized`)."""
     import sympy
@@ -236,10 +254,31 @@ def equal(g, p, opts: GradeOptions, timeout_s: int | None = 5) -> bool:
             return g.lhs == p.lhs and equal(g.rhs, p.rhs, opts, timeout_s)
         if not isinstance(p, sympy.core.relational.Relational):
             return equal(g.rhs, p, opts, timeout_s)  # "x = 5" answered "5"
+    if isinstance(g, sympy.Eq) and isinstance(p, sympy.Eq):
+        return _same_equation(g, p, opts, timeout_s)
     if _is_number(g) and isinstance(p, (sympy.Set, sympy.Tuple)) and not isinstance(p, sympy.Interval):
         return False
     return bool(verify(g, p, float_rounding=opts.precision, numeric_precision=opts.precision, strict=True,
                        allow_set_relation_comp=False, timeout_seconds=timeout_s, raise_on_error=True))
+
+
+def top_level_items(latex: str) -> int:
+    """How many comma-separated items ``latex`` lists outside any bracket; an outer set
+    brace ``\\{...\\}`` is looked inside, and an item with ``\\pm`` counts as two."""
+    s = latex.strip()
+    for lo, hi in (("\\left\\{", "\\right\\}"), ("\\{", "\\}")):
+        if s.startswith(lo) and s.endswith(hi):
+            s = s[len(lo):-len(hi)]
+            break
+    depth, parts, cur = 0, [], ""
+    for c in s.replace("\\{", "(").replace("\\}", ")"):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if c == "," and depth == 0:
+            parts, cur = parts + [cur], ""
+        else:
+            cur += c
+    return sum(2 if "\\pm" in x or "\\mp" in x else 1 for x in parts + [cur])  # 1\pm\sqrt{5}: two
 
 
 def _percent_pairs(gn: Normalized, g, pn: Normalized, p):
@@ -282,6 +321,9 @@ def grade(pred: str, gold: str, opts: GradeOptions = GradeOptions(), timeout_s: 
         raise
     except Exception:
         return False, PARSE_FAIL
+    n_gold, n_pred = top_level_items(gn.latex), top_level_items(pn.latex)
+    if n_gold > 1 and n_pred != n_gold:
+        return False, WRONG  # "16,3,1" for "16,3,1,1", "-2" for "-2,-2": a set would drop the repeats
     for a, b in _percent_pairs(gn, g, pn, p):
         try:
             if equal(a, b, opts, timeout_s):

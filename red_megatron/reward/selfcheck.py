@@ -81,3 +81,59 @@ def self_check(golds: Iterable[str], grade_fn: Callable[[str, str], bool]) -> li
             if not grade_fn(v, g):
                 bad.append((g, name, v))
     return bad
+
+
+_LAST_INT = re.compile(r"(\d+)(?!.*\d)", re.S)
+
+
+def _top_level_commas(s: str) -> list[int]:
+    depth, out = 0, []
+    for i, c in enumerate(s):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if c == "," and depth == 0 and not re.match(r",\\!|,\d{3}(?!\d)", s[i:]):
+            out.append(i)
+    return out
+
+
+def near_misses(gold: str) -> dict[str, str]:
+    """Wrong answers for ``gold``, wrong by construction (string edits, not the grader's say):
+    the last integer off by one, a sign flip, the last entry of a matrix/list/tuple alone, a
+    list short of its last element, an equation's right side plus one, a fraction rounded
+    to 7 significant digits. Empty where no rule applies."""
+    bare = strip_dollars(gold).strip().rstrip(".")
+    out: dict[str, str] = {}
+    m = _LAST_INT.search(bare)
+    if m and not re.search(r"(_\s*\{?|\}\s*\^\s*\{?)\s*$", bare[:m.start()]):  # not a subscript, not a unit's power
+        out["last_int_plus_1"] = bare[:m.start()] + str(int(m.group(1)) + 1) + bare[m.end():]
+    if "=" not in bare and "," not in bare and "\\pm" not in bare and re.search(r"[1-9]", bare):
+        out["sign_flip"] = bare[1:] if bare.startswith("-") and "," not in bare else f"-({bare})"
+    commas = _top_level_commas(bare)
+    if "matrix" in bare:
+        entries = re.split(r"\\\\|&", bare.split("}", 1)[1].rsplit("\\end", 1)[0])
+        out["last_entry"] = entries[-1].strip()
+    elif commas:
+        inner = bare
+        out["last_element"] = inner[commas[-1] + 1:].strip()
+        out["drop_last"] = inner[:commas[-1]].strip()
+    elif bare.startswith("(") and bare.endswith(")") and "," in bare:
+        out["last_element"] = bare[1:-1].rsplit(",", 1)[1].strip()
+    if bare.count("=") == 1 and "," not in bare:
+        out["rhs_plus_1"] = bare + " + 1"
+    if re.fullmatch(r"-?\d+\./\d+", bare):  # minerva's "-1./3": its numerator alone
+        out["numerator_only"] = bare.split(".")[0]
+    t = re.fullmatch(r"\\text\{\(([A-E])\)\}", bare)
+    if t:
+        out["other_option"] = f"\\text{{({'ABCDE'[('ABCDE'.index(t.group(1)) + 1) % 5]})}}"
+    f = re.fullmatch(r"(-?)\\frac\{(\d+)\}\{(\d+)\}", bare)
+    den = int(f.group(3)) if f else 1
+    while f and den % 2 == 0:
+        den //= 2
+    while f and den % 5 == 0:
+        den //= 5
+    if f and den > 1:  # a non-terminating decimal: its 7-digit rounding is wrong
+        v = int(f.group(2)) / int(f.group(3))
+        r = f"{f.group(1)}{float(f'{v:.7g}')!r}"
+        if len(r.split(".")[-1]) >= 6:  # a non-terminating decimal cut short, not its exact value
+            out["rounded"] = r
+    return out

@@ -1,0 +1,206 @@
+"""Grader report: false-accept / false-reject rates per benchmark, before and after, and the
+verification time of a batch of adversarial answers.
+
+For every distinct gold answer in ``$RED_SHARED_DATA/math_eval.parquet`` (default
+``../shared/data``): the right answers are selfcheck.gold_variants (the gold as a model
+writes it) and the wrong ones selfcheck.near_misses (wrong by construction). Both go
+through RewardScorer as ``\\boxed{...}`` responses:
+- AFTER: this checkout's red_megatron.reward;
+- BEFORE: red_megatron/reward at ``--before-rev`` (the commit before the grader), taken
+  with ``git archive`` into a temporary directory and run there in a subprocess.
+Then the adversarial batch (answers that make sympy hang or crawl, plus ordinary ones),
+timed through both, and the pool's bound on answers that hang in the verifier itself.
+
+    .venv/bin/python benchmarks/grader_report.py [--workers 2] [--before-rev 5493a24]
+Writes benchmarks/reports/grader_<date>.md and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BENCHMARKS = ("math", "minerva", "olympiad_bench", "aime", "aime25", "amc")
+ADVERSARIAL = [r"9^{9^{9^{9}}}", r"10^{10^{10^{10}}}", r"(9!)!!", r"2^{2^{2^{2^{2^{2}}}}}", r"99999999^{99999999}",
+               r"\sqrt{9^{9^{9}}}", r"\frac{9^{9^{9}}}{7}", r"100000000!"]
+ORDINARY = [(r"\frac{1}{2}", "0.5"), ("3", "3"), (r"2\sqrt{2}", r"\sqrt{8}"), ("x^2+1", "1+x^2")] * 6
+
+# run in a subprocess with PYTHONPATH at the old tree: score pairs with that tree's RewardScorer
+_RUNNER = r"""
+import json, sys, time
+from red_megatron.reward import RewardConfig, RewardScorer
+spec = json.load(open(sys.argv[1]))
+out = {}
+with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
+    s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
+    for name, (resps, golds) in spec["batches"].items():
+        t0 = time.monotonic()
+        rewards, _ = s.score(resps, golds)
+        out[name] = {"rewards": rewards, "seconds": time.monotonic() - t0}
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def load_golds(path: Path) -> dict[str, list[str]]:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise SystemExit(f"error: {path} not found; set RED_SHARED_DATA to the directory holding math_eval.parquet")
+    golds: dict[str, dict[str, None]] = {}
+    for r in pq.read_table(path, columns=["data_source", "reward_model"]).to_pylist():
+        golds.setdefault(r["data_source"], {})[r["reward_model"]["ground_truth"]] = None
+    return {k: list(v) for k, v in golds.items()}
+
+
+def build_pairs(golds: dict[str, list[str]]):
+    from red_megatron.reward.selfcheck import gold_variants, near_misses
+
+    rows = []  # (benchmark, gold, answer, expected, form)
+    for bench, gs in golds.items():
+        for g in gs:
+            rows += [(bench, g, v, 1.0, name) for name, v in gold_variants(g).items()]
+            rows += [(bench, g, v, 0.0, name) for name, v in near_misses(g).items()]
+    return rows
+
+
+def score_before(rev: str, spec: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="grader_before_") as tmp:
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "red_megatron/__init__.py", "red_megatron/reward"],
+                             check=True, capture_output=True).stdout
+        tarfile.open(fileobj=BytesIO(tar)).extractall(tmp)
+        Path(tmp, "spec.json").write_text(json.dumps(spec))
+        Path(tmp, "runner.py").write_text(_RUNNER)
+        env = dict(os.environ, PYTHONPATH=tmp)
+        subprocess.run([sys.executable, str(Path(tmp, "runner.py")), str(Path(tmp, "spec.json")),
+                        str(Path(tmp, "out.json"))], check=True, cwd=tmp, env=env)
+        return json.loads(Path(tmp, "out.json").read_text())
+
+
+def score_after(spec: dict) -> dict:
+    from red_megatron.reward import RewardConfig, RewardScorer
+
+    out = {}
+    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
+        s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
+        for name, (resps, golds) in spec["batches"].items():
+            t0 = time.monotonic()
+            rewards, stats = s.score(resps, golds)
+            out[name] = {"rewards": rewards, "seconds": time.monotonic() - t0, "stats": stats.as_dict()}
+    return out
+
+
+def hang_bound(workers: int, timeout_s: float) -> dict:
+    """Answers that hang inside the verifier (the tests' HANG hook: a sleep no alarm stops)."""
+    from red_megatron.reward import RewardConfig, RewardScorer
+
+    cfg = RewardConfig(num_workers=workers, timeout_s=timeout_s, verify_fn="tests.test_reward:hooked_verify")
+    resps = ["\\boxed{HANG}"] * 8 + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
+    golds = ["1"] * 8 + [g for _, g in ORDINARY]
+    with RewardScorer(cfg) as s:
+        s.score(["\\boxed{1}"] * workers, ["1"] * workers)
+        t0 = time.monotonic()
+        rewards, stats = s.score(resps, golds)
+        secs = time.monotonic() - t0
+    return {"answers": len(resps), "hanging": 8, "seconds": secs, "deadline_s": cfg.step_deadline_s(len(resps)),
+            "serial_hangs_s": 8 / workers * timeout_s, "ordinary_correct": sum(rewards[8:]),
+            "timeouts": stats.timeouts, "cut_by_deadline": stats.deadline}
+
+
+def rates(rows, rewards) -> dict:
+    out = {}
+    for bench in BENCHMARKS:
+        sel = [(r, got) for r, got in zip(rows, rewards) if r[0] == bench]
+        right = [got for r, got in sel if r[3] == 1.0]
+        wrong = [got for r, got in sel if r[3] == 0.0]
+        out[bench] = {"golds": len({r[1] for r, _ in sel}), "right": len(right), "near_misses": len(wrong),
+                      "false_reject": sum(g == 0.0 for g in right), "false_accept": sum(g == 1.0 for g in wrong)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--timeout-s", type=float, default=10.0, help="RewardConfig.timeout_s for both sides")
+    ap.add_argument("--before-rev", default="5493a24", help="the commit whose red_megatron/reward is BEFORE")
+    ap.add_argument("--date", default="2026-12-02")
+    ap.add_argument("--machine", default="2-core CPU dev machine")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "reports"))
+    args = ap.parse_args()
+    data = Path(os.environ.get("RED_SHARED_DATA", ROOT.parent / "shared" / "data")) / "math_eval.parquet"
+    rows = build_pairs(load_golds(data))
+    adv_resps = [f"\\boxed{{{a}}}" for a in ADVERSARIAL] + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
+    adv_golds = ["5"] * len(ADVERSARIAL) + [g for _, g in ORDINARY]
+    spec = {"workers": args.workers, "timeout_s": args.timeout_s,
+            "batches": {"pairs": ([f"So \\boxed{{{r[2]}}}." for r in rows], [r[1] for r in rows]),
+                        "adversarial": (adv_resps, adv_golds)}}
+    t0 = time.monotonic()
+    after = score_after(spec)
+    before = score_before(args.before_rev, spec)
+    bound = hang_bound(args.workers, 5.0)
+    res = {"date": args.date, "machine": f"{args.machine} ({platform.processor() or platform.machine()}, "
+                                         f"{os.cpu_count()} cores visible)",
+           "workers": args.workers, "timeout_s": args.timeout_s, "before_rev": args.before_rev,
+           "before": rates(rows, before["pairs"]["rewards"]), "after": rates(rows, after["pairs"]["rewards"]),
+           "adversarial": {"answers": len(adv_resps), "adversarial": len(ADVERSARIAL),
+                           "before_s": before["adversarial"]["seconds"], "after_s": after["adversarial"]["seconds"],
+                           "before_ordinary_correct": sum(before["adversarial"]["rewards"][len(ADVERSARIAL):]),
+                           "after_ordinary_correct": sum(after["adversarial"]["rewards"][len(ADVERSARIAL):]),
+                           "after_stats": after["adversarial"]["stats"]},
+           "hang_bound": bound, "pairs": len(rows), "report_seconds": time.monotonic() - t0,
+           "after_errors": [r[:5] for r, got in zip(rows, after["pairs"]["rewards"]) if got != r[3]][:40]}
+    write(res, Path(args.out))
+
+
+def write(res: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"grader_{res['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    pct = lambda a, b: f"{100.0 * a / b:.1f}% ({a}/{b})" if b else "-"
+    lines = [f"# Grader: false accepts and false rejects, before and after ({res['date']})", "",
+             f"Machine: {res['machine']}. RewardScorer with {res['workers']} workers, timeout_s {res['timeout_s']}, "
+             f"exact-match fast path on (the defaults). BEFORE: red_megatron/reward at {res['before_rev']}; "
+             f"AFTER: this checkout. {res['pairs']} (gold, answer) pairs from every distinct gold of math_eval.parquet: "
+             "right answers are the gold as a model writes it (verbatim, `$` stripped, no spaces, `\\frac` as `/`, "
+             "bmatrix for pmatrix), near misses are wrong by construction (last integer +1, sign flip, the last "
+             "entry of a matrix/list alone, a list short of its last element, an equation's right side + 1, "
+             "a fraction rounded to 7 digits, `-1` for `-1./3`).", "",
+             "| benchmark | golds | right | near misses | false reject BEFORE | false reject AFTER "
+             "| false accept BEFORE | false accept AFTER |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in BENCHMARKS:
+        x, y = res["before"][b], res["after"][b]
+        lines.append(f"| {b} | {y['golds']} | {y['right']} | {y['near_misses']} | {pct(x['false_reject'], x['right'])} "
+                     f"| {pct(y['false_reject'], y['right'])} | {pct(x['false_accept'], x['near_misses'])} "
+                     f"| {pct(y['false_accept'], y['near_misses'])} |")
+    a, h = res["adversarial"], res["hang_bound"]
+    lines += ["", "## Adversarial batch", "",
+              f"{a['answers']} answers in one `score` call: {a['adversarial']} that make sympy hang or crawl "
+              f"(`9^{{9^{{9^{{9}}}}}}`, `10^{{10^{{10^{{10}}}}}}`, `(9!)!!`, `99999999^{{99999999}}`, ...) and "
+              f"{a['answers'] - a['adversarial']} ordinary ones, {res['workers']} workers, timeout_s {res['timeout_s']}:",
+              "", f"- BEFORE: {a['before_s']:.1f} s ({a['before_ordinary_correct']:.0f} ordinary answers scored 1)",
+              f"- AFTER: {a['after_s']:.1f} s ({a['after_ordinary_correct']:.0f} ordinary answers scored 1; "
+              f"stats {a['after_stats']})", "",
+              "Answers that hang inside the verifier itself (the tests' `HANG` hook, a sleep no alarm can stop), "
+              f"{h['hanging']} of {h['answers']}, {res['workers']} workers, timeout_s 5: {h['seconds']:.1f} s, "
+              f"against a step deadline of {h['deadline_s']:.1f} s (timeout + 0.25 s x answers/workers) and "
+              f"{h['serial_hangs_s']:.0f} s for the hangs alone one after another per worker; "
+              f"{h['ordinary_correct']:.0f} ordinary answers scored 1, {h['timeouts']} timeouts, "
+              f"{h['cut_by_deadline']} cut by the deadline.", "",
+              f"AFTER disagreements with the labels: {len(res['after_errors'])} (listed in the JSON). "
+              f"Report wall time {res['report_seconds']:.0f} s."]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
