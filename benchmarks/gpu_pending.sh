@@ -12,8 +12,8 @@
 #   projection   20  projection.py refitted on those rows (CPU work; its error on them is in the JSON)
 #   kernel      140  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
 #   refit        60  refit_gpu_bench.py, 1.5B, buckets 256 MiB (the trainer's default) and whole model
-#   step         90  step_throughput.py, RED step stages at 1.5B and 7B (7B reports "skipped" where weights +
-#                    fp32 grads + Adam state exceed one GPU: 127.6 GiB needed at TP=1)
+#   step         90  step_throughput.py, RED step stages at 1.5B and 7B; 7B's update needs 127.6 GiB of state at
+#                    TP=1, over 0.9 of one GPU, so at 7B only the old-log-prob pass and the refit gather run
 # A part never runs past the call's deadline (GPU_PENDING_TOTAL_S, default 470 s from the start, the
 # wheel install included); one with under GPU_PENDING_MIN_PART_S (15 s) left is skipped and says so.
 # Each part writes its JSON into $OUT as soon as it ends (the benchmarks also save as they go, so a
@@ -25,7 +25,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform any \
 #     -d .whl megatron-core==0.19.2 liger-kernel==0.8.5
-# and run from the repository root: bash benchmarks/gpu_pending.sh all   (device tool: carry [".whl"]).
+# and run from the repository root (device tool: carry [".whl"]; the copy there has no .git, so name the revision):
+#   GPU_PENDING_REVISION='<git log --oneline -1, run here>' bash benchmarks/gpu_pending.sh all
 set -uo pipefail
 mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|refit|step}"
 ALL_PARTS="policy projection kernel refit step"
@@ -77,10 +78,10 @@ set_cmd() {  # sets cmd=(script and arguments) for part $1
         cmd=(benchmarks/refit_gpu_bench.py --out "$OUT" --shape 1.5b --buckets 256MiB,whole)
       fi ;;
     step) if [ $smoke = 1 ]; then
-        cmd=(benchmarks/step_throughput.py --out "$OUT" --shapes smoke --prompts 2 --group 2 --response 16 \
-          --prompt-len 8 --repeats 1)
+        cmd=(benchmarks/step_throughput.py --out "$OUT" --shapes smoke,smoke_untied --prompts 2 --group 2 \
+          --response 16 --prompt-len 8 --repeats 1 --state-budget-gib 0.008 --fallback-stages old_logprob,refit_stream)
       else
-        cmd=(benchmarks/step_throughput.py --out "$OUT" --shapes 1.5b,7b)
+        cmd=(benchmarks/step_throughput.py --out "$OUT" --shapes 1.5b,7b --fallback-stages old_logprob,refit_stream)
       fi ;;
   esac
 }
@@ -107,14 +108,15 @@ else
   export PYTHONPATH="/tmp/site:$PWD"
   install="ok in $((SECONDS - t0)) s"
 fi
-say "revision: $(git log --oneline -1 2>/dev/null || echo unknown)"
+rev="$(git log --oneline -1 2>/dev/null)"; rev="${rev:-${GPU_PENDING_REVISION:-unknown (no .git; set GPU_PENDING_REVISION)}}"
+say "revision: $rev"
 say "gpu: $(nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || echo none)"
 say "install: $install"
 
 write_summary() {  # $SCRATCH/parts.tsv -> $OUT/summary.json (and a table on stdout when asked)
-  "$PY" - "$OUT" "$SCRATCH/parts.tsv" "$mode" "$TOTAL_S" "$SECONDS" "$install" "${1:-}" <<'EOF'
-import json, os, subprocess, sys
-out, tsv, mode, total, secs, install, show = sys.argv[1:8]
+  "$PY" - "$OUT" "$SCRATCH/parts.tsv" "$mode" "$TOTAL_S" "$SECONDS" "$install" "$rev" "${1:-}" <<'EOF'
+import json, os, sys
+out, tsv, mode, total, secs, install, rev, show = sys.argv[1:9]
 def errors(x):
     if isinstance(x, dict):
         return sum(1 for k in x if k in ("error", "errors")) + sum(errors(v) for v in x.values())
@@ -131,7 +133,6 @@ for line in open(tsv).read().splitlines():
         except ValueError as e:
             row["json_unreadable"] = str(e)[:200]
     parts.append(row)
-rev = subprocess.run(["git", "log", "--oneline", "-1"], capture_output=True, text=True).stdout.strip() or "unknown"
 s = {"mode": mode, "revision": rev, "install": install, "total_budget_s": int(total), "seconds": int(secs), "parts": parts}
 json.dump(s, open(os.path.join(out, "summary.json.tmp"), "w"), indent=1)
 os.replace(os.path.join(out, "summary.json.tmp"), os.path.join(out, "summary.json"))

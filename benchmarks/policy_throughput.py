@@ -48,6 +48,7 @@ SHAPES = {  # Qwen2.5 family (hidden, layers, heads, kv heads, ffn, vocab, tied)
     "3b": (2048, 36, 16, 2, 11008, 151936, True),
     "7b": (3584, 28, 28, 4, 18944, 152064, False),
     "smoke": (128, 2, 4, 2, 256, 1000, True),
+    "smoke_untied": (128, 2, 4, 2, 256, 1000, False),  # CPU stand-in for 7b's untied LM head
 }
 
 

@@ -13,7 +13,9 @@ Reported per stage: seconds (median of --repeats after one warm-up, CUDA-synchro
 tokens/s (computed tokens: prompts + responses), MFU against --peak-flops (forward 2·P + 2·L·h·T
 per token, forward+backward three times that, as in policy_throughput.py and GPU.md), and peak
 memory (torch.cuda.max_memory_allocated during the stage). A shape whose weights + fp32 grads +
-Adam state would not fit the GPU is reported as such, with the bytes, and skipped.
+Adam state would not fit the GPU (--state-budget-gib) is reported as such, with the bytes, and
+skipped, or, with --fallback-stages old_logprob,refit_stream, measured without the update (7B on
+one H200: 128 GiB of update state, but weights + grad buffer + fp32 master copy fit).
 Rollout generation is not here: vLLM cannot be installed on the GPU machine.
 
   python3 benchmarks/step_throughput.py --out $OUT                           # GPU: 0.5b,1.5b,3b,7b
@@ -37,6 +39,7 @@ from bench_util import run_meta, sync, wall_times  # noqa: E402  (sets up sys.pa
 from policy_throughput import SHAPES, hf_config_dict  # noqa: E402
 
 GiB = 1 << 30
+STAGES = ("old_logprob", "update", "refit_stream")
 STATE_BYTES_PER_PARAM = 2 + 4 + 4 + 8  # bf16 weight, fp32 main grad, fp32 master, Adam m + v (one GPU: no sharding)
 
 
@@ -92,12 +95,17 @@ def run_shape(shape: str, args) -> dict:
     cfg = hf_config_dict(shape)
     P = n_params(cfg)
     rec = {"shape": shape, "params": P, "state_GiB": P * STATE_BYTES_PER_PARAM / GiB}
-    if torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(0).total_memory
-        if P * STATE_BYTES_PER_PARAM > 0.9 * total:
-            rec["skipped"] = (f"weights + fp32 grads + Adam state need {rec['state_GiB']:.0f} GiB at TP=1, the GPU has "
-                              f"{total / GiB:.0f} GiB: needs TP/PP > 1 (several GPUs)")
+    stages = STAGES
+    budget = (args.state_budget_gib * GiB if args.state_budget_gib is not None else
+              0.9 * torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None)
+    if budget is not None and P * STATE_BYTES_PER_PARAM > budget:
+        why = (f"weights + fp32 grads + Adam state need {rec['state_GiB']:.4g} GiB at TP=1, over the "
+               f"{budget / GiB:.4g} GiB budget: needs TP/PP > 1 (several GPUs)")
+        if not args.fallback_stages:
+            rec["skipped"] = why
             return rec
+        stages = tuple(args.fallback_stages.split(","))  # e.g. the no-grad pass and the refit gather still fit
+        rec["skipped_stages"] = {st: why for st in STAGES if st not in stages}
     on_gpu = torch.cuda.is_available()
     pcfg = PolicyConfig(dtype="bfloat16" if on_gpu else "float32", micro_batch_tokens=args.micro_batch_tokens,
                         lr=1e-6, lr_decay_steps=100, loss_impl="auto")
@@ -123,6 +131,8 @@ def run_shape(shape: str, args) -> dict:
     rec.update(tokens=n_tok, sequences=len(tokens))
     for name, fn, flops in (("old_logprob", old, fwd_flops), ("update", update, 3 * fwd_flops),
                             ("refit_stream", stream, None)):
+        if name not in stages:
+            continue
         s, peak = _stage(fn, args.repeats)
         rec[name] = {"seconds": s, "tokens_per_s": n_tok / s if flops else None,
                      "mfu": flops / s / args.peak_flops if flops and on_gpu else None, "peak_GiB": peak}
@@ -145,8 +155,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peak-flops", type=float, default=989e12, help="dense bf16 peak (H100 SXM datasheet)")
+    ap.add_argument("--state-budget-gib", type=float, default=None,
+                    help="bytes the update's state may take (default on a GPU: 0.9 of its memory; none on the CPU)")
+    ap.add_argument("--fallback-stages", default="",
+                    help="stages still run for a shape over that budget (e.g. old_logprob,refit_stream); default: skip it")
     ap.add_argument("--out", default=".")
     args = ap.parse_args(argv)
+    bad = [st for st in args.fallback_stages.split(",") if st and st not in STAGES]
+    if bad or "update" in args.fallback_stages.split(","):
+        ap.error(f"--fallback-stages: expected some of old_logprob,refit_stream, got {args.fallback_stages!r}")
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
         ap.error(f"--shapes: unknown {unknown}; valid: {', '.join(SHAPES)}")
@@ -179,7 +196,10 @@ def main(argv=None) -> dict:
         if "skipped" in r or "error" in r:
             print(f"| {r['shape']} | | | {r.get('skipped') or r.get('error')} | | | | |")
             continue
-        for st in ("old_logprob", "update", "refit_stream"):
+        for st in STAGES:
+            if st not in r:
+                print(f"| {r['shape']} | {r['params'] / 1e9:.2f}B | {r['tokens']:,} | {st} | skipped | | | |")
+                continue
             x = r[st]
             tps = "–" if x["tokens_per_s"] is None else f"{x['tokens_per_s']:,.0f}"
             mfu = "–" if x["mfu"] is None else f"{100 * x['mfu']:.0f}%"

@@ -78,9 +78,11 @@ def test_smoke_jsons_hold_the_measurements(smoke):
     refit = j["refit"]
     assert refit["check"]["exact"] and [r["bucket"] for r in refit["runs"]] == ["256MiB", "whole"]
     assert all(r["seconds"] > 0 and r["GBps"] > 0 for r in refit["runs"])
-    (shape,) = j["step"]["shapes"]
-    assert shape["shape"] == "smoke"
-    assert all(shape[s]["seconds"] > 0 for s in ("old_logprob", "update", "refit_stream"))
+    full, over = j["step"]["shapes"]  # the second is over its state budget, as 7b is on one GPU
+    assert full["shape"] == "smoke" and "skipped_stages" not in full
+    assert all(full[s]["seconds"] > 0 for s in ("old_logprob", "update", "refit_stream"))
+    assert over["shape"] == "smoke_untied" and list(over["skipped_stages"]) == ["update"] and "update" not in over
+    assert over["old_logprob"]["seconds"] > 0 and over["refit_stream"]["seconds"] > 0
 
 
 def _dry(mode: str, tmp_path) -> list[tuple[str, int, str, list[str]]]:
@@ -110,7 +112,7 @@ def test_gpu_commands_use_options_the_scripts_declare_and_fit_eight_minutes(tmp_
     cmd = dict((r[0], r[3]) for r in rows)
     assert cmd["kernel"][cmd["kernel"].index("--shape") + 1] == "16384x151936" and "--no-sweep" in cmd["kernel"]
     assert cmd["policy"][cmd["policy"].index("--layouts") + 1] == "1x8192" and "hf_sdpa" in " ".join(cmd["policy"])
-    assert cmd["step"][cmd["step"].index("--shapes") + 1] == "1.5b,7b"
+    assert cmd["step"][cmd["step"].index("--shapes") + 1] == "1.5b,7b" and "--fallback-stages" in cmd["step"]
     assert len(cmd["refit"][cmd["refit"].index("--buckets") + 1].split(",")) == 2
 
 
