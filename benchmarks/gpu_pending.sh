@@ -9,17 +9,20 @@
 # Parts, cheapest and most decisive first, each under its own `timeout` (seconds, GPU budget):
 #   policy      150  policy_throughput.py: 1.5B at 1x8192, Megatron (fused RED loss / megatron CE) vs HF+SDPA,
 #                    then 1.5B 2x4096 and 0.5B 1x8192 of the trainer's path (rows for the projection's fit)
-#   projection   20  projection.py refitted on those rows (CPU work; its error on them is in the JSON)
+#   projection   10  projection.py refitted on those rows (CPU work; its error on them is in the JSON)
 #   kernel      140  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
-#   refit        60  refit_gpu_bench.py, 1.5B, buckets 256 MiB (the trainer's default) and whole model
-#   step         90  step_throughput.py, RED step stages at 1.5B and 7B; 7B's update needs 127.6 GiB of state at
+#   refit        50  refit_gpu_bench.py, 1.5B, buckets 256 MiB (the trainer's default) and whole model
+#   step        110  step_throughput.py, RED step stages at 1.5B and 7B; 7B's update needs 127.6 GiB of state at
 #                    TP=1, over 0.9 of one GPU, so at 7B only the old-log-prob pass and the refit gather run
 # A part never runs past the call's deadline (GPU_PENDING_TOTAL_S, default 470 s from the start, the
-# wheel install included); one with under GPU_PENDING_MIN_PART_S (15 s) left is skipped and says so.
+# wheel install included); one with under GPU_PENDING_MIN_PART_S (15 s, or its budget if smaller) left
+# is skipped and says so.
 # Each part writes its JSON into $OUT as soon as it ends (the benchmarks also save as they go, so a
 # part cut short keeps what it measured); $OUT/summary.json (status and seconds per part) is
 # rewritten after every part, and printed last. The device tool returns at most 8 files from $OUT:
 # this writes 7 (summary.json, gpu_pending.log with every part's output, one JSON per part).
+# A later issue's GPU check joins as one more part: a case in budget, json_of and set_cmd (GPU and smoke
+# commands), its name in ALL_PARTS, within the same total (one file of the 8 is left).
 #
 # GPU machine (no megatron-core/liger-kernel there, no downloads): carry the wheels in .whl/, made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -50,7 +53,7 @@ export PYTHONUNBUFFERED=1
 say() { echo "$*" | tee -a "$LOG"; }
 
 # part -> budget (s), the JSON it writes, its command (GPU or smoke)
-budget() { case "$1" in policy) echo 150 ;; projection) echo 20 ;; kernel) echo 140 ;; refit) echo 60 ;; step) echo 90 ;; esac; }
+budget() { case "$1" in policy) echo 150 ;; projection) echo 10 ;; kernel) echo 140 ;; refit) echo 50 ;; step) echo 110 ;; esac; }
 json_of() { case "$1" in policy) echo policy_throughput.json ;; projection) echo projection.json ;;
   kernel) echo kernel_bench.json ;; refit) echo refit_gpu_bench.json ;; step) echo step_throughput.json ;; esac; }
 set_cmd() {  # sets cmd=(script and arguments) for part $1
@@ -103,8 +106,8 @@ if [ "$mode" = smoke ]; then  # same parts, tiny shapes, the CPU: CUDA hidden, T
 else
   t0=$SECONDS
   ls .whl/*.whl > /dev/null 2>&1 || { say "gpu_pending.sh: no wheels in .whl/ (see the header: megatron-core, liger-kernel)"; exit 1; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tee -a "$LOG" || { say "gpu_pending.sh: wheel install failed"; exit 1; }
+  timeout 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl 2>&1 | tee -a "$LOG" || { say "gpu_pending.sh: wheel install failed"; exit 1; }
   export PYTHONPATH="/tmp/site:$PWD"
   install="ok in $((SECONDS - t0)) s"
 fi
@@ -148,7 +151,7 @@ EOF
 for part in $parts; do
   b=$(budget "$part"); left=$((TOTAL_S - SECONDS - 5)); t=$(( b < left ? b : left ))
   jname=$(json_of "$part"); rm -f "$OUT/$jname"
-  if [ "$t" -lt "$MIN_PART_S" ]; then
+  if [ "$t" -lt "$(( b < MIN_PART_S ? b : MIN_PART_S ))" ]; then  # under its minimum (or whole budget) left
     status="skipped: ${left} s left of the call's ${TOTAL_S}"; rc=0; took=0
   elif [ "$part" = projection ] && [ ! -s "$OUT/policy_throughput.json" ]; then
     status="skipped: no policy_throughput.json"; rc=0; took=0

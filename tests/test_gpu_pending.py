@@ -136,3 +136,11 @@ def test_a_part_past_its_time_is_cut_and_the_rest_skipped(tmp_path):
     assert parts[0]["part"] == "policy" and parts[0]["status"].startswith("timeout") and parts[0]["rc"] == 124
     assert parts[0]["seconds"] <= 8 and parts[0]["json"] is None
     assert all(p["status"].startswith("skipped") for p in parts[1:]), parts
+
+
+def test_gpu_mode_without_the_wheels_stops_before_any_part(tmp_path):
+    if list((ROOT / ".whl").glob("*.whl")):
+        pytest.skip("wheels present in .whl/: 'all' would install them and start the GPU parts")
+    res = _run("all", tmp_path / "out", timeout=60)
+    assert res.returncode == 1 and "no wheels in .whl/" in res.stdout
+    assert not (tmp_path / "out" / "summary.json").exists()
