@@ -44,7 +44,7 @@ RUNS = {
 }
 CORE_KEYS = ("optim/loss", "optim/grad_norm", "red/w", "entropy/h_rl", "entropy/h_sft", "reward/mean")
 KEYS = CORE_KEYS + ("entropy/delta_rl", "entropy/delta_sft", "reward/online_accuracy",
-                    "response/online_mean_length", "optim/clip_frac")
+                    "response/online_mean_length", "optim/clip_frac", "reward/verifier_timeouts")
 
 
 def train_env() -> dict:

@@ -28,9 +28,11 @@ def test_trace_is_bit_identical_to_the_golden_one(traces, name):
     diff = rg.first_difference(gold["trace"], traces[name])
     if diff is not None:
         env = rg.environment_differences(gold["env"], rg.environment())
+        timeouts = sum(r.get("reward/verifier_timeouts", 0) for r in traces[name])
         pytest.fail(f"golden trace {name} ({gold['command']}) changed: {diff}\n"
                     f"recorded at {gold['revision']!r} on {gold['recorded']}; environment differences: "
-                    f"{env or 'none'}\nIf the change is meant to move the numbers: python scripts/regen_golden.py")
+                    f"{env or 'none'}; math-verify timeouts in this run: {timeouts} (a timeout scores 0: load, "
+                    "not the code)\nIf the change is meant to move the numbers: python scripts/regen_golden.py")
 
 
 def _finite(v):
