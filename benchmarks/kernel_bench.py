@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -359,16 +360,6 @@ def correctness(n=16384, v=151936, vocab_size=None, T=0.7, chunk=1024):
                                   entropy_coef=0.01, kl_coef=0.05, **out)
 
 
-def parse_shape(text: str) -> tuple[int, int]:
-    try:
-        n, v = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--shape: expected NxV (e.g. 16384x151936), got {text!r}") from None
-    if n < 1 or v < 2:
-        raise ValueError(f"--shape: N >= 1 and V >= 2 expected, got {text!r}")
-    return n, v
-
-
 def main():
     global OUT_DIR
     ap = argparse.ArgumentParser()
@@ -384,7 +375,10 @@ def main():
     if args.smoke:
         args.shape, args.no_sweep = args.shape or "64x512", True
         args.variants = args.variants or "red_loss,red_loss_gif,naive"
-    shape = parse_shape(args.shape) if args.shape else None
+    m = re.fullmatch(r"(\d+)x(\d+)", args.shape or "0x0")
+    shape = (int(m[1]), int(m[2])) if m and args.shape else None
+    if args.shape and (shape is None or min(shape) < 2):
+        ap.error(f"--shape: expected NxV with N, V >= 2 (e.g. 16384x151936), got {args.shape!r}")
     names = args.variants.split(",") if args.variants else None
     known = ("naive", "compile", "liger", "red_loss", "red_loss_gif")
     if names and any(x not in known for x in names):
