@@ -40,15 +40,20 @@ ORDINARY = [(r"\frac{1}{2}", "0.5"), ("3", "3"), (r"2\sqrt{2}", r"\sqrt{8}"), ("
 _RUNNER = r"""
 import json, sys, time
 from red_megatron.reward import RewardConfig, RewardScorer
-spec = json.load(open(sys.argv[1]))
-out = {}
-with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
-    s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
-    for name, (resps, golds) in spec["batches"].items():
-        t0 = time.monotonic()
-        rewards, _ = s.score(resps, golds)
-        out[name] = {"rewards": rewards, "seconds": time.monotonic() - t0}
-json.dump(out, open(sys.argv[2], "w"))
+
+def main():
+    spec = json.load(open(sys.argv[1]))
+    out = {}
+    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
+        s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
+        for name, (resps, golds) in spec["batches"].items():
+            t0 = time.monotonic()
+            rewards, _ = s.score(resps, golds)
+            out[name] = {"rewards": rewards, "seconds": time.monotonic() - t0}
+    json.dump(out, open(sys.argv[2], "w"))
+
+if __name__ == "__main__":  # the workers start with forkserver
+    main()
 """
 
 
@@ -100,12 +105,14 @@ def score_after(spec: dict) -> dict:
     return out
 
 
-def hang_bound(workers: int, timeout_s: float) -> dict:
-    """Answers that hang inside the verifier (the tests' HANG hook: a sleep no alarm stops)."""
+def hang_bound(workers: int, timeout_s: float, hang: str) -> dict:
+    """Answers that hang inside the verifier (the tests' HANG hook: a sleep no alarm stops).
+    ``hang`` is how they look: like a tower of powers (handed out last) or like a short
+    answer (``HANG``: handed out before most ordinary ones, the worst case)."""
     from red_megatron.reward import RewardConfig, RewardScorer
 
     cfg = RewardConfig(num_workers=workers, timeout_s=timeout_s, verify_fn="tests.test_reward:hooked_verify")
-    resps = ["\\boxed{HANG}"] * 8 + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
+    resps = [f"\\boxed{{{hang}}}"] * 8 + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
     golds = ["1"] * 8 + [g for _, g in ORDINARY]
     with RewardScorer(cfg) as s:
         s.score(["\\boxed{1}"] * workers, ["1"] * workers)
@@ -144,12 +151,15 @@ def main() -> None:
     spec = {"workers": args.workers, "timeout_s": args.timeout_s,
             "batches": {"pairs": ([f"So \\boxed{{{r[2]}}}." for r in rows], [r[1] for r in rows]),
                         "adversarial": (adv_resps, adv_golds)}}
-    t0 = time.monotonic()
+    t0, load0 = time.monotonic(), os.getloadavg()[0]
     after = score_after(spec)
     before = score_before(args.before_rev, spec)
-    bound = hang_bound(args.workers, 5.0)
+    bound = {"looks_slow": hang_bound(args.workers, 5.0, "HANG^{9^{9^{9}}}"),
+             "looks_fast": hang_bound(args.workers, 5.0, "HANG")}
     res = {"date": args.date, "machine": f"{args.machine} ({platform.processor() or platform.machine()}, "
-                                         f"{os.cpu_count()} cores visible)",
+                                         f"{os.cpu_count()} cores visible, 1-min load average "
+                                         f"{load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
+                                         "of the run: other jobs shared the cores)",
            "workers": args.workers, "timeout_s": args.timeout_s, "before_rev": args.before_rev,
            "before": rates(rows, before["pairs"]["rewards"]), "after": rates(rows, after["pairs"]["rewards"]),
            "adversarial": {"answers": len(adv_resps), "adversarial": len(ADVERSARIAL),
@@ -182,20 +192,27 @@ def write(res: dict, out: Path) -> None:
         lines.append(f"| {b} | {y['golds']} | {y['right']} | {y['near_misses']} | {pct(x['false_reject'], x['right'])} "
                      f"| {pct(y['false_reject'], y['right'])} | {pct(x['false_accept'], x['near_misses'])} "
                      f"| {pct(y['false_accept'], y['near_misses'])} |")
-    a, h = res["adversarial"], res["hang_bound"]
+    a = res["adversarial"]
     lines += ["", "## Adversarial batch", "",
               f"{a['answers']} answers in one `score` call: {a['adversarial']} that make sympy hang or crawl "
               f"(`9^{{9^{{9^{{9}}}}}}`, `10^{{10^{{10^{{10}}}}}}`, `(9!)!!`, `99999999^{{99999999}}`, ...) and "
               f"{a['answers'] - a['adversarial']} ordinary ones, {res['workers']} workers, timeout_s {res['timeout_s']}:",
-              "", f"- BEFORE: {a['before_s']:.1f} s ({a['before_ordinary_correct']:.0f} ordinary answers scored 1)",
-              f"- AFTER: {a['after_s']:.1f} s ({a['after_ordinary_correct']:.0f} ordinary answers scored 1; "
+              "", f"- BEFORE: {a['before_s']:.2f} s ({a['before_ordinary_correct']:.0f} ordinary answers scored 1)",
+              f"- AFTER: {a['after_s']:.2f} s ({a['after_ordinary_correct']:.0f} ordinary answers scored 1; the "
+              "adversarial ones are refused before parsing, as timeouts; "
               f"stats {a['after_stats']})", "",
-              "Answers that hang inside the verifier itself (the tests' `HANG` hook, a sleep no alarm can stop), "
-              f"{h['hanging']} of {h['answers']}, {res['workers']} workers, timeout_s 5: {h['seconds']:.1f} s, "
-              f"against a step deadline of {h['deadline_s']:.1f} s (timeout + 0.25 s x answers/workers) and "
-              f"{h['serial_hangs_s']:.0f} s for the hangs alone one after another per worker; "
-              f"{h['ordinary_correct']:.0f} ordinary answers scored 1, {h['timeouts']} timeouts, "
-              f"{h['cut_by_deadline']} cut by the deadline.", "",
+              "Answers that hang inside the verifier itself, past any guard (the tests' `HANG` hook, a sleep no "
+              f"alarm can stop), 8 of 32 in one call, {res['workers']} workers, timeout_s 5 (one after another "
+              "per worker, as before, the hangs alone would take "
+              f"{res['hang_bound']['looks_slow']['serial_hangs_s']:.0f} s):", ""]
+    for name, what in (("looks_slow", "hangs that look slow (`HANG^{9^{9^{9}}}`: handed out last)"),
+                       ("looks_fast", "hangs that look fast (`HANG`: handed out before most ordinary answers, "
+                                      "the worst case)")):
+        h = res["hang_bound"][name]
+        lines.append(f"- {what}: {h['seconds']:.1f} s against a step deadline of {h['deadline_s']:.1f} s "
+                     f"(timeout + 0.25 s x answers/workers); {h['ordinary_correct']:.0f}/24 ordinary answers "
+                     f"scored 1, {h['timeouts']} timeouts, {h['cut_by_deadline']} cut by the deadline.")
+    lines += ["",
               f"AFTER disagreements with the labels: {len(res['after_errors'])} (listed in the JSON). "
               f"Report wall time {res['report_seconds']:.0f} s."]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -16,8 +16,8 @@ TIMEOUT_S = 8.0  # math-verify's own alarms get half (4 s): real answers must no
 
 
 def hooked_verify(pred, gold, timeout_s):
-    """Runs in the workers: the real verifier, but ``HANG`` sleeps forever and ``CRASH`` kills the process."""
-    if pred == "HANG":
+    """Runs in the workers: the real verifier, but ``HANG...`` sleeps forever and ``CRASH`` kills the process."""
+    if pred.startswith("HANG"):
         time.sleep(3600)
     if pred == "CRASH":
         os._exit(7)
