@@ -201,7 +201,7 @@ def parity_check(shape: str, tmp: str) -> dict:
 
 
 def run_one(impl: str, shape: str, B: int, S: int, steps: int, warmup: int) -> dict:
-    from red_megatron.policy.hf_config import read_hf_config
+    from red_megatron.hf.config import read_hf_config
 
     cfg = hf_config_dict(shape)
     hf_cfg = read_hf_config(cfg)

@@ -7,7 +7,8 @@ choice, not the paper's (it does not state one); override ``steps=`` (lr_decay_s
 
 Layouts (why; the numbers are benchmarks/projection.py's, see benchmarks/reports/projection_*.md):
 - 1.5B: TP=1, PP=1: weights + grads + sharded optimizer ≈ 11 GiB, ≈ 36 GiB/GPU projected with
-  8k-token micro-batches; pure DP over the node's 8 GPUs, one vLLM engine a GPU (tp_infer=1).
+  8k-token micro-batches (the recipes use 9,216 = 1k prompt + 8k response, refused below that since
+  2026-12-02; the projection is at 8k); pure DP over the node's 8 GPUs, one vLLM engine a GPU (tp_infer=1).
 - 7B: TP=2 (divides the 28 query / 4 KV heads), PP=1: ≈ 60 GiB/GPU projected at DP=4 with
   8k-token micro-batches, where TP=1 does not fit 80 GB (≈ 108 GiB); vLLM tp_infer=2 leaves room
   for the KV cache beside the colocated training state.
@@ -53,7 +54,9 @@ def _paper(name: str, model: str, *, tp: int, pp: int, tp_infer: int, gpu_mem: f
         algo=AlgoConfig(preset="red", num_online=7, temperature=1.0, eps_lo=0.2, eps_hi=0.2),
         data=DataConfig(path=train_data, schema="openr1", max_prompt_tokens=PROMPT_TOKENS,
                         max_response_tokens=RESPONSE_TOKENS, global_batch_size=64, seed=0),
-        policy=PolicyConfig(tp=tp, pp=pp, dtype="bfloat16", micro_batch_tokens=8192, lr=2e-6, min_lr_ratio=0.1,
+        # a micro-batch holds the longest prompt + response (9,216 tokens); shorter ones are packed
+        policy=PolicyConfig(tp=tp, pp=pp, dtype="bfloat16", micro_batch_tokens=PROMPT_TOKENS + RESPONSE_TOKENS,
+                            lr=2e-6, min_lr_ratio=0.1,
                             adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, clip_grad=1.0,
                             lr_decay_steps=STEPS, use_distributed_optimizer=True),
         rollout=RolloutConfig(tp_infer=tp_infer, executor="external_launcher" if tp_infer > 1 else "uni",

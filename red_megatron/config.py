@@ -66,6 +66,10 @@ class RunConfig:
         if not self.refit_bucket_mb >= 0:
             raise ValueError(f"RunConfig.refit_bucket_mb must be >= 0 (0: one tensor a bucket), got {self.refit_bucket_mb}")
         need = self.data.max_prompt_tokens + self.data.max_response_tokens
+        if self.policy.micro_batch_tokens < need:
+            raise ValueError(f"policy.micro_batch_tokens={self.policy.micro_batch_tokens} is below the longest "
+                             f"sequence the data allows, data.max_prompt_tokens + data.max_response_tokens = {need} "
+                             f"(a micro-batch holds whole sequences)")
         if any(s.online for s in preset_stages(self.algo.preset)) and self.rollout.max_model_len < need:
             raise ValueError(f"rollout.max_model_len={self.rollout.max_model_len} is below data.max_prompt_tokens + "
                              f"data.max_response_tokens = {need}")
@@ -80,7 +84,10 @@ class RunConfig:
 
 
 def check_layout(cfg: RunConfig, world_size: int) -> int:
-    """TP × PP against the world, the prompt batch against DP; returns the DP size. No files read."""
+    """World = TP × PP × DP, the prompt batch against DP, the rollout placement; returns the DP size.
+    No files read (the launcher checks this half on the submitting machine)."""
+    from red_megatron.rollout.placement import check_placement
+
     tp, pp = cfg.policy.tp, cfg.policy.pp
     if world_size % (tp * pp) != 0:
         raise ValueError(f"policy.tp={tp} × policy.pp={pp} must divide the world size {world_size}")
@@ -88,30 +95,35 @@ def check_layout(cfg: RunConfig, world_size: int) -> int:
     if cfg.data.global_batch_size % dp != 0:
         raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
                          f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp})")
+    if any(s.online for s in preset_stages(cfg.algo.preset)):
+        check_placement(world_size=world_size, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor)
     return dp
 
 
 def check_checkpoint(cfg: RunConfig) -> None:
-    """TP, PP and vLLM's TP against the checkpoint's head and layer counts (reads config.json)."""
-    tp, pp = cfg.policy.tp, cfg.policy.pp
-    cfg_path = Path(cfg.model_dir) / "config.json"
-    if not cfg_path.exists():
+    """TP, PP and vLLM's TP against the checkpoint's heads and layers, and the engine's window against
+    its positions (reads config.json through the one typed parser, red_megatron.hf)."""
+    from red_megatron.hf.config import read_hf_config
+
+    if not (Path(cfg.model_dir) / "config.json").is_file():
         raise ValueError(f"model_dir={cfg.model_dir!r}: no config.json there (expected a Hugging Face checkpoint)")
-    hf = json.loads(cfg_path.read_text())
-    heads = hf.get("num_attention_heads")
-    kv = hf.get("num_key_value_heads", heads)
-    layers = hf.get("num_hidden_layers")
-    for name, n in (("num_attention_heads", heads), ("num_key_value_heads", kv)):
-        if n is None or n % tp != 0:
-            raise ValueError(f"policy.tp={tp} must divide the checkpoint's {name}={n} ({cfg_path})")
-        if n % cfg.rollout.tp_infer != 0:
-            raise ValueError(f"rollout.tp_infer={cfg.rollout.tp_infer} must divide the checkpoint's {name}={n}")
-    if layers is None or layers % pp != 0:
-        raise ValueError(f"policy.pp={pp} must divide the checkpoint's num_hidden_layers={layers} ({cfg_path})")
+    hf = read_hf_config(cfg.model_dir)
+    hf.check_megatron_tp(cfg.policy.tp)
+    hf.check_pp(cfg.policy.pp)
+    online = any(s.online for s in preset_stages(cfg.algo.preset))
+    if online:
+        hf.check_vllm_tp(cfg.rollout.tp_infer)
+    window = cfg.rollout.max_model_len if online else cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
+    field_name = "rollout.max_model_len" if online else "data.max_prompt_tokens + data.max_response_tokens"
+    if window > hf.max_position_embeddings:
+        raise ValueError(f"{field_name}={window} exceeds the checkpoint's max_position_embeddings="
+                         f"{hf.max_position_embeddings} ({cfg.model_dir}/config.json)")
 
 
 def check_world(cfg: RunConfig, world_size: int) -> None:
-    """Every check that needs the launch and the checkpoint; one ValueError naming the fields."""
+    """The run validator: every rule that needs the launch (world size) or the checkpoint, applied
+    once, before any model or engine is built (the rules on the config alone ran when it was made);
+    one ValueError naming the fields."""
     check_layout(cfg, world_size)
     check_checkpoint(cfg)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -69,6 +70,9 @@ class _Run:
         from red_megatron.reward.scorer import RewardScorer
 
         self.cfg = cfg
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else \
+            int(os.environ.get("WORLD_SIZE", "1"))
+        check_world(cfg, world)  # the validator: before any model or engine is built
         self.preset = get_preset(cfg.algo.preset)
         self.objective = build_objective(cfg.algo)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
@@ -82,7 +86,6 @@ class _Run:
         policy_cfg = dataclasses.replace(cfg.policy, lr=lr, lr_decay_steps=max(self.steps, cfg.policy.warmup_steps + 1))
         self.policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed)
         self.groups = g = self.policy.groups
-        check_world(cfg, g.world_size)
         self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=g.dp_rank, dp_world_size=g.dp_size)
         self.scorer = RewardScorer(cfg.reward)
         self.placement = plan_rollout(g, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor,
@@ -132,7 +135,7 @@ class _Run:
         from red_megatron.rollout.refit import refit
 
         stream = self.policy.stream_hf_weights()  # a collective: every rank walks it
-        if self.engine is None:
+        if not self.placement.generates:  # no engine here, or an idle one
             for _ in stream:
                 pass
             return {}

@@ -70,7 +70,7 @@ def hf_policy(hf_dir: str, tp: int = 1, pp: int = 1, load_weights: bool = True, 
     """A policy on policy-core's build_model (SDPA attention, packed THD support) for an HF dir."""
     from red_megatron.policy import model, parallel
     from red_megatron.policy.config import PolicyConfig
-    from red_megatron.policy.hf_config import read_hf_config
+    from red_megatron.hf.config import read_hf_config
     from red_megatron.policy.policy import MegatronPolicy
 
     kw = dict(tp=tp, pp=pp, dtype="float32", lr=1e-3, warmup_steps=1, lr_decay_steps=50, micro_batch_tokens=64,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hf_shapes import SHAPES, qwen25_config
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 COMMANDS = ("train", "eval", "launch", "study", "export")
@@ -61,27 +63,10 @@ def test_scripts_are_thin_wrappers_of_the_cli():
 
 
 # --- red-train --check against the README's real runs ------------------------------------------------
-# The models' own config.json numbers (Hugging Face hub, Qwen2.5 family). Qwen2.5-Math-1.5B as the
-# qwen25 recipe's doc says to prepare it (LUFFY's rope_theta 40000, 16k positions).
-SHAPES = {
-    "Qwen2.5-Math-1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                              num_key_value_heads=2, vocab_size=151936, max_position_embeddings=16384,
-                              rope_theta=40000.0, tie_word_embeddings=True),
-    "Qwen2.5-7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, max_position_embeddings=131072, rope_theta=1e6,
-                       tie_word_embeddings=False),
-    "Qwen2.5-32B": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
-                        num_key_value_heads=8, vocab_size=152064, max_position_embeddings=131072, rope_theta=1e6,
-                        tie_word_embeddings=False),
-}
-
-
 def write_shaped_model(out: Path, tokenizer_dir: Path, name: str) -> Path:
     """config.json with ``name``'s numbers + the tiny checkpoint's tokenizer files: all --check reads."""
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6,
-           "use_sliding_window": False, "attention_dropout": 0.0, "torch_dtype": "bfloat16", **SHAPES[name]}
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    (out / "config.json").write_text(json.dumps(qwen25_config(name), indent=1))
     for f in tokenizer_dir.iterdir():
         if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "vocab.json", "merges.txt"):
             shutil.copy2(f, out / f.name)

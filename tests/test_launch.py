@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from red_megatron.launch import LaunchSpec, parse_sweeps
+from tests.hf_shapes import qwen25_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -93,17 +94,16 @@ def test_unknown_field_and_recipe_are_refused(tmp_path):
 def test_head_count_checked_when_checkpoint_is_readable(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"num_attention_heads": 28, "num_key_value_heads": 4,
-                                                  "num_hidden_layers": 28}))
+    (ckpt / "config.json").write_text(json.dumps(qwen25_config("Qwen2.5-7B")))
     # tp=8 tiles 16 GPUs but does not divide Qwen2.5-7B's 28 heads; without the file it is only a note
     rc, _, err = _main(["--recipe", "qwen25_7b", *SLURM_2N, "--run-dir", str(tmp_path / "r"), "--dry-run",
                         f"model_dir={ckpt}", "policy.tp=8"])
     assert rc == 2 and "policy.tp=8" in err and "num_attention_heads=28" in err
-    (ckpt / "config.json").write_text(json.dumps({"num_attention_heads": 32, "num_key_value_heads": 4,
-                                                  "num_hidden_layers": 28}))
+    # vLLM may replicate the 4 KV heads (tp_infer=8 is fine for them) but must split the 28 q heads
+    (ckpt / "config.json").write_text(json.dumps(qwen25_config("Qwen2.5-7B")))
     rc, _, err = _main(["--recipe", "qwen25_7b", *SLURM_2N, "--run-dir", str(tmp_path / "r"), "--dry-run",
                         f"model_dir={ckpt}", "policy.tp=4", "rollout.tp_infer=8", "rollout.executor=external_launcher"])
-    assert rc == 2 and "rollout.tp_infer=8" in err and "num_key_value_heads=4" in err
+    assert rc == 2 and "rollout.tp_infer=8" in err and "num_attention_heads=28" in err
 
 
 # ---------------------------------------------------------------------------------------- dry runs

@@ -84,7 +84,7 @@ def _copy_with(src: Path, dst: Path, edit) -> Path:
 def _load_errors(d: Path):
     """Run the converter's checks that need no model: names, then every unit's shard read."""
     from red_megatron.policy.convert import _check_names, _LazyCheckpoint, _read_local, weight_units
-    from red_megatron.policy.hf_config import read_hf_config
+    from red_megatron.hf.config import read_hf_config
 
     hf = read_hf_config(d)
     ck = _LazyCheckpoint(d)
@@ -113,7 +113,7 @@ def test_missing_extra_and_misshaped_tensors_are_named(tiny, tmp_path):
 def test_sharded_checkpoint_with_index_reads_like_a_single_file(tiny, tmp_path):
     """A multi-file checkpoint (index.json) gives the same shards as the single file."""
     from red_megatron.policy.convert import _LazyCheckpoint, _read_local, weight_units
-    from red_megatron.policy.hf_config import read_hf_config
+    from red_megatron.hf.config import read_hf_config
 
     src = tiny["llama"]
     d = tmp_path / "sharded"

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from red_megatron.policy.hf_config import read_hf_config, rope_inv_freq
+from red_megatron.hf.config import read_hf_config, rope_inv_freq
 
 
 def _qwen25_1p5b() -> dict:

@@ -9,13 +9,11 @@ import pytest
 from configs import RECIPES, get_recipe
 from red_megatron.launch import LaunchSpec, check_launch
 from red_megatron.overrides import apply_overrides
+from tests.hf_shapes import qwen25_config
 
-# config.json fields of the public Qwen2.5 checkpoints (heads, KV heads, layers)
-QWEN25 = {
-    "qwen25_math_1p5b": dict(num_attention_heads=12, num_key_value_heads=2, num_hidden_layers=28),
-    "qwen25_7b": dict(num_attention_heads=28, num_key_value_heads=4, num_hidden_layers=28),
-    "qwen25_32b": dict(num_attention_heads=40, num_key_value_heads=8, num_hidden_layers=64),
-}
+# the public Qwen2.5 checkpoints' config.json (heads, KV heads, layers, positions)
+QWEN25 = {"qwen25_math_1p5b": qwen25_config("Qwen2.5-Math-1.5B"), "qwen25_7b": qwen25_config("Qwen2.5-7B"),
+          "qwen25_32b": qwen25_config("Qwen2.5-32B")}
 # the node counts each recipe is meant for (8×H100 nodes)
 NODES = {"qwen25_math_1p5b": (1, 2), "qwen25_7b": (1, 2, 4, 8), "qwen25_32b": (2, 4, 8)}
 

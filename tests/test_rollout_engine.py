@@ -189,7 +189,7 @@ def test_unloadable_architecture_and_bad_tp(tiny_ckpt_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps({**cfg, "architectures": ["TinyMysteryForCausalLM"]}))
     with pytest.raises(ValueError, match="cannot load architecture.*TinyMysteryForCausalLM"):
         check_engine_compatible(bad, RolloutConfig())
-    with pytest.raises(ValueError, match="tp_infer=3 must divide num_attention_heads=4"):
+    with pytest.raises(ValueError, match="tp_infer=3 must divide the checkpoint.s num_attention_heads=4"):
         check_engine_compatible(tiny_ckpt_dir, RolloutConfig(tp_infer=3, executor="external_launcher"))
     assert check_engine_compatible(tiny_ckpt_dir, RolloutConfig(tp_infer=4, executor="external_launcher"))
 

@@ -10,9 +10,13 @@ from red_megatron.policy.config import PolicyConfig
 from red_megatron.rollout.config import RolloutConfig
 
 
+TINY_QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 1024, "hidden_size": 128,
+              "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 512, "hidden_act": "silu"}
+
+
 def _cfg(tmp_path, **kw):
-    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "num_key_value_heads": 2,
-                                                      "num_hidden_layers": 2}))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_QWEN2))
     base = dict(model_dir=str(tmp_path), data=DataConfig(path="x.parquet", max_prompt_tokens=64,
                                                           max_response_tokens=32, global_batch_size=8),
                 rollout=RolloutConfig(max_model_len=128))
@@ -32,11 +36,30 @@ def test_valid_config_passes_world_checks(tmp_path):
     (["policy.tp=2"], 3, "policy.tp=2 × policy.pp=1 must divide the world size 3"),
     (["data.global_batch_size=6"], 4, "global_batch_size=6 .* divisible by the data-parallel size 4"),
     (["policy.pp=4"], 4, "policy.pp=4 must divide the checkpoint's num_hidden_layers=2"),
-    (["rollout.executor=external_launcher", "rollout.tp_infer=4"], 1, "rollout.tp_infer=4 must divide the checkpoint's num_key_value_heads=2"),
+    (["rollout.executor=external_launcher", "rollout.tp_infer=3", "data.global_batch_size=9"], 3,
+     "rollout.tp_infer=3 must divide the checkpoint's num_attention_heads=4"),
+    (["rollout.executor=external_launcher", "rollout.tp_infer=2"], 1, "rollout.tp_infer=2 must divide the world size 1"),
+    (["rollout.max_model_len=1024", "data.max_response_tokens=900"], 1,
+     "rollout.max_model_len=1024 exceeds the checkpoint's max_position_embeddings=512"),
 ])
 def test_impossible_layouts_name_the_fields(tmp_path, overrides, world, msg):
     with pytest.raises(ValueError, match=msg):
         check_world(apply_overrides(_cfg(tmp_path), overrides), world)
+
+
+def test_vllm_replicates_kv_heads_beyond_them(tmp_path):
+    # 4 q heads, 2 KV heads: vLLM TP=4 replicates each KV head twice (megatron's TP may not exceed 2)
+    check_world(apply_overrides(_cfg(tmp_path), ["rollout.executor=external_launcher", "rollout.tp_infer=4"]), 4)
+
+
+def test_micro_batch_must_hold_the_longest_sequence(tmp_path):
+    # the paper recipes had 8,192-token micro-batches for 1,024 + 8,192-token sequences: the first long
+    # response raised inside plan_micro_batches mid-run; now the config is refused when it is made
+    with pytest.raises(ValueError, match=r"policy.micro_batch_tokens=64 is below .* = 96"):
+        _cfg(tmp_path, policy=PolicyConfig(micro_batch_tokens=64))
+    with pytest.raises(ValueError, match="policy.micro_batch_tokens=8192 is below"):
+        apply_overrides(_cfg(tmp_path, rollout=RolloutConfig(max_model_len=9216)),
+                        ["data.max_prompt_tokens=1024", "data.max_response_tokens=8192", "policy.micro_batch_tokens=8192"])
 
 
 def test_section_checks(tmp_path):

@@ -105,7 +105,7 @@ def check_tokenizer_files(model_dir: Path, *, need_chat_template: bool) -> None:
 
 def check_model_dir(model_dir, *, field: str = "model_dir", weights: bool = True, need_chat_template: bool = True):
     """Refuse a model dir that cannot load; returns the parsed ``HFModelConfig``. No weights are read."""
-    from red_megatron.policy.hf_config import read_hf_config
+    from red_megatron.hf.config import read_hf_config
 
     p = Path(model_dir)
     if not p.is_dir():

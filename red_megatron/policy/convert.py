@@ -28,7 +28,6 @@ last stage's output-layer copy of the embedding is filled from ``model.embed_tok
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from red_megatron.policy.hf_config import HFModelConfig, read_hf_config
+from red_megatron.hf.config import HFModelConfig, read_hf_config
 
 
 class WeightMismatchError(ValueError):
@@ -167,21 +166,10 @@ class _LazyCheckpoint:
     """Open safetensors shards on demand; read slices only (``get_slice``)."""
 
     def __init__(self, hf_dir):
-        self.dir = Path(hf_dir)
-        index = self.dir / "model.safetensors.index.json"
-        if index.is_file():
-            self.where = dict(json.loads(index.read_text())["weight_map"])
-        elif (self.dir / "model.safetensors").is_file():
-            from safetensors import safe_open
+        from red_megatron.hf.safetensors import weight_map
 
-            try:
-                with safe_open(str(self.dir / "model.safetensors"), framework="pt") as f:
-                    self.where = {k: "model.safetensors" for k in f.keys()}
-            except Exception as e:  # noqa: BLE001 - SafetensorError ("incomplete metadata"): name the file
-                raise WeightMismatchError(f"unreadable weights file in {self.dir / 'model.safetensors'}: expected "
-                                          f"a complete safetensors file ({e})") from None
-        else:
-            raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {self.dir}")
+        self.dir = Path(hf_dir)
+        self.where = weight_map(self.dir)
         self._open: dict = {}
 
     def names(self) -> set[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from red_megatron.policy import compat
-from red_megatron.policy.hf_config import HFModelConfig, read_hf_config, rope_inv_freq
+from red_megatron.hf.config import HFModelConfig, read_hf_config, rope_inv_freq
 
 _ATTENTION = ("auto", "te", "sdpa", "local")
 _RECOMPUTE = (None, "full", "selective")

@@ -87,7 +87,7 @@ class MegatronPolicy:
         """Initialise model parallelism (cfg.tp, cfg.pp), build the model from ``hf_dir``'s
         config.json and load its safetensors (each rank reads only its own shards)."""
         from red_megatron.policy import convert, model
-        from red_megatron.policy.hf_config import read_hf_config
+        from red_megatron.hf.config import read_hf_config
         from red_megatron.policy import parallel
 
         if parallel.is_initialized():  # e.g. a test's worker pool initialised the groups already
@@ -98,7 +98,7 @@ class MegatronPolicy:
         chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype])
         convert.load_hf_weights(chunks, hf_dir, groups=groups)
         return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
-                   pad_id=_hf_pad_id(hf_dir))
+                   pad_id=hf.pad_token_id)
 
     # --- accessors ----------------------------------------------------------------------------------
     @property
@@ -212,17 +212,3 @@ def _with(fn, extra: dict):
     def call(*args, **kwargs):
         return fn(*args, **kwargs, **extra)
     return call
-
-
-def _hf_vocab_size(hf_dir) -> int:
-    import json
-
-    return int(json.loads((Path(hf_dir) / "config.json").read_text())["vocab_size"])
-
-
-def _hf_pad_id(hf_dir) -> int:
-    import json
-
-    cfg = json.loads((Path(hf_dir) / "config.json").read_text())
-    pad = cfg.get("pad_token_id")
-    return int(pad) if isinstance(pad, int) else 0

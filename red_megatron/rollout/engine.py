@@ -25,7 +25,6 @@ of its tensors have arrived (stream weights layer by layer to keep that buffer t
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -37,8 +36,6 @@ import torch
 from red_megatron.rollout.config import RolloutConfig
 
 log = logging.getLogger(__name__)
-
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 @dataclass
@@ -52,27 +49,16 @@ class RolloutSample:
 
 def read_checkpoint_weights(model_dir) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes of every tensor in an HF directory, from the safetensors headers only."""
-    from safetensors import safe_open
+    from red_megatron.hf.safetensors import tensor_specs
 
-    d = Path(model_dir)
-    index = d / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() \
-        else ["model.safetensors"]
-    out = {}
-    for f in files:
-        with safe_open(str(d / f), framework="pt") as fh:
-            for name in fh.keys():
-                sl = fh.get_slice(name)
-                out[name] = (tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype()))
-    return out
+    return tensor_specs(model_dir)
 
 
 def check_engine_compatible(model_dir, cfg: RolloutConfig) -> dict:
     """Fail early, with the reason, on a checkpoint vLLM cannot load or a TP it cannot shard."""
-    cfg_path = Path(model_dir) / "config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"rollout: {model_dir} has no config.json: not a Hugging Face model directory")
-    hf = json.loads(cfg_path.read_text())
+    from red_megatron.hf.config import check_vllm_tp, read_config_json
+
+    hf = read_config_json(model_dir)
     archs = hf.get("architectures") or []
     from vllm import ModelRegistry
 
@@ -81,14 +67,8 @@ def check_engine_compatible(model_dir, cfg: RolloutConfig) -> dict:
         raise ValueError(f"rollout: vLLM cannot load architecture {archs or '(none in config.json)'} of "
                          f"{model_dir}; it supports e.g. Qwen2ForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM "
                          f"({len(supported)} architectures in vllm.ModelRegistry)")
-    heads = hf.get("num_attention_heads")
-    kv = hf.get("num_key_value_heads", heads)
-    tp = cfg.tp_infer
-    if heads is not None and heads % tp != 0:
-        raise ValueError(f"RolloutConfig.tp_infer={tp} must divide num_attention_heads={heads} of {model_dir}")
-    if kv is not None and kv % tp != 0 and tp % kv != 0:
-        raise ValueError(f"RolloutConfig.tp_infer={tp} must divide num_key_value_heads={kv} or be a multiple "
-                         f"of it (vLLM replicates KV heads), model {model_dir}")
+    heads = int(hf.get("num_attention_heads", 1))
+    check_vllm_tp(heads, int(hf.get("num_key_value_heads") or heads), cfg.tp_infer)
     return hf
 
 

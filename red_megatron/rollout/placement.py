@@ -5,8 +5,10 @@ data-parallel replica (its TP × PP ranks) trains on its own slice of the prompt
 model-parallel source rank (``mp_src``) must hold as experience and broadcast to the replica.
 vLLM's own layout is independent of that:
 
-- ``tp_infer == 1`` (``uni`` executor): one in-process engine per replica, on the replica's
-  ``mp_src``. It generates for that replica only. The other ranks build nothing.
+- ``tp_infer == 1`` (``uni`` executor): every rank builds an in-process engine (in a torchrun
+  world vLLM's start-up creates its groups with ``new_group`` over the whole world, a collective:
+  a rank that built none would leave the others waiting forever). The replica's ``mp_src``
+  generates for the replica; the engines of its other ranks stay idle and are not refit.
 - ``tp_infer > 1`` (``external_launcher``): vLLM splits the whole torchrun world into engines of
   ``tp_infer`` consecutive ranks, and every rank builds its part (vLLM's group creation is a
   collective over the world). An engine generates for every replica whose ``mp_src`` it holds,
@@ -46,6 +48,7 @@ class RolloutPlacement:
     builds_engine: bool
     engine_ranks: tuple[int, ...]  # global ranks of this rank's engine (empty: no engine here)
     served_replicas: tuple[int, ...]  # dp ranks whose prompts this rank's engine generates, in order
+    # (empty: an idle engine, built only because vLLM's start-up is collective; never refit)
     engine_group: object | None  # process group over engine_ranks (None when it has one rank)
     needs_experience: bool  # this rank is the mp_src of a served replica (the others only join the collective)
 
@@ -62,10 +65,9 @@ def plan_rollout(groups, *, tp_infer: int, executor: str, online: bool) -> Rollo
     if not online:
         return none
     if tp_infer == 1:
-        if not groups.is_mp_src:
-            return none
-        return RolloutPlacement(builds_engine=True, engine_ranks=(groups.rank,), served_replicas=(groups.dp_rank,),
-                                engine_group=None, needs_experience=True)
+        served = (groups.dp_rank,) if groups.is_mp_src else ()
+        return RolloutPlacement(builds_engine=True, engine_ranks=(groups.rank,), served_replicas=served,
+                                engine_group=None, needs_experience=groups.is_mp_src)
     world = groups.world_size
     table = [None] * world  # rank -> (dp_rank, mp_src)
     if world > 1:

@@ -8,7 +8,8 @@ field, the value found and what is supported.
 
 Supported: Qwen2 / Qwen2.5 (incl. Math; tied or untied embeddings; QKV bias), Llama 3.x
 (``rope_scaling`` of type ``llama3``, or none), Qwen3 (per-head q/k RMSNorm). No megatron import
-here: the weight converter and tests use this too.
+here (nor vllm): the run validator, the policy, the rollout engine and the benchmarks all read
+checkpoints through this package.
 """
 from __future__ import annotations
 
@@ -71,6 +72,25 @@ class HFModelConfig:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.raw.get("pad_token_id")
+        return int(pad) if isinstance(pad, int) else 0
+
+    # --- what a layout may do with these heads and layers (the one statement of each rule) ---------
+    def check_megatron_tp(self, tp: int, field: str = "policy.tp") -> None:
+        """Megatron shards q heads and KV groups: TP must divide both."""
+        for name, n in (("num_attention_heads", self.num_heads), ("num_key_value_heads", self.num_kv_heads)):
+            if n % tp != 0:
+                raise ValueError(f"{field}={tp} must divide the checkpoint's {name}={n}")
+
+    def check_vllm_tp(self, tp_infer: int, field: str = "rollout.tp_infer") -> None:
+        check_vllm_tp(self.num_heads, self.num_kv_heads, tp_infer, field)
+
+    def check_pp(self, pp: int, field: str = "policy.pp") -> None:
+        if self.num_layers % pp != 0:
+            raise ValueError(f"{field}={pp} must divide the checkpoint's num_hidden_layers={self.num_layers}")
+
     def padded_vocab_size(self, tp: int) -> int:
         """Megatron's vocabulary: padded to a multiple of 128·TP so every TP shard is equal."""
         mult = 128 * tp
@@ -87,6 +107,21 @@ class HFModelConfig:
         mlp = 3 * h * self.intermediate_size
         emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return emb + L * (attn + mlp + 2 * h) + h
+
+
+def check_vllm_tp(num_heads: int, num_kv_heads: int, tp_infer: int, field: str = "rollout.tp_infer") -> None:
+    """vLLM shards q heads and replicates KV heads when its TP exceeds them: TP divides the q heads
+    and either divides the KV heads or is a multiple of them."""
+    if num_heads % tp_infer != 0:
+        raise ValueError(f"{field}={tp_infer} must divide the checkpoint's num_attention_heads={num_heads}")
+    if num_kv_heads % tp_infer != 0 and tp_infer % num_kv_heads != 0:
+        raise ValueError(f"{field}={tp_infer} must divide the checkpoint's num_key_value_heads={num_kv_heads} "
+                         f"or be a multiple of it (vLLM replicates KV heads)")
+
+
+def read_config_json(src) -> dict:
+    """The raw config.json of a directory or path (errors name the file)."""
+    return _load_dict(src)
 
 
 def _load_dict(src) -> dict:
