@@ -99,11 +99,11 @@ class _Run:
             self.refit_plan = RefitPlan.for_engine(self.engine, self.policy.hf_weight_specs(),
                                                    bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
         self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0)
-        if g.rank == 0:
-            save_run_config(cfg, cfg.run_dir, steps=self.steps, lr=lr)
         self.step = 0
         self.skipped_steps = 0
-        self._maybe_resume()
+        self._maybe_resume()  # may refuse (another preset's checkpoint): then run_config.json stays as it was
+        if g.rank == 0:
+            save_run_config(cfg, cfg.run_dir, steps=self.steps, lr=lr)
 
     # --- checkpoints --------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
