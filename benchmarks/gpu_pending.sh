@@ -97,6 +97,7 @@ if [ -n "${GPU_PENDING_DRY_RUN:-}" ]; then  # print each part's budget and comma
   exit 0
 fi
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu_pending.XXXXXX")"
+trap 'rm -rf "$SCRATCH"' EXIT
 : > "$LOG"
 : > "$SCRATCH/parts.tsv"
 if [ "$mode" = smoke ]; then  # same parts, tiny shapes, the CPU: CUDA hidden, Triton interpreted
@@ -168,5 +169,4 @@ for part in $parts; do
   write_summary
 done
 write_summary show | tee -a "$LOG"
-rm -rf "$SCRATCH"
 "$PY" -c "import json,sys; sys.exit(0 if all(p['status'] == 'ok' for p in json.load(open('$OUT/summary.json'))['parts']) else 1)"
