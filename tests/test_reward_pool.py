@@ -38,7 +38,7 @@ def test_batch_deadline_bounds_a_batch_of_hanging_answers():
         t0 = time.monotonic()
         rewards, stats = s.score(["\\boxed{HANG}"] * 6 + ["\\boxed{0.5}", "\\boxed{2}"], ["1"] * 6 + ["1/2", "3"])
         elapsed = time.monotonic() - t0
-    assert elapsed < 4.0 + 1.5, elapsed
+    assert elapsed < 4.0 + 3.0, elapsed  # the deadline, plus killing and replacing the busy workers
     assert rewards == [0.0] * 6 + [1.0, 0.0]
     assert stats.reasons[:6] == ["timeout"] * 6 and stats.timeouts == 6 and stats.deadline >= 1
     assert stats.reasons[6:] == ["correct", "wrong"]
