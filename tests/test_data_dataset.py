@@ -1,7 +1,6 @@
 """Data: schema variants, chat template, length limits, trace truncation, and one clear error per bad input."""
 import json
 import warnings
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +10,6 @@ from red_megatron.data.chat import load_tokenizer
 from red_megatron.data.dataset import DataConfig, RedDataset
 from red_megatron.data.records import DataError
 
-EVAL_PARQUET = Path("/work/shared/data/math_eval.parquet")
 TRACE = "First, 2 + 3 = 5. Checking: 5 - 3 = 2. So the answer is \\boxed{5}."
 
 
@@ -211,8 +209,10 @@ def test_config_validation(kw, field):
         DataConfig(path="x.parquet", **kw)
 
 
-@pytest.mark.skipif(not EVAL_PARQUET.exists(), reason=f"{EVAL_PARQUET} not on this machine")
 def test_reads_the_shared_eval_parquet(tok):
+    from tests.conftest import shared_data_dir
+
+    EVAL_PARQUET = shared_data_dir() / "math_eval.parquet"
     ds = load(EVAL_PARQUET, tok, require_trace=False, limit=40, max_prompt_tokens=100_000,
               answer_check="off")
     assert len(ds) == 40

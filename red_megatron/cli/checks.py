@@ -124,34 +124,30 @@ def check_model_dir(model_dir, *, field: str = "model_dir", weights: bool = True
 
 
 def named_chat_templates() -> dict:
-    """The named templates the data module offers (none in older versions)."""
+    """The named templates of the data module (``data.chat.NAMED_TEMPLATES``; None: the tokenizer's own)."""
     from red_megatron.data import chat
 
-    for attr in ("NAMED_TEMPLATES", "CHAT_TEMPLATES", "TEMPLATES"):
-        named = getattr(chat, attr, None)
-        if isinstance(named, dict):
-            return named
-    return {}
+    return dict(chat.NAMED_TEMPLATES)
 
 
 def check_chat_template(value: str | None, field: str = "data.chat_template") -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"empty chat template in {field}: expected a Jinja template, a .jinja file or none")
-    if "{{" in value or "{%" in value or value in named_chat_templates():
-        return
-    if value.endswith(".jinja"):
-        if not Path(value).is_file():
-            raise UserError(f"missing chat template file in {field}={value!r}: expected an existing .jinja file")
-        if not named_chat_templates():  # this data module would render the path itself as the template
-            raise UserError(f"unsupported chat template file in {field}={value!r}: expected the template's text "
-                            f"(this version reads no .jinja paths)")
-        return
-    names = sorted(named_chat_templates())
-    raise UserError(f"unknown chat template {value!r} in {field}: expected a Jinja template (containing '{{{{' or "
-                    f"'{{%'), a .jinja file" + (f", one of {names}" if names else "")
-                    + " or none (the tokenizer's own)")
+    """The same reading as the data module's (``chat.chat_template_kind``), as one UserError naming the field."""
+    from red_megatron.data import chat
+
+    try:
+        kind = chat.chat_template_kind(value)
+        if kind == "file":
+            chat.resolve_chat_template(value)  # readable, and holds Jinja
+    except ValueError as e:
+        msg = str(e)
+        for head in ("empty chat template", "missing chat template file", "unreadable chat template file",
+                     "unknown chat template", "chat template file"):
+            if msg.startswith(head):
+                what, _, expected = msg[len(head):].partition(":")
+                if head == "unknown chat template":
+                    raise UserError(f"{head}{what} in {field}:{expected}") from None
+                raise UserError(f"{head} in {field}={value!r}:{expected}") from None
+        raise UserError(f"{msg} (in {field})") from None
 
 
 def check_verify_fn(value: str, field: str = "reward.verify_fn") -> None:

@@ -60,7 +60,7 @@ def preflight(cfg, *, weights: bool = True) -> tuple[object, list[str]]:
 
     notes = []
     check_chat_template(cfg.data.chat_template)
-    hf = check_model_dir(cfg.model_dir, weights=weights, need_chat_template=cfg.data.chat_template is None)
+    hf = check_model_dir(cfg.model_dir, weights=weights, need_chat_template=cfg.data.chat_template in (None, "tokenizer"))
     if any(s.online for s in preset_stages(cfg.algo.preset)) or cfg.eval.data_path is not None:
         check_verify_fn(cfg.reward.verify_fn)
     for field, path in (("data.path", cfg.data.path), ("eval.data_path", cfg.eval.data_path)):

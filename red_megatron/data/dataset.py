@@ -43,13 +43,17 @@ class DataConfig:
     schema: str = "openr1"
     prompt_key: str = "prompt"  # openr1: chat messages
     problem_key: str = "problem"  # problem_answer: the question text
-    answer_key: str | None = None  # None: reward_model.ground_truth (openr1) / answer (problem_answer)
-    target_key: str | None = None  # None: target (openr1) / solution (problem_answer)
+    # None: the schema's own (openr1: reward_model.ground_truth / target; problem_answer: answer /
+    # solution), resolved when read (answer_field / target_field), so data.schema=... alone switches both
+    answer_key: str | None = None
+    target_key: str | None = None
     data_source_key: str = "data_source"
     default_data_source: str | None = None  # None: the file's stem, for rows without a data_source
     prompt_template: str = "{problem}"  # problem_answer: the user turn; may add an instruction
-    system_prompt: str | None = None  # problem_answer: an optional system turn
-    chat_template: str | None = None  # None: the tokenizer's own
+    system_prompt: str | None = None  # a system turn (openr1: replaces the row's own system turn)
+    # None or "tokenizer": the tokenizer's own; a name of chat.NAMED_TEMPLATES (qwen25_math, luffy);
+    # a path ending in .jinja (the file is read); or a literal Jinja template (containing "{{")
+    chat_template: str | None = None
     require_trace: bool = True  # training needs the offline trace; evaluation does not
     max_prompt_tokens: int = 1024
     max_response_tokens: int = 8192  # the trace, EOS included, is cut to this many tokens
@@ -67,11 +71,6 @@ class DataConfig:
     def __post_init__(self):
         if self.schema not in SCHEMAS:
             raise ValueError(f"DataConfig.schema must be one of {SCHEMAS}, got {self.schema!r}")
-        ans, tgt = _SCHEMA_DEFAULTS[self.schema]
-        if self.answer_key is None:
-            self.answer_key = ans
-        if self.target_key is None:
-            self.target_key = tgt
         if self.too_long_prompt not in TOO_LONG_POLICIES:
             raise ValueError(f"DataConfig.too_long_prompt must be one of {TOO_LONG_POLICIES}, "
                              f"got {self.too_long_prompt!r}")
@@ -94,8 +93,21 @@ class DataConfig:
         if "{problem}" not in self.prompt_template:
             raise ValueError(f"DataConfig.prompt_template must contain '{{problem}}', got {self.prompt_template!r}")
         for name in ("path", "prompt_key", "problem_key", "answer_key", "target_key", "data_source_key"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"DataConfig.{name} must be a non-empty str, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if (v is not None or name not in ("answer_key", "target_key")) and (not isinstance(v, str) or not v):
+                raise ValueError(f"DataConfig.{name} must be a non-empty str, got {v!r}")
+        if self.system_prompt is not None and (not isinstance(self.system_prompt, str) or not self.system_prompt.strip()):
+            raise ValueError(f"DataConfig.system_prompt must be None or a non-empty str, got {self.system_prompt!r}")
+
+    @property
+    def answer_field(self) -> str:
+        """The gold answer's field: answer_key, else the schema's default."""
+        return self.answer_key or _SCHEMA_DEFAULTS[self.schema][0]
+
+    @property
+    def target_field(self) -> str:
+        """The offline trace's field: target_key, else the schema's default."""
+        return self.target_key or _SCHEMA_DEFAULTS[self.schema][1]
 
 
 @dataclass
@@ -117,17 +129,32 @@ class LoadStats:
     prompts_dropped_too_long: int = 0
     dropped_rows: list[int] = field(default_factory=list)
     unparseable_answer_rows: list[int] = field(default_factory=list)  # kept under answer_check="warn"
+    traces_truncated: int = 0  # traces longer than max_response_tokens (EOS included)
+    traces_cut_before_answer: list[int] = field(default_factory=list)  # rows whose cut loses the \boxed{} answer
+
+
+def has_boxed_answer(text: str) -> bool:
+    """Whether ``text`` holds a complete ``\\boxed{...}`` (its braces closed)."""
+    start = text.rfind("\\boxed{")
+    while start >= 0:
+        depth = 0
+        for ch in text[start + len("\\boxed"):]:
+            depth += (ch == "{") - (ch == "}")
+            if depth == 0:
+                return True
+        start = text.rfind("\\boxed{", 0, start)
+    return False
 
 
 def read_records(cfg: DataConfig) -> list[RawRecord]:
     """Every row of ``cfg.path`` as a checked RawRecord (no tokenizer needed)."""
-    keys = [cfg.data_source_key, cfg.answer_key]
+    keys = [cfg.data_source_key, cfg.answer_field]
     if cfg.schema == "openr1":
         keys.append(cfg.prompt_key)
     else:
         keys.append(cfg.problem_key)
     if cfg.require_trace:
-        keys.append(cfg.target_key)
+        keys.append(cfg.target_field)
     default_source = cfg.default_data_source or Path(cfg.path).stem
     out: list[RawRecord] = []
     errors: list[str] = []  # every bad row up to MAX_REPORTED_ERRORS, reported at once
@@ -151,12 +178,14 @@ def _record(cfg: DataConfig, row: int, line: int | None, rec: dict, default_sour
     loc = where(cfg.path, row, line)
     if cfg.schema == "openr1":
         messages = parse_messages(get_field(rec, cfg.prompt_key), loc, cfg.prompt_key)
+        if cfg.system_prompt:  # the configured system turn replaces the row's own
+            messages = [{"role": "system", "content": cfg.system_prompt}] + [m for m in messages if m["role"] != "system"]
     else:
         problem = parse_text(get_field(rec, cfg.problem_key), loc, cfg.problem_key)
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
         messages.append({"role": "user", "content": cfg.prompt_template.replace("{problem}", problem)})
-    gold = parse_gold(get_field(rec, cfg.answer_key), loc, cfg.answer_key)
-    trace = parse_trace(get_field(rec, cfg.target_key), loc, cfg.target_key) if cfg.require_trace else None
+    gold = parse_gold(get_field(rec, cfg.answer_field), loc, cfg.answer_field)
+    trace = parse_trace(get_field(rec, cfg.target_field), loc, cfg.target_field) if cfg.require_trace else None
     src = get_field(rec, cfg.data_source_key)
     if src is None or src is MISSING:  # absent: the file's name
         src = default_source
@@ -241,7 +270,38 @@ class RedDataset:
             log.warning(msg)
         if not kept_records:
             raise DataError(f"{cfg.path}: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}")
-        return cls(cfg, tokenizer, kept_records, kept_ids, stats)
+        ds = cls(cfg, tokenizer, kept_records, kept_ids, stats)
+        ds._check_trace_cuts()
+        return ds
+
+    def _check_trace_cuts(self) -> None:
+        """Count the traces max_response_tokens cuts, and those cut before their \\boxed{} answer; warn.
+
+        Only traces with more UTF-8 bytes than the limit can be cut (a token is at least one byte), so
+        a file of short traces costs nothing; the long ones are tokenised once, in batches.
+        """
+        limit = self.cfg.max_response_tokens - 1
+        cand = [i for i, r in enumerate(self.records) if r.trace is not None and len(r.trace.encode()) > limit]
+        st = self.stats
+        for lo in range(0, len(cand), 256):
+            idx = cand[lo:lo + 256]
+            texts = [self.records[i].trace for i in idx]
+            for i, text, ids in zip(idx, texts, chat.encode_text(self.tokenizer, texts)):
+                if ids and ids[-1] == self.eos_id:
+                    ids = ids[:-1]
+                if len(ids) <= limit:
+                    continue
+                st.traces_truncated += 1
+                if has_boxed_answer(text) and not has_boxed_answer(self.tokenizer.decode(ids[:limit])):
+                    st.traces_cut_before_answer.append(self.records[i].row)
+        if st.traces_cut_before_answer:
+            n, rows = len(st.traces_cut_before_answer), st.traces_cut_before_answer[:5]
+            msg = (f"{self.cfg.path}: {st.traces_truncated} of {len(self)} offline traces are longer than "
+                   f"max_response_tokens={self.cfg.max_response_tokens}; {n} of them are cut before their \\boxed{{}} "
+                   f"answer (first rows: {rows}), so they score 0 as offline samples: raise max_response_tokens "
+                   f"or filter them out")
+            warnings.warn(msg, stacklevel=3)
+            log.warning(msg)
 
     def __len__(self) -> int:
         return len(self.records)
