@@ -1,32 +1,51 @@
-"""Per-step metrics: JSONL (the source of truth), TensorBoard, optional W&B, a live progress line.
+"""Per-step metrics: JSONL (the source of truth), TensorBoard, optional W&B, and a console view.
 
 Every RED_SPEC.md metric arrives here as a flat ``{name: number}`` dict from the trainer;
 this module only writes. Histograms (the r̄ distribution) are lists and go to JSONL and
 TensorBoard's histogram view.
+
+The console view (``MetricsConfig.progress``): on a terminal a live rich bar; anywhere else
+(a Slurm job, a pipe, a file) one plain line every ``log_every`` steps and at the last step, e.g.
+
+  [red] step 30/200 reward=0.412 acc=0.391 H_rl=0.873 H_sft=0.512 w=0.214 loss=0.0132 gnorm=0.41 tok/s=5120 elapsed=0:12:04 ETA=1:08:25
+
+Both show the same keys (PROGRESS_KEYS), times in full (H:MM:SS).
 """
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The progress line shows these, in this order, when present.
-_PROGRESS_KEYS = (("reward/online_accuracy", "acc"), ("reward/mean", "reward"), ("entropy/h_rl", "H_rl"),
-                  ("entropy/h_sft", "H_sft"), ("red/w", "w"), ("loss/policy", "loss"))
+# The console view shows these, in this order, when present: (metric key, label, format).
+PROGRESS_KEYS = (("reward/mean", "reward", ".3f"), ("reward/online_accuracy", "acc", ".3f"),
+                 ("entropy/h_rl", "H_rl", ".3f"), ("entropy/h_sft", "H_sft", ".3f"), ("red/w", "w", ".3f"),
+                 ("optim/loss", "loss", ".4g"), ("optim/grad_norm", "gnorm", ".3g"),
+                 ("throughput/tokens_per_s", "tok/s", ".0f"))
+# Metrics that are counts per bin over [0, 1] (bin i holds the values nearest i / (bins - 1)):
+# TensorBoard gets them as a histogram of the values, not as a list of counts.
+BINNED_UNIT_HISTOGRAMS = ("red/rbar_hist",)
+AUTO_LINES = 100  # log_every=0: at most ~this many plain lines a run (every step up to 100 steps)
 
 
 @dataclass(kw_only=True)
 class MetricsConfig:
     tensorboard: bool = True
-    wandb_project: str | None = None  # W&B only when asked for and installed
-    progress: bool = True
+    wandb_project: str | None = None  # W&B only when asked for and installed (WANDB_MODE=offline works)
+    progress: bool = True  # the console view: a bar on a terminal, plain lines elsewhere
+    # plain lines (stdout not a terminal): one every log_every steps and at the last one;
+    # 0 = automatic: every step for runs up to 100 steps, else every ceil(steps / 100)
+    log_every: int = 0
 
     def __post_init__(self):
         if self.wandb_project is not None and not self.wandb_project.strip():
             raise ValueError("metrics.wandb_project: expected a non-empty project name or None")
+        if not isinstance(self.log_every, int) or isinstance(self.log_every, bool) or self.log_every < 0:
+            raise ValueError(f"metrics.log_every must be an int >= 0 (0: automatic), got {self.log_every!r}")
 
 
 def _jsonable(value: Any):
@@ -37,13 +56,52 @@ def _jsonable(value: Any):
     return value
 
 
-class MetricsLogger:
-    """Writes one JSON line per step to ``run_dir/metrics.jsonl`` (appending on resume)."""
+def format_duration(seconds: float) -> str:
+    """H:MM:SS in full (hours unbounded); "?" when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
-    def __init__(self, run_dir: str | Path, cfg: MetricsConfig, *, total_steps: int, enabled: bool = True):
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """``reward=0.412 acc=0.391 ...``: the PROGRESS_KEYS present in ``metrics``."""
+    parts = []
+    for key, label, fmt in PROGRESS_KEYS:
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) or hasattr(v, "item"):
+            parts.append(f"{label}={format(float(v), fmt)}")
+    return " ".join(parts)
+
+
+def unit_bins_histogram(counts) -> dict[str, Any]:
+    """TensorBoard's raw histogram of the values that ``counts`` (bins over [0, 1]) stand for."""
+    counts = [float(c) for c in counts]
+    n = len(counts)
+    centers = [i / (n - 1) if n > 1 else 0.5 for i in range(n)]
+    half = 0.5 / (n - 1) if n > 1 else 0.5
+    used = [c for c, k in zip(centers, counts) if k > 0]
+    return dict(min=min(used), max=max(used), num=sum(counts), sum=sum(c * k for c, k in zip(centers, counts)),
+                sum_squares=sum(c * c * k for c, k in zip(centers, counts)),
+                bucket_limits=[c + half for c in centers], bucket_counts=counts)
+
+
+class MetricsLogger:
+    """Writes one JSON line per step to ``run_dir/metrics.jsonl`` (appending on resume).
+
+    ``tty``: whether the console is a terminal (default: ``sys.stdout.isatty()``); ``stream``: where
+    the plain lines go (default: stdout).
+    """
+
+    def __init__(self, run_dir: str | Path, cfg: MetricsConfig, *, total_steps: int, enabled: bool = True,
+                 tty: bool | None = None, stream=None):
         self.cfg, self.total_steps, self.enabled = cfg, total_steps, enabled
         self.run_dir = Path(run_dir)
         self._tb = self._wandb = self._progress = None
+        self._stream = stream
+        self._t0, self._first_step = time.monotonic(), None
+        self.every = cfg.log_every or max(1, math.ceil(total_steps / AUTO_LINES))
+        self._lines = False
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,36 +114,79 @@ class MetricsLogger:
             try:
                 import wandb
             except ImportError as e:  # asked for explicitly, so say it loudly
-                raise ValueError("metrics.wandb_project is set but wandb is not installed") from e
+                raise ValueError("metrics.wandb_project is set but wandb is not installed "
+                                 "(pip install wandb; WANDB_MODE=offline needs no account)") from e
             self._wandb = wandb.init(project=cfg.wandb_project, dir=str(self.run_dir))
         if cfg.progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            is_tty = (stream or sys.stdout).isatty() if tty is None else tty
+            if is_tty:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self._progress = Progress(TextColumn("[bold]RED"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                      TimeElapsedColumn(), TextColumn("{task.description}"), transient=False)
-            self._task = self._progress.add_task("", total=total_steps)
-            self._progress.start()
+                self._progress = Progress(TextColumn("[bold]RED"), BarColumn(),
+                                          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                          TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                          transient=False)
+                self._task = self._progress.add_task("", total=total_steps)
+                self._progress.start()
+            else:
+                self._lines = True
+
+    def _tb_write(self, step: int, metrics: dict[str, Any]) -> None:
+        import torch
+
+        for key, value in metrics.items():
+            if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:
+                if not len(value):
+                    continue
+                if key in BINNED_UNIT_HISTOGRAMS:
+                    if sum(float(c) for c in value) > 0:
+                        self._tb.add_histogram_raw(key, global_step=step, **unit_bins_histogram(value))
+                else:
+                    self._tb.add_histogram(key, torch.as_tensor(value, dtype=torch.float32), step)
+            elif isinstance(value, (int, float)) or hasattr(value, "item"):
+                self._tb.add_scalar(key, float(value), step)
+
+    def _wandb_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        import wandb
+
+        out = {}
+        for k, v in record.items():
+            if k in ("step", "time"):
+                continue
+            if k in BINNED_UNIT_HISTOGRAMS and isinstance(v, list) and v:
+                h = unit_bins_histogram(v)
+                width = h["bucket_limits"][1] - h["bucket_limits"][0] if len(v) > 1 else 1.0
+                edges = [h["bucket_limits"][0] - width] + h["bucket_limits"]
+                out[k] = wandb.Histogram(np_histogram=(h["bucket_counts"], edges))
+            elif isinstance(v, (int, float)):
+                out[k] = v
+        return out
+
+    def line(self, step: int, metrics: dict[str, Any]) -> str:
+        """The plain console line of a step (elapsed and ETA measured since this logger's first step)."""
+        if self._first_step is None:
+            self._first_step = step - 1
+        elapsed = time.monotonic() - self._t0
+        done = step - self._first_step
+        eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
+        return (f"[red] step {step}/{self.total_steps} {format_metrics(metrics)} "
+                f"elapsed={format_duration(elapsed)} ETA={format_duration(eta)}").replace("  ", " ")
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": step, "time": time.time(), **{k: _jsonable(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
-        for key, value in metrics.items():
-            if self._tb is None:
-                break
-            if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:
-                if len(value):
-                    import torch
-
-                    self._tb.add_histogram(key, torch.as_tensor(value, dtype=torch.float32), step)
-            elif isinstance(value, (int, float)) or hasattr(value, "item"):
-                self._tb.add_scalar(key, float(value), step)
+        if self._tb is not None:
+            self._tb_write(step, metrics)
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
+            self._wandb.log(self._wandb_record(record), step=step)
         if self._progress is not None:
-            desc = "  ".join(f"{short}={float(metrics[k]):.3f}" for k, short in _PROGRESS_KEYS if k in metrics)
-            self._progress.update(self._task, completed=step, description=desc)
+            self._progress.update(self._task, completed=step, description=format_metrics(metrics))
+        elif self._lines:
+            text = self.line(step, metrics)  # always computed: it keeps the ETA's start
+            if step % self.every == 0 or step >= self.total_steps:
+                print(text, file=self._stream or sys.stdout, flush=True)
 
     def close(self) -> None:
         if not self.enabled:
@@ -105,14 +206,53 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics.jsonl in this run directory")
     by_step: dict[int, dict] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:  # a kill mid-write can leave a torn last line
-            if n == len(path.read_text().splitlines()):
+            if n == len(lines):
                 break
             raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
         by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
+
+
+def setup_run_logging(run_dir: str | Path, *, verbose: bool = False, rank: int = 0) -> Path:
+    """The console shows the project's own log lines (``red_megatron.*`` at INFO); everything else, megatron's
+    and vLLM's INFO config dumps and Python warnings ("Apex is not installed", deprecations), goes to
+    ``run_dir/logs/library.log`` (``library.rank<N>.log`` on rank N > 0). ``verbose``: the console gets
+    every logger at DEBUG as well. Call before megatron or vLLM is imported. Returns the log file's path.
+    """
+    import logging
+    import os
+
+    log_dir = Path(run_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / ("library.log" if rank == 0 else f"library.rank{rank}.log")
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_red_run_logging", False):
+            root.removeHandler(h)
+            h.close()
+    file_h = logging.FileHandler(path, mode="a", encoding="utf-8")
+    file_h.setFormatter(fmt)
+    file_h.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s" if not verbose else
+                                           "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    if not verbose:
+        console.addFilter(lambda r: r.name == "red_megatron" or r.name.startswith("red_megatron."))
+        console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    for h in (file_h, console):
+        h._red_run_logging = True
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the file
+    if not verbose:
+        # vLLM installs its own stdout handler unless told not to; then its loggers reach the root's file
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    return path

@@ -58,3 +58,146 @@ def test_plot_of_empty_run_is_a_clear_error(tmp_path):
         plot_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_run(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ console view, sinks (issue 20)
+def test_plain_lines_off_a_terminal_every_n_steps_with_full_times(tmp_path):
+    import io
+    import re
+
+    from red_megatron.metrics import PROGRESS_KEYS
+
+    out = io.StringIO()
+    logger = MetricsLogger(tmp_path, MetricsConfig(tensorboard=False, log_every=2), total_steps=5, tty=False,
+                           stream=out)
+    full = {key: 0.5 for key, _, _ in PROGRESS_KEYS}
+    for s in range(1, 6):
+        logger.log(s, full)
+    logger.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split()[2] for line in lines] == ["2/5", "4/5", "5/5"]  # every 2 steps and the last
+    for line in lines:
+        for _, label, _ in PROGRESS_KEYS:
+            assert f" {label}=" in line, (label, line)
+        assert re.search(r"elapsed=\d+:\d\d:\d\d ETA=\d+:\d\d:\d\d$", line), line  # not cut ("0:00:…")
+    assert MetricsLogger(tmp_path / "x", MetricsConfig(tensorboard=False), total_steps=450, tty=False).every == 5
+    with pytest.raises(ValueError, match="metrics.log_every"):
+        MetricsConfig(log_every=-1)
+
+
+def test_progress_keys_exist_in_a_real_metrics_dict():
+    """The bar and the lines ask for keys the trainer really logs (it logged optim/loss, the bar asked loss/policy)."""
+    from pathlib import Path
+
+    from red_megatron.metrics import PROGRESS_KEYS
+
+    golden = json.loads((Path(__file__).parent / "golden" / "red.json").read_text())["trace"][0]
+    trainer_src = (Path(__file__).parents[1] / "red_megatron" / "trainer.py").read_text()
+    for key, _, _ in PROGRESS_KEYS:
+        # the golden traces keep every metric but the machine-dependent throughput
+        assert key in golden or f'm["{key}"]' in trainer_src, key
+
+
+def test_format_duration():
+    from red_megatron.metrics import format_duration
+
+    assert format_duration(0) == "0:00:00" and format_duration(3725.4) == "1:02:05"
+    assert format_duration(30 * 3600) == "30:00:00" and format_duration(float("nan")) == "?"
+
+
+def test_tensorboard_sink_scalars_and_rbar_values_histogram(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = MetricsLogger(tmp_path, MetricsConfig(progress=False), total_steps=3)
+    hists = {1: [0, 0, 0, 0, 0, 0, 0, 4], 2: [2, 0, 0, 0, 0, 0, 0, 2], 3: [0, 1, 0, 3, 0, 0, 0, 0]}
+    for s in (1, 2, 3):
+        logger.log(s, {"red/w": 0.25 * s, "entropy/h_rl": 1.0 / s, "red/rbar_hist": hists[s]})
+    logger.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("red/w")] == [(1, 0.25), (2, 0.5), (3, 0.75)]
+    assert [round(e.value, 6) for e in acc.Scalars("entropy/h_rl")] == [1.0, 0.5, round(1 / 3, 6)]
+    h = {e.step: e.histogram_value for e in acc.Histograms("red/rbar_hist")}
+    assert sorted(h) == [1, 2, 3]
+    # values of r̄ in [0, 1] (bin i = i/7), not the 8 counts: all 4 groups at r̄=1 at step 1
+    assert (h[1].min, h[1].max, h[1].num, h[1].sum) == (1.0, 1.0, 4, 4.0)
+    assert (h[2].min, h[2].max, h[2].num) == (0.0, 1.0, 4) and abs(h[2].sum - 2.0) < 1e-9
+    assert abs(h[3].min - 1 / 7) < 1e-9 and abs(h[3].max - 3 / 7) < 1e-9 and abs(h[3].sum - 10 / 7) < 1e-9
+    assert all(lim <= 1.0 + 1 / 14 + 1e-9 for lim in h[3].bucket_limit)
+
+
+def _wandb_history(run_file):
+    """The history rows of a W&B offline run file (its record log: 7-byte chunk headers in 32 KiB blocks)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", run_file
+    pos, buf, block, rows = 7, b"", 32768, []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf += data[pos + 7:pos + 7 + n]
+        pos += 7 + n
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            if rec.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+    return rows
+
+
+def test_wandb_offline_sink_round_trip(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb; it does not pull torch)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = MetricsLogger(tmp_path, MetricsConfig(progress=False, tensorboard=False, wandb_project="red-test"),
+                           total_steps=3)
+    for s in (1, 2, 3):
+        logger.log(s, {"red/w": 0.5 * s, "optim/loss": -0.1 * s, "red/rbar_hist": [1, 0, 0, 0, 0, 0, 0, s]})
+    logger.close()
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, list((tmp_path / "wandb").rglob("*"))
+    rows = _wandb_history(runs[0])
+    assert [r["_step"] for r in rows] == [1, 2, 3]
+    assert [r["red/w"] for r in rows] == [0.5, 1.0, 1.5]
+    assert [round(r["optim/loss"], 6) for r in rows] == [-0.1, -0.2, -0.3]
+    assert rows[2]["red/rbar_hist/_type"] == "histogram" and rows[2]["red/rbar_hist/values"] == [1, 0, 0, 0, 0, 0, 0, 3]
+    assert rows[2]["red/rbar_hist/bins"][0] < 0.0 < rows[2]["red/rbar_hist/bins"][1]  # bin 0 is centred on r̄=0
+
+
+def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys):
+    import logging
+    import warnings
+
+    from red_megatron.metrics import setup_run_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        path = setup_run_logging(tmp_path, verbose=False)
+        logging.getLogger("megatron.core.optimizer").info("Setting up optimizer with config OptimizerConfig(...)")
+        warnings.warn("Apex is not installed. Falling back to Torch Norm", UserWarning)
+        logging.getLogger("red_megatron.trainer").info("resumed at step 4")
+        for h in root.handlers:
+            h.flush()
+        err = capsys.readouterr().err
+        text = path.read_text()
+        assert path == tmp_path / "logs" / "library.log"
+        assert "OptimizerConfig" in text and "Apex is not installed" in text and "resumed at step 4" in text
+        assert "resumed at step 4" in err and "OptimizerConfig" not in err and "Apex" not in err
+        setup_run_logging(tmp_path, verbose=True)  # --verbose: the library's lines on the console too
+        logging.getLogger("megatron.core").debug("a debug dump")
+        assert "a debug dump" in capsys.readouterr().err
+    finally:
+        logging.captureWarnings(False)
+        for h in list(root.handlers):
+            if h not in saved[0]:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(saved[1])

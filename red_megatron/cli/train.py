@@ -34,6 +34,9 @@ def build_parser():
                          "print the layout, exit (no weights, no engines)")
     ap.add_argument("--world-size", type=int, default=None,
                     help="the world size to validate for (default: $WORLD_SIZE, else 1)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show every library's log lines (megatron, vLLM, Python warnings) on the console at DEBUG; "
+                         "by default they go to <run_dir>/logs/library.log and the console shows the project's own")
     add_overrides(ap)
     return ap
 
@@ -107,7 +110,13 @@ def _main(argv: list[str]) -> int:
     if args.check:
         print(summary(cfg, world, hf, notes))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from red_megatron.metrics import setup_run_logging
+
+    rank = int(os.environ.get("RANK", "0"))
+    lib_log = setup_run_logging(cfg.run_dir, verbose=args.verbose, rank=rank)
+    if rank == 0 and not args.verbose:
+        logging.getLogger("red_megatron.cli").info("library logs and warnings: %s (--verbose shows them here)",
+                                                  lib_log)
     from red_megatron.trainer import train
 
     t0 = time.time()
