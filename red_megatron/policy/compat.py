@@ -200,6 +200,33 @@ def _patch_rng_tracker() -> None:
     mrandom.initialize_rng_tracker(force_reset=True)
 
 
+def _patch_autograd_backwards() -> None:
+    """Run megatron's tensor-parallel autograd backwards under the device mode.
+
+    Torch function modes are not active inside ``autograd.Function.backward`` (the engine runs it
+    with an empty mode stack), so a backward that allocates with ``device=torch.cuda.current_device()``
+    (sequence parallelism's reduce-scatter buffers, layers.py / mappings.py) would ask for a CUDA
+    device. Each such backward re-enters the mode for its own duration.
+    """
+    from megatron.core.tensor_parallel import layers, mappings
+
+    def wrap(fn):
+        def backward(ctx, *grads):
+            with _CpuDeviceMode():
+                return fn(ctx, *grads)
+        backward._red_cpu_mode = True
+        return staticmethod(backward)
+
+    for module in (layers, mappings):
+        for obj in list(vars(module).values()):
+            if not (isinstance(obj, type) and issubclass(obj, torch.autograd.Function) and "backward" in vars(obj)):
+                continue
+            raw = vars(obj)["backward"]
+            fn = raw.__func__ if isinstance(raw, staticmethod) else raw
+            if not getattr(fn, "_red_cpu_mode", False):
+                obj.backward = wrap(fn)
+
+
 def is_active() -> bool:
     """True once ``enable()`` has installed the CPU stand-ins in this process."""
     return _active
@@ -216,6 +243,7 @@ def enable() -> bool:
             return True
         _patch_torch_cuda()
         _patch_rng_tracker()
+        _patch_autograd_backwards()
         _mode = _CpuDeviceMode()
         _active = True
         _ensure_mode_on_this_thread()

@@ -41,6 +41,8 @@ class ModelOptions:
     recompute: activation recomputation: None | "full" (every layer) | "selective" (core attn).
     init_weights: random-initialise parameters (off when weights are loaded right after).
     fused_kernels: megatron's jit-fused bias-SwiGLU / bias-dropout-add (default: on with CUDA).
+    sequence_parallel: megatron's SP (norms and dropout on sequence shards; needs TP > 1): the
+      local spec's norms become the project's ``ProjectRMSNorm``.
     """
 
     attention: str = "auto"
@@ -48,6 +50,7 @@ class ModelOptions:
     recompute: str | None = None
     init_weights: bool = True
     fused_kernels: bool | None = None
+    sequence_parallel: bool = False  # with TP > 1: activations outside attention/MLP split over the TP ranks
 
     def __post_init__(self) -> None:
         if self.attention not in _ATTENTION:
@@ -77,8 +80,9 @@ def resolve_attention(options: ModelOptions) -> str:
     return options.attention
 
 
-def layer_spec(hf: HFModelConfig, options: ModelOptions):
-    """The transformer-layer ModuleSpec for ``hf`` (see the module docstring)."""
+def layer_spec(hf: HFModelConfig, options: ModelOptions, *, layers_per_stage: int | None = None):
+    """The transformer-layer ModuleSpec for ``hf`` (see the module docstring); with sequence
+    parallelism on the local spec, the block's submodules (the final norm is the block's)."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
     impl = resolve_attention(options)
@@ -89,10 +93,21 @@ def layer_spec(hf: HFModelConfig, options: ModelOptions):
         from red_megatron.policy.sdpa_attention import sdpa_attention_class
 
         spec.submodules.self_attention.submodules.core_attention = sdpa_attention_class(options.sdpa_backend)
+    if options.sequence_parallel:
+        from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+        from red_megatron.policy.norm import ProjectRMSNorm
+
+        spec.submodules.input_layernorm = ProjectRMSNorm
+        spec.submodules.pre_mlp_layernorm = ProjectRMSNorm
+        if layers_per_stage is None:
+            raise ValueError("layer_spec: sequence parallelism needs layers_per_stage (the block spec is built)")
+        return TransformerBlockSubmodules(layer_specs=[spec] * layers_per_stage, layer_norm=ProjectRMSNorm)
     return spec
 
 
-def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtype, options: ModelOptions):
+def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtype, options: ModelOptions,
+                       cp: int = 1):
     """Megatron TransformerConfig equivalent to ``hf``, validated against TP/PP."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -114,7 +129,8 @@ def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtyp
         activation_func=torch.nn.functional.silu, add_bias_linear=False, add_qkv_bias=hf.qkv_bias,
         qk_layernorm=hf.qk_norm, hidden_dropout=0.0, attention_dropout=0.0,
         init_method_std=float(hf.raw.get("initializer_range", 0.02)),
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp,
+        sequence_parallel=options.sequence_parallel,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         use_cpu_initialization=not cuda, perform_initialization=options.init_weights,
         bias_activation_fusion=fused, bias_dropout_fusion=fused, masked_softmax_fusion=False,
@@ -143,9 +159,11 @@ def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     tp, pp = groups.tp_size, groups.pp_size
-    cfg = transformer_config(hf, tp=tp, pp=pp, dtype=dtype, options=options)
+    if options.sequence_parallel and tp == 1:
+        raise ValueError("sequence parallelism needs tensor parallelism: policy.sequence_parallel with policy.tp=1")
+    cfg = transformer_config(hf, tp=tp, pp=pp, dtype=dtype, options=options, cp=groups.cp_size)
     model = GPTModel(
-        config=cfg, transformer_layer_spec=layer_spec(hf, options), vocab_size=hf.padded_vocab_size(tp),
+        config=cfg, transformer_layer_spec=layer_spec(hf, options, layers_per_stage=hf.num_layers // pp), vocab_size=hf.padded_vocab_size(tp),
         max_sequence_length=hf.max_position_embeddings, pre_process=groups.is_first_stage,
         post_process=groups.is_last_stage, parallel_output=True,
         share_embeddings_and_output_weights=hf.tie_word_embeddings, position_embedding_type="rope",

@@ -16,6 +16,8 @@ It is a drop-in for the ``core_attention`` slot of megatron's ``SelfAttentionSub
   its own slice), so no T×T mask and no cross-sequence attention; -> [T, Hq·D].
 - GQA: ``enable_gqa`` where the kernel supports it (CPU math, CUDA flash in fp16/bf16), else K/V
   are repeated per group.
+- Context parallelism (``context_parallel_size > 1``, THD only): this rank holds 2 of each
+  sequence's 2·CP chunks; K/V are all-gathered in the CP group (``context_parallel.py``).
 
 Heads are per TP rank (megatron has already split them). Dropout follows config.attention_dropout.
 """
@@ -25,8 +27,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import CausalBias as AttentionBias
+import torch.distributed as dist
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+
+from red_megatron.policy.context_parallel import cp_attention_thd
 
 _BACKENDS = {
     "flash": "FLASH_ATTENTION",
@@ -57,8 +63,10 @@ class SDPAttention(MegatronModule):
                  attention_dropout: float | None = None, softmax_scale: float | None = None,
                  cp_comm_type: str | None = None, pg_collection=None, **kwargs):
         super().__init__(config=config)
-        if getattr(config, "context_parallel_size", 1) != 1:
-            raise ValueError("SDPAttention: context_parallel_size must be 1 (context parallelism needs TE)")
+        self.cp_size = int(getattr(config, "context_parallel_size", 1) or 1)
+        self.cp_group = getattr(pg_collection, "cp", None) if pg_collection is not None else None
+        if self.cp_size > 1 and self.cp_group is None:
+            raise ValueError("SDPAttention: context_parallel_size > 1 needs megatron's pg_collection with a cp group")
         tp = config.tensor_model_parallel_size
         self.layer_number = layer_number
         self.attn_mask_type = attn_mask_type
@@ -72,7 +80,7 @@ class SDPAttention(MegatronModule):
         """q [B, Hq, S, D], k/v [B, Hkv, S, D] -> [B, Hq, S, D]."""
         gqa = self.heads != self.groups
         native_gqa = gqa and (q.device.type != "cuda" or q.dtype in (torch.float16, torch.bfloat16)) \
-            and self.backend in (None, "auto", "flash", "math")
+            and self.backend in (None, "auto", "flash", "math") and not isinstance(mask, AttentionBias)
         if gqa and not native_gqa:
             rep = self.heads // self.groups
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -110,6 +118,15 @@ class SDPAttention(MegatronModule):
         if bq != bk:
             raise ValueError("SDPAttention: THD self-attention needs cu_seqlens_q == cu_seqlens_kv")
         T = query.shape[0]
+        if self.cp_size > 1:  # global boundaries, this rank's 2 chunks of each sequence
+            if not causal:
+                raise ValueError("SDPAttention: context parallelism is implemented for causal attention only")
+            if bq[0] != 0 or bq[-1] > T * self.cp_size:
+                raise ValueError(f"SDPAttention: cu_seqlens {bq} do not fit {T} local tokens × cp={self.cp_size}")
+            out = cp_attention_thd(lambda q, k, v, m: self._attend(q, k, v, causal=False, mask=m), query, key, value,
+                                   bq, cp_rank=dist.get_rank(self.cp_group), cp_size=self.cp_size,
+                                   group=self.cp_group)
+            return out.reshape(T, self.heads * self.head_dim)
         if bq[0] != 0 or bq[-1] > T:
             raise ValueError(f"SDPAttention: cu_seqlens {bq} do not fit a packed row of {T} tokens")
         out = query.new_zeros(T, self.heads, self.head_dim)

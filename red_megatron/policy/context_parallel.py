@@ -1,0 +1,107 @@
+"""Context parallelism on torch SDPA: load-balanced sequence chunks and a K/V all-gather.
+
+Layout (megatron's, so its THD RoPE applies unchanged): every sequence of the packed row is padded
+to a multiple of 2·CP and cut into 2·CP equal chunks; CP rank r holds chunks r and 2·CP−1−r, in that
+order. Under a causal mask chunk j costs j+1 chunk-pairs of work, so every rank does the same work
+((r+1) + (2·CP−r) = 2·CP+1 pairs).
+
+Attention: each rank all-gathers K and V of its CP group (one collective per layer; the backward is
+the matching reduce-scatter of dK/dV), rebuilds every sequence's full K/V in sequence order, and for
+each local query chunk j attends to keys [0, (j+1)·c) with the causal diagonal aligned bottom-right
+(``causal_lower_right``): still one ``scaled_dot_product_attention`` call per chunk, flash/cuDNN on a GPU.
+
+Pure torch and torch.distributed: the group is an argument. Used by ``SDPAttention`` (the model) and
+by the micro-batch planner (which tokens a rank holds).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def chunk_ids(cp_rank: int, cp_size: int) -> tuple[int, int]:
+    """The two chunks (of 2·CP) a rank holds, in local order."""
+    return cp_rank, 2 * cp_size - 1 - cp_rank
+
+
+def local_positions(length: int, cp_rank: int, cp_size: int) -> torch.Tensor:
+    """Positions (0..length-1) of one sequence that this CP rank holds, in local order.
+    ``length`` must be a multiple of 2·CP."""
+    if length % (2 * cp_size) != 0:
+        raise ValueError(f"a sequence of {length} tokens cannot be split into 2·cp={2 * cp_size} equal chunks")
+    c = length // (2 * cp_size)
+    a, b = chunk_ids(cp_rank, cp_size)
+    return torch.cat([torch.arange(a * c, (a + 1) * c), torch.arange(b * c, (b + 1) * c)])
+
+
+class _GatherCP(torch.autograd.Function):
+    """All-gather along dim 0 over the CP group; backward: the reduce-scatter of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        n = dist.get_world_size(group)
+        parts = [torch.empty_like(x) for _ in range(n)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)  # [CP, *x.shape]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        group = ctx.group
+        grad = grad.contiguous()
+        if dist.get_backend(group) == "nccl":
+            out = torch.empty_like(grad[0])
+            dist.reduce_scatter_tensor(out, grad, group=group)
+        else:  # gloo has no reduce-scatter: all-reduce, keep this rank's slice
+            dist.all_reduce(grad, group=group)
+            out = grad[dist.get_rank(group)].clone()
+        return out, None
+
+
+def gather_cp(x: torch.Tensor, group) -> torch.Tensor:
+    return _GatherCP.apply(x, group)
+
+
+def full_sequence(gathered: torch.Tensor, start: int, length: int, cp_size: int) -> torch.Tensor:
+    """One sequence in sequence order from the CP-gathered local rows.
+
+    gathered [CP, T_local, ...]; the sequence occupies local rows [start, start + length/CP) on every
+    rank; ``length`` is its global (padded) length."""
+    c = length // (2 * cp_size)
+    pieces = []
+    for j in range(2 * cp_size):
+        owner = j if j < cp_size else 2 * cp_size - 1 - j
+        half = 0 if j < cp_size else 1
+        s = start + half * c
+        pieces.append(gathered[owner, s:s + c])
+    return torch.cat(pieces)
+
+
+def cp_attention_thd(attend, query, key, value, cu_seqlens: list[int], *, cp_rank: int, cp_size: int, group):
+    """Causal attention of this rank's packed THD rows under context parallelism.
+
+    query [T_local, Hq, D], key/value [T_local, Hkv, D]; ``cu_seqlens`` the *global* boundaries
+    (each length a multiple of 2·CP); ``attend(q, k, v, mask)`` takes [1, H, Lq, D] / [1, H, Lk, D].
+    Returns [T_local, Hq, D].
+    """
+    from torch.nn.attention.bias import causal_lower_right
+
+    k_all, v_all = gather_cp(key, group), gather_cp(value, group)  # [CP, T_local, Hkv, D]
+    out = query.new_zeros(query.shape)
+    for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        length = e - s
+        if length == 0:
+            continue
+        if length % (2 * cp_size) != 0:
+            raise ValueError(f"context parallelism: a packed sequence of {length} tokens is not padded to a "
+                             f"multiple of 2·cp={2 * cp_size}")
+        c, ls = length // (2 * cp_size), s // cp_size  # chunk size; the sequence's first local row
+        k_seq = full_sequence(k_all, ls, length, cp_size)
+        v_seq = full_sequence(v_all, ls, length, cp_size)
+        for half, j in enumerate(chunk_ids(cp_rank, cp_size)):
+            rows = slice(ls + half * c, ls + (half + 1) * c)
+            q = query[rows].transpose(0, 1).unsqueeze(0)  # [1, Hq, c, D]
+            kk = k_seq[:(j + 1) * c].transpose(0, 1).unsqueeze(0)
+            vv = v_seq[:(j + 1) * c].transpose(0, 1).unsqueeze(0)
+            out[rows] = attend(q, kk, vv, causal_lower_right(c, (j + 1) * c))[0].transpose(0, 1)
+    return out
