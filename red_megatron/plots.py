@@ -3,6 +3,8 @@
 - entropy_dynamics.png: H^rl, H^sft and the offline weight w over steps (the paper's Figure 6);
 - reward.png: mean reward, online and offline accuracy;
 - response_length.png: mean online response length.
+Every axis is labelled; legends sit below the axes (outside the data) and figures are saved with
+``bbox_inches="tight"`` so nothing is cut.
 ``plot_runs_side_by_side`` draws several runs' entropy dynamics in one figure (the preset study).
 """
 from __future__ import annotations
@@ -37,21 +39,30 @@ def _entropy_axes(ax, records, title):
     twin.plot(*_series(records, "red/w"), color="black", linestyle="--", label="w")
     twin.set_ylabel("offline weight w")
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(lines, [l.get_label() for l in lines], loc="best", fontsize=8)
+    _legend_below(ax, lines, [line.get_label() for line in lines])
 
 
-def _lines(plt, records, path: Path, title: str, series, ylim=None) -> Path:
+def _legend_below(ax, handles=None, labels=None):
+    """A legend under the axes (below the x label): it never covers a curve."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(3, len(handles)),
+              fontsize=8, framealpha=0.9)
+
+
+def _lines(plt, records, path: Path, title: str, series, ylabel: str, ylim=None) -> Path:
     """One figure of metric curves over steps."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in series:
         ax.plot(*_series(records, key), label=label)
     ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=8)
+    _legend_below(ax)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -69,14 +80,14 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     _entropy_axes(ax, records, "Entropy dynamics")
     fig.tight_layout()
     written.append(out / "entropy_dynamics.png")
-    fig.savefig(written[-1], dpi=120)
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     written.append(_lines(plt, records, out / "reward.png", "Reward and accuracy", (
         ("reward/mean", "mean reward (all samples)"), ("reward/online_accuracy", "online accuracy"),
-        ("reward/offline_accuracy", "offline accuracy")), ylim=(-0.05, 1.05)))
+        ("reward/offline_accuracy", "offline accuracy")), "reward / accuracy", ylim=(-0.05, 1.05)))
     written.append(_lines(plt, records, out / "response_length.png", "Response length", (
-        ("response/online_mean_length", "online response length (tokens)"),)))
+        ("response/online_mean_length", "online response length"),), "tokens"))
     return written
 
 
@@ -94,6 +105,6 @@ def plot_runs_side_by_side(run_dirs: dict[str, Path], out_path: str | Path) -> P
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
+    fig.savefig(out_path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out_path

@@ -127,14 +127,15 @@ def test_tensorboard_sink_scalars_and_rbar_values_histogram(tmp_path):
 
 
 def _wandb_history(run_file):
-    """The history rows of a W&B offline run file (its record log: 7-byte chunk headers in 32 KiB blocks)."""
+    """The history rows of a W&B offline run file (its record log: 7-byte chunk headers in 32 KiB blocks),
+    and whether its exit record is there (wandb-core may still be writing after ``finish()`` returns)."""
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = run_file.read_bytes()
     assert data[:4] == b":W&B", run_file
-    pos, buf, block, rows = 7, b"", 32768, []
+    pos, buf, block, rows, done = 7, b"", 32768, [], False
     while pos + 7 <= len(data):
         if block - pos % block < 7:
             pos += block - pos % block
@@ -146,9 +147,10 @@ def _wandb_history(run_file):
             rec = pb.Record()
             rec.ParseFromString(buf)
             buf = b""
+            done |= rec.WhichOneof("record_type") == "exit"
             if rec.WhichOneof("record_type") == "history":
                 rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
-    return rows
+    return rows, done
 
 
 def test_wandb_offline_sink_round_trip(tmp_path, monkeypatch):
@@ -163,8 +165,14 @@ def test_wandb_offline_sink_round_trip(tmp_path, monkeypatch):
     logger.close()
     runs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, list((tmp_path / "wandb").rglob("*"))
-    rows = _wandb_history(runs[0])
-    assert [r["_step"] for r in rows] == [1, 2, 3]
+    import time
+
+    for _ in range(300):  # the offline writer is another process: wait for the run's exit record (<= 30 s)
+        rows, done = _wandb_history(runs[0])
+        if done:
+            break
+        time.sleep(0.1)
+    assert [r["_step"] for r in rows] == [1, 2, 3], (runs[0].stat().st_size, rows)
     assert [r["red/w"] for r in rows] == [0.5, 1.0, 1.5]
     assert [round(r["optim/loss"], 6) for r in rows] == [-0.1, -0.2, -0.3]
     assert rows[2]["red/rbar_hist/_type"] == "histogram" and rows[2]["red/rbar_hist/values"] == [1, 0, 0, 0, 0, 0, 0, 3]
@@ -201,3 +209,28 @@ def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys):
                 root.removeHandler(h)
                 h.close()
         root.setLevel(saved[1])
+
+
+def test_plot_axes_are_labelled_and_legends_do_not_cover_the_data(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))  # keep the figures to inspect
+    _fake_run(tmp_path)
+    plot_run(tmp_path)
+    assert len(figs) == 3
+    for fig in figs:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            xlabel = ax.get_xlabel() or any(a.get_xlabel() for a in ax.get_shared_x_axes().get_siblings(ax))  # twinx
+            assert xlabel and ax.get_ylabel(), (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
+            leg = ax.get_legend()
+            if leg is None:
+                continue
+            box, area = leg.get_window_extent(renderer), ax.get_window_extent(renderer)
+            assert box.y1 <= area.y0, f"legend of {ax.get_title()!r} overlaps its axes"
+
