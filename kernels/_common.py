@@ -1,4 +1,4 @@
-"""Shared by the RED loss kernel and its reference: the output type, token kinds and input checks.
+"""Shared by the RED loss kernel and its reference: the output type and input checks.
 
 Kept apart so that `red_loss.py` (Triton) and `red_loss_reference.py` (plain PyTorch) validate
 their inputs identically and return the same type; a mismatch in input handling between a
@@ -10,12 +10,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-# Per-token kinds of the algo -> kernel contract (.notes/KERNEL_CONTRACT.md).
-ONLINE = 0          # min(r·A, clip(r, 1-eps_lo, 1+eps_hi)·A),  r = exp(logp - logp_old)
-OFFLINE_SHIFT = 1   # r_off·A,  r_off = π / (sg(π) + (1 - sg(π))·rbar)   (unclipped)
-OFFLINE_LUFFY = 2   # f(π)·A,   f(π) = π / (π + gamma)                    (unclipped)
-NLL = 3             # logp
-KINDS = (ONLINE, OFFLINE_SHIFT, OFFLINE_LUFFY, NLL)
+# The per-token kinds and the loss's default scalars are the algorithm's (docs/KERNEL_CONTRACT.md):
+# defined once in red_megatron.algo.contract, a torch-only module (the one red_megatron import here).
+from red_megatron.algo.contract import DEFAULT_PARAMS, KINDS, TokenKind  # noqa: E402,F401
 
 
 class RedLossOutput(NamedTuple):
@@ -30,8 +27,8 @@ class RedLossOutput(NamedTuple):
 
 def check_inputs(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_start: int, vocab_size: int,
                  temperature: float, per_token: dict[str, Optional[torch.Tensor]] | None = None,
-                 eps_lo: float = 0.2, eps_hi: float = 0.2, luffy_gamma: float = 0.1,
-                 kl_coef: float = 0.0) -> None:
+                 eps_lo: float = DEFAULT_PARAMS.eps_lo, eps_hi: float = DEFAULT_PARAMS.eps_hi,
+                 luffy_gamma: float = DEFAULT_PARAMS.luffy_gamma, kl_coef: float = DEFAULT_PARAMS.kl_coef) -> None:
     """One clear ValueError naming the tensor/field and what was expected. No data-dependent checks
     (they would synchronise the GPU on every call)."""
     if logits_NV.dim() != 2:

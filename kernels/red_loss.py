@@ -15,7 +15,8 @@ formed as (x - max_raw) / temperature, shift before scale, so logits of ±1e4 lo
   2. Collective: ONE all_gather of stats_N4 -> [TP, N, 4] over `group` (none when group is None
      or has one rank). Every rank then holds identical per-token numbers.
   3. `_token_kernel`, per token: log-sum-exp merge of the TP tuples (M = max_r m_r, S, log S,
-     H = log S - SZ/S, logp = (x_target - M)/T - log S), the contract's term per kind, the per-token
+     H = log S - SZ/S, logp = (x_target - M)/T - log S), the contract's term per kind (the formula of
+     red_megatron.algo.loss.red_token_loss, kind codes from TokenKind as constexprs), the per-token
      loss contribution and the two partials a = dL/dlogp, b = dL/dH. Loss = Σ contributions
      (torch.sum: deterministic).
   4. `_grad_kernel`, backward, one program per row, reads the shard once and writes dL/dlogits
@@ -39,7 +40,8 @@ import torch.distributed as dist
 import triton
 import triton.language as tl
 
-from kernels._common import RedLossOutput, check_inputs
+from kernels._common import DEFAULT_PARAMS as _D
+from kernels._common import RedLossOutput, TokenKind, check_inputs
 
 __all__ = ["red_loss", "logprob_entropy", "RedLossOutput", "KernelConfig", "set_kernel_config"]
 
@@ -139,7 +141,8 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
                   contrib_ptr, dlogp_ptr, dent_ptr,  # [N] fp32 out: loss contribution, dL/dlogp, dL/dH
                   clip_ptr, online_ptr,              # [N] fp32 out: 1.0/0.0 flags for clip_frac
                   N, inv_temp, eps_lo, eps_hi, log_gamma, ent_coef, kl_coef,
-                  TP: tl.constexpr, COMPUTE_LOSS: tl.constexpr, HAS_KL: tl.constexpr, BLOCK_T: tl.constexpr):
+                  TP: tl.constexpr, COMPUTE_LOSS: tl.constexpr, HAS_KL: tl.constexpr, BLOCK_T: tl.constexpr,
+                  ONLINE: tl.constexpr, SHIFT: tl.constexpr, LUFFY: tl.constexpr, NLL: tl.constexpr):  # TokenKind
     offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     msk = offs < N
     NEG_INF = float("-inf")
@@ -172,7 +175,7 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
     tl.store(mraw_ptr + offs, M_safe, mask=msk)
     tl.store(logs_ptr + offs, logS, mask=msk)
     if COMPUTE_LOSS:
-        kind = tl.load(kind_ptr + offs, mask=msk, other=3).to(tl.int32)
+        kind = tl.load(kind_ptr + offs, mask=msk, other=NLL).to(tl.int32)
         A = tl.load(adv_ptr + offs, mask=msk, other=0.0).to(tl.float32)
         lp_old = tl.load(lpold_ptr + offs, mask=msk, other=0.0).to(tl.float32)
         rbar = tl.load(rbar_ptr + offs, mask=msk, other=1.0).to(tl.float32)
@@ -196,10 +199,10 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
         f = 1.0 / (1.0 + tl.exp(log_gamma - logp))
         t_lf = f * A
         g_lf = f * (1.0 - f) * A
-        term = tl.where(kind == 0, t_on, tl.where(kind == 1, t_sh, tl.where(kind == 2, t_lf,
-                        tl.where(kind == 3, logp, float("nan")))))
-        dterm = tl.where(kind == 0, g_on, tl.where(kind == 1, t_sh, tl.where(kind == 2, g_lf,
-                         tl.where(kind == 3, 1.0, float("nan")))))
+        term = tl.where(kind == ONLINE, t_on, tl.where(kind == SHIFT, t_sh, tl.where(kind == LUFFY, t_lf,
+                        tl.where(kind == NLL, logp, float("nan")))))
+        dterm = tl.where(kind == ONLINE, g_on, tl.where(kind == SHIFT, t_sh, tl.where(kind == LUFFY, g_lf,
+                         tl.where(kind == NLL, 1.0, float("nan")))))
         contrib = -wt * w * term - ent_coef * wt * ent
         dlogp = -wt * w * dterm
         if HAS_KL:
@@ -211,7 +214,7 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
         tl.store(contrib_ptr + offs, tl.where(live, contrib, 0.0), mask=msk)
         tl.store(dlogp_ptr + offs, tl.where(live, dlogp, 0.0), mask=msk)
         tl.store(dent_ptr + offs, tl.where(live, -ent_coef * wt, 0.0), mask=msk)
-        on = live & (kind == 0)
+        on = live & (kind == ONLINE)
         tl.store(clip_ptr + offs, tl.where(on & clipped, 1.0, 0.0), mask=msk)
         tl.store(online_ptr + offs, tl.where(on, 1.0, 0.0), mask=msk)
 
@@ -286,8 +289,8 @@ def _gather_stats(stats_N4: torch.Tensor, group) -> torch.Tensor:
     return out.view(tp, n, 4)
 
 
-def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=0.2, eps_hi=0.2, luffy_gamma=0.1,
-                entropy_coef=0.0, kl_coef=0.0) -> dict[str, torch.Tensor]:
+def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=_D.eps_lo, eps_hi=_D.eps_hi,
+                luffy_gamma=_D.luffy_gamma, entropy_coef=_D.entropy_coef, kl_coef=_D.kl_coef) -> dict[str, torch.Tensor]:
     """Pass 3. per_token=None: only logp/entropy/lse (the old-policy pass)."""
     tp, n, _ = stats_TN4.shape
     dev = stats_TN4.device
@@ -309,7 +312,8 @@ def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=0.2, eps_hi=0.
             stats_TN4, *ins, *(outs[nm] for nm in names), n, 1.0 / float(temperature), float(eps_lo), float(eps_hi),
             math.log(float(luffy_gamma)), float(entropy_coef), float(kl_coef),
             TP=tp, COMPUTE_LOSS=per_token is not None,
-            HAS_KL=per_token is not None and kl_coef != 0.0, BLOCK_T=bt)
+            HAS_KL=per_token is not None and kl_coef != 0.0, BLOCK_T=bt, ONLINE=int(TokenKind.ONLINE),
+            SHIFT=int(TokenKind.OFFLINE_SHIFT), LUFFY=int(TokenKind.OFFLINE_LUFFY), NLL=int(TokenKind.NLL))
     res = {nm: outs[nm] for nm in names[:k]}
     if k == 9:
         res["clip_online"] = buf[7:9]
@@ -382,12 +386,12 @@ class _RedLossFn(torch.autograd.Function):
 
 def red_loss(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_start: int, vocab_size: int,
              temperature: float, kind_N: torch.Tensor, adv_N: torch.Tensor, logp_old_N: torch.Tensor,
-             rbar_N: torch.Tensor, w_N: torch.Tensor, weight_N: torch.Tensor, eps_lo: float = 0.2,
-             eps_hi: float = 0.2, luffy_gamma: float = 0.1, entropy_coef: float = 0.0, kl_coef: float = 0.0,
-             ref_logp_N: Optional[torch.Tensor] = None, group=None,
+             rbar_N: torch.Tensor, w_N: torch.Tensor, weight_N: torch.Tensor, eps_lo: float = _D.eps_lo,
+             eps_hi: float = _D.eps_hi, luffy_gamma: float = _D.luffy_gamma, entropy_coef: float = _D.entropy_coef,
+             kl_coef: float = _D.kl_coef, ref_logp_N: Optional[torch.Tensor] = None, group=None,
              grad_in_forward: bool = False) -> RedLossOutput:
     """Fused RED loss over a (vocab-parallel) logits shard; see the module docstring and
-    .notes/KERNEL_CONTRACT.md. With grad_in_forward=True the logits buffer is overwritten by its
+    docs/KERNEL_CONTRACT.md (the per-token terms are red_megatron.algo.loss.red_token_loss's). With grad_in_forward=True the logits buffer is overwritten by its
     gradient during the forward (use only when the loss is the logits' last consumer), and
     entropy_N is returned detached (its coefficient's gradient is still in the loss)."""
     per_token = dict(kind_N=kind_N, adv_N=adv_N, logp_old_N=logp_old_N, rbar_N=rbar_N, w_N=w_N,

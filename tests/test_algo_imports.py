@@ -1,7 +1,9 @@
-"""Layering (ARCHITECTURE.md): algo/ imports only torch, kernels/ only torch/triton/torch.distributed.
+"""Layering (ARCHITECTURE.md): algo/ imports only torch, kernels/ only torch/triton/torch.distributed
+and the algorithm's torch-only contract and loss (red_megatron.algo: the one definition of the token
+kinds and of the per-token formula, docs/KERNEL_CONTRACT.md), nothing else of red_megatron.
 
-Two checks: what importing red_megatron.algo actually loads (a fresh subprocess), and an AST
-scan of every import statement in red_megatron/algo/ and kernels/ (catches lazy imports too).
+Checks: what importing red_megatron.algo (and kernels) actually loads (a fresh subprocess), and an
+AST scan of every import statement in red_megatron/algo/ and kernels/ (catches lazy imports too).
 """
 import ast
 import json
@@ -52,11 +54,30 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+_KERNELS_PROBE = r"""
+import json, sys
+import torch
+import kernels
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "red_megatron" or m.split(".")[0] in %r)))
+""" % (FORBIDDEN,)
+
+
+def test_importing_kernels_loads_only_algo_of_red_megatron():
+    pytest.importorskip("triton", reason="triton is not installed")
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", _KERNELS_PROBE], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "red_megatron.algo.contract" in loaded  # the kinds come from the algorithm
+    bad = [m for m in loaded if not (m == "red_megatron" or m.startswith("red_megatron.algo"))]
+    assert not bad, f"importing kernels loaded {bad}"
+
+
 @pytest.mark.parametrize(
     "folder, allowed",
     [
         ("red_megatron/algo", ("torch", "red_megatron.algo")),
-        ("kernels", ("torch", "triton", "kernels")),
+        ("kernels", ("torch", "triton", "kernels", "red_megatron.algo.contract", "red_megatron.algo.loss")),
     ],
 )
 def test_ast_scan_of_imports(folder, allowed):

@@ -18,18 +18,21 @@ Equation numbers are the paper's as RED_SPEC.md cites them (Eq. 9, 10, 11); step
           r̄ = online accuracy of the group; r^offline = π / (sg(π) + (1 − sg(π))·r̄);
           mixpolicy_ratio (π_offline = 1), onpolicy_ratio (π_offline = π), luffy_ratio (π/(π+γ)).
   step 6  token_terms.build_token_terms, aggregation_weights         Eq. 10 (normalisers)
-          per-sample data -> the per-token tensors of the kernel contract.
+          per-sample data -> the per-token tensors of the kernel contract (contract.TokenTerms,
+          TokenKind, LossParams; docs/KERNEL_CONTRACT.md).
           loss.red_token_loss                                          Eq. 10 (the objective)
           min(r·Â, clip(r)·Â) online, w·r^offline·Â offline (unclipped), NLL, entropy, k3 KL.
           metrics.step_metrics: the per-step curves of RED_SPEC.md.
   Table 2 presets.PRESETS / get_preset / preset_stages: the nine rows, declarative.
           config.AlgoConfig: the options; objective.build_objective: preset -> functions, once.
 
-Only torch is imported here: no process groups, no megatron, no vllm. A distributed caller
+Only torch is imported here: no process groups, no megatron, no vllm. kernels/ imports
+contract.py and loss.py (the one definition of the kinds and of the per-token formula). A distributed caller
 reduces the sums it is handed (entropy_partial_sums) and passes global counts as numbers.
 """
 from red_megatron.algo.advantages import group_advantages
 from red_megatron.algo.config import AlgoConfig
+from red_megatron.algo.contract import KINDS, LossParams, TokenKind, TokenTerms
 from red_megatron.algo.entropy import (
     EntropyRegulator,
     EntropyStats,
@@ -46,14 +49,14 @@ from red_megatron.algo.metrics import rbar_histogram, step_metrics
 from red_megatron.algo.objective import RedObjective, build_objective
 from red_megatron.algo.policy_shift import group_accuracy, luffy_ratio, mixpolicy_ratio, onpolicy_ratio, shift_ratio
 from red_megatron.algo.presets import PRESETS, Preset, StagedPreset, get_preset, preset_stages
-from red_megatron.algo.token_terms import TokenKind, TokenTerms, aggregation_weights, build_token_terms
+from red_megatron.algo.token_terms import aggregation_weights, build_token_terms
 
 __all__ = [
-    "AlgoConfig", "EntropyRegulator", "EntropyStats", "GroupedBatch", "PRESETS", "Preset", "RedObjective",
-    "StagedPreset", "TokenKind", "TokenLossOutput", "TokenTerms", "aggregation_weights", "assemble_groups",
-    "batch_entropy_stats", "build_objective", "build_token_terms", "check_groups", "clipped_surrogate",
-    "entropy_partial_sums", "entropy_stats_from_sums", "entropy_weight", "get_preset", "group_accuracy",
-    "group_advantages", "group_layout", "k3", "luffy_ratio", "mixpolicy_ratio", "onpolicy_ratio", "per_token",
-    "preset_stages", "rbar_histogram", "red_token_loss", "relative_change", "sample_mean_entropy", "shift_ratio",
-    "step_metrics",
+    "AlgoConfig", "EntropyRegulator", "EntropyStats", "GroupedBatch", "KINDS", "LossParams", "PRESETS",
+    "Preset", "RedObjective", "StagedPreset", "TokenKind", "TokenLossOutput", "TokenTerms",
+    "aggregation_weights", "assemble_groups", "batch_entropy_stats", "build_objective", "build_token_terms",
+    "check_groups", "clipped_surrogate", "entropy_partial_sums", "entropy_stats_from_sums", "entropy_weight",
+    "get_preset", "group_accuracy", "group_advantages", "group_layout", "k3", "luffy_ratio",
+    "mixpolicy_ratio", "onpolicy_ratio", "per_token", "preset_stages", "rbar_histogram", "red_token_loss",
+    "relative_change", "sample_mean_entropy", "shift_ratio", "step_metrics",
 ]

@@ -3,7 +3,8 @@
     obj = build_objective(AlgoConfig(preset="red", num_online=7))
     w = obj.offline_weight(stats)                       # RED part I (1.0 unless weight_rule='entropy')
     terms, rbar_G, adv_B = obj.token_terms(rewards_B, group_id_B, is_offline_B, response_len_B, w=w)
-    out = obj.loss(logp_N, logp_old_N, entropy_N, terms)   # or kernels.red_loss(..., **terms.kernel_kwargs(), **obj.loss_kwargs())
+    out = obj.loss(logp_N, logp_old_N, entropy_N, terms)   # the reference loss of the algorithm
+    MegatronPolicy(..., loss=obj.params)                  # the same scalars, given to the policy once
 
 The loop calls these same methods for every preset; what differs was chosen here.
 """
@@ -17,11 +18,12 @@ import torch
 
 from red_megatron.algo.advantages import group_advantages
 from red_megatron.algo.config import AlgoConfig
+from red_megatron.algo.contract import LossParams, TokenKind, TokenTerms
 from red_megatron.algo.entropy import EntropyRegulator, EntropyStats
 from red_megatron.algo.loss import TokenLossOutput, red_token_loss
 from red_megatron.algo.policy_shift import group_accuracy
 from red_megatron.algo.presets import Preset, StagedPreset, get_preset
-from red_megatron.algo.token_terms import TokenKind, TokenTerms, build_token_terms
+from red_megatron.algo.token_terms import build_token_terms
 
 RbarFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,11 +50,7 @@ class RedObjective:
     aggregation: str
     loss_constant: float | None
     group_size: int
-    eps_lo: float
-    eps_hi: float
-    luffy_gamma: float
-    entropy_coef: float
-    kl_coef: float
+    params: LossParams  # the loss's scalars, frozen and validated (temperature included)
     assume_offline_correct: bool = False
 
     def rewards(self, rewards_B: torch.Tensor, is_offline_B: torch.Tensor) -> torch.Tensor:
@@ -92,9 +90,8 @@ class RedObjective:
         return terms, rbar_G, adv_B
 
     def loss_kwargs(self) -> dict[str, float]:
-        """The scalar options of red_token_loss / kernels.red_loss."""
-        return {"eps_lo": self.eps_lo, "eps_hi": self.eps_hi, "luffy_gamma": self.luffy_gamma,
-                "entropy_coef": self.entropy_coef, "kl_coef": self.kl_coef}
+        """The scalar keywords of red_token_loss / kernels.red_loss (all but the temperature)."""
+        return self.params.loss_kwargs()
 
     def loss(
         self,
@@ -148,7 +145,7 @@ def build_objective(cfg: AlgoConfig, stage: Preset | None = None) -> RedObjectiv
         aggregation=cfg.aggregation if cfg.aggregation is not None else stage.aggregation,
         loss_constant=cfg.loss_constant,
         group_size=cfg.num_online * int(stage.online) + int(stage.with_offline),
-        eps_lo=cfg.eps_lo, eps_hi=cfg.eps_hi, luffy_gamma=cfg.luffy_gamma,
-        entropy_coef=cfg.entropy_coef, kl_coef=cfg.kl_coef,
+        params=LossParams(temperature=cfg.temperature, eps_lo=cfg.eps_lo, eps_hi=cfg.eps_hi,
+                          luffy_gamma=cfg.luffy_gamma, entropy_coef=cfg.entropy_coef, kl_coef=cfg.kl_coef),
         assume_offline_correct=cfg.offline_reward == "assume_one",
     )

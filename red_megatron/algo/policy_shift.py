@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from red_megatron.algo.advantages import group_mean
+from red_megatron.algo.contract import DEFAULT_PARAMS
 
 
 def group_accuracy(
@@ -48,17 +49,15 @@ def group_accuracy(
 
 
 def shift_ratio(logp_N: torch.Tensor, rbar_N: torch.Tensor) -> torch.Tensor:
-    """r^offline = π / (sg(π) + (1 − sg(π))·r̄), the accuracy-aware policy shift.
+    """r^offline = π / (sg(π) + (1 − sg(π))·r̄), the accuracy-aware policy shift (the one definition).
 
-    Evaluated as exp(logp − sg(log π_offline)); at r̄ = 0 the denominator's log is exactly
-    sg(logp), so a token whose π underflows to 0 still gets ratio 1 (not 0/0).
+    Evaluated as exp(logp − sg(log π_offline)) with log π_offline = logaddexp(logp, log1p(−π) + log r̄):
+    at r̄ = 0 the second term is −inf and the denominator's log is exactly sg(logp), so a token whose
+    π underflows to 0 still gets ratio 1 (not 0/0); nothing is divided.
     """
     logp_sg = logp_N.detach()
-    rbar = rbar_N.to(logp_N.dtype)
-    pi_sg = logp_sg.exp()
-    tiny = torch.finfo(logp_N.dtype).tiny
-    log_pi_offline = torch.where(rbar > 0, (pi_sg + (1.0 - pi_sg) * rbar).clamp_min(tiny).log(), logp_sg)
-    return (logp_N - log_pi_offline).exp()
+    log_pi_offline = torch.logaddexp(logp_sg, torch.log1p(-logp_sg.exp()) + torch.log(rbar_N.to(logp_N.dtype)))
+    return torch.exp(logp_N - log_pi_offline)
 
 
 def mixpolicy_ratio(logp_N: torch.Tensor) -> torch.Tensor:
@@ -71,9 +70,9 @@ def onpolicy_ratio(logp_N: torch.Tensor) -> torch.Tensor:
     return (logp_N - logp_N.detach()).exp()
 
 
-def luffy_ratio(logp_N: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
-    """LUFFY's policy shaping f(π) = π / (π + γ): boosts the gradient of low-probability tokens."""
+def luffy_ratio(logp_N: torch.Tensor, gamma: float = DEFAULT_PARAMS.luffy_gamma) -> torch.Tensor:
+    """LUFFY's policy shaping f(π) = π / (π + γ) = sigmoid(logp − log γ): boosts the gradient of
+    low-probability tokens (the sigmoid form never divides, so π = 0 gives 0, not 0/0)."""
     if not gamma > 0:
         raise ValueError(f"luffy gamma must be > 0, got {gamma}")
-    pi = logp_N.exp()
-    return pi / (pi + gamma)
+    return torch.sigmoid(logp_N - torch.log(torch.tensor(gamma, dtype=logp_N.dtype)))

@@ -1,6 +1,6 @@
 """Per-sample quantities -> the per-token tensors of the algo/kernel contract.
 
-This is where the two halves meet (see .notes/KERNEL_CONTRACT.md). Every tensor is 1-D over
+This is where the two halves meet (docs/KERNEL_CONTRACT.md; the types are contract.py). Every tensor is 1-D over
 the N response tokens, flattened sample by sample in batch order:
 
     kind_N    int32  0 ONLINE, 1 OFFLINE_SHIFT, 2 OFFLINE_LUFFY, 3 NLL   (TokenKind)
@@ -24,44 +24,15 @@ which needs whole groups on a rank; pass G+1 explicitly otherwise.
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from red_megatron.algo.contract import TokenKind, TokenTerms
 from red_megatron.algo.groups import check_groups, per_token, sample_index_of_tokens
 
 Aggregation = Literal["sequence_mean", "token_mean", "constant"]
 AGGREGATIONS: tuple[str, ...] = ("sequence_mean", "token_mean", "constant")
-
-
-class TokenKind(enum.IntEnum):
-    ONLINE = 0  # clipped PPO/GRPO surrogate
-    OFFLINE_SHIFT = 1  # r^offline = π / (sg(π) + (1 − sg(π))·r̄), unclipped
-    OFFLINE_LUFFY = 2  # f(π) = π / (π + γ), unclipped
-    NLL = 3  # log π (the sft preset)
-
-
-@dataclass(frozen=True)
-class TokenTerms:
-    """The contract's per-token tensors (+ two bookkeeping tensors for metrics)."""
-
-    kind_N: torch.Tensor
-    adv_N: torch.Tensor
-    rbar_N: torch.Tensor
-    w_N: torch.Tensor
-    weight_N: torch.Tensor
-    sample_idx_N: torch.Tensor  # int64, index of the token's sample in the batch
-    is_offline_N: torch.Tensor  # bool
-
-    def kernel_kwargs(self) -> dict[str, torch.Tensor]:
-        """The keyword tensors kernels.red_loss takes (logp_old_N is the caller's)."""
-        return {"kind_N": self.kind_N, "adv_N": self.adv_N, "rbar_N": self.rbar_N, "w_N": self.w_N, "weight_N": self.weight_N}
-
-    def select(self, idx_N: torch.Tensor) -> "TokenTerms":
-        """The terms of a subset of tokens (a micro-batch); weights are NOT renormalised."""
-        return TokenTerms(*(t[idx_N] for t in (self.kind_N, self.adv_N, self.rbar_N, self.w_N, self.weight_N, self.sample_idx_N, self.is_offline_N)))
 
 
 def aggregation_weights(
