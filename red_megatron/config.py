@@ -66,10 +66,16 @@ class RunConfig:
         if not self.refit_bucket_mb >= 0:
             raise ValueError(f"RunConfig.refit_bucket_mb must be >= 0 (0: one tensor a bucket), got {self.refit_bucket_mb}")
         need = self.data.max_prompt_tokens + self.data.max_response_tokens
-        if self.policy.micro_batch_tokens < need:
+        # a micro-batch holds whole sequences; with CP each rank computes 1/cp of them, so the budget is
+        # per CP rank of the padded sequence (padded to a multiple of 2·cp)
+        cp = self.policy.cp
+        per_rank = -(-need // (2 * cp)) * 2 if cp > 1 else need
+        if self.policy.micro_batch_tokens < per_rank:
+            per = f" per context-parallel rank (policy.cp={cp})" if cp > 1 else ""
             raise ValueError(f"policy.micro_batch_tokens={self.policy.micro_batch_tokens} is below the longest "
-                             f"sequence the data allows, data.max_prompt_tokens + data.max_response_tokens = {need} "
-                             f"(a micro-batch holds whole sequences)")
+                             f"sequence the data allows{per}, data.max_prompt_tokens + data.max_response_tokens "
+                             f"= {need}{f' ({per_rank} a rank)' if cp > 1 else ''} (a micro-batch holds whole "
+                             f"sequences)")
         if any(s.online for s in preset_stages(self.algo.preset)) and self.rollout.max_model_len < need:
             raise ValueError(f"rollout.max_model_len={self.rollout.max_model_len} is below data.max_prompt_tokens + "
                              f"data.max_response_tokens = {need}")
@@ -88,13 +94,15 @@ def check_layout(cfg: RunConfig, world_size: int) -> int:
     No files read (the launcher checks this half on the submitting machine)."""
     from red_megatron.rollout.placement import check_placement
 
-    tp, pp = cfg.policy.tp, cfg.policy.pp
-    if world_size % (tp * pp) != 0:
-        raise ValueError(f"policy.tp={tp} × policy.pp={pp} must divide the world size {world_size}")
-    dp = world_size // (tp * pp)
+    tp, pp, cp = cfg.policy.tp, cfg.policy.pp, cfg.policy.cp
+    if world_size % (tp * pp * cp) != 0:
+        what = f"policy.tp={tp} × policy.pp={pp}" + (f" × policy.cp={cp}" if cp > 1 else "")
+        raise ValueError(f"{what} must divide the world size {world_size}")
+    dp = world_size // (tp * pp * cp)
     if cfg.data.global_batch_size % dp != 0:
         raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
-                         f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp})")
+                         f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp}"
+                         + (f" / cp {cp})" if cp > 1 else ")"))
     if any(s.online for s in preset_stages(cfg.algo.preset)):
         check_placement(world_size=world_size, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor)
     return dp

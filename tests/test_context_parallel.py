@@ -55,3 +55,32 @@ def test_tp2_with_sequence_parallel_equals_tp2_without(dist2, tiny_ckpt_dir):
         torch.testing.assert_close(b["logits"], a["logits"], rtol=1e-5, atol=1e-5)
         for k in a["grads"]:
             assert_grad_close(b["grads"][k], a["grads"][k], k)
+
+
+def _micro_batch(lengths, prompts):
+    from red_megatron.policy.batching import SequenceBatch, plan_micro_batches
+
+    g = torch.Generator().manual_seed(3)
+    batch = SequenceBatch(tokens=[torch.randint(3, 900, (n,), generator=g) for n in lengths], prompt_lens=prompts)
+    (mb,) = plan_micro_batches(batch, max_tokens=sum(lengths), pack=True)
+    return batch, mb
+
+
+@pytest.mark.parametrize("cp,tp", [(2, 1), (2, 2), (1, 2), (4, 1)])
+def test_localized_micro_batches_cover_every_response_token_once(cp, tp):
+    from red_megatron.policy.context_parallel import localize_micro_batch
+
+    batch, mb = _micro_batch([7, 13, 5, 10], [3, 4, 2, 6])  # uneven, not multiples of anything
+    seen = []
+    for r in range(cp):
+        loc = localize_micro_batch(mb, cp_rank=r, cp_size=cp, tp_multiple=tp)
+        T_local = loc.tokens_BS.shape[1]
+        assert T_local % tp == 0
+        cu = loc.cu_seqlens.tolist()
+        assert cu[-1] == T_local * cp and all((b - a) % (2 * cp if cp > 1 else 1) == 0 for a, b in zip(cu, cu[1:]))
+        # each local row's target is the token after the row's global position in its sequence
+        for row, tgt, idx in zip(loc.logit_rows_M.tolist(), loc.target_M.tolist(), loc.token_index_M.tolist()):
+            assert loc.tokens_BS[0, row].item() == mb.tokens_BS[0, mb.logit_rows_M[mb.token_index_M.tolist().index(idx)]].item()
+            assert tgt == mb.target_M[mb.token_index_M.tolist().index(idx)].item()
+        seen += loc.token_index_M.tolist()
+    assert sorted(seen) == list(range(batch.num_response_tokens))

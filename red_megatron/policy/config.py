@@ -17,6 +17,9 @@ CKPT_SHARDING = ("dp_reshardable", "fully_reshardable")
 class PolicyConfig:
     tp: int = 1
     pp: int = 1
+    cp: int = 1  # context parallelism: each sequence split over cp ranks (2·cp load-balanced chunks)
+    # megatron's sequence parallelism (norms on sequence shards, activations / TP); None: on iff tp > 1
+    sequence_parallel: bool | None = None
     dtype: str = "bfloat16"  # parameters and activations; main params, grads and optimiser state are fp32
     micro_batch_tokens: int = 8192  # computed tokens per micro-batch (packed: exact; padded: rows × longest)
     pack_sequences: bool = True  # packed THD micro-batches; False = length-bucketed right padding
@@ -36,8 +39,17 @@ class PolicyConfig:
     keep_last_checkpoints: int = 2  # 0 keeps all
     seed: int = 1234
 
+    @property
+    def use_sequence_parallel(self) -> bool:
+        return self.tp > 1 if self.sequence_parallel is None else bool(self.sequence_parallel)
+
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "micro_batch_tokens", "lr_decay_steps"):
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError("PolicyConfig.sequence_parallel=true needs policy.tp > 1 (it splits activations over TP)")
+        if self.cp > 1 and not self.pack_sequences:
+            raise ValueError(f"PolicyConfig.cp={self.cp} needs pack_sequences=true (context parallelism is "
+                             f"implemented for packed THD micro-batches)")
+        for name in ("tp", "pp", "cp", "micro_batch_tokens", "lr_decay_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"PolicyConfig.{name} must be an int >= 1, got {v!r}")

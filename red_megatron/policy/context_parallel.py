@@ -105,3 +105,70 @@ def cp_attention_thd(attend, query, key, value, cu_seqlens: list[int], *, cp_ran
             vv = v_seq[:(j + 1) * c].transpose(0, 1).unsqueeze(0)
             out[rows] = attend(q, kk, vv, causal_lower_right(c, (j + 1) * c))[0].transpose(0, 1)
     return out
+
+
+def localize_micro_batch(mb, *, cp_rank: int, cp_size: int, tp_multiple: int = 1, pad_id: int = 0):
+    """The part of a micro-batch (``batching.MicroBatch``) this rank computes.
+
+    - context parallelism (packed layout only): every sequence padded at its end to a multiple of
+      2·CP (padding comes after the real tokens, so a causal model cannot see it), this rank's two
+      chunks of each kept, ``cu_seqlens`` the global padded boundaries (megatron's THD RoPE and the
+      CP attention take those), and only the logit rows this rank holds, with their targets and N
+      indices (every predicted token is held by exactly one CP rank);
+    - ``tp_multiple`` (sequence parallelism: the TP size): the tokens a rank computes padded to a
+      multiple of it (a trailing all-padding sequence in the packed layout, padding columns in the
+      padded one), since megatron splits the sequence dimension over the TP ranks.
+    Returns ``mb`` itself when neither applies.
+    """
+    from red_megatron.policy.batching import MicroBatch
+
+    packed = mb.cu_seqlens is not None
+    if cp_size == 1 and tp_multiple == 1:
+        return mb
+    if not packed:
+        if cp_size > 1:
+            raise ValueError("context parallelism needs packed micro-batches (policy.pack_sequences=true)")
+        B, S = mb.tokens_BS.shape
+        S_pad = -(-S // tp_multiple) * tp_multiple
+        if S_pad == S:
+            return mb
+        tokens = torch.full((B, S_pad), pad_id, dtype=mb.tokens_BS.dtype)
+        tokens[:, :S] = mb.tokens_BS
+        rows = mb.logit_rows_M // S * S_pad + mb.logit_rows_M % S
+        return MicroBatch(tokens_BS=tokens, position_ids_BS=torch.arange(S_pad).unsqueeze(0).expand(B, -1).contiguous(),
+                          cu_seqlens=None, max_seqlen=S_pad, logit_rows_M=rows, target_M=mb.target_M,
+                          token_index_M=mb.token_index_M, seq_ids=mb.seq_ids)
+    cu = mb.cu_seqlens.tolist()
+    tokens = mb.tokens_BS[0]
+    m = 2 * cp_size if cp_size > 1 else 1
+    # global row r (predicts the token after position r of the packed row) -> (target, N index)
+    row_target = dict(zip(mb.logit_rows_M.tolist(), zip(mb.target_M.tolist(), mb.token_index_M.tolist())))
+    pieces, positions, new_cu, rows, targets, index = [], [], [0], [], [], []
+    local_start = 0
+    for s, e in zip(cu[:-1], cu[1:]):
+        n = e - s
+        n_pad = -(-n // m) * m
+        seq = torch.full((n_pad,), pad_id, dtype=tokens.dtype)
+        seq[:n] = tokens[s:e]
+        keep = local_positions(n_pad, cp_rank, cp_size) if cp_size > 1 else torch.arange(n_pad)
+        pieces.append(seq[keep])
+        positions.append(keep)
+        for k, q in enumerate(keep.tolist()):
+            if q < n and s + q in row_target:
+                t, i = row_target[s + q]
+                rows.append(local_start + k)
+                targets.append(t)
+                index.append(i)
+        local_start += n_pad // cp_size
+        new_cu.append(new_cu[-1] + n_pad)
+    if local_start % tp_multiple:  # local tokens must split evenly over the TP ranks: a padding-only sequence
+        c = next(c for c in range(1, tp_multiple * m + 1) if (local_start + c * m // cp_size) % tp_multiple == 0)
+        n_pad = c * m  # a multiple of 2·CP, of which this rank holds n_pad / CP
+        pieces.append(torch.full((n_pad // cp_size,), pad_id, dtype=tokens.dtype))
+        positions.append(local_positions(n_pad, cp_rank, cp_size) if cp_size > 1 else torch.arange(n_pad))
+        new_cu.append(new_cu[-1] + n_pad)
+    return MicroBatch(tokens_BS=torch.cat(pieces).unsqueeze(0), position_ids_BS=torch.cat(positions).unsqueeze(0),
+                      cu_seqlens=torch.tensor(new_cu, dtype=torch.int32),
+                      max_seqlen=max(b - a for a, b in zip(new_cu[:-1], new_cu[1:])),
+                      logit_rows_M=torch.tensor(rows, dtype=torch.long), target_M=torch.tensor(targets, dtype=torch.long),
+                      token_index_M=torch.tensor(index, dtype=torch.long), seq_ids=mb.seq_ids)

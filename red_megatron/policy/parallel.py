@@ -42,8 +42,8 @@ class ParallelGroups:
     """This rank's place in the TP × CP × DP × PP grid, with the groups its collectives take.
 
     A group is ``None``-free: at size 1 it is still a valid group, but the project's helpers run
-    no collective on it (one code path for 1 GPU and 1,000). ``mp`` is the model-parallel group
-    (TP × PP of one data-parallel replica); ``mp_src`` its source rank (TP rank 0 of the first
+    no collective on it (one code path for 1 GPU and 1,000). ``mp`` is the replica's group
+    (TP × CP × PP of one data-parallel rank); ``mp_src`` its source rank (TP and CP rank 0 of the first
     pipeline stage), where a replica's rollouts are gathered and from which they are broadcast.
     """
 
@@ -63,7 +63,7 @@ class ParallelGroups:
     dp_rank: int
     dp_size: int
     dp_cp_group: object  # data parallel × context parallel (gradient reduction)
-    mp_group: object
+    mp_group: object  # the replica: TP × CP × PP ranks sharing one data-parallel rank
     mp_size: int
     mp_src: int  # global rank
     device: torch.device
@@ -137,15 +137,21 @@ def _read_groups() -> ParallelGroups:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
-    pp_group, mp_group = ps.get_pipeline_model_parallel_group(), ps.get_model_parallel_group()
-    mp_size = dist.get_world_size(mp_group)
+    pp_group = ps.get_pipeline_model_parallel_group()
+    dp_rank = ps.get_data_parallel_rank()
     is_src = tp_rank == 0 and pp_rank == 0 and ps.get_context_parallel_rank() == 0
-    if mp_size > 1:
-        flags = [None] * mp_size
-        dist.all_gather_object(flags, (rank, is_src), group=mp_group)
-        mp_src = next(r for r, s in flags if s)
-    else:
-        mp_src = rank
+    # A replica is every rank with this data-parallel rank: TP × CP × PP (megatron's model-parallel
+    # group leaves CP out, so it is built here). new_group is collective: every rank builds every one.
+    table = [None] * world
+    dist.all_gather_object(table, (dp_rank, is_src))
+    mp_group = None
+    for d in sorted({d for d, _ in table}):
+        ranks = [r for r, (dd, _) in enumerate(table) if dd == d]
+        g = dist.new_group(ranks) if world > 1 else dist.group.WORLD
+        if d == dp_rank:
+            mp_group, mp_ranks = g, ranks
+    mp_size = len(mp_ranks)
+    mp_src = next(r for r in mp_ranks if table[r][1])
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return ParallelGroups(
         rank=rank, world_size=world,
@@ -155,7 +161,7 @@ def _read_groups() -> ParallelGroups:
         pp_ranks=tuple(dist.get_process_group_ranks(pp_group)),
         cp_group=ps.get_context_parallel_group(), cp_rank=ps.get_context_parallel_rank(),
         cp_size=ps.get_context_parallel_world_size(),
-        dp_group=ps.get_data_parallel_group(), dp_rank=ps.get_data_parallel_rank(),
+        dp_group=ps.get_data_parallel_group(), dp_rank=dp_rank,
         dp_size=ps.get_data_parallel_world_size(),
         dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True),
         mp_group=mp_group, mp_size=mp_size, mp_src=mp_src, device=device)
