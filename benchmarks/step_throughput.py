@@ -117,12 +117,13 @@ def run_shape(shape: str, args) -> dict:
     mean_len = n_tok / len(tokens)
     fwd_flops = n_tok * (2 * P + 2 * cfg["num_hidden_layers"] * cfg["hidden_size"] * mean_len)
     logp_old = [None]
+    batch = policy.step_batch(tokens, prompt_lens)  # as the trainer: planned once, used by both passes
 
     def old():
-        logp_old[0], _ = policy.logprobs_and_entropy(tokens, prompt_lens, temperature=1.0)
+        logp_old[0], _ = policy.logprobs_and_entropy(batch)
 
     def update():
-        policy.train_step(tokens, prompt_lens, terms, logp_old[0], temperature=1.0)
+        policy.train_step(batch, terms=terms, logp_old_N=logp_old[0])
 
     def stream():
         for _ in policy.stream_hf_weights():

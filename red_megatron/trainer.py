@@ -84,7 +84,7 @@ class _Run:
         self.steps = cfg.steps if epochs is None else epochs * (len(self.dataset) // cfg.data.global_batch_size)
         lr = self.preset.lr if own and self.preset.lr is not None else cfg.policy.lr
         policy_cfg = dataclasses.replace(cfg.policy, lr=lr, lr_decay_steps=max(self.steps, cfg.policy.warmup_steps + 1))
-        self.policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed)
+        self.policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed, loss=self.objective.params)
         self.groups = g = self.policy.groups
         self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=g.dp_rank, dp_world_size=g.dp_size)
         self.scorer = RewardScorer(cfg.reward)
@@ -204,7 +204,8 @@ class _Run:
         tokens, prompt_lens = exp.sequences()
         response_len_B = exp.response_len_B
         with _timed(times, "old_logprobs"):
-            logp_old_N, entropy_N = self.policy.logprobs_and_entropy(tokens, prompt_lens, cfg.algo.temperature)
+            batch = self.policy.step_batch(tokens, prompt_lens)  # planned once, used by both passes
+            logp_old_N, entropy_N = self.policy.logprobs_and_entropy(batch)
         # RED part I: entropies over the global batch (every DP rank's samples), then w.
         H_B = sample_mean_entropy(entropy_N, response_len_B)
         stats = entropy_stats_from_sums(g.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B)))
@@ -214,8 +215,7 @@ class _Run:
         terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
                                                num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens)
         with _timed(times, "train"):
-            upd = self.policy.train_step(tokens, prompt_lens, terms, logp_old_N, temperature=cfg.algo.temperature,
-                                         **obj.loss_kwargs())
+            upd = self.policy.train_step(batch, terms=terms, logp_old_N=logp_old_N)
         if upd["skipped"]:  # a NaN/Inf loss or gradient: the weights were left untouched
             self.skipped_steps += 1
             log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)", self.step + 1,

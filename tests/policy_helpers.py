@@ -29,7 +29,7 @@ def tiny_chunks(tp: int, pp: int, *, dtype=torch.float32, layers: int = 2):
                      position_embedding_type="rope")]
 
 
-def tiny_policy(tp: int = 1, pp: int = 1, **overrides):
+def tiny_policy(tp: int = 1, pp: int = 1, loss=None, **overrides):
     from red_megatron.policy import parallel
     from red_megatron.policy.config import PolicyConfig
     from red_megatron.policy.policy import MegatronPolicy
@@ -38,7 +38,7 @@ def tiny_policy(tp: int = 1, pp: int = 1, **overrides):
               pack_sequences=False, loss_impl="reference", weight_decay=0.01)
     kw.update(overrides)
     cfg = PolicyConfig(**kw)
-    return MegatronPolicy(tiny_chunks(tp, pp), cfg, groups=parallel.current(), vocab_size=VOCAB)
+    return MegatronPolicy(tiny_chunks(tp, pp), cfg, groups=parallel.current(), vocab_size=VOCAB, loss=loss)
 
 
 def fixed_batch(seed: int = 0, lengths=(20, 33, 17, 40, 12), prompts=(5, 10, 3, 8, 4)):
@@ -66,8 +66,9 @@ def params_snapshot(policy) -> dict:
             if isinstance(v, torch.Tensor)}
 
 
-def hf_policy(hf_dir: str, tp: int = 1, pp: int = 1, load_weights: bool = True, **overrides):
-    """A policy on policy-core's build_model (SDPA attention, packed THD support) for an HF dir."""
+def hf_policy(hf_dir: str, tp: int = 1, pp: int = 1, load_weights: bool = True, loss=None, **overrides):
+    """A policy on policy-core's build_model (SDPA attention, packed THD support) for an HF dir.
+    ``loss``: algo.LossParams given at construction (temperature, eps, ...); LossParams() if None."""
     from red_megatron.policy import model, parallel
     from red_megatron.policy.config import PolicyConfig
     from red_megatron.hf.config import read_hf_config
@@ -78,7 +79,7 @@ def hf_policy(hf_dir: str, tp: int = 1, pp: int = 1, load_weights: bool = True, 
     kw.update(overrides)
     cfg = PolicyConfig(**kw)
     if load_weights:
-        return MegatronPolicy.from_hf(hf_dir, cfg)
+        return MegatronPolicy.from_hf(hf_dir, cfg, loss=loss)
     chunks = model.build_model(hf_dir, groups=parallel.current(), dtype=getattr(torch, cfg.dtype))
     return MegatronPolicy(chunks, cfg, groups=parallel.current(), vocab_size=read_hf_config(hf_dir).vocab_size,
-                          hf_dir=hf_dir)
+                          hf_dir=hf_dir, loss=loss)

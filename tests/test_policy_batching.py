@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from red_megatron.policy.batching import SequenceBatch, loss_tensors, plan_micro_batches, select_tokens
+from red_megatron.algo import TokenTerms
+from red_megatron.policy.batching import SequenceBatch, plan_micro_batches
 
 
 def _batch(lengths, prompts, seed=0):
@@ -53,10 +54,10 @@ def test_batch_and_tensor_validation():
     n = b.num_response_tokens
     terms = {"kind_N": torch.zeros(n, dtype=torch.int32), "adv_N": torch.ones(n), "rbar_N": torch.ones(n),
              "w_N": torch.ones(n), "weight_N": torch.ones(n)}
-    t = loss_tensors(terms, logp_old_N=torch.zeros(n), num_tokens=n)
-    assert t["ref_logp_N"] is None
-    sel = select_tokens(t, torch.tensor([1, 3]), "cpu")
-    assert sel["adv_N"].shape == (2,)
+    t = TokenTerms.of(terms).with_logp(torch.zeros(n))
+    assert t.ref_logp_N is None
+    sel = t.select(torch.tensor([1, 3]), "cpu")
+    assert sel.adv_N.shape == (2,)
     with pytest.raises(ValueError, match="logp_old_N"):
-        loss_tensors(terms, logp_old_N=torch.zeros(n + 1), num_tokens=n)
+        TokenTerms.of(terms).with_logp(torch.zeros(n + 1))
     assert [x.numel() for x in b.split_per_sequence(torch.arange(n))] == [6, 4]

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from red_megatron.algo import LossParams
 from tests.dist_pool import megatron_parallel
 from tests.policy_helpers import fixed_batch, hf_policy, red_terms, tiny_policy
 
@@ -18,7 +19,8 @@ def _step(pol, seed=0):
     n = sum(len(t) - p for t, p in zip(tokens, prompts))
     terms = red_terms(n, seed=seed)
     terms["weight_N"] = terms["weight_N"] / pol.groups.dp_size  # every DP rank has this batch: global mean
-    out = pol.train_step(tokens, prompts, terms, torch.full((n,), -6.0), temperature=0.9)
+    pol.loss = LossParams(temperature=0.9)  # the loss's scalars belong to the policy
+    out = pol.train_step(tokens, prompts, terms, torch.full((n,), -6.0))
     return out["loss"], out["grad_norm"], out["lr"], out["clip_frac"]
 
 

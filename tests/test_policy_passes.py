@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from red_megatron.algo import LossParams
 from tests.dist_pool import megatron_parallel
 from tests.policy_helpers import fixed_batch, hf_policy, red_terms, tiny_policy
 
@@ -12,11 +13,11 @@ pytestmark = pytest.mark.dist
 
 def _job_impl(impl: str):
     with megatron_parallel(tp=2, pp=1, seed=13):
-        pol = tiny_policy(tp=2, loss_impl=impl, grad_in_forward=impl == "kernel")
+        pol = tiny_policy(tp=2, loss_impl=impl, grad_in_forward=impl == "kernel", loss=LossParams(temperature=0.8))
         tokens, prompts = fixed_batch(lengths=(14, 22, 9), prompts=(4, 6, 2))
         n = sum(len(t) - p for t, p in zip(tokens, prompts))
         lp, ent = pol.logprobs_and_entropy(tokens, prompts, 0.8)
-        steps = [pol.train_step(tokens, prompts, red_terms(n, seed=s), lp + (0.5 - s), temperature=0.8)
+        steps = [pol.train_step(tokens, prompts, red_terms(n, seed=s), lp + (0.5 - s))
                  for s in range(2)]
         return lp, ent, [(s["loss"], s["grad_norm"], s["clip_frac"]) for s in steps]
 
@@ -35,11 +36,11 @@ def test_triton_kernel_and_reference_agree_through_the_schedule(dist2):
 def _job_layouts(hf_dir: str, tp: int, pp: int, pack: bool):
     """Random-weight model from policy-core's build_model (SDPA attention), same seed at every layout."""
     with megatron_parallel(tp=tp, pp=pp, seed=17):
-        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, pack_sequences=pack)
+        pol = hf_policy(hf_dir, tp=tp, pp=pp, load_weights=False, pack_sequences=pack, loss=LossParams(temperature=0.8))
         tokens, prompts = fixed_batch(lengths=(20, 33, 17, 12, 9), prompts=(5, 10, 3, 4, 8))
         n = sum(len(t) - p for t, p in zip(tokens, prompts))
         lp, ent = pol.logprobs_and_entropy(tokens, prompts, 0.8)
-        step = pol.train_step(tokens, prompts, red_terms(n), lp + 0.3, temperature=0.8)
+        step = pol.train_step(tokens, prompts, red_terms(n), lp + 0.3)
         return lp, ent, (step["loss"], step["grad_norm"], step["micro_batches"])
 
 

@@ -2,9 +2,11 @@
 
 The trainer hands the policy whole sequences (prompt + response token ids) and where each
 response starts. The per-token tensors of the loss (kind, adv, logp_old, ...) are 1-D over the
-response tokens of all sequences, flattened in sequence order ("N order", KERNEL_CONTRACT.md).
+response tokens of all sequences, flattened in sequence order ("N order", docs/KERNEL_CONTRACT.md).
 This module decides which sequences share a micro-batch and, for each micro-batch, which logit
-rows predict which response tokens and where those tokens sit in N order.
+rows predict which response tokens and where those tokens sit in N order. ``MegatronPolicy.step_batch``
+does it once per step: its ``StepBatch`` (sequences, plan, tensors on the device) serves both the
+old-policy pass and the update.
 
 Two layouts:
 - packed (default): the micro-batch's sequences are concatenated into one row [1, T];
@@ -22,6 +24,7 @@ gives the same micro-batches: bit-exact resume depends on it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -77,37 +80,6 @@ class SequenceBatch:
         return list(torch.split(values_N, self.response_lens))
 
 
-LOSS_TENSORS = ("kind_N", "adv_N", "logp_old_N", "rbar_N", "w_N", "weight_N", "ref_logp_N")
-
-
-def loss_tensors(terms, *, logp_old_N: torch.Tensor, ref_logp_N: torch.Tensor | None = None,
-                 num_tokens: int) -> dict[str, torch.Tensor | None]:
-    """The per-token loss inputs of KERNEL_CONTRACT.md as one dict, validated against N.
-
-    ``terms``: ``red_megatron.algo.token_terms.TokenTerms`` (anything with ``kernel_kwargs()``
-    giving kind/adv/rbar/w/weight) or a plain dict of those five tensors.
-    """
-    kw = dict(terms.kernel_kwargs() if hasattr(terms, "kernel_kwargs") else terms)
-    kw["logp_old_N"], kw["ref_logp_N"] = logp_old_N, ref_logp_N
-    for name in LOSS_TENSORS:
-        t = kw.get(name)
-        if t is None and name == "ref_logp_N":
-            continue
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != num_tokens:
-            raise ValueError(f"{name}: expected a 1-D tensor with one value per response token "
-                             f"(N={num_tokens}), got {getattr(t, 'shape', type(t))}")
-    if kw["kind_N"].dtype.is_floating_point:
-        raise ValueError(f"kind_N: expected an integer tensor, got {kw['kind_N'].dtype}")
-    return {k: kw.get(k) for k in LOSS_TENSORS}
-
-
-def select_tokens(tensors: dict[str, torch.Tensor | None], index_M: torch.Tensor,
-                  device) -> dict[str, torch.Tensor | None]:
-    """One micro-batch's rows of every N-order tensor, on ``device``."""
-    return {k: None if t is None else t.index_select(0, index_M.to(t.device)).to(device)
-            for k, t in tensors.items()}
-
-
 @dataclass(kw_only=True)
 class MicroBatch:
     """One forward pass worth of tokens.
@@ -116,6 +88,8 @@ class MicroBatch:
     cu_seqlens: int32 [n+1] sequence boundaries of the packed row; None in the padded layout.
     logit_rows_M: rows of the flattened batch-first logits [B*S, V] that predict a response token.
     target_M: the predicted (global vocabulary) ids.   token_index_M: their places in N order.
+    target_R: int64 [B*S] the target of every logits row (target_M at logit_rows_M, 0 elsewhere).
+    A micro-batch is planned on the CPU; ``to(device)`` (done once a step, ``StepBatch``) moves it.
     """
 
     tokens_BS: torch.Tensor
@@ -126,11 +100,39 @@ class MicroBatch:
     target_M: torch.Tensor
     token_index_M: torch.Tensor
     seq_ids: list[int]
+    target_R: torch.Tensor | None = None  # filled by ``to`` (StepBatch) when not given
 
     @property
     def num_tokens(self) -> int:
         """Tokens the model computes (packed: exact; padded: including padding)."""
         return int(self.tokens_BS.numel())
+
+    def to(self, device) -> "MicroBatch":
+        """This micro-batch with every tensor on ``device`` and target_R filled in."""
+        mb = self
+        if mb.target_R is None:
+            target_R = torch.zeros(mb.tokens_BS.numel(), dtype=torch.long)
+            target_R[mb.logit_rows_M] = mb.target_M
+            mb = dataclasses.replace(mb, target_R=target_R)
+        return dataclasses.replace(mb, **{f.name: getattr(mb, f.name).to(device) for f in dataclasses.fields(mb)
+                                          if isinstance(getattr(mb, f.name), torch.Tensor)})
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """One step's batch, built once (``MegatronPolicy.step_batch``): the sequences, this rank's
+    micro-batch plan and the micro-batches' tensors on the device. The old-policy pass and the
+    update both run on it."""
+
+    sequences: SequenceBatch
+    micro_batches: tuple[MicroBatch, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        """N: response tokens of the step (the length of every per-token tensor)."""
+        return self.sequences.num_response_tokens
+
+
 
 
 def _bins_first_fit_decreasing(lengths: list[int], budget: int) -> list[list[int]]:

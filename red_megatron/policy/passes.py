@@ -5,6 +5,9 @@
 - ``train_pass``: forward + backward of the RED loss over micro-batches (the optimizer step is
   the caller's: ``policy.MegatronPolicy.train_step``).
 
+Both run on one ``batching.StepBatch`` (built once per step). The per-token inputs are one
+``algo.contract.TokenTerms``, the scalars one ``algo.contract.LossParams`` (docs/KERNEL_CONTRACT.md).
+
 Both call ``get_forward_backward_func()``, so one code path runs PP=1
 (forward_backward_no_pipelining) and PP>1 (1F1B, interleaved with virtual stages); micro-batches
 come from ``batching``. The loss runs on the vocab-parallel logits (``parallel_output=True``)
@@ -24,20 +27,17 @@ calls ``finalize_model_grads`` with ``num_tokens=None``: no division anywhere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
 
-from red_megatron.policy.batching import MicroBatch, select_tokens
+from red_megatron.algo.contract import LossParams, TokenKind, TokenTerms
+from red_megatron.policy.batching import MicroBatch, StepBatch
 
 if TYPE_CHECKING:
     from red_megatron.policy.parallel import ParallelGroups
-
-ONLINE = 0  # token kind of KERNEL_CONTRACT.md; counted for the clip fraction
-
 
 def resolve_loss_impl(name: str) -> tuple[Callable, Callable]:
     """(red_loss, logprob_entropy) for 'kernel', 'reference' or 'auto' (the Triton kernel iff CUDA:
@@ -51,18 +51,6 @@ def resolve_loss_impl(name: str) -> tuple[Callable, Callable]:
         from kernels.red_loss_reference import logprob_entropy, red_loss_reference
         return red_loss_reference, logprob_entropy
     raise ValueError(f"loss_impl must be 'auto', 'kernel' or 'reference', got {name!r}")
-
-
-@dataclass(kw_only=True)
-class LossOptions:
-    """Loss hyper-parameters that are not per token (KERNEL_CONTRACT.md)."""
-
-    temperature: float = 1.0
-    eps_lo: float = 0.2
-    eps_hi: float = 0.2
-    luffy_gamma: float = 0.1
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0
 
 
 def finalize_grads_sum(model, num_tokens=None, *args, **kwargs):
@@ -83,15 +71,9 @@ def _forward_step(device: torch.device, loss_fn: Callable, data_iterator, model)
         cu = mb.cu_seqlens.to(device)
         packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                                  max_seqlen_q=mb.max_seqlen, max_seqlen_kv=mb.max_seqlen)
-    out = model(input_ids=mb.tokens_BS.to(device), position_ids=mb.position_ids_BS.to(device),
+    out = model(input_ids=mb.tokens_BS, position_ids=mb.position_ids_BS,  # on the device (StepBatch)
                 attention_mask=None, packed_seq_params=packed)
     return out, partial(loss_fn, mb)
-
-
-# Values for the logit rows that predict no response token (prompt rows, padding): weight 0 masks a
-# row in the kernel and in its reference; the other fills only keep the row's arithmetic finite.
-_ROW_FILL = {"kind_N": 3, "adv_N": 0.0, "logp_old_N": 0.0, "rbar_N": 1.0, "w_N": 0.0, "weight_N": 0.0,
-             "ref_logp_N": 0.0}
 
 
 def _all_rows(logits_BSV: torch.Tensor) -> torch.Tensor:
@@ -106,26 +88,7 @@ def _all_rows(logits_BSV: torch.Tensor) -> torch.Tensor:
     return logits_BSV.reshape(-1, logits_BSV.shape[-1])
 
 
-def _row_target(mb: MicroBatch, n_rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = mb.logit_rows_M.to(device)
-    target_R = torch.zeros(n_rows, dtype=torch.long, device=device)
-    target_R[rows] = mb.target_M.to(device)
-    return rows, target_R
-
-
-def _row_tensors(sel: dict, rows: torch.Tensor, n_rows: int, device) -> dict:
-    out = {}
-    for k, v in sel.items():
-        if v is None:
-            out[k] = None
-            continue
-        full = torch.full((n_rows,), _ROW_FILL[k], dtype=v.dtype, device=device)
-        full[rows] = v
-        out[k] = full
-    return out
-
-
-def _run_schedule(chunks: list, mbs: list[MicroBatch], step_fn: Callable, *, forward_only: bool):
+def _run_schedule(chunks: list, mbs: tuple[MicroBatch, ...], step_fn: Callable, *, forward_only: bool):
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     fb = get_forward_backward_func()
@@ -135,19 +98,18 @@ def _run_schedule(chunks: list, mbs: list[MicroBatch], step_fn: Callable, *, for
               micro_batch_size=max(mb.tokens_BS.shape[0] for mb in mbs), forward_only=forward_only)
 
 
-def logprob_pass(chunks: list, mbs: list[MicroBatch], num_tokens: int, *, groups: ParallelGroups, vocab_size: int,
+def logprob_pass(chunks: list, batch: StepBatch, *, groups: ParallelGroups, vocab_size: int,
                  temperature: float, logprob_entropy: Callable) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_N, entropy_N) fp32 on every rank of the pipeline, no grad. N order (batching)."""
-    logp_N = torch.zeros(num_tokens, dtype=torch.float32, device=groups.device)
-    ent_N = torch.zeros(num_tokens, dtype=torch.float32, device=groups.device)
+    logp_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
+    ent_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
 
     def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
         logits_RV = _all_rows(logits_BSV)
-        rows, target_R = _row_target(mb, logits_RV.shape[0], groups.device)
-        lp_R, ent_R = logprob_entropy(logits_RV, target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
+        lp_R, ent_R = logprob_entropy(logits_RV, mb.target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
                                       vocab_size=vocab_size, temperature=temperature, group=groups.loss_group)
-        lp, ent = lp_R[rows], ent_R[rows]
-        idx = mb.token_index_M.to(groups.device)
+        lp, ent = lp_R[mb.logit_rows_M], ent_R[mb.logit_rows_M]
+        idx = mb.token_index_M
         logp_N[idx] = lp.float()
         ent_N[idx] = ent.float()
         zero = logits_BSV.new_zeros((), dtype=torch.float32)
@@ -156,16 +118,19 @@ def logprob_pass(chunks: list, mbs: list[MicroBatch], num_tokens: int, *, groups
     for c in chunks:
         c.eval()
     with torch.no_grad():
-        _run_schedule(chunks, mbs, partial(_forward_step, groups.device, loss_fn), forward_only=True)
+        _run_schedule(chunks, batch.micro_batches, partial(_forward_step, groups.device, loss_fn), forward_only=True)
     if groups.pp_size > 1:  # only the last stage has logits: share its results with the pipeline
         dist.broadcast(logp_N, src=groups.pp_last_rank, group=groups.pp_group)
         dist.broadcast(ent_N, src=groups.pp_last_rank, group=groups.pp_group)
     return logp_N, ent_N
 
 
-def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, groups: ParallelGroups, vocab_size: int,
-               opts: LossOptions, red_loss: Callable) -> dict[str, float]:
+def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: ParallelGroups, vocab_size: int,
+               params: LossParams, red_loss: Callable, grad_in_forward: bool = False) -> dict[str, float]:
     """Forward + backward of the RED loss; grads end up in the DDP buffers (summed, see module doc).
+
+    ``terms``: the step's bundle with logp_old_N (and ref_logp_N) set, N = batch.num_tokens, on the
+    device. ``grad_in_forward``: the kernel writes the logits' gradient in place (kernels/red_loss.py).
 
     Returns, identical on every rank: loss (summed over micro-batches and DP ranks), clip_frac
     (over ONLINE tokens with weight > 0), loss_finite (False if any micro-batch loss was NaN/Inf).
@@ -174,13 +139,12 @@ def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, groups: Pa
 
     def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
         logits_RV = _all_rows(logits_BSV)
-        rows, target_R = _row_target(mb, logits_RV.shape[0], groups.device)
-        t = select_tokens(tensors, mb.token_index_M, groups.device)
-        out = red_loss(logits_RV, target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
-                       vocab_size=vocab_size, temperature=opts.temperature, eps_lo=opts.eps_lo, eps_hi=opts.eps_hi,
-                       luffy_gamma=opts.luffy_gamma, entropy_coef=opts.entropy_coef, kl_coef=opts.kl_coef,
-                       group=groups.loss_group, **_row_tensors(t, rows, logits_RV.shape[0], groups.device))
-        n_online = ((t["kind_N"] == ONLINE) & (t["weight_N"] != 0)).sum().float()
+        t = terms.select(mb.token_index_M)
+        out = red_loss(logits_RV, mb.target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
+                       vocab_size=vocab_size, temperature=params.temperature, group=groups.loss_group,
+                       grad_in_forward=grad_in_forward, **params.loss_kwargs(),
+                       **t.rows(mb.logit_rows_M, logits_RV.shape[0]).kernel_kwargs())
+        n_online = ((t.kind_N == TokenKind.ONLINE) & (t.weight_N != 0)).sum().float()
         loss = out.loss.float()
         stats.append(torch.stack([loss.detach(), out.clip_frac.detach().float() * n_online, n_online,
                                   (~torch.isfinite(loss.detach())).float()]))
@@ -188,7 +152,7 @@ def train_pass(chunks: list, mbs: list[MicroBatch], tensors: dict, *, groups: Pa
 
     for c in chunks:
         c.train()
-    _run_schedule(chunks, mbs, partial(_forward_step, groups.device, loss_fn), forward_only=False)
+    _run_schedule(chunks, batch.micro_batches, partial(_forward_step, groups.device, loss_fn), forward_only=False)
     # [loss_sum, clipped, n_online, n_nonfinite]; zeros off the last stage, so a SUM over the
     # pipeline hands the last stage's numbers to every stage, and a SUM over DP adds the partial
     # sums of the globally normalised loss.

@@ -4,8 +4,10 @@ It owns the model chunks (this rank's pipeline stage(s), TP-sharded), their DDP 
 Megatron optimizer (distributed optimizer by default) and the lr schedule, and offers exactly
 what the RED loop needs:
 
-    logp_N, entropy_N = policy.logprobs_and_entropy(tokens, prompt_lens, temperature)   # no grad
-    metrics = policy.train_step(tokens, prompt_lens, terms, logp_old_N, temperature=T, **loss_kw)
+    policy = MegatronPolicy(chunks, cfg, groups=groups, vocab_size=V, loss=objective.params)
+    batch = policy.step_batch(tokens, prompt_lens)                 # sequences + plan, once a step
+    logp_N, entropy_N = policy.logprobs_and_entropy(batch)         # no grad, at loss.temperature
+    metrics = policy.train_step(batch, terms=terms, logp_old_N=logp_N)
     policy.save_checkpoint(root, step, trainer_state) / policy.load_latest_checkpoint(root)
 
 Every method is collective over the ranks that hold the model (all TP, PP and DP ranks call
@@ -20,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from red_megatron.policy.batching import SequenceBatch, loss_tensors, plan_micro_batches
+from red_megatron.algo.contract import LossParams, TokenTerms
+from red_megatron.policy.batching import SequenceBatch, StepBatch, plan_micro_batches
 from red_megatron.policy.checkpoint import LoadInfo, load_checkpoint, resolve_checkpoint, save_checkpoint
 from red_megatron.policy.config import PolicyConfig
 from red_megatron.policy.optim import (OptimSettings, build_optimizer, build_scheduler, current_lr, optimizer_step,
                                        wrap_ddp, zero_grads)
 from red_megatron.policy.parallel import ParallelGroups
-from red_megatron.policy.passes import LossOptions, finalize_grads_sum, logprob_pass, resolve_loss_impl, train_pass
+from red_megatron.policy.passes import finalize_grads_sum, logprob_pass, resolve_loss_impl, train_pass
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -45,11 +48,12 @@ class MegatronPolicy:
 
     ``chunks``: this rank's GPTModel chunk(s) built with ``parallel_output=True`` in the layout of
     ``groups`` (``parallel.init_model_parallel(cfg.tp, cfg.pp)``); not yet DDP-wrapped. ``vocab_size``: the
-    real (HF) vocabulary; padded logit columns beyond it never count.
+    real (HF) vocabulary; padded logit columns beyond it never count. ``loss``: the loss's scalars,
+    built once by ``algo.build_objective`` (``RedObjective.params``); LossParams() when not given.
     """
 
     def __init__(self, chunks: list, cfg: PolicyConfig, *, groups: ParallelGroups, vocab_size: int,
-                 hf_dir: str | None = None, pad_id: int = 0):
+                 hf_dir: str | None = None, pad_id: int = 0, loss: LossParams | None = None):
         from megatron.core.utils import get_model_config
 
         if not chunks:
@@ -59,6 +63,9 @@ class MegatronPolicy:
                              f"asks for policy.tp={cfg.tp} policy.pp={cfg.pp}")
         self.groups = groups
         self.cfg = cfg
+        self.loss = LossParams() if loss is None else loss
+        if not isinstance(self.loss, LossParams):
+            raise ValueError(f"MegatronPolicy(loss=...) expects an algo.LossParams, got {type(loss).__name__}")
         self.vocab_size = int(vocab_size)
         self.hf_dir = hf_dir
         self.pad_id = int(pad_id)
@@ -83,7 +90,8 @@ class MegatronPolicy:
 
     # --- construction from a Hugging Face directory ------------------------------------------------
     @classmethod
-    def from_hf(cls, hf_dir, cfg: PolicyConfig, *, seed: int | None = None) -> "MegatronPolicy":
+    def from_hf(cls, hf_dir, cfg: PolicyConfig, *, seed: int | None = None,
+                loss: LossParams | None = None) -> "MegatronPolicy":
         """Initialise model parallelism (cfg.tp, cfg.pp), build the model from ``hf_dir``'s
         config.json and load its safetensors (each rank reads only its own shards)."""
         from red_megatron.policy import convert, model
@@ -98,7 +106,7 @@ class MegatronPolicy:
         chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype])
         convert.load_hf_weights(chunks, hf_dir, groups=groups)
         return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
-                   pad_id=hf.pad_token_id)
+                   pad_id=hf.pad_token_id, loss=loss)
 
     # --- accessors ----------------------------------------------------------------------------------
     @property
@@ -127,46 +135,58 @@ class MegatronPolicy:
         return plan_micro_batches(batch, max_tokens=self.cfg.micro_batch_tokens, pack=self.cfg.pack_sequences,
                                   pad_id=self.pad_id)
 
+    def step_batch(self, tokens, prompt_lens=None) -> StepBatch:
+        """The step's batch: sequences, this rank's micro-batch plan and its tensors on the device,
+        built once and passed to both ``logprobs_and_entropy`` and ``train_step`` (a StepBatch is
+        returned as is)."""
+        if isinstance(tokens, StepBatch):
+            if prompt_lens is not None:
+                raise ValueError("prompt_lens must be None when tokens is a StepBatch (it holds them)")
+            return tokens
+        seqs = _as_batch(tokens, prompt_lens)
+        return StepBatch(sequences=seqs, micro_batches=tuple(mb.to(self.groups.device) for mb in self.micro_batches(seqs)))
+
     # --- passes --------------------------------------------------------------------------------------
-    def logprobs_and_entropy(self, tokens, prompt_lens=None, temperature: float = 1.0
+    def logprobs_and_entropy(self, tokens, prompt_lens=None, temperature: float | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logp_N, entropy_N) fp32 on the CPU, no grad, at ``temperature`` (old-policy pass)."""
-        batch = _as_batch(tokens, prompt_lens)
-        logp, ent = logprob_pass(self.ddp, self.micro_batches(batch), batch.num_response_tokens, groups=self.groups,
-                                 vocab_size=self.vocab_size, temperature=float(temperature),
-                                 logprob_entropy=self._logprob_entropy)
+        """(logp_N, entropy_N) fp32 on the CPU, no grad (old-policy pass). ``tokens``: a StepBatch or
+        sequences with ``prompt_lens``; ``temperature``: the loss's (``self.loss``) unless given."""
+        batch = self.step_batch(tokens, prompt_lens)
+        temperature = self.loss.temperature if temperature is None else float(temperature)
+        logp, ent = logprob_pass(self.ddp, batch, groups=self.groups, vocab_size=self.vocab_size,
+                                 temperature=temperature, logprob_entropy=self._logprob_entropy)
         return logp.cpu(), ent.cpu()
 
-    def train_step(self, tokens, prompt_lens, terms, logp_old_N: torch.Tensor, *, temperature: float = 1.0,
-                   eps_lo: float = 0.2, eps_hi: float = 0.2, luffy_gamma: float = 0.1, entropy_coef: float = 0.0,
-                   kl_coef: float = 0.0, ref_logp_N: torch.Tensor | None = None) -> dict[str, float]:
-        """One optimiser update on the RED loss of this batch (all micro-batches).
+    def train_step(self, tokens, prompt_lens=None, terms=None, logp_old_N: torch.Tensor | None = None, *,
+                   ref_logp_N: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser update on the RED loss of this batch (all micro-batches), with ``self.loss``.
 
-        ``terms``: ``algo.token_terms.TokenTerms`` or a dict with kind_N, adv_N, rbar_N, w_N,
-        weight_N (weight_N carries every normaliser incl. DP: micro-batch and DP losses are
-        SUMMED). Returns loss, grad_norm (pre-clip), lr (of this update), clip_frac, skipped
-        (1.0 when the loss or grad norm was NaN/Inf: weights, optimizer state and schedule are
-        left untouched), micro_batches, seconds.
+        ``tokens``: the StepBatch of the old-policy pass (or sequences with ``prompt_lens``).
+        ``terms``: ``algo.TokenTerms`` or a mapping of its fields (kind_N, adv_N, rbar_N, w_N,
+        weight_N; weight_N carries every normaliser incl. DP: micro-batch and DP losses are SUMMED).
+        Returns loss, grad_norm (pre-clip), lr (of this update), clip_frac, skipped (1.0 when the
+        loss or grad norm was NaN/Inf: weights, optimizer state and schedule are left untouched),
+        micro_batches, seconds.
         """
         t0 = time.perf_counter()
-        batch = _as_batch(tokens, prompt_lens)
-        tensors = loss_tensors(terms, logp_old_N=logp_old_N, ref_logp_N=ref_logp_N,
-                               num_tokens=batch.num_response_tokens)
-        if kl_coef != 0.0 and ref_logp_N is None:
+        if terms is None or logp_old_N is None:
+            raise ValueError("train_step needs terms= and logp_old_N= (the old-policy pass's log-probs)")
+        batch = self.step_batch(tokens, prompt_lens)
+        if self.loss.kl_coef != 0.0 and ref_logp_N is None:
             raise ValueError("ref_logp_N is required when kl_coef != 0")
-        opts = LossOptions(temperature=float(temperature), eps_lo=eps_lo, eps_hi=eps_hi, luffy_gamma=luffy_gamma,
-                           entropy_coef=entropy_coef, kl_coef=kl_coef)
-        mbs = self.micro_batches(batch)
+        terms = TokenTerms.of(terms).with_logp(logp_old_N, ref_logp_N)
+        if terms.num_tokens != batch.num_tokens:
+            raise ValueError(f"terms: expected one value per response token (N={batch.num_tokens}), "
+                             f"got {terms.num_tokens}")
         zero_grads(self.ddp, self.optimizer)
-        kernel_opts = {"grad_in_forward": True} if self.cfg.grad_in_forward else {}
-        red_loss = self._red_loss if not kernel_opts else _with(self._red_loss, kernel_opts)
-        stats = train_pass(self.ddp, mbs, tensors, groups=self.groups, vocab_size=self.vocab_size, opts=opts,
-                           red_loss=red_loss)
+        stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
+                           vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
+                           grad_in_forward=self.cfg.grad_in_forward)
         step = optimizer_step(self.optimizer, self.scheduler, clip_grad=self.cfg.clip_grad,
                               loss_finite=stats["loss_finite"])
         return {"loss": stats["loss"], "grad_norm": step["grad_norm"], "lr": step["lr"],
-                "clip_frac": stats["clip_frac"], "skipped": step["skipped"], "micro_batches": float(len(mbs)),
-                "seconds": time.perf_counter() - t0}
+                "clip_frac": stats["clip_frac"], "skipped": step["skipped"],
+                "micro_batches": float(len(batch.micro_batches)), "seconds": time.perf_counter() - t0}
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, root, step: int, trainer_state: dict | None = None) -> Path:
@@ -207,8 +227,3 @@ class MegatronPolicy:
             raise ValueError("this policy's model was not built by model.build_model: no HF names to export")
         return hf if hf is not None else self.hf_dir
 
-
-def _with(fn, extra: dict):
-    def call(*args, **kwargs):
-        return fn(*args, **kwargs, **extra)
-    return call
