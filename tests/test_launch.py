@@ -67,7 +67,13 @@ def test_launch_spec_validation():
 # ---------------------------------------------------------------------------------------- refusals
 SLURM_2N = ["--executor", "slurm", "--nodes", "2", "--gpus-per-node", "8", "--account", "acct-rl",
             "--partition", "batch", "--time", "02:30:00", "--container-image", "nvcr.io/nvidia/pytorch:25.09-py3",
-            "--container-mounts", "/lustre/data:/data,/lustre/code:/code", "--code-dir", "/code/red-megatron"]
+            "--code-dir", "/code/red-megatron"]
+MOUNTS = "/lustre/models:/models,/lustre/data:/data,/lustre/code:/code"
+
+
+def slurm_2n(tmp_path):
+    """A 2-node × 8-GPU Slurm launch whose mounts hold the recipe's paths and this test's tmp dir."""
+    return [*SLURM_2N, "--container-mounts", f"{MOUNTS},{tmp_path}:{tmp_path}"]
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -77,7 +83,7 @@ SLURM_2N = ["--executor", "slurm", "--nodes", "2", "--gpus-per-node", "8", "--ac
     (["rollout.tp_infer=16", "rollout.executor=external_launcher"], "rollout.tp_infer=16"),  # spans two nodes
 ])
 def test_invalid_layout_is_refused_before_launch(tmp_path, overrides, match):
-    rc, out, err = _main(["--recipe", "qwen25_7b", *SLURM_2N, "--run-dir", str(tmp_path / "r"), "--dry-run",
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path / "r"), "--dry-run",
                           *overrides])
     assert rc == 2, (out, err)
     assert "launch refused" in err and match in err
@@ -96,42 +102,102 @@ def test_head_count_checked_when_checkpoint_is_readable(tmp_path):
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps(qwen25_config("Qwen2.5-7B")))
     # tp=8 tiles 16 GPUs but does not divide Qwen2.5-7B's 28 heads; without the file it is only a note
-    rc, _, err = _main(["--recipe", "qwen25_7b", *SLURM_2N, "--run-dir", str(tmp_path / "r"), "--dry-run",
+    rc, _, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path / "r"), "--dry-run",
                         f"model_dir={ckpt}", "policy.tp=8"])
     assert rc == 2 and "policy.tp=8" in err and "num_attention_heads=28" in err
     # vLLM may replicate the 4 KV heads (tp_infer=8 is fine for them) but must split the 28 q heads
     (ckpt / "config.json").write_text(json.dumps(qwen25_config("Qwen2.5-7B")))
-    rc, _, err = _main(["--recipe", "qwen25_7b", *SLURM_2N, "--run-dir", str(tmp_path / "r"), "--dry-run",
+    rc, _, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path / "r"), "--dry-run",
                         f"model_dir={ckpt}", "policy.tp=4", "rollout.tp_infer=8", "rollout.executor=external_launcher"])
     assert rc == 2 and "rollout.tp_infer=8" in err and "num_attention_heads=28" in err
 
 
 # ---------------------------------------------------------------------------------------- dry runs
 def test_slurm_dry_run_two_nodes(tmp_path):
+    """The 2-node sbatch script against what NeMo-Run's SlurmExecutor says it asks for: every resource once,
+    torchrun sized by the executor, the head node from Slurm's node list, one --container-workdir."""
+    from red_megatron.launch import nemo
+
     run_dir = tmp_path / "run7b"
-    rc, out, err = _main(["--recipe", "qwen25_7b", *SLURM_2N, "--run-dir", str(run_dir), "--dry-run",
-                          "--env", "WANDB_MODE=offline", "steps=5", "algo.preset=grpo"])
+    extra = ["--exclusive", "--cpus-per-task", "96", "--mem", "0", "--gres", "gpu:8"]
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), *extra, "--run-dir", str(run_dir),
+                          "--dry-run", "--env", "WANDB_MODE=offline", "steps=5", "algo.preset=grpo"])
     assert rc == 0, err
     lines = out.splitlines()
+    spec = LaunchSpec(executor="slurm", nodes=2, gpus_per_node=8, account="acct-rl", partition="batch",
+                      time="02:30:00", container_image="i", exclusive=True, cpus_per_task=96, mem="0", gres="gpu:8")
+    ex = nemo.build_executor(spec, tmp_path / "home")
+    assert (ex.nnodes(), ex.nproc_per_node()) == (2, 8)
+    assert (ex.exclusive, ex.cpus_per_task, ex.mem, ex.gres) == (True, 96, "0", "gpu:8")
     for want in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8", "#SBATCH --account=acct-rl",
-                 "#SBATCH --partition=batch", "#SBATCH --time=02:30:00", "#SBATCH --ntasks-per-node=1"):
-        assert want in lines, f"{want!r} missing from\n{out}"
+                 "#SBATCH --partition=batch", "#SBATCH --time=02:30:00", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --exclusive", "#SBATCH --cpus-per-task=96", "#SBATCH --mem=0", "#SBATCH --gres=gpu:8"):
+        assert lines.count(want) == 1, f"{want!r} not exactly once in\n{out}"
+    flags = [line.split("=")[0] for line in lines if line.startswith("#SBATCH ")]
+    assert len(flags) == len(set(flags)), flags  # each sbatch flag once
     srun = [line for line in lines if line.startswith("srun ")]
     assert len(srun) == 1, out
     cmd = srun[0]
+    launch_part = cmd[:cmd.index("torchrun")]
+    opts = [tok.split("=")[0] for tok in launch_part.split() if tok.startswith("--")]
+    assert len(opts) == len(set(opts)), opts  # each srun flag once (NeMo-Run wrote --container-workdir twice)
+    assert "--container-workdir=/code/red-megatron" in launch_part and "/nemo_run/code" not in launch_part
     assert "--container-image nvcr.io/nvidia/pytorch:25.09-py3" in cmd
-    assert "/lustre/data:/data,/lustre/code:/code" in cmd  # the mounts, before NeMo-Run's own job mount
-    assert cmd.index("--container-workdir=/code/red-megatron") > cmd.index("--container-workdir /nemo_run/code")
+    assert f"{MOUNTS},{tmp_path}:{tmp_path}" in cmd  # the mounts, before NeMo-Run's own job mount
+    # the head node: Slurm's own node list, not an srun step asking `hostname --ip-address`
+    assert 'head_node_ip=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in lines
+    assert "hostname --ip-address" not in out
     assert "#SBATCH --job-name=qwen25_7b.train" in lines
     torchrun = cmd[cmd.index("torchrun"):]
-    assert "--nnodes 2" in torchrun and "--nproc-per-node 8" in torchrun and "--node-rank $SLURM_NODEID" in torchrun
+    assert f"--nnodes {ex.nnodes()}" in torchrun and f"--nproc-per-node {ex.nproc_per_node()}" in torchrun
+    assert "--rdzv-endpoint $head_node_ip:29500" in torchrun and "--node-rank $SLURM_NODEID" in torchrun
     assert torchrun.endswith(f"/code/red-megatron/scripts/train.py --recipe qwen25_7b --run-dir {run_dir} "
                              "steps=5 algo.preset=grpo"), torchrun
     assert "export PYTHONPATH=/code/red-megatron" in lines and "export WANDB_MODE=offline" in lines
 
 
+@pytest.mark.parametrize("where, field", [
+    (["--run-dir", "/lustre/runs/red7b"], "--run-dir=/lustre/runs/red7b"),  # docs/LAUNCH.md's old example
+    (["--run-dir", "{tmp}/r", "model_dir=/ckpt/Qwen2.5-7B"], "model_dir=/ckpt/Qwen2.5-7B"),
+    (["--run-dir", "{tmp}/r", "data.path=/scratch/train.parquet"], "data.path=/scratch/train.parquet"),
+    (["--run-dir", "{tmp}/r", "--code-dir", "/home/me/red-megatron"], "--code-dir=/home/me/red-megatron"),
+    (["--run-dir", "runs/r"], "--run-dir='runs/r' is relative"),
+])
+def test_paths_outside_the_container_mounts_are_refused(tmp_path, where, field):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in where]
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--dry-run", *args])
+    assert rc == 2, (out, err)
+    line = [x for x in err.splitlines() if "launch refused" in x]
+    assert len(line) == 1 and field in line[0] and MOUNTS in line[0], err  # one line: the path and the mounts
+
+
+def test_slurm_resources_are_validated():
+    base = dict(executor="slurm", account="a", container_image="i")
+    for kw, match in (({"mem": "lots"}, "--mem"), ({"gres": "gpu 8"}, "--gres"), ({"cpus_per_task": 0}, "--cpus-per-task")):
+        with pytest.raises(ValueError, match=match):
+            LaunchSpec(**base, **kw)
+    with pytest.raises(ValueError, match="--exclusive is a Slurm resource"):
+        LaunchSpec(executor="local", exclusive=True)
+    assert LaunchSpec(**base, mem="512G", gres="gpu:h100:8").gres == "gpu:h100:8"
+
+
+def test_launch_docs_slurm_example_passes_the_checks():
+    """docs/LAUNCH.md's Slurm command validates (its run dir is inside a mount); nothing is created."""
+    import re
+    import shlex
+
+    from red_megatron.cli.launch import build_parser, plan
+
+    text = (REPO / "docs" / "LAUNCH.md").read_text()
+    block = re.search(r"```bash\n(red-launch --recipe qwen25_7b --executor slurm.*?)```", text, re.S)
+    assert block, "docs/LAUNCH.md has no Slurm example starting with red-launch --recipe qwen25_7b --executor slurm"
+    argv = shlex.split(block.group(1).replace("\\\n", " "))[1:]
+    spec, tasks, _, run_dir = plan(build_parser().parse_args(argv))
+    assert spec.host_path(str(run_dir)) is not None and spec.nodes == 2
+
+
 def test_slurm_dry_run_sweep_gives_one_sbatch_per_value(tmp_path):
-    rc, out, err = _main(["--recipe", "qwen25_7b", *SLURM_2N, "--run-dir", str(tmp_path), "--dry-run",
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path), "--dry-run",
                           "--sweep", "algo.preset=grpo,red"])
     assert rc == 0, err
     assert out.count("#!/bin/bash") == 2

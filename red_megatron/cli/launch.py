@@ -5,13 +5,16 @@
   # print the sbatch script for 2 nodes × 8 GPUs, launch nothing
   red-launch --recipe qwen25_7b --executor slurm --nodes 2 --gpus-per-node 8 \\
       --account ACCT --partition batch --time 04:00:00 --container-image IMG \\
-      --container-mounts /lustre:/lustre --code-dir /lustre/red-megatron --dry-run
+      --container-mounts /lustre:/lustre --code-dir /lustre/red-megatron --run-dir /lustre/runs/red7b \\
+      --exclusive --mem 0 --dry-run
   # a sweep: one task per value (the cartesian product of several --sweep flags)
   red-launch --recipe tiny_cpu --nproc 1 --sweep algo.preset=grpo,red steps=2
 
 Every run is validated here first (recipe + overrides + the launch's world size), so an
-invalid combination is refused before anything starts. NeMo-Run's files go to
-<run-dir>/nemo_run (NEMORUN_HOME). The exit code is 0 only if every task SUCCEEDED.
+invalid combination is refused before anything starts; on Slurm every path the job uses (run dir, model,
+data, code) must lie inside a --container-mounts destination. NeMo-Run's files go to <run-dir>/nemo_run
+(NEMORUN_HOME; on Slurm the run dir's host side, through its mount). The exit code is 0 only if every
+task SUCCEEDED.
 """
 from __future__ import annotations
 
@@ -36,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--account", default=None)
     ap.add_argument("--partition", default=None)
     ap.add_argument("--time", default="04:00:00", help="slurm wall time, [D-]HH:MM:SS")
+    ap.add_argument("--exclusive", action="store_true", help="slurm: whole nodes (sbatch --exclusive)")
+    ap.add_argument("--cpus-per-task", type=int, default=None,
+                    help="slurm: CPUs for the one task a node (torchrun and its workers)")
+    ap.add_argument("--mem", default=None, help="slurm: memory a node, e.g. 0 (all of it) or 512G")
+    ap.add_argument("--gres", default=None, help="slurm: generic resources, e.g. gpu:8")
     ap.add_argument("--container-image", default=None)
     ap.add_argument("--container-mounts", default="", help="comma-separated SRC:DST[:FLAGS]")
     ap.add_argument("--code-dir", default=None, help="slurm: the repository's path inside the job "
@@ -74,6 +82,7 @@ def plan(args) -> tuple[object, list, list[str], Path]:
     spec = LaunchSpec(
         executor=args.executor, nproc=args.nproc, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
         account=args.account, partition=args.partition, time=args.time, container_image=args.container_image,
+        exclusive=args.exclusive, cpus_per_task=args.cpus_per_task, mem=args.mem, gres=args.gres,
         container_mounts=tuple(m for m in args.container_mounts.split(",") if m),
         code_dir=args.code_dir, ssh_host=args.ssh_host, remote_job_dir=args.remote_job_dir, env=env,
         sequential=args.sequential, detach=args.detach,
@@ -104,7 +113,7 @@ def _main(argv: list[str]) -> int:
         print(f"note: {note}", file=sys.stderr)
     from red_megatron.launch import nemo
 
-    home = nemo.set_nemorun_home(run_dir / "nemo_run")
+    home = nemo.set_nemorun_home(nemo.launcher_run_dir(spec, run_dir) / "nemo_run")
     script = nemo.train_script_path(spec, args.script)
     title = args.name or f"{args.recipe}"
     if args.dry_run:

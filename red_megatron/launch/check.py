@@ -10,12 +10,39 @@ from red_megatron.config import check_checkpoint, check_layout
 from red_megatron.launch.spec import LaunchSpec
 
 
+def check_mounts(cfg, spec: LaunchSpec) -> None:
+    """Every path the job writes or reads must be inside a container mount (or the job has no container).
+
+    Outside every mount, the run's metrics and checkpoints land in the container's throw-away filesystem
+    and the model / data are not there at all. Paths are as the job sees them.
+    """
+    if spec.executor != "slurm" or not spec.container_image:
+        return
+    mounts = ",".join(spec.container_mounts) or "none"
+    paths = [("--run-dir", cfg.run_dir), ("model_dir", cfg.model_dir), ("data.path", cfg.data.path)]
+    if getattr(cfg, "eval", None) is not None and cfg.eval.data_path is not None:
+        paths.append(("eval.data_path", cfg.eval.data_path))
+    if spec.code_dir:
+        paths.append(("--code-dir", spec.code_dir))
+    for name, path in paths:
+        path = str(path)
+        if not path.startswith("/"):
+            raise ValueError(f"{name}={path!r} is relative: in the container it must be an absolute path inside "
+                             f"a --container-mounts destination (mounts: {mounts})")
+        if spec.host_path(path) is None:
+            what = ("would write its metrics and checkpoints to the container's throw-away filesystem"
+                    if name == "--run-dir" else "would not find it")
+            raise ValueError(f"{name}={path} is inside no container mount (--container-mounts {mounts}): the job "
+                             f"{what}; mount its directory (SRC:DST) or use a path under a mount's DST")
+
+
 def check_launch(cfg, spec: LaunchSpec) -> list[str]:
     """Raise ValueError for an impossible layout; return notes on checks that had to be skipped."""
     notes: list[str] = []
     world, per_node = spec.world_size, spec.procs_per_node
     tp, tp_inf = cfg.policy.tp, cfg.rollout.tp_infer
 
+    check_mounts(cfg, spec)
     check_layout(cfg, world)  # TP × PP against the world, the prompt batch against DP
     if per_node % tp != 0:
         raise ValueError(f"policy.tp={tp} must divide the processes per node {per_node}: tensor parallelism "

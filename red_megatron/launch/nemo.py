@@ -13,6 +13,7 @@ nemo_run is imported inside the functions: it costs ~5 s, and validation runs be
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,40 @@ from pathlib import Path
 from red_megatron.launch.spec import LaunchSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# NeMo-Run 0.11.1's slurm.sh.j2 asks the head node for its address with an extra srun step; Slurm's own
+# node list already names it (torchrun's c10d rendezvous resolves the host name)
+_NEMO_HEAD_IP = re.compile(r'^(?P<var>\w+)=\$\(srun --nodes=1 --ntasks=1 -w "\$head_node" hostname --ip-address\)$',
+                           re.MULTILINE)
+HEAD_NODE_LINE = '{var}=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)'
+_NEMO_WORKDIR = re.compile(r" --container-workdir /nemo_run/code(?= .*--container-workdir=)")
+
+
+def finalize_sbatch(script: str) -> str:
+    """NeMo-Run's sbatch script with each flag once and the head node from Slurm's node list.
+
+    - ``--container-workdir``: NeMo-Run always writes ``/nemo_run/code`` (where a packager unpacks);
+      with ``--code-dir`` ours comes later in the srun line, and NeMo-Run's is dropped;
+    - ``head_node_ip``: ``scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1`` instead of an srun
+      step running ``hostname --ip-address`` (which may print several addresses, or a loopback one).
+    """
+    script = _NEMO_HEAD_IP.sub(lambda m: HEAD_NODE_LINE.format(var=m.group("var")), script)
+    return "\n".join(_NEMO_WORKDIR.sub("", line) if line.startswith("srun ") else line
+                     for line in script.split("\n"))
+
+
+def _install_sbatch_fixes() -> None:
+    """Route every SlurmBatchRequest.materialize (dry run and sbatch alike) through finalize_sbatch."""
+    from nemo_run.core.execution.slurm import SlurmBatchRequest
+
+    if getattr(SlurmBatchRequest.materialize, "_red_megatron", False):
+        return
+    original = SlurmBatchRequest.materialize
+
+    def materialize(self) -> str:
+        return finalize_sbatch(original(self))
+
+    materialize._red_megatron = True
+    SlurmBatchRequest.materialize = materialize
 
 
 @dataclass(kw_only=True)
@@ -44,8 +79,9 @@ def set_nemorun_home(path: str | Path) -> Path:
 def build_executor(spec: LaunchSpec, nemorun_home: Path, title: str = "red-megatron"):
     import nemo_run as run
 
-    env = {"PYTHONUNBUFFERED": "1", **spec.env}
+    env = dict(spec.env)  # NeMo-Run's sbatch template exports PYTHONUNBUFFERED itself
     if spec.executor == "local":
+        env = {"PYTHONUNBUFFERED": "1", **env}
         # the child's import path: the repository (scripts/train.py also inserts it itself)
         env.setdefault("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
         env.setdefault("NEMORUN_HOME", str(nemorun_home))
@@ -59,12 +95,13 @@ def build_executor(spec: LaunchSpec, nemorun_home: Path, title: str = "red-megat
         tunnel = run.SSHTunnel(host=host, user=user or os.environ.get("USER", ""), job_dir=spec.remote_job_dir)
     else:
         tunnel = run.LocalTunnel(job_dir=str(nemorun_home / "slurm_jobs"))
+    _install_sbatch_fixes()
     srun_args = None
     if spec.code_dir:
         packager = run.Packager()  # the code is already on the cluster (a mount): nothing to ship
         env.setdefault("PYTHONPATH", spec.code_dir)
         # NeMo-Run sets --container-workdir /nemo_run/code (where a packager unpacks); nothing is unpacked
-        # here, so work in the repository instead (srun_args come later on the line: the last flag wins)
+        # here, so work in the repository instead; finalize_sbatch drops NeMo-Run's flag (one flag each)
         srun_args = [f"--container-workdir={spec.code_dir}"]
     else:
         packager = run.GitArchivePackager()  # ships git HEAD; extracted as the job's /nemo_run/code
@@ -85,6 +122,10 @@ def build_executor(spec: LaunchSpec, nemorun_home: Path, title: str = "red-megat
         env_vars=env,
         srun_args=srun_args,
         poll_estimated_start_time=False,
+        exclusive=True if spec.exclusive else None,
+        cpus_per_task=spec.cpus_per_task,
+        mem=spec.mem,
+        gres=spec.gres,
     )
 
 
@@ -150,3 +191,17 @@ def exit_code(states: dict[str, str], detached: bool) -> int:
         return 1
     ok = {"SUCCEEDED"} | ({"SUBMITTED", "PENDING", "RUNNING"} if detached else set())
     return 0 if all(s in ok for s in states.values()) else 1
+
+
+def launcher_run_dir(spec: LaunchSpec, run_dir: Path) -> Path:
+    """Where the launcher itself keeps the run's NeMo-Run records: the run dir as this machine sees it.
+
+    ``run_dir`` is a path inside the job. Submitting from the login node (Slurm, no --ssh-host) the host
+    side of its mount is the same directory (NeMo-Run mounts its job dir into the container as /nemo_run);
+    locally and through an SSH tunnel it is ``run_dir`` itself.
+    """
+    if spec.executor == "slurm" and not spec.ssh_host and spec.container_image:
+        host = spec.host_path(str(run_dir))
+        if host is not None:
+            return Path(host)
+    return Path(run_dir)

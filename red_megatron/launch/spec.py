@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$|^\d+$")
+_MEM_RE = re.compile(r"^\d+[KMGT]?$")  # sbatch --mem: a size, default unit MB
+_GRES_RE = re.compile(r"^[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+)*(:\d+)?(,[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+)*(:\d+)?)*$")
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -29,6 +31,10 @@ class LaunchSpec:
     code_dir: str | None = None  # the repository's path inside the job; None: NeMo-Run packages git HEAD
     ssh_host: str | None = None  # user@host of the login node; None: sbatch runs here (LocalTunnel)
     remote_job_dir: str | None = None  # with ssh_host: where NeMo-Run keeps job files on the cluster
+    exclusive: bool = False  # slurm: --exclusive (whole nodes)
+    cpus_per_task: int | None = None  # slurm: --cpus-per-task (one task a node: the node's CPUs for torchrun)
+    mem: str | None = None  # slurm: --mem per node, e.g. 0 (all), 512G
+    gres: str | None = None  # slurm: --gres, e.g. gpu:8
     env: dict[str, str] = field(default_factory=dict)
     sequential: bool | None = None  # None: sequential locally (one machine), parallel on Slurm
     detach: bool = False  # slurm: return after sbatch instead of waiting for the job
@@ -56,10 +62,21 @@ class LaunchSpec:
             for m in self.container_mounts:
                 if ":" not in m:
                     raise ValueError(f"--container-mounts entry {m!r}: expected SRC:DST[:FLAGS]")
+            if self.cpus_per_task is not None and not (isinstance(self.cpus_per_task, int) and self.cpus_per_task >= 1):
+                raise ValueError(f"--cpus-per-task must be an int >= 1, got {self.cpus_per_task!r}")
+            if self.mem is not None and not _MEM_RE.match(str(self.mem)):
+                raise ValueError(f"--mem={self.mem!r}: expected a size such as 0 (all of it), 512G or 64000M")
+            if self.gres is not None and not _GRES_RE.match(str(self.gres)):
+                raise ValueError(f"--gres={self.gres!r}: expected NAME[:TYPE][:COUNT][,...], e.g. gpu:8")
             if self.remote_job_dir and not self.ssh_host:
                 raise ValueError("--remote-job-dir needs --ssh-host (it is a path on the login node)")
             if self.ssh_host and not self.remote_job_dir:
                 raise ValueError("--ssh-host needs --remote-job-dir (where job files go on the cluster)")
+        if self.executor != "slurm":
+            for flag, v in (("--exclusive", self.exclusive), ("--cpus-per-task", self.cpus_per_task),
+                            ("--mem", self.mem), ("--gres", self.gres)):
+                if v:
+                    raise ValueError(f"{flag} is a Slurm resource: it needs --executor slurm")
         if self.detach and self.executor != "slurm":
             raise ValueError("--detach is only supported with --executor slurm")
 
@@ -70,6 +87,23 @@ class LaunchSpec:
     @property
     def procs_per_node(self) -> int:
         return self.nproc if self.executor == "local" else self.gpus_per_node
+
+    def mounts(self) -> list[tuple[str, str]]:
+        """(host source, container destination) of each --container-mounts entry."""
+        return [(m.split(":")[0], m.split(":")[1]) for m in self.container_mounts]
+
+    def host_path(self, path: str) -> str | None:
+        """The host path a container path maps to through the mounts (the deepest mount wins); None: unmounted."""
+        best = None
+        for src, dst in self.mounts():
+            d = dst.rstrip("/") or "/"
+            if path == d or path.startswith(d.rstrip("/") + "/"):
+                if best is None or len(d) > len(best[1]):
+                    best = (src, d)
+        if best is None:
+            return None
+        rest = path[len(best[1]):].lstrip("/")
+        return f"{best[0].rstrip('/')}/{rest}" if rest else best[0]
 
     @property
     def run_sequential(self) -> bool:
