@@ -49,6 +49,8 @@ TOTAL_S="${GPU_PENDING_TOTAL_S:-470}"
 MIN_PART_S="${GPU_PENDING_MIN_PART_S:-15}"
 LOG="$OUT/gpu_pending.log"
 export PYTHONUNBUFFERED=1
+# the scripts' CSV rows (bench_util.rows_beside) stay off here: $OUT comes back with its JSONs only (<= 8 files)
+export RED_BENCH_CSV="${RED_BENCH_CSV:-off}"
 
 say() { echo "$*" | tee -a "$LOG"; }
 

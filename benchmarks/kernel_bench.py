@@ -3,13 +3,16 @@
 Forward + backward over materialised bf16 logits [N, V], against:
   copy roofline  1.5 × a device-to-device copy of the logits (the op must read the logits in the
                  forward, read them again and write the gradient in the backward: 3 × N·V·2 bytes);
-  naive PyTorch  the plain-autograd reference math in fp32 (log_softmax, entropy, all four kinds);
+  naive PyTorch  kernels.red_loss_reference in fp32: log_softmax + entropy from the logits composed
+                 with red_megatron.algo's red_token_loss (all four kinds), plain autograd;
   torch.compile  of the same function;
   Liger-Kernel   triton_grpo_loss (a peer: no entropy, no TP, one clipped GRPO kind), inplace;
   red_loss       this kernel, gradient in a fresh buffer, and with grad_in_forward (in place).
 Also: a tuning sweep of block size / warps / stages per pass, a two-shard run on one GPU (V split
 in halves, the all_gather replaced by a local merge) timing one rank's share, and correctness at
-N=16,384, V=151,936 against a float64 reference (relative errors). Writes JSON to --out.
+N=16,384, V=151,936 against a float64 reference (relative errors). Writes JSON to --out and appends
+the table's rows to kernel_bench.csv beside it (bench_util.rows_beside). Timing: bench_util.time_ms
+(triton.testing.do_bench on the GPU, wall clock on the CPU).
 
 Usage (on the GPU machine): python3 benchmarks/kernel_bench.py --out $OUT [--quick]
   --shape 16384x151936 --no-sweep   one (N, V) for every part, no tuning sweep (gpu_pending.sh all)
@@ -19,7 +22,6 @@ Usage (on the GPU machine): python3 benchmarks/kernel_bench.py --out $OUT [--qui
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -66,41 +68,6 @@ def make_inputs(n, v, *, vocab_size=None, dtype=torch.bfloat16, seed=0, temperat
     return logits, target, per
 
 
-def naive_loss(logits, target, kind, adv, logp_old, rbar, w, weight, temperature: float, eps: float,
-               entropy_coef: float):
-    """Plain PyTorch, fp32: what one writes without a fused kernel."""
-    z = logits.float() / temperature
-    logp_all = torch.log_softmax(z, dim=-1)
-    logp = logp_all.gather(1, target.unsqueeze(1)).squeeze(1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    ratio = torch.exp(logp - logp_old)
-    online = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
-    pi_sg = logp.detach().exp()
-    shift = logp.exp() / (pi_sg + (1 - pi_sg) * rbar) * adv
-    luffy = logp.exp() / (logp.exp() + 0.1) * adv
-    term = torch.where(kind == 0, online, torch.where(kind == 1, shift, torch.where(kind == 2, luffy, logp)))
-    return -(weight * w * term).sum() - entropy_coef * (weight * entropy).sum()
-
-
-def cuda_time(fn, reps=10, warmup=3) -> float:
-    """Median ms over reps, CUDA events, after warm-up (wall clock, at most 2 reps, on the CPU)."""
-    if not torch.cuda.is_available():
-        return 1e3 * sorted(bench_util.wall_times(fn, min(reps, 2), min(warmup, 1)))[0]
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    times.sort()
-    return times[len(times) // 2]
-
-
 def peak_extra(fn) -> float:
     """GiB allocated beyond what was live before the call, result kept alive (None on the CPU)."""
     if not torch.cuda.is_available():
@@ -121,7 +88,7 @@ def variants(n, v, T=1.0, eps=0.2, ec=0.01):
     """name -> (setup() -> state, step(state) -> grad). Fresh inputs per variant."""
     global _COMPILED
     if _COMPILED is None:  # one compiled function for every shape (dynamic): compile once
-        _COMPILED = torch.compile(naive_loss, dynamic=True)
+        _COMPILED = torch.compile(red_loss_reference, dynamic=True)
     compiled = _COMPILED
 
     def ours(gif):
@@ -144,9 +111,8 @@ def variants(n, v, T=1.0, eps=0.2, ec=0.01):
 
         def step(st):
             x, target, p = st
-            loss = fn(x, target, p["kind_N"], p["adv_N"], p["logp_old_N"], p["rbar_N"], p["w_N"], p["weight_N"],
-                      T, eps, ec)
-            return torch.autograd.grad(loss, x)[0]
+            out = fn(x, target, vocab_start=0, vocab_size=v, temperature=T, eps_lo=eps, eps_hi=eps, entropy_coef=ec, **p)
+            return torch.autograd.grad(out.loss, x)[0]
         return setup, step
 
     def liger():
@@ -167,14 +133,14 @@ def variants(n, v, T=1.0, eps=0.2, ec=0.01):
             return torch.autograd.grad(loss, x)[0]
         return setup, step
 
-    return {"naive": torch_impl(naive_loss), "compile": torch_impl(compiled), "liger": liger(),
+    return {"naive": torch_impl(red_loss_reference), "compile": torch_impl(compiled), "liger": liger(),
             "red_loss": ours(False), "red_loss_gif": ours(True)}
 
 
 def copy_roofline_ms(n, v) -> float:
     a = torch.empty(n, v, dtype=torch.bfloat16, device=DEV).normal_()
     b = torch.empty_like(a)
-    ms = cuda_time(lambda: b.copy_(a), reps=20)
+    ms = bench_util.time_ms(lambda: b.copy_(a), reps=20)
     del a, b
     return 1.5 * ms
 
@@ -204,9 +170,9 @@ def sweep(n=16384, v=151936):
             set_kernel_config(cfg)
             try:
                 if which == "stats":
-                    ms = cuda_time(lambda: _shard_stats(logits, target, 0, v, 1.0), reps=10)
+                    ms = bench_util.time_ms(lambda: _shard_stats(logits, target, 0, v, 1.0), reps=10)
                 else:
-                    ms = cuda_time(lambda: _shard_grad(logits, grad, target, tok, one, None, 0, v, 1.0), reps=10)
+                    ms = bench_util.time_ms(lambda: _shard_grad(logits, grad, target, tok, one, None, 0, v, 1.0), reps=10)
             except Exception as e:  # a config that does not compile is skipped, and said so
                 rows.append(dict(pass_=which, **params, error=repr(e)[:200]))
                 continue
@@ -219,8 +185,8 @@ def sweep(n=16384, v=151936):
     stats_params.pop("stream")
     cfg = dataclasses.replace(base, **stats_params, **best["grad"][1])
     set_kernel_config(cfg)
-    t1 = cuda_time(lambda: _shard_stats(logits, target, 0, v, 1.0), reps=20)
-    t4 = cuda_time(lambda: _shard_grad(logits, grad, target, tok, one, None, 0, v, 1.0), reps=20)
+    t1 = bench_util.time_ms(lambda: _shard_stats(logits, target, 0, v, 1.0), reps=20)
+    t4 = bench_util.time_ms(lambda: _shard_grad(logits, grad, target, tok, one, None, 0, v, 1.0), reps=20)
     RESULTS["sweep"] = dict(n=n, v=v, rows=rows, best=dict(vars(cfg)), stats_ms=t1, grad_ms=t4,
                             read_TBps_stats=n * v * 2 / (t1 * 1e-3) / 1e12,
                             rw_TBps_grad=2 * n * v * 2 / (t4 * 1e-3) / 1e12)
@@ -244,12 +210,16 @@ def bench_table(shapes, names=None):
             setup, step = table[name]
             try:
                 st = setup()
-                ms = cuda_time(lambda: step(st), reps=10 if name not in ("naive", "compile") else 5, warmup=2)
+                ms = bench_util.time_ms(lambda: step(st), reps=10 if name not in ("naive", "compile") else 5, warmup=2)
                 del st
                 st = setup()
                 mem = peak_extra(lambda: step(st))
                 del st
                 row[name] = dict(ms=ms, extra_GiB=mem)
+                bench_util.rows_beside(os.path.join(OUT_DIR or ".", "kernel_bench.json"),
+                                       [dict(part="table", n=n, v=v, variant=name, ms=ms, extra_GiB=mem,
+                                             roofline_ms=roof)], RESULTS.get("meta", {}),
+                                       config=dict(dtype="bfloat16", temperature=1.0, entropy_coef=0.01))
                 print(f"  {name:13s} {ms:8.3f} ms  +{mem if mem is not None else float('nan'):6.2f} GiB", flush=True)
             except Exception as e:
                 row[name] = dict(error=repr(e)[:300])
@@ -268,9 +238,9 @@ def diag_inplace(n=16384, v=151936):
     tok = _token_math(_shard_stats(logits, target, 0, v, 1.0).unsqueeze(0), temperature=1.0,
                       per_token={**per, "ref_logp_N": None})
     grad = torch.empty_like(logits)
-    t_out = cuda_time(lambda: _shard_grad(logits, grad, target, tok, one, None, 0, v, 1.0), reps=20)
+    t_out = bench_util.time_ms(lambda: _shard_grad(logits, grad, target, tok, one, None, 0, v, 1.0), reps=20)
     del grad
-    t_in = cuda_time(lambda: _shard_grad(logits, logits, target, tok, one, None, 0, v, 1.0), reps=20)
+    t_in = bench_util.time_ms(lambda: _shard_grad(logits, logits, target, tok, one, None, 0, v, 1.0), reps=20)
     RESULTS["diag_inplace"] = dict(n=n, v=v, grad_out_of_place_ms=t_out, grad_in_place_ms=t_in)
     print("diag_inplace", RESULTS["diag_inplace"], flush=True)
 
@@ -301,8 +271,8 @@ def two_shard(n=16384, v=151936, T=1.0, ec=0.01):
         _shard_grad(shards[0], g, target, tok, one, None, 0, v, T)
         return tok, g
 
-    t_full = cuda_time(full_step, reps=10)
-    t_rank = cuda_time(rank0_step, reps=10)
+    t_full = bench_util.time_ms(full_step, reps=10)
+    t_rank = bench_util.time_ms(rank0_step, reps=10)
     tok_f, g_f = full_step()
     stats = torch.stack([_shard_stats(s, target, i * h, v, T) for i, s in enumerate(shards)])
     tok_s = _token_math(stats, **opts)
@@ -387,11 +357,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     OUT_DIR = args.out
     cuda = torch.cuda.is_available()
-    RESULTS["meta"] = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
-                           triton=triton.__version__,
-                           sm_count=torch.cuda.get_device_properties(0).multi_processor_count if cuda else None,
-                           args=vars(args))
+    RESULTS["meta"] = bench_util.run_meta(
+        sm_count=torch.cuda.get_device_properties(0).multi_processor_count if cuda else None, args=vars(args))
     try:
         import liger_kernel  # noqa: F401
         from importlib.metadata import version

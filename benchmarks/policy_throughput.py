@@ -24,7 +24,6 @@ Writes $OUT/policy_throughput.json and prints a markdown table. --smoke runs a t
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -35,31 +34,11 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_util import SHAPES, hf_config_dict, rows_beside, run_meta, time_ms  # noqa: E402,F401  (sys.path, TRITON_INTERPRET)
 
 PEAK_FLOPS = 989e12
 GiB = 1024 ** 3
-
-SHAPES = {  # Qwen2.5 family (hidden, layers, heads, kv heads, ffn, vocab, tied)
-    "0.5b": (896, 24, 14, 2, 4864, 151936, True),
-    "1.5b": (1536, 28, 12, 2, 8960, 151936, True),
-    "3b": (2048, 36, 16, 2, 11008, 151936, True),
-    "7b": (3584, 28, 28, 4, 18944, 152064, False),
-    "smoke": (128, 2, 4, 2, 256, 1000, True),
-    "smoke_untied": (128, 2, 4, 2, 256, 1000, False),  # CPU stand-in for 7b's untied LM head
-}
-
-
-def hf_config_dict(shape: str, layers: int | None = None) -> dict:
-    h, L, nh, kv, f, V, tied = SHAPES[shape]
-    return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": h,
-            "num_hidden_layers": layers or L, "num_attention_heads": nh, "num_key_value_heads": kv,
-            "intermediate_size": f, "vocab_size": V, "tie_word_embeddings": tied, "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0, "max_position_embeddings": 32768, "hidden_act": "silu",
-            "use_sliding_window": False, "initializer_range": 0.02, "attention_dropout": 0.0}
-
 
 def _sync():
     if torch.cuda.is_available():
@@ -304,13 +283,7 @@ def main() -> None:
     from red_megatron.policy.parallel import init_model_parallel
 
     init_model_parallel(tp=1, pp=1, seed=0)
-    import megatron.core
-    import transformers
-
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__, "megatron_core": megatron.core.__version__,
-            "transformers": transformers.__version__, "peak_flops": PEAK_FLOPS}
+    meta = run_meta(peak_flops=PEAK_FLOPS)
     results = {"meta": meta, "parity": [], "runs": []}
     path = os.path.join(args.out, "policy_throughput.json")
 
@@ -351,6 +324,7 @@ def main() -> None:
         results["runs"].append(r)
         print(_fmt(r), f"({r['wall_s']} s)", flush=True)
         save()
+        rows_beside(path, [r], meta, config=dict(steps=args.steps, warmup=args.warmup))
     print("\n| shape | impl | B×S | ms/step | tokens/s | MFU | peak GiB |\n|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         print(_fmt(r))

@@ -35,8 +35,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_util import run_meta, sync, wall_times  # noqa: E402  (sets up sys.path, TRITON_INTERPRET)
-from policy_throughput import SHAPES, hf_config_dict  # noqa: E402
+from bench_util import SHAPES, hf_config_dict, rows_beside, run_meta, sync, wall_times  # noqa: E402
 
 MiB = 1 << 20
 
@@ -216,6 +215,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "refit_gpu_bench.json"), "w") as f:
         json.dump(res, f, indent=1)
+    rows_beside(os.path.join(args.out, "refit_gpu_bench.json"), res["runs"], meta, config=vars(args))
     print(f"\n{meta['device']}, {args.shape} ({model_bytes / 1e9:.2f} GB {meta['dtype']}, {len(specs)} tensors); "
           f"copy roofline {roof * 1e3:.2f} ms ({res['roofline_GBps']:.0f} GB/s); stream alone {stream_only * 1e3:.1f} ms")
     print("| bucket | buckets | seconds | GB/s | × roofline | peak extra MiB | bound MiB |\n|---|---|---|---|---|---|---|")

@@ -35,20 +35,12 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_util import run_meta, sync, wall_times  # noqa: E402  (sets up sys.path, TRITON_INTERPRET)
-from policy_throughput import SHAPES, hf_config_dict  # noqa: E402
+from bench_util import SHAPES, hf_config_dict, num_params, rows_beside, run_meta, sync, wall_times  # noqa: E402
 
 GiB = 1 << 30
+n_params = num_params  # the one parameter counter: red_megatron.hf.config.HFModelConfig.num_params
 STAGES = ("old_logprob", "update", "refit_stream")
 STATE_BYTES_PER_PARAM = 2 + 4 + 4 + 8  # bf16 weight, fp32 main grad, fp32 master, Adam m + v (one GPU: no sharding)
-
-
-def n_params(cfg: dict) -> int:
-    h, L, V, f = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"], cfg["intermediate_size"]
-    nh, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    d = h // nh
-    layer = h * (nh * d) + 2 * h * (kv * d) + (nh + 2 * kv) * d + (nh * d) * h + 3 * h * f + 2 * h
-    return L * layer + V * h * (1 if cfg["tie_word_embeddings"] else 2) + h
 
 
 def synthetic_batch(cfg: dict, prompts: int, group: int, response: int, prompt_len: int, seed: int):
@@ -93,7 +85,7 @@ def run_shape(shape: str, args) -> dict:
     from red_megatron.policy.policy import MegatronPolicy
 
     cfg = hf_config_dict(shape)
-    P = n_params(cfg)
+    P = num_params(cfg)
     rec = {"shape": shape, "params": P, "state_GiB": P * STATE_BYTES_PER_PARAM / GiB}
     stages = STAGES
     budget = (args.state_budget_gib * GiB if args.state_budget_gib is not None else
@@ -190,6 +182,8 @@ def main(argv=None) -> dict:
         res["shapes"].append(rec)
         with open(path, "w") as f:
             json.dump(res, f, indent=1)
+        rows_beside(path, [dict(shape=shape, stage=st, params=rec.get("params"), tokens=rec.get("tokens"), **rec[st])
+                           for st in STAGES if isinstance(rec.get(st), dict)], meta, config=vars(args))
     print(f"\n{meta['device']}: {args.prompts} prompts × {args.group} samples, responses ≤ {args.response}, "
           f"prompt {args.prompt_len} tokens\n| shape | params | tokens | stage | s | tokens/s | MFU | peak GiB |\n"
           "|---|---|---|---|---|---|---|---|")

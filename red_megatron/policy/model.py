@@ -11,7 +11,7 @@ Mapping HF -> Megatron (what makes the logits equal transformers'):
 - RoPE: megatron's rotary module with ``inv_freq`` replaced by transformers' own formula
   (``hf_config.rope_inv_freq``: default or llama3 scaling), so the frequencies are bit-equal.
 - Vocabulary padded to a multiple of 128·TP (padding rows are zero; callers ignore the padded
-  logit columns, see KERNEL_CONTRACT.md).
+  logit columns, see docs/KERNEL_CONTRACT.md).
 
 Layer spec: transformer-engine's when it imports (fused, fastest); otherwise megatron's local
 spec with its unfused core attention swapped for ``sdpa_attention.SDPAttention`` (flash/cuDNN on
