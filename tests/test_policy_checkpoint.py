@@ -170,3 +170,26 @@ def test_a_save_killed_midway_leaves_the_last_good_checkpoint(dist2, tmp_path):
     assert r["again"] == r["good"]
     assert r["end"] == ["latest", "step_00000004", "step_00000005"]  # tmp swept, keep_last=2
     assert r["meta_step"] == 5
+
+
+def _job_cp_resume(root: str, hf_dir: str):
+    """Train at CP=2 (both ranks one replica), save, resume at CP=1 (DP=2) with the optimizer."""
+    with megatron_parallel(cp=2, seed=21):
+        pol = hf_policy(hf_dir, load_weights=False, cp=2, checkpoint_sharding="fully_reshardable")
+        first = [_step(pol, s) for s in range(2)]
+        pol.save_checkpoint(root, 2, {"k": 1})
+        cont = [_step(pol, s) for s in range(2, 4)]
+    with megatron_parallel(seed=99):
+        pol = hf_policy(hf_dir, load_weights=False, checkpoint_sharding="fully_reshardable")
+        state = pol.load_latest_checkpoint(root)
+        resumed = [_step(pol, s) for s in range(2, 4)]
+    return {"first": first, "cont": cont, "resumed": resumed, "state": state}
+
+
+def test_checkpoint_saved_at_cp2_resumes_at_cp1(dist2, tmp_path, tiny_ckpt_dir):
+    for r in dist2.run(_job_cp_resume, str(tmp_path / "ckpt"), str(tiny_ckpt_dir)):
+        assert r["state"] == {"k": 1}
+        for (l1, g1, lr1, _), (l2, g2, lr2, _) in zip(r["resumed"], r["cont"]):
+            assert lr1 == lr2
+            assert l1 == pytest.approx(l2, rel=1e-5, abs=1e-6) and g1 == pytest.approx(g2, rel=1e-5)
+        assert r["cont"][0][0] != r["first"][0][0]

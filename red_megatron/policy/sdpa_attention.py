@@ -80,7 +80,8 @@ class SDPAttention(MegatronModule):
         """q [B, Hq, S, D], k/v [B, Hkv, S, D] -> [B, Hq, S, D]."""
         gqa = self.heads != self.groups
         native_gqa = gqa and (q.device.type != "cuda" or q.dtype in (torch.float16, torch.bfloat16)) \
-            and self.backend in (None, "auto", "flash", "math") and not isinstance(mask, AttentionBias)
+            and self.backend in (None, "auto", "flash", "math") \
+            and not (isinstance(mask, AttentionBias) and q.device.type == "cuda")  # CP's lower-right causal bias
         if gqa and not native_gqa:
             rep = self.heads // self.groups
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
