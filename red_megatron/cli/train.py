@@ -13,6 +13,7 @@ summary of the resolved layout and exits 0. A refusal is one line on stderr and 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -21,6 +22,17 @@ from pathlib import Path
 
 from red_megatron.cli.common import add_overrides, parser, world_size
 from red_megatron.errors import UserError, run_cli
+
+
+class _HelpConfig(argparse.Action):
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from red_megatron.cli.config_doc import config_reference
+
+        print(config_reference(), end="")
+        parser.exit(0)
 
 
 def build_parser():
@@ -34,6 +46,9 @@ def build_parser():
                          "print the layout, exit (no weights, no engines)")
     ap.add_argument("--world-size", type=int, default=None,
                     help="the world size to validate for (default: $WORLD_SIZE, else 1)")
+    ap.add_argument("--help-config", action=_HelpConfig,
+                    help="print the configuration reference (every section.field, its type, default and meaning, "
+                         "as Markdown: docs/CONFIG.md) and exit")
     ap.add_argument("--verbose", action="store_true",
                     help="show every library's log lines (megatron, vLLM, Python warnings) on the console at DEBUG; "
                          "by default they go to <run_dir>/logs/library.log and the console shows the project's own")
