@@ -7,14 +7,15 @@ The command line (scripts/train.py, scripts/launch.py) only overrides single fie
 - ``chain_cpu_base`` / ``chain_cpu_study``: the chain task's SFT base warm-up and its study (configs/chain_cpu.py);
 - ``qwen25_math_1p5b``: Qwen2.5-Math-1.5B with the paper's hyper-parameters, one 8×H100 node;
 - ``qwen25_7b``: Qwen2.5-7B, TP=2, vLLM TP=2, one or more 8×H100 nodes;
-- ``qwen25_32b``: Qwen2.5-32B, TP=8 × PP=2, vLLM TP=4, two or more 8×H100 nodes.
+- ``qwen25_32b``: Qwen2.5-32B, TP=8 × PP=2, vLLM TP=4, two or more 8×H100 nodes;
+- ``qwen25_7b_16k`` / ``qwen25_32b_16k``: the same at 16k-token responses with context parallelism 2.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from configs.chain_cpu import chain_cpu_base, chain_cpu_study
-from configs.qwen25 import qwen25_7b, qwen25_32b, qwen25_math_1p5b
+from configs.qwen25 import qwen25_7b, qwen25_7b_16k, qwen25_32b, qwen25_32b_16k, qwen25_math_1p5b
 from configs.tiny_cpu import tiny_cpu, tiny_cpu_study
 
 RECIPES: dict[str, Callable] = {
@@ -25,6 +26,8 @@ RECIPES: dict[str, Callable] = {
     "qwen25_math_1p5b": qwen25_math_1p5b,
     "qwen25_7b": qwen25_7b,
     "qwen25_32b": qwen25_32b,
+    "qwen25_7b_16k": qwen25_7b_16k,
+    "qwen25_32b_16k": qwen25_32b_16k,
 }
 
 

@@ -42,8 +42,13 @@ def _paths(model: str) -> tuple[str, str, str]:
     return (f"{models}/{model}", f"{data}/openr1_math_46k_8192.parquet", f"{data}/math_eval.parquet")
 
 
-def _paper(name: str, model: str, *, tp: int, pp: int, tp_infer: int, gpu_mem: float) -> RunConfig:
+def _paper(name: str, model: str, *, tp: int, pp: int, tp_infer: int, gpu_mem: float, cp: int = 1,
+           response_tokens: int = RESPONSE_TOKENS) -> RunConfig:
     model_dir, train_data, eval_data = _paths(model)
+    window = PROMPT_TOKENS + response_tokens
+    # a micro-batch holds the longest prompt + response (9,216 tokens at 8k), per CP rank its 1/cp share
+    # (each sequence padded to a multiple of 2·cp); shorter sequences are packed
+    mb_tokens = window if cp == 1 else -(-window // (2 * cp)) * 2
     return RunConfig(
         name=name,
         run_dir=f"runs/{name}",
@@ -53,17 +58,16 @@ def _paper(name: str, model: str, *, tp: int, pp: int, tp_infer: int, gpu_mem: f
         checkpoint_every=20,
         algo=AlgoConfig(preset="red", num_online=7, temperature=1.0, eps_lo=0.2, eps_hi=0.2),
         data=DataConfig(path=train_data, schema="openr1", max_prompt_tokens=PROMPT_TOKENS,
-                        max_response_tokens=RESPONSE_TOKENS, global_batch_size=64, seed=0),
-        # a micro-batch holds the longest prompt + response (9,216 tokens); shorter ones are packed
-        policy=PolicyConfig(tp=tp, pp=pp, dtype="bfloat16", micro_batch_tokens=PROMPT_TOKENS + RESPONSE_TOKENS,
+                        max_response_tokens=response_tokens, global_batch_size=64, seed=0),
+        policy=PolicyConfig(tp=tp, pp=pp, cp=cp, dtype="bfloat16", micro_batch_tokens=mb_tokens,
                             lr=2e-6, min_lr_ratio=0.1,
                             adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, clip_grad=1.0,
                             lr_decay_steps=STEPS, use_distributed_optimizer=True),
         rollout=RolloutConfig(tp_infer=tp_infer, executor="external_launcher" if tp_infer > 1 else "uni",
-                              gpu_memory_utilization=gpu_mem, max_model_len=PROMPT_TOKENS + RESPONSE_TOKENS,
+                              gpu_memory_utilization=gpu_mem, max_model_len=window,
                               enforce_eager=False, enable_sleep_mode=True),
         reward=RewardConfig(num_workers=16),
-        eval=EvalRunConfig(data_path=eval_data, protocol=EvalConfig(temperature=0.6, max_tokens=RESPONSE_TOKENS)),
+        eval=EvalRunConfig(data_path=eval_data, protocol=EvalConfig(temperature=0.6, max_tokens=response_tokens)),
     )
 
 
@@ -77,3 +81,16 @@ def qwen25_7b() -> RunConfig:
 
 def qwen25_32b() -> RunConfig:
     return _paper("qwen25_32b", "Qwen2.5-32B", tp=8, pp=2, tp_infer=4, gpu_mem=0.5)
+
+
+# 16k-token responses (distilled traces from R1-class teachers): one sequence no longer fits a GPU at
+# the 8k layouts (benchmarks/reports/projection_long_2026-12-02.md: 7B TP=2+SP fits 13k tokens, 32B
+# TP=8+SP PP=2 15k); context parallelism over 2 ranks halves each rank's share.
+def qwen25_7b_16k() -> RunConfig:
+    return _paper("qwen25_7b_16k", "Qwen2.5-7B", tp=2, pp=1, cp=2, tp_infer=2, gpu_mem=0.45,
+                  response_tokens=2 * RESPONSE_TOKENS)
+
+
+def qwen25_32b_16k() -> RunConfig:
+    return _paper("qwen25_32b_16k", "Qwen2.5-32B", tp=8, pp=2, cp=2, tp_infer=4, gpu_mem=0.5,
+                  response_tokens=2 * RESPONSE_TOKENS)

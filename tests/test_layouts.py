@@ -35,7 +35,9 @@ LAYOUTS = {
     "dp2": (2, ["policy.tp=1"]),
     "tp2_infer1": (2, ["policy.tp=2"]),
     "tp2_infer2": (2, ["policy.tp=2", "rollout.tp_infer=2", "rollout.executor=external_launcher"]),
+    "tp2_nosp": (2, ["policy.tp=2", "policy.sequence_parallel=false"]),  # the tp2 layouts above run SP (default)
     "pp2": (2, ["policy.pp=2"]),
+    "cp2": (2, ["policy.cp=2"]),
     "dp2_infer2": (2, ["rollout.tp_infer=2", "rollout.executor=external_launcher"]),  # an engine over 2 replicas
     "tp2dp2_infer2": (4, ["policy.tp=2", "rollout.tp_infer=2", "rollout.executor=external_launcher"]),
 }

@@ -13,13 +13,18 @@ from tests.hf_shapes import qwen25_config
 
 # the public Qwen2.5 checkpoints' config.json (heads, KV heads, layers, positions)
 QWEN25 = {"qwen25_math_1p5b": qwen25_config("Qwen2.5-Math-1.5B"), "qwen25_7b": qwen25_config("Qwen2.5-7B"),
-          "qwen25_32b": qwen25_config("Qwen2.5-32B")}
+          "qwen25_32b": qwen25_config("Qwen2.5-32B"), "qwen25_7b_16k": qwen25_config("Qwen2.5-7B"),
+          "qwen25_32b_16k": qwen25_config("Qwen2.5-32B")}
+# the job's paths are inside these mounts (the launcher refuses a run dir / model / data outside them)
+MOUNTS = lambda tmp: (f"{tmp}:{tmp}", "/lustre/runs:/runs", "/lustre/data:/data", "/lustre/models:/models")  # noqa: E731
 # the node counts each recipe is meant for (8×H100 nodes)
-NODES = {"qwen25_math_1p5b": (1, 2), "qwen25_7b": (1, 2, 4, 8), "qwen25_32b": (2, 4, 8)}
+NODES = {"qwen25_math_1p5b": (1, 2), "qwen25_7b": (1, 2, 4, 8), "qwen25_32b": (2, 4, 8), "qwen25_7b_16k": (1, 2, 4),
+         "qwen25_32b_16k": (4, 8)}
 
 
 def test_registry_and_unknown_name():
-    assert set(RECIPES) == {"tiny_cpu", "tiny_cpu_study", "chain_cpu_base", "chain_cpu_study", "qwen25_math_1p5b", "qwen25_7b", "qwen25_32b"}
+    assert set(RECIPES) == {"tiny_cpu", "tiny_cpu_study", "chain_cpu_base", "chain_cpu_study", "qwen25_math_1p5b", "qwen25_7b", "qwen25_32b",
+                            "qwen25_7b_16k", "qwen25_32b_16k"}
     with pytest.raises(ValueError) as e:
         get_recipe("qwen3_moe")
     assert all(name in str(e.value) for name in RECIPES)
@@ -51,24 +56,37 @@ def test_paper_hyperparameters(name):
     assert c.eval.protocol.temperature == 0.6 and c.eval.protocol.max_tokens == 8192
 
 
-@pytest.mark.parametrize("name", ["qwen25_math_1p5b", "qwen25_7b", "qwen25_32b"])
+@pytest.mark.parametrize("name", list(NODES))
 def test_cluster_layout_fits_8_gpu_nodes_and_real_head_counts(tmp_path, name):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps(QWEN25[name]))
-    cfg = apply_overrides(get_recipe(name), [f"model_dir={ckpt}"])
+    cfg = apply_overrides(get_recipe(name), [f"model_dir={ckpt}", "run_dir=/runs/r"])
     for nodes in NODES[name]:
-        spec = LaunchSpec(executor="slurm", nodes=nodes, gpus_per_node=8, account="a", container_image="i")
+        spec = LaunchSpec(executor="slurm", nodes=nodes, gpus_per_node=8, account="a", container_image="i",
+                          container_mounts=MOUNTS(tmp_path))
         assert check_launch(cfg, spec) == []  # config.json read: no skipped checks
     # and the checks bite: the same recipe on one GPU fewer per node is refused
     with pytest.raises(ValueError):
-        check_launch(cfg, LaunchSpec(executor="slurm", nodes=NODES[name][0], gpus_per_node=7, account="a", container_image="i"))
+        check_launch(cfg, LaunchSpec(executor="slurm", nodes=NODES[name][0], gpus_per_node=7, account="a",
+                                     container_image="i", container_mounts=MOUNTS(tmp_path)))
 
 
-def test_32b_needs_two_nodes():
-    cfg = get_recipe("qwen25_32b")
+@pytest.mark.parametrize("name", ["qwen25_7b_16k", "qwen25_32b_16k"])
+def test_16k_recipes_split_each_sequence_over_two_cp_ranks(name):
+    c, base = get_recipe(name), get_recipe(name.removesuffix("_16k"))
+    assert c.data.max_response_tokens == 16384 and c.policy.cp == 2
+    assert c.rollout.max_model_len == 1024 + 16384 and c.eval.protocol.max_tokens == 16384
+    # each CP rank holds half of the longest sequence: the same per-rank budget as the 8k recipe (± padding)
+    assert c.policy.micro_batch_tokens == (1024 + 16384) // 2 < base.policy.micro_batch_tokens
+    assert (c.policy.tp, c.policy.pp, c.algo, c.policy.lr) == (base.policy.tp, base.policy.pp, base.algo, base.policy.lr)
+
+
+def test_32b_needs_two_nodes(tmp_path):
+    cfg = apply_overrides(get_recipe("qwen25_32b"), ["run_dir=/runs/r"])
     with pytest.raises(ValueError, match="policy.pp=2"):
-        check_launch(cfg, LaunchSpec(executor="slurm", nodes=1, gpus_per_node=8, account="a", container_image="i"))
+        check_launch(cfg, LaunchSpec(executor="slurm", nodes=1, gpus_per_node=8, account="a", container_image="i",
+                                     container_mounts=MOUNTS(tmp_path)))
 
 
 def test_tiny_cpu_assets_and_world_sizes():
