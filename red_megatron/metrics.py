@@ -120,12 +120,14 @@ class MetricsLogger:
         if cfg.progress:
             is_tty = (stream or sys.stdout).isatty() if tty is None else tty
             if is_tty:
+                from rich.console import Console
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+                console = Console(file=stream, force_terminal=True, width=200) if stream is not None else None
                 self._progress = Progress(TextColumn("[bold]RED"), BarColumn(),
                                           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                                           TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                                          transient=False)
+                                          transient=False, console=console)
                 self._task = self._progress.add_task("", total=total_steps)
                 self._progress.start()
             else:

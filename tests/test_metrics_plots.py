@@ -234,3 +234,20 @@ def test_plot_axes_are_labelled_and_legends_do_not_cover_the_data(tmp_path, monk
             box, area = leg.get_window_extent(renderer), ax.get_window_extent(renderer)
             assert box.y1 <= area.y0, f"legend of {ax.get_title()!r} overlaps its axes"
 
+
+
+def test_terminal_bar_shows_the_same_keys(tmp_path):
+    import io
+
+    from red_megatron.metrics import PROGRESS_KEYS
+
+    out = io.StringIO()
+    logger = MetricsLogger(tmp_path, MetricsConfig(tensorboard=False), total_steps=2, tty=True, stream=out)
+    assert logger._progress is not None
+    for s in (1, 2):
+        logger.log(s, {key: 0.25 for key, _, _ in PROGRESS_KEYS})
+    logger.close()
+    text = out.getvalue()
+    for _, label, _ in PROGRESS_KEYS:
+        assert f"{label}=" in text, (label, text[-500:])
+    assert "2/2" in text and "ETA" in text
