@@ -291,3 +291,11 @@ def test_tiny_recipe_real_launch_two_processes(tmp_path):
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     assert [m["step"] for m in metrics if "step" in m][-1] == 1
+
+
+def test_verbose_is_passed_to_the_training_tasks(tmp_path):
+    rc, out, err = _main(["--recipe", "tiny_cpu", "--nproc", "1", "--run-dir", str(tmp_path / "t"), "--dry-run",
+                          "--verbose", "steps=1"])
+    assert rc == 0, err
+    (cmd,) = [line for line in out.splitlines() if "torchrun" in line]
+    assert cmd.endswith(f"scripts/train.py --recipe tiny_cpu --run-dir {tmp_path / 't'} --verbose steps=1"), cmd

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--parallel", dest="sequential", action="store_false",
                        help="run sweep tasks at the same time (default on Slurm)")
     ap.add_argument("--detach", action="store_true", help="slurm: return once submitted")
+    ap.add_argument("--verbose", action="store_true", help="pass --verbose to every training task: library "
+                    "log lines on the job's console too (default: <run-dir>/logs/library.log only)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands / sbatch scripts; launch nothing")
     ap.add_argument("--script", default=None, help=argparse.SUPPRESS)  # tests: a stand-in for scripts/train.py
     add_overrides(ap)
@@ -99,6 +101,7 @@ def plan(args) -> tuple[object, list, list[str], Path]:
         except ValueError as e:
             raise ValueError(f"task {label}: {e}" if len(points) > 1 else str(e)) from None
         tasks.append(Task(name=label, args=["--recipe", args.recipe, "--run-dir", str(task_dir),
+                                            *(["--verbose"] if args.verbose else []),
                                             *args.overrides, *sweep_overrides]))
     return spec, tasks, sorted(set(notes)), run_dir
 
