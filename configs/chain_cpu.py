@@ -41,6 +41,17 @@ ASSET_VERSION = 1  # bump when the generator or the tokenizer corpus changes wha
 BASE_STEPS, BASE_BATCH, BASE_LR = 700, 32, 1.5e-3
 STUDY_STEPS, STUDY_LR = 100, 5e-4
 PROMPT_TOKENS, RESPONSE_TOKENS, MAX_MODEL_LEN = 32, 224, 256
+# The base's pretrain mix. §6.2's table is the generator's default; §6.4 lets the base change its k=4/5
+# mass when the gate fails (docs/STUDY.md has the attempts). None: the generator's default.
+BASE_K_PROBS = None
+
+
+def base_task(pretrain_k_probs=None):
+    """The task whose pretrain split trains the base: the CPU knobs with ``pretrain_k_probs`` (default BASE_K_PROBS)."""
+    from red_megatron.data.chain import ChainTaskConfig
+
+    probs = pretrain_k_probs if pretrain_k_probs is not None else BASE_K_PROBS
+    return ChainTaskConfig() if probs is None else ChainTaskConfig(pretrain_k_probs=probs)
 
 
 def _key(obj) -> str:
@@ -92,10 +103,9 @@ def chain_init(base_seed: int = 0, root: Path | None = None) -> Path:
 def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, overrides=()) -> dict:
     """Everything that decides the base: the problems of the pretrain split, the init, the SFT schedule,
     and any extra ``section.field=value`` overrides of the build (a smoke test's smaller batch)."""
-    from red_megatron.data.chain import ChainTaskConfig
     from red_megatron.data.tiny_checkpoint import shape_config
 
-    task = task or ChainTaskConfig()
+    task = task or base_task()
     return {"task_problems": task.problem_fields(), "ckpt": dataclasses.asdict(shape_config("chain", seed=base_seed)),
             "corpus": "chain", "base_seed": base_seed, "steps": steps, "global_batch_size": BASE_BATCH,
             "lr": BASE_LR, "schedule": "constant", "adam": [0.9, 0.95], "weight_decay": 0.0, "clip_grad": 1.0,
@@ -126,7 +136,7 @@ def chain_base(base_seed: int = 0, steps: int = BASE_STEPS, task=None, root: Pat
 
 def chain_cpu_base() -> RunConfig:
     """The §6.4 SFT warm-up of the base (base_seed 0); scripts/build_chain_base.py overrides seed and steps."""
-    data, init = chain_data(), chain_init(0)
+    data, init = chain_data(base_task()), chain_init(0)
     return RunConfig(
         name="chain_cpu_base", run_dir=str(base_dir(0) / "run"), model_dir=str(init), seed=0, steps=BASE_STEPS,
         checkpoint_every=100, export_hf=True, use_preset_schedule=False,

@@ -209,3 +209,15 @@ def test_bad_knobs_are_one_clear_value_error(bad):
 def test_a_split_too_large_for_the_state_space_is_refused():
     with pytest.raises(ValueError, match="split 'val' needs"):
         chain.split_problems(ChainTaskConfig(val_per_k=950))
+
+
+def test_script_writes_the_splits_with_knob_overrides(tmp_path):
+    from scripts.make_chain_task import main
+
+    paths = main(["--out", str(tmp_path), "--p-replay", "0", "--p-check", "0", "--train-rows", "40",
+                  "--pretrain-rows", "50", "--splits", "train", "test"])
+    from red_megatron.data.records import iter_rows
+
+    rows = [rec for _, _, rec in iter_rows(paths["train"])]
+    assert len(rows) == 40 and all("Wait" not in r["target"][0]["content"] for r in rows)
+    assert sorted(paths) == ["test", "train"] and (tmp_path / "chain_config.json").exists()

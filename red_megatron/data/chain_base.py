@@ -169,8 +169,11 @@ def run_gate(model_dir, val_path, *, samples: int = HARD_PASSK, max_tokens: int 
     tok = load_tokenizer(model_dir)
     ds = RedDataset.load(DataConfig(path=str(data_path), require_trace=False, max_prompt_tokens=max_prompt_tokens,
                                     answer_check="off", global_batch_size=1, shuffle=False), tok)
+    # vLLM's CPU scheduler chunks prefills beyond 4096 tokens a step, and a seeded T>0 request whose prefill
+    # was chunked crashes it ("CPU Generator does not use offset"): keep max_num_seqs × prompt <= 4096.
+    seqs = max(1, min(256, 4096 // max_prompt_tokens))
     engine = RolloutEngine(model_dir, RolloutConfig(max_model_len=max_prompt_tokens + max_tokens, dtype="float32",
-                                                    seed=seed, max_num_seqs=256, cpu_kvcache_space_gib=1.0))
+                                                    seed=seed, max_num_seqs=seqs, cpu_kvcache_space_gib=1.0))
     scorer = RewardScorer(RewardConfig(num_workers=1))
     try:
         gen = make_generate_fn(engine, tok, stop_token_ids=[eos_token_id(tok)])
