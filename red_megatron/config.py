@@ -92,7 +92,7 @@ class RunConfig:
 def check_layout(cfg: RunConfig, world_size: int) -> int:
     """World = TP × PP × DP, the prompt batch against DP, the rollout placement; returns the DP size.
     No files read (the launcher checks this half on the submitting machine)."""
-    from red_megatron.rollout.placement import check_placement
+    from red_megatron.rollout.placement import check_engines, check_placement
 
     tp, pp, cp = cfg.policy.tp, cfg.policy.pp, cfg.policy.cp
     if world_size % (tp * pp * cp) != 0:
@@ -103,8 +103,14 @@ def check_layout(cfg: RunConfig, world_size: int) -> int:
         raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
                          f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp}"
                          + (f" / cp {cp})" if cp > 1 else ")"))
-    if any(s.online for s in preset_stages(cfg.algo.preset)):
-        check_placement(world_size=world_size, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor)
+    r = cfg.rollout
+    check_engines(placement=r.placement, tp_infer=r.tp_infer, executor=r.executor, num_engines=r.num_engines,
+                  max_staleness=r.max_staleness, global_batch_size=cfg.data.global_batch_size)
+    if r.placement == "disaggregated" and cfg.replay_experience_dir is not None:
+        raise ValueError("replay_experience_dir trains on recorded rollouts: it needs rollout.placement='colocated' "
+                         "(disaggregated engines would generate nothing)")
+    if any(s.online for s in preset_stages(cfg.algo.preset)) and r.placement == "colocated":
+        check_placement(world_size=world_size, tp_infer=r.tp_infer, executor=r.executor)
     return dp
 
 

@@ -30,6 +30,9 @@ class Experience:
     reward_reasons: list[str] = field(default_factory=list)
     num_prompts: int = 0
     traces_truncated: int = 0
+    # [B] the policy version (optimiser steps) that generated each sample, -1 for traces; empty when
+    # not tracked (docs/ASYNC.md: with rollout.max_staleness k, a trained sample is at most k behind)
+    policy_version: list[int] = field(default_factory=list)
 
     @property
     def response_len_B(self) -> torch.Tensor:
@@ -52,7 +55,7 @@ class Experience:
                 rewards_B=self.rewards_B[sel], engine_logp=pick(self.engine_logp),
                 finish_reasons=pick(self.finish_reasons),
                 reward_reasons=pick(self.reward_reasons) if self.reward_reasons else [], num_prompts=n,
-                traces_truncated=truncated))
+                traces_truncated=truncated, policy_version=pick(self.policy_version) if self.policy_version else []))
             lo += n
         return parts
 
@@ -71,7 +74,8 @@ def merge_experience(parts: Sequence[Experience]) -> Experience:
         group_id_B=torch.cat([p.group_id_B + o for p, o in zip(parts, offsets)]),
         is_offline_B=torch.cat([p.is_offline_B for p in parts]), rewards_B=torch.cat([p.rewards_B for p in parts]),
         engine_logp=cat("engine_logp"), finish_reasons=cat("finish_reasons"), reward_reasons=cat("reward_reasons"),
-        num_prompts=sum(p.num_prompts for p in parts), traces_truncated=sum(p.traces_truncated for p in parts))
+        num_prompts=sum(p.num_prompts for p in parts), traces_truncated=sum(p.traces_truncated for p in parts),
+        policy_version=cat("policy_version") if all(getattr(p, "policy_version", None) for p in parts) else [])
 
 
 GenerateFn = Callable[..., list]  # RolloutEngine.generate's signature

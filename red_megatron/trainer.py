@@ -8,6 +8,10 @@
     metrics  |= policy.train_step(exp, terms)                step 6-7    (one optimiser step)
     refit the engine from the policy, log, checkpoint
 
+With ``rollout.placement="disaggregated"`` the engines are processes of their own, driven from
+rank 0 by ``async_rollout.RemoteRollout``; with ``rollout.max_staleness`` k the generation of
+batch s+k is queued before step s's update and overlaps it (docs/ASYNC.md).
+
 Everything a preset changes was chosen once by ``build_objective``; the loop is the same for
 all nine rows of the paper's Table 2. Staged presets (``sft_then_grpo``) run their stages one
 after another, each from the previous stage's exported HF checkpoint.
@@ -88,9 +92,17 @@ class _Run:
         self.groups = g = self.policy.groups
         self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=g.dp_rank, dp_world_size=g.dp_size)
         self.scorer = RewardScorer(cfg.reward)
+        remote = cfg.rollout.placement == "disaggregated" and self.preset.online
         self.placement = plan_rollout(g, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor,
-                                      online=self.preset.online)
-        self.engine = self.refit_plan = None
+                                      online=self.preset.online and not remote)
+        self.engine = self.refit_plan = self.remote = None
+        self._submitted, self._loader_after = 0, {}  # batches queued on the engines; loader state after each
+        if remote:
+            from red_megatron.async_rollout import RemoteRollout
+
+            self.remote = RemoteRollout(cfg, g, self.policy, version=0, online=True,
+                                        with_offline=self.preset.with_offline, tokenizer=self.tokenizer,
+                                        scorer=self.scorer)
         if self.placement.builds_engine:
             from red_megatron.rollout.engine import RolloutEngine
             from red_megatron.rollout.refit import RefitPlan
@@ -107,7 +119,9 @@ class _Run:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
-        return {"step": self.step, "loader": self.loader.state_dict(), "objective": self.objective.state_dict(),
+        # with batches queued ahead (max_staleness > 0) the loader has moved past the last trained batch
+        loader = self._loader_after.get(self.step - 1) if self.remote is not None else None
+        return {"step": self.step, "loader": loader or self.loader.state_dict(), "objective": self.objective.state_dict(),
                 "skipped_steps": self.skipped_steps, "preset": self.cfg.algo.preset}
 
     def _maybe_resume(self) -> None:
@@ -122,25 +136,42 @@ class _Run:
         self.step, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
         self.loader.load_state_dict(state["loader"])
         self.objective.load_state_dict(state["objective"])
-        self._refit()  # the engine must sample from the resumed weights
+        self._submitted = self.step
+        self._refit(version=self.step)  # the engine must sample from the resumed weights
         log.info("resumed %s at step %d", self.cfg.checkpoint_dir, self.step)
 
     def _save(self) -> None:
         self.policy.save_checkpoint(self.cfg.checkpoint_dir, self.step, self._trainer_state())
 
     # --- the step -----------------------------------------------------------------------------------
-    def _refit(self) -> dict:
+    def _refit(self, version: int) -> dict:
         if not self.preset.online:
             return {}
         from red_megatron.rollout.refit import refit
 
         stream = self.policy.stream_hf_weights()  # a collective: every rank walks it
+        if self.remote is not None:  # queued behind the generations already submitted (at k=0: done now)
+            return self.remote.refit(stream, version=version, step=self.step)
         if not self.placement.generates:  # no engine here, or an idle one
             for _ in stream:
                 pass
             return {}
         stats = refit(self.engine, self.refit_plan, stream)
         return {"refit/seconds": stats.seconds, "refit/buckets": stats.buckets, "refit/gbytes": stats.bytes / 1e9}
+
+    def _remote_experience(self) -> tuple[Experience, dict]:
+        """Queue batches up to step + k on the engines (each replica's prompts), then take this step's."""
+        last = min(self.step + self.cfg.rollout.max_staleness, self.steps - 1)
+        while self._submitted <= last:
+            examples = self.loader.next_batch()
+            self._loader_after[self._submitted] = self.loader.state_dict()
+            self.remote.submit(self._submitted, examples)
+            self._submitted += 1
+        self._loader_after.pop(self.step - 2, None)
+        exp, info = self.remote.take(self.step, step=self.step)
+        if self.cfg.record_experience_dir is not None:
+            self._record_experience(exp)
+        return exp, info
 
     def _experience(self, examples) -> Experience:
         """This replica's experience on every one of its ranks (rollout/placement.py says who generates)."""
@@ -198,9 +229,13 @@ class _Run:
     def red_step(self) -> dict:
         cfg, obj, g = self.cfg, self.objective, self.groups
         times: dict[str, float] = {}
+        since = time.perf_counter() - self.remote.timeline.t_start if self.remote is not None else 0.0
+        async_metrics: dict = {}
         with _timed(times, "rollout"):
-            examples = self.loader.next_batch()
-            exp = self._experience(examples)
+            if self.remote is not None:
+                exp, async_metrics = self._remote_experience()
+            else:
+                exp = self._experience(self.loader.next_batch())
         tokens, prompt_lens = exp.sequences()
         response_len_B = exp.response_len_B
         with _timed(times, "old_logprobs"):
@@ -221,7 +256,7 @@ class _Run:
             log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)", self.step + 1,
                         self.skipped_steps)
         with _timed(times, "refit"):
-            refit_metrics = self._refit()
+            refit_metrics = self._refit(version=self.step + 1)
         self.step += 1
         m = step_metrics(rewards_B=obj.rewards(exp.rewards_B, exp.is_offline_B), is_offline_B=exp.is_offline_B,
                          response_len_B=response_len_B, rbar_G=rbar_G, entropy=stats,
@@ -230,6 +265,9 @@ class _Run:
         m.update(self._gap_metrics(exp, logp_old_N))
         m.update(refit_metrics)
         m.update(times)
+        if self.remote is not None:
+            m.update(async_metrics or {})
+            m.update(self.remote.step_metrics(since))
         m["reward/mean"] = float(exp.rewards_B.mean())
         m["reward/verifier_timeouts"] = sum(r == "timeout" for r in exp.reward_reasons)
         m["data/traces_truncated"] = exp.traces_truncated
@@ -260,6 +298,8 @@ class _Run:
             if self.cfg.export_hf:
                 self.policy.export_hf(Path(self.cfg.run_dir) / "hf", tokenizer_dir=self.cfg.model_dir)
         finally:
+            if self.remote is not None:
+                self.remote.close(self.cfg.run_dir)
             self.logger.close()
             self.scorer.close()
         return last

@@ -41,6 +41,26 @@ def check_placement(*, world_size: int, tp_infer: int, executor: str) -> None:
                          f"external_launcher splits the whole torchrun world into engines of tp_infer ranks)")
 
 
+def check_engines(*, placement: str, tp_infer: int, executor: str, num_engines: int, max_staleness: int,
+                  global_batch_size: int) -> None:
+    """The disaggregated placement's rules (rollout/pool.py, docs/ASYNC.md); ValueError naming the fields."""
+    if placement == "colocated":
+        if max_staleness > 0:
+            raise ValueError(f"rollout.max_staleness={max_staleness} needs rollout.placement='disaggregated' (the "
+                             f"colocated engines share the trainer's ranks: nothing can overlap the update)")
+        if num_engines != 1:
+            raise ValueError(f"rollout.num_engines={num_engines} is for rollout.placement='disaggregated'; colocated "
+                             f"engines follow the trainer's layout (rollout.tp_infer)")
+        return
+    if tp_infer != 1 or executor != "uni":
+        raise ValueError(f"rollout.placement='disaggregated' runs single-process engines: rollout.tp_infer must be 1 "
+                         f"and rollout.executor 'uni' (got tp_infer={tp_infer}, executor={executor!r}); "
+                         f"multi-process engines (tp_infer > 1) are not implemented for it yet")
+    if num_engines > global_batch_size:
+        raise ValueError(f"rollout.num_engines={num_engines} exceeds data.global_batch_size={global_batch_size}: "
+                         f"the prompts of a step are shared over the engines, some would never generate")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RolloutPlacement:
     """This rank's part in rollouts (the same plan is computed identically on every rank)."""
