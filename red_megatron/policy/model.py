@@ -19,6 +19,7 @@ the GPU, exact math on the CPU, packed THD sequences). ``ModelOptions.attention`
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 
@@ -159,6 +160,8 @@ def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     tp, pp = groups.tp_size, groups.pp_size
+    if groups.cp_size > 1 and options.attention == "auto":  # the project's CP attention (docs/PARALLELISM.md)
+        options = dataclasses.replace(options, attention="sdpa")
     if options.sequence_parallel and tp == 1:
         raise ValueError("sequence parallelism needs tensor parallelism: policy.sequence_parallel with policy.tp=1")
     cfg = transformer_config(hf, tp=tp, pp=pp, dtype=dtype, options=options, cp=groups.cp_size)
