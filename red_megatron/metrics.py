@@ -254,7 +254,17 @@ def setup_run_logging(run_dir: str | Path, *, verbose: bool = False, rank: int =
         root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the file
-    if not verbose:
-        # vLLM installs its own stdout handler unless told not to; then its loggers reach the root's file
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    if not verbose and os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0" \
+            and "VLLM_LOGGING_CONFIG_PATH" not in os.environ:
+        # vLLM installs its own stdout handler; a logging config (read by every vLLM process, the
+        # engine-core subprocess on GPUs too) sends its loggers to the same file instead
+        vcfg = log_dir / "vllm_logging.json"
+        vcfg.write_text(json.dumps({
+            "version": 1, "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+            "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path.resolve()), "mode": "a",
+                                  "encoding": "utf-8", "formatter": "plain", "level": "INFO"}},
+            "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+        }, indent=1))
+        os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(vcfg.resolve())
     return path

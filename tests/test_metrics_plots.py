@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -179,16 +180,21 @@ def test_wandb_offline_sink_round_trip(tmp_path, monkeypatch):
     assert rows[2]["red/rbar_hist/bins"][0] < 0.0 < rows[2]["red/rbar_hist/bins"][1]  # bin 0 is centred on r̄=0
 
 
-def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys):
+def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys, monkeypatch):
     import logging
     import warnings
 
     from red_megatron.metrics import setup_run_logging
 
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)  # restored (unset) after the test
+    monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
         path = setup_run_logging(tmp_path, verbose=False)
+        vcfg = json.loads(Path(__import__("os").environ["VLLM_LOGGING_CONFIG_PATH"]).read_text())
+        assert vcfg["handlers"]["file"]["filename"] == str(path.resolve())  # vLLM's processes: the same file
+        assert vcfg["loggers"]["vllm"]["propagate"] is False
         logging.getLogger("megatron.core.optimizer").info("Setting up optimizer with config OptimizerConfig(...)")
         warnings.warn("Apex is not installed. Falling back to Torch Norm", UserWarning)
         logging.getLogger("red_megatron.trainer").info("resumed at step 4")
