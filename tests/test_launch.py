@@ -299,3 +299,16 @@ def test_verbose_is_passed_to_the_training_tasks(tmp_path):
     assert rc == 0, err
     (cmd,) = [line for line in out.splitlines() if "torchrun" in line]
     assert cmd.endswith(f"scripts/train.py --recipe tiny_cpu --run-dir {tmp_path / 't'} --verbose steps=1"), cmd
+
+
+def test_help_text_slurm_example_passes_the_checks():
+    import re
+    import shlex
+
+    from red_megatron.cli import launch as cli_launch
+
+    m = re.search(r"(red-launch --recipe qwen25_7b --executor slurm.*?math_eval\.parquet)", cli_launch.__doc__, re.S)
+    assert m, "red-launch --help has no Slurm example"
+    argv = shlex.split(m.group(1).replace("\\\n", " "))[1:]
+    spec, tasks, _, run_dir = cli_launch.plan(cli_launch.build_parser().parse_args(argv))
+    assert spec.host_path(str(run_dir)) == "/lustre/runs/red7b" and spec.exclusive and spec.mem == "0"
