@@ -96,6 +96,9 @@ class _Run:
         self.placement = plan_rollout(g, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor,
                                       online=self.preset.online and not remote)
         self.engine = self.refit_plan = self.remote = None
+        a = cfg.algo  # decoupled PPO with truncated IS weights: on at k >= 1 unless algo.off_policy='none'
+        self.off_policy = self.preset.online and (a.off_policy == "tis" or (a.off_policy == "auto" and remote and
+                                                                            cfg.rollout.max_staleness > 0))
         self._submitted, self._loader_after = 0, {}  # batches queued on the engines; loader state after each
         if remote:
             from red_megatron.async_rollout import RemoteRollout
@@ -249,6 +252,9 @@ class _Run:
         n_tokens = int(g.dp_all_reduce(torch.tensor([float(response_len_B.sum())], dtype=torch.float64)).item())
         terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
                                                num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens)
+        off_metrics = {}
+        if self.off_policy:
+            terms, off_metrics = self._off_policy_terms(exp, terms, logp_old_N)
         with _timed(times, "train"):
             upd = self.policy.train_step(batch, terms=terms, logp_old_N=logp_old_N)
         if upd["skipped"]:  # a NaN/Inf loss or gradient: the weights were left untouched
@@ -263,6 +269,7 @@ class _Run:
                          regulator_metrics=obj.regulator.metrics() if obj.regulator is not None else None, w=w)
         m.update({f"optim/{k}": v for k, v in upd.items()})
         m.update(self._gap_metrics(exp, logp_old_N))
+        m.update(off_metrics)
         m.update(refit_metrics)
         m.update(times)
         if self.remote is not None:
@@ -274,6 +281,24 @@ class _Run:
         m["train/skipped_steps"] = self.skipped_steps
         m["throughput/tokens_per_s"] = (sum(len(x) for x in tokens)) / max(1e-9, sum(times.values()))
         return m
+
+    def _off_policy_terms(self, exp: Experience, terms, logp_old_N: torch.Tensor):
+        """TIS: ρ = min(π_old/π_behaviour, C) on the online tokens (algo/off_policy.py), folded into the terms."""
+        from red_megatron.algo.off_policy import off_policy_metrics, truncated_is_weights
+
+        a, g = self.cfg.algo, self.groups
+        old = torch.split(logp_old_N.detach().double().cpu(), [len(r) for r in exp.response_ids])
+        behaviour_N = torch.cat([o if e is None else torch.tensor(e, dtype=torch.float64)
+                                 for e, o in zip(exp.engine_logp, old)])
+        w = truncated_is_weights(logp_old_N.detach().cpu(), behaviour_N, terms.is_offline_N, terms.sample_idx_N,
+                                 len(exp.response_ids), cap=a.tis_cap, mask_bound=a.tis_mask_bound)
+        maxes = torch.tensor([w.max_ratio, w.max_weight], dtype=torch.float64)
+        if g.dp_size > 1:
+            moved = maxes.to(g.device)
+            torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.MAX, group=g.dp_group)
+            maxes = moved.cpu()
+        metrics = off_policy_metrics(g.dp_all_reduce(w.sums), float(maxes[0]), float(maxes[1]))
+        return terms.with_is_weight(w.is_weight_N), metrics
 
     @staticmethod
     def _gap_metrics(exp: Experience, logp_old_N: torch.Tensor) -> dict:

@@ -29,6 +29,13 @@ class AlgoConfig:
     luffy_gamma: float = 0.1  # f(π) = π/(π + γ)
     entropy_coef: float = 0.0  # entropy bonus (off in the paper)
     kl_coef: float = 0.0  # k3 KL to a reference policy (off in the paper)
+    # off-policy correction (algo/off_policy.py, docs/ASYNC.md): decoupled PPO with a truncated importance
+    # weight min(π_old/π_behaviour, tis_cap) on online tokens. 'auto': on iff rollout.max_staleness > 0;
+    # 'tis' also at k = 0 (against the train/inference numeric mismatch). tis_mask_bound: mask whole samples
+    # whose geometric-mean ratio leaves [1/bound, bound] (None: no masking).
+    off_policy: Literal["auto", "none", "tis"] = "auto"
+    tis_cap: float = 2.0  # C of the truncated importance weight min(π_old/π_behaviour, C)
+    tis_mask_bound: float | None = None  # mask samples whose geometric-mean ratio leaves [1/bound, bound]
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -56,6 +63,12 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.luffy_gamma must be > 0, got {self.luffy_gamma}")
         if self.entropy_coef < 0 or self.kl_coef < 0:
             raise ValueError(f"AlgoConfig.entropy_coef and kl_coef must be >= 0, got {self.entropy_coef}, {self.kl_coef}")
+        if self.off_policy not in ("auto", "none", "tis"):
+            raise ValueError(f"AlgoConfig.off_policy={self.off_policy!r}; expected 'auto', 'none' or 'tis'")
+        if not self.tis_cap > 0:
+            raise ValueError(f"AlgoConfig.tis_cap must be > 0, got {self.tis_cap}")
+        if self.tis_mask_bound is not None and not self.tis_mask_bound > 1:
+            raise ValueError(f"AlgoConfig.tis_mask_bound must be None or > 1, got {self.tis_mask_bound}")
         for stage in preset_stages(self.preset):
             std = stage.std_normalize if self.std_normalize is None else self.std_normalize
             group = self.num_online * int(stage.online) + int(stage.with_offline)

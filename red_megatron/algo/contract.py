@@ -65,7 +65,7 @@ LOSS_FIELDS = ("kind_N", "adv_N", "logp_old_N", "rbar_N", "w_N", "weight_N", "re
 # Fills for logit rows that predict no response token (prompt rows, padding): weight 0 masks a row
 # in the kernel and in the reference; the other values only keep the row's arithmetic finite.
 ROW_FILL = {"kind_N": int(TokenKind.NLL), "adv_N": 0.0, "logp_old_N": 0.0, "rbar_N": 1.0, "w_N": 0.0,
-            "weight_N": 0.0, "ref_logp_N": 0.0, "sample_idx_N": -1, "is_offline_N": False}
+            "weight_N": 0.0, "ref_logp_N": 0.0, "sample_idx_N": -1, "is_offline_N": False, "is_weight_N": 0.0}
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,10 @@ class TokenTerms:
     weight_N the aggregation weight with every normaliser folded in (0 = padding). logp_old_N and
     ref_logp_N arrive after the old-policy pass (``with_logp``). sample_idx_N / is_offline_N are
     bookkeeping for metrics (None when the bundle was not built by build_token_terms).
+    is_weight_N is the off-policy correction's truncated importance weight ρ (algo/off_policy.py;
+    None: no correction); ``with_is_weight`` sets it and folds it into weight_N, which is how the
+    kernel and the reference consume it (ρ multiplies the token's whole term, like an aggregation
+    weight): no kernel argument changes, and a bundle without it is the bundle of before.
     """
 
     kind_N: torch.Tensor
@@ -87,6 +91,7 @@ class TokenTerms:
     is_offline_N: torch.Tensor | None = None  # bool
     logp_old_N: torch.Tensor | None = None
     ref_logp_N: torch.Tensor | None = None
+    is_weight_N: torch.Tensor | None = None  # fp32 TIS weight ρ (1 offline, 0 on masked samples)
 
     def __post_init__(self) -> None:
         n = self.kind_N.shape[0] if isinstance(self.kind_N, torch.Tensor) and self.kind_N.dim() == 1 else None
@@ -112,6 +117,17 @@ class TokenTerms:
     def with_logp(self, logp_old_N: torch.Tensor, ref_logp_N: torch.Tensor | None = None) -> "TokenTerms":
         """The bundle with the old policy's (and the reference policy's) log-probs filled in."""
         return dataclasses.replace(self, logp_old_N=logp_old_N, ref_logp_N=ref_logp_N)
+
+    def with_is_weight(self, is_weight_N: torch.Tensor) -> "TokenTerms":
+        """The bundle corrected by the truncated importance weights ρ (decoupled PPO with TIS):
+        weight_N·ρ, with ρ kept in is_weight_N (once: a second correction is refused)."""
+        if self.is_weight_N is not None:
+            raise ValueError("TokenTerms.with_is_weight: the importance weights are already applied")
+        if not isinstance(is_weight_N, torch.Tensor) or is_weight_N.shape != self.weight_N.shape:
+            raise ValueError(f"is_weight_N: expected a tensor of shape {tuple(self.weight_N.shape)} like weight_N, "
+                             f"got {getattr(is_weight_N, 'shape', type(is_weight_N))}")
+        rho = is_weight_N.to(self.weight_N.dtype)
+        return dataclasses.replace(self, weight_N=self.weight_N * rho, is_weight_N=rho)
 
     def _map(self, fn) -> "TokenTerms":
         return TokenTerms(**{f.name: None if (t := getattr(self, f.name)) is None else fn(f.name, t)

@@ -44,11 +44,11 @@ class RolloutConfig:
     max_num_seqs: int = 256
     logprobs_mode: str = "processed_logprobs"
     cpu_kvcache_space_gib: float = 1.0
-    placement: str = "colocated"
-    num_engines: int = 1
-    max_staleness: int = 0
-    timeout_s: float = 600.0
-    start_timeout_s: float = 600.0
+    placement: str = "colocated"  # 'colocated' | 'disaggregated': engine processes of their own (docs/ASYNC.md)
+    num_engines: int = 1  # disaggregated: engine processes started by rank 0 (each tp_infer=1)
+    max_staleness: int = 0  # k: a trained batch is at most k policy versions old (disaggregated; 0: synchronous)
+    timeout_s: float = 600.0  # disaggregated: the longest wait for an engine's reply (generation, refit)
+    start_timeout_s: float = 600.0  # disaggregated: the longest wait for an engine to start
 
     def __post_init__(self) -> None:
         if self.tp_infer < 1:

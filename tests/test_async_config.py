@@ -1,0 +1,61 @@
+"""The validator's rules for disaggregated engines and bounded staleness (config.check_layout via
+rollout/placement.check_engines), and the options' own checks: one ValueError naming the fields."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from red_megatron.algo.config import AlgoConfig
+from red_megatron.config import RunConfig, check_layout
+from red_megatron.data.dataset import DataConfig
+from red_megatron.rollout.config import RolloutConfig
+
+
+def _cfg(**rollout) -> RunConfig:
+    return RunConfig(model_dir="unused", data=DataConfig(path="unused.parquet", max_prompt_tokens=64,
+                                                         max_response_tokens=32, global_batch_size=4),
+                     rollout=RolloutConfig(max_model_len=128, **rollout))
+
+
+def test_disaggregated_layouts_pass():
+    assert check_layout(_cfg(placement="disaggregated", num_engines=2, max_staleness=1), 2) == 2
+    assert check_layout(_cfg(), 1) == 1
+
+
+@pytest.mark.parametrize("rollout,match", [
+    (dict(max_staleness=1), r"rollout.max_staleness=1 needs rollout.placement='disaggregated'"),
+    (dict(num_engines=2), r"rollout.num_engines=2 is for rollout.placement='disaggregated'"),
+    (dict(placement="disaggregated", tp_infer=2, executor="external_launcher"), r"rollout.tp_infer must be 1"),
+    (dict(placement="disaggregated", num_engines=5), r"rollout.num_engines=5 exceeds data.global_batch_size=4"),
+])
+def test_refused_layouts_name_the_fields(rollout, match):
+    with pytest.raises(ValueError, match=match):
+        check_layout(_cfg(**rollout), 1)
+
+
+def test_replay_needs_colocated():
+    cfg = dataclasses.replace(_cfg(placement="disaggregated"), replay_experience_dir="somewhere")
+    with pytest.raises(ValueError, match="replay_experience_dir .* rollout.placement='colocated'"):
+        check_layout(cfg, 1)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(placement="remote"), "RolloutConfig.placement must be one of"),
+    (dict(num_engines=0), "RolloutConfig.num_engines must be an int >= 1"),
+    (dict(max_staleness=-1), "RolloutConfig.max_staleness must be an int >= 0"),
+    (dict(timeout_s=0), "RolloutConfig.timeout_s must be > 0"),
+])
+def test_rollout_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RolloutConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(off_policy="is"), "AlgoConfig.off_policy='is'"),
+    (dict(tis_cap=0), "AlgoConfig.tis_cap must be > 0"),
+    (dict(tis_mask_bound=1.0), "AlgoConfig.tis_mask_bound must be None or > 1"),
+])
+def test_off_policy_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        AlgoConfig(**kw)
