@@ -2,7 +2,8 @@
 
 - entropy_dynamics.png: H^rl, H^sft and the offline weight w over steps (the paper's Figure 6);
 - reward.png: mean reward, online and offline accuracy;
-- response_length.png: mean online response length.
+- response_length.png: mean online response length;
+- timeline.png (disaggregated runs, from timeline.json): rollout / train / refit per process over the run.
 Every axis is labelled; legends sit below the axes (outside the data) and figures are saved with
 ``bbox_inches="tight"`` so nothing is cut.
 ``plot_runs_side_by_side`` draws several runs' entropy dynamics in one figure (the preset study).
@@ -88,6 +89,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         ("reward/offline_accuracy", "offline accuracy")), "reward / accuracy", ylim=(-0.05, 1.05)))
     written.append(_lines(plt, records, out / "response_length.png", "Response length", (
         ("response/online_mean_length", "online response length"),), "tokens"))
+    if (Path(run_dir) / "timeline.json").is_file():  # a disaggregated run (docs/ASYNC.md)
+        written.append(plot_timeline(Path(run_dir) / "timeline.json", out / "timeline.png"))
     return written
 
 
@@ -106,5 +109,43 @@ def plot_runs_side_by_side(run_dirs: dict[str, Path], out_path: str | Path) -> P
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out_path
+
+
+_STAGE_COLORS = {"rollout": "tab:blue", "train": "tab:orange", "old_logprobs": "tab:olive", "refit": "tab:green",
+                 "refit gather": "tab:green", "refit broadcast": "tab:cyan", "rollout wait": "lightgrey",
+                 "verify": "tab:purple", "engine start": "black"}
+
+
+def plot_timeline(timeline_json: str | Path, out_path: str | Path) -> Path:
+    """Rollout / train / refit intervals per process over a run (the disaggregated loop's timeline.json,
+    red_megatron/async_rollout.py): one row per process, one colour per stage."""
+    import json
+
+    events = json.loads(Path(timeline_json).read_text())["events"]
+    if not events:
+        raise ValueError(f"{timeline_json} holds no events to plot")
+    plt = _plt()
+    procs = sorted({e["process"] for e in events}, key=lambda p: (not p.startswith("trainer"), p))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(procs)))
+    seen = set()
+    for e in events:
+        if e["stage"] == "engine start":
+            continue
+        y = procs.index(e["process"])
+        label = None if e["stage"] in seen else e["stage"]
+        seen.add(e["stage"])
+        ax.barh(y, e["t1"] - e["t0"], left=e["t0"], height=0.6, color=_STAGE_COLORS.get(e["stage"], "tab:red"),
+                label=label)
+    ax.set_yticks(range(len(procs)), procs)
+    ax.set_xlabel("seconds since the engines were up (rank 0's clock)")
+    ax.set_ylabel("process")
+    ax.set_title("Timeline: rollout / train / refit per process")
+    _legend_below(ax)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out_path

@@ -38,11 +38,14 @@ log = logging.getLogger("red_megatron.trainer")
 
 
 @contextlib.contextmanager
-def _timed(times: dict[str, float], stage: str):
-    """Wall time of one stage of the step, as the metric ``time/<stage>``."""
+def _timed(times: dict[str, float], stage: str, timeline=None, step: int = 0):
+    """Wall time of one stage of the step, as the metric ``time/<stage>`` (and on the run's timeline)."""
     t0 = time.perf_counter()
     yield
-    times[f"time/{stage}"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    times[f"time/{stage}"] = t1 - t0
+    if timeline is not None:
+        timeline.add("trainer", stage, t0, t1, step)
 
 
 def train(cfg: RunConfig) -> dict:
@@ -241,7 +244,8 @@ class _Run:
                 exp = self._experience(self.loader.next_batch())
         tokens, prompt_lens = exp.sequences()
         response_len_B = exp.response_len_B
-        with _timed(times, "old_logprobs"):
+        tl = self.remote.timeline if self.remote is not None and g.rank == 0 else None
+        with _timed(times, "old_logprobs", tl, self.step):
             batch = self.policy.step_batch(tokens, prompt_lens)  # planned once, used by both passes
             logp_old_N, entropy_N = self.policy.logprobs_and_entropy(batch)
         # RED part I: entropies over the global batch (every DP rank's samples), then w.
@@ -255,7 +259,7 @@ class _Run:
         off_metrics = {}
         if self.off_policy:
             terms, off_metrics = self._off_policy_terms(exp, terms, logp_old_N)
-        with _timed(times, "train"):
+        with _timed(times, "train", tl, self.step):
             upd = self.policy.train_step(batch, terms=terms, logp_old_N=logp_old_N)
         if upd["skipped"]:  # a NaN/Inf loss or gradient: the weights were left untouched
             self.skipped_steps += 1

@@ -78,7 +78,15 @@ def test_k1_trains_on_the_previous_version(tmp_path):
         parts = torch.load(exp / f"step{step:06d}.pt", weights_only=False)
         tags = {v for p in parts for v in p.policy_version}
         assert tags == {-1, max(step - 2, 0)}, f"step {step}: version tags {tags}"  # -1: the offline traces
-    assert (run / "timeline.json").is_file()
+    events = json.loads((run / "timeline.json").read_text())["events"]
+    train = [(e["t0"], e["t1"]) for e in events if e["process"] == "trainer" and e["stage"] == "train"]
+    gen = [(e["t0"], e["t1"]) for e in events if e["process"] == "engine 0" and e["stage"] == "rollout"]
+    assert len(train) == 3 and len(gen) == 3
+    # the overlap: a generation ran while the trainer was updating
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in train for b0, b1 in gen), (train, gen)
+    from red_megatron.plots import plot_run
+
+    assert run / "plots" / "timeline.png" in plot_run(run)
     prev = _rescore(run / "checkpoints" / "step_00000001", exp / "step000003.pt")
     cur = _rescore(run / "checkpoints" / "step_00000002", exp / "step000003.pt")
     assert prev["max_gap"] <= 1e-4, f"engine vs trainer at version 1 (the generating one): {prev}"
@@ -130,3 +138,19 @@ def test_killed_engine_stops_the_trainer_and_resume_finishes(tmp_path):
     _train(run, *DISAGG, steps=5)  # resume from the last checkpoint
     again = read_metrics(run)
     assert again[-1]["step"] == 5
+
+
+@pytest.mark.skipif(os.environ.get("RED_ASYNC_DP2", "0") != "1",
+                    reason="2 trainer ranks + 2 engines on this 2-core machine: set RED_ASYNC_DP2=1")
+def test_dp2_two_engines_k1(tmp_path):
+    """Rank 0 gathers both replicas' prompts, spreads them over 2 engines and hands each replica its part."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           *_cmd(run, 3, *DISAGG, "rollout.num_engines=2", "rollout.max_staleness=1")[1:]]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=_TIMEOUT_S, start_new_session=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    recs = read_metrics(run)
+    assert [r["async/staleness"] for r in recs] == [0, 1, 1]
+    hist = json.loads((run / "timeline.json").read_text())["staleness_hist"]
+    assert set(hist) == {"0", "1"} and hist["1"] == 2 * hist["0"]  # 8 prompts x 3 samples a step
