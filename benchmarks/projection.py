@@ -460,6 +460,9 @@ def main(argv=None) -> int:
     ap.add_argument("--impl", default="mcore_sdpa_red", help="which implementation's runs to fit (policy_throughput)")
     ap.add_argument("--report", default=None, help="markdown report path (default reports/projection_<date>.md)")
     ap.add_argument("--json", default=None, help="JSON output path (default reports/projection_<date>.json)")
+    ap.add_argument("--async", dest="async_", action="store_true", help="project asynchronous (one step off, "
+                    "disaggregated) steps against the synchronous ones: reports/projection_async_<date>.md/json "
+                    "(benchmarks/projection_async.py)")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
     date = datetime.date.today().isoformat()
@@ -482,11 +485,30 @@ def main(argv=None) -> int:
                                             peak_bytes=gib_ * GiB, gamma=HF_GAMMA, logit_bytes=4.0,
                                             label=f"megatron stock local spec {b_}×{t_}"), c, "-")]
     out["fit"] = dataclasses.asdict(c)
+    if args.async_:
+        return _async_main(args, here, date, c)
     out["projection"] = [project(SHAPES[name], lay, Workload(), c) for name, lays in CLUSTER_LAYOUTS.items()
                          for lay in lays]
     Path(args.json or here / "reports" / f"projection_{date}.json").write_text(json.dumps(out, indent=1, default=str))
     report = Path(args.report or here / "reports" / f"projection_{date}.md")
     report.write_text(render_report(out, c))
+    print(report.read_text())
+    return 0
+
+
+def _async_main(args, here: Path, date: str, c: Constants) -> int:
+    sys.path.insert(0, str(here))
+    import projection_async
+
+    rows = projection_async.async_table(sys.modules[__name__], c)
+    w = Workload()
+    partial = projection_async.async_table(sys.modules[__name__], c, w=dataclasses.replace(w, resp_max=w.resp_mean))
+    Path(args.json or here / "reports" / f"projection_async_{date}.json").write_text(
+        json.dumps({"date": date, "fit": dataclasses.asdict(c), "hardware": dataclasses.asdict(Hardware()),
+                    "workload": dataclasses.asdict(Workload()), "rows": rows, "partial_rollouts": partial},
+                   indent=1, default=str))
+    report = Path(args.report or here / "reports" / f"projection_async_{date}.md")
+    report.write_text(projection_async.render(rows, date, sys.modules[__name__], partial))
     print(report.read_text())
     return 0
 
