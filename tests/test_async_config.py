@@ -34,6 +34,16 @@ def test_refused_layouts_name_the_fields(rollout, match):
         check_layout(_cfg(**rollout), 1)
 
 
+def test_engine_devices():
+    from red_megatron.rollout.pool import engine_env
+
+    r = RolloutConfig(placement="disaggregated", num_engines=2, engine_devices="6, 7")
+    assert engine_env(0, r) == {"CUDA_VISIBLE_DEVICES": "6"} and engine_env(1, r) == {"CUDA_VISIBLE_DEVICES": "7"}
+    assert engine_env(0, RolloutConfig()) == {}
+    with pytest.raises(ValueError, match="rollout.engine_devices='3' is for rollout.placement='disaggregated'"):
+        check_layout(_cfg(engine_devices="3"), 1)
+
+
 def test_replay_needs_colocated():
     cfg = dataclasses.replace(_cfg(placement="disaggregated"), replay_experience_dir="somewhere")
     with pytest.raises(ValueError, match="replay_experience_dir .* rollout.placement='colocated'"):
@@ -45,6 +55,8 @@ def test_replay_needs_colocated():
     (dict(num_engines=0), "RolloutConfig.num_engines must be an int >= 1"),
     (dict(max_staleness=-1), "RolloutConfig.max_staleness must be an int >= 0"),
     (dict(timeout_s=0), "RolloutConfig.timeout_s must be > 0"),
+    (dict(num_engines=2, engine_devices="6"), r"RolloutConfig.engine_devices='6': expected 2 comma-separated"),
+    (dict(engine_devices="gpu0"), r"RolloutConfig.engine_devices='gpu0'"),
 ])
 def test_rollout_options(kw, match):
     with pytest.raises(ValueError, match=match):

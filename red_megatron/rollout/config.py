@@ -49,6 +49,7 @@ class RolloutConfig:
     max_staleness: int = 0  # k: a trained batch is at most k policy versions old (disaggregated; 0: synchronous)
     timeout_s: float = 600.0  # disaggregated: the longest wait for an engine's reply (generation, refit)
     start_timeout_s: float = 600.0  # disaggregated: the longest wait for an engine to start
+    engine_devices: str | None = None  # disaggregated: "6,7": engine i sees device i of the list only (None: inherit)
 
     def __post_init__(self) -> None:
         if self.tp_infer < 1:
@@ -82,3 +83,8 @@ class RolloutConfig:
         for name in ("timeout_s", "start_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RolloutConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.engine_devices is not None:
+            ids = [d.strip() for d in str(self.engine_devices).split(",")]
+            if not all(d.isdigit() for d in ids) or len(ids) != self.num_engines:
+                raise ValueError(f"RolloutConfig.engine_devices={self.engine_devices!r}: expected {self.num_engines} "
+                                 f"comma-separated device ids, one per engine (rollout.num_engines)")

@@ -42,12 +42,14 @@ def check_placement(*, world_size: int, tp_infer: int, executor: str) -> None:
 
 
 def check_engines(*, placement: str, tp_infer: int, executor: str, num_engines: int, max_staleness: int,
-                  global_batch_size: int) -> None:
+                  global_batch_size: int, engine_devices: str | None = None) -> None:
     """The disaggregated placement's rules (rollout/pool.py, docs/ASYNC.md); ValueError naming the fields."""
     if placement == "colocated":
         if max_staleness > 0:
             raise ValueError(f"rollout.max_staleness={max_staleness} needs rollout.placement='disaggregated' (the "
                              f"colocated engines share the trainer's ranks: nothing can overlap the update)")
+        if engine_devices is not None:
+            raise ValueError(f"rollout.engine_devices={engine_devices!r} is for rollout.placement='disaggregated'")
         if num_engines != 1:
             raise ValueError(f"rollout.num_engines={num_engines} is for rollout.placement='disaggregated'; colocated "
                              f"engines follow the trainer's layout (rollout.tp_infer)")

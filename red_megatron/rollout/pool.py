@@ -23,7 +23,15 @@ from multiprocessing.connection import Listener
 
 import torch
 
-from red_megatron.rollout.remote import AUTHKEY_ENV, broadcast_bytes, bucket_layout, weight_group
+from red_megatron.rollout.remote import AUTHKEY_ENV, _wire_device, broadcast_bytes, bucket_layout, weight_group
+
+
+def engine_env(index: int, rollout_cfg) -> dict[str, str]:
+    """Engine ``index``'s own device (rollout.engine_devices), so that it never shares the trainer's GPUs."""
+    devices = getattr(rollout_cfg, "engine_devices", None)
+    if devices is None:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": str(devices).split(",")[index].strip()}
 
 
 class EngineError(RuntimeError):
@@ -55,7 +63,7 @@ class EnginePool:
             for i in range(num_engines):
                 cmd = [sys.executable, "-m", "red_megatron.rollout.remote", "--address", address, "--index", str(i),
                        "--model-dir", str(model_dir), "--rollout-json", cfg_json, "--parent-pid", str(os.getpid())]
-                penv = dict(os.environ, **(env or {}), **{AUTHKEY_ENV: authkey.hex()})
+                penv = dict(os.environ, **(env or {}), **{AUTHKEY_ENV: authkey.hex()}, **engine_env(i, rollout_cfg))
                 for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                           "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"):
                     penv.pop(k, None)  # an engine is no rank of the trainer's torchrun world
@@ -158,8 +166,8 @@ class EnginePool:
         nbytes = 0
         try:
             for names in self.layout:
-                buf = torch.cat([weights[n].detach().to(self.plan.dtype).contiguous().reshape(-1).view(torch.uint8)
-                                 for n in names])
+                buf = torch.cat([weights[n].detach().to(_wire_device(), self.plan.dtype).contiguous().reshape(-1)
+                                 .view(torch.uint8) for n in names])
                 nbytes += buf.numel()
                 broadcast_bytes(self.pg, buf)
         except RuntimeError as exc:  # gloo: a peer gone or the op past its timeout

@@ -73,6 +73,11 @@ def weight_group(host: str, port: int, rank: int, size: int, timeout_s: float, *
     return dist.ProcessGroupGloo(store, rank, size, timeout)
 
 
+def _wire_device() -> torch.device:
+    """Where weight buffers travel: the GPU under NCCL (never exercised in this project's CPU tests), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def broadcast_bytes(pg, buf: torch.Tensor) -> None:
     """Broadcast a flat uint8 buffer from the group's rank 0 (gloo moves bytes of any dtype this way)."""
     import torch.distributed as dist
@@ -123,7 +128,7 @@ class _Server:
     def _receive(self):
         for names in self.layout:
             sizes = bucket_nbytes(self.plan, names)
-            buf = torch.empty(sum(sizes), dtype=torch.uint8)
+            buf = torch.empty(sum(sizes), dtype=torch.uint8, device=_wire_device())
             broadcast_bytes(self.pg, buf)
             for name, part in zip(names, torch.split(buf, sizes)):
                 yield name, part.view(self.plan.dtype).view(self.plan.shapes[name])
