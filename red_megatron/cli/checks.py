@@ -70,20 +70,24 @@ def check_safetensors_file(path: Path) -> int:
 
 def check_weights(model_dir: Path) -> int:
     """Every safetensors shard the directory names; returns the number of shards checked."""
-    index = model_dir / "model.safetensors.index.json"
+    from red_megatron.hf.safetensors import INDEX, SINGLE, weight_map
+
+    index = model_dir / INDEX
     if index.is_file():
-        wm = read_json_file(index, "weights index").get("weight_map")
-        if not isinstance(wm, dict) or not wm:
+        try:
+            wm = weight_map(model_dir)  # the one index reader
+        except ValueError as e:
+            raise ModelDirError(str(e)) from None
+        if not wm:
             raise ModelDirError(f"unreadable weights index in {index}: expected a non-empty 'weight_map'")
         shards = sorted(set(wm.values()))
         for s in shards:
             if not (model_dir / s).is_file():
                 raise ModelDirError(f"missing weights shard in {model_dir}: {index.name} names {s}, which is absent")
-    elif (model_dir / "model.safetensors").is_file():
-        shards = ["model.safetensors"]
+    elif (model_dir / SINGLE).is_file():
+        shards = [SINGLE]
     else:
-        raise ModelDirError(f"missing weights in {model_dir}: expected model.safetensors or "
-                            f"model.safetensors.index.json")
+        raise ModelDirError(f"missing weights in {model_dir}: expected {SINGLE} or {INDEX}")
     for s in shards:
         check_safetensors_file(model_dir / s)
     return len(shards)
