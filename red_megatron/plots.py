@@ -128,7 +128,7 @@ def plot_timeline(timeline_json: str | Path, out_path: str | Path) -> Path:
         raise ValueError(f"{timeline_json} holds no events to plot")
     plt = _plt()
     procs = sorted({e["process"] for e in events}, key=lambda p: (not p.startswith("trainer"), p))
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(procs)))
+    fig, ax = plt.subplots(figsize=(9, 2.4 + 0.5 * len(procs)))
     seen = set()
     for e in events:
         if e["stage"] == "engine start":
@@ -139,10 +139,12 @@ def plot_timeline(timeline_json: str | Path, out_path: str | Path) -> Path:
         ax.barh(y, e["t1"] - e["t0"], left=e["t0"], height=0.6, color=_STAGE_COLORS.get(e["stage"], "tab:red"),
                 label=label)
     ax.set_yticks(range(len(procs)), procs)
-    ax.set_xlabel("seconds since the engines were up (rank 0's clock)")
+    ax.set_xlabel("seconds since rank 0 started the engines (rank 0's clock)")
     ax.set_ylabel("process")
     ax.set_title("Timeline: rollout / train / refit per process")
-    _legend_below(ax)
+    handles, labels = ax.get_legend_handles_labels()  # below the x label: the axes are short here
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22 - 0.6 / len(procs)), ncol=4,
+              fontsize=8, framealpha=0.9)
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
