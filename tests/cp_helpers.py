@@ -57,3 +57,24 @@ def model_cp_worker(ckpt: str, cp: int, lengths: list[int], tp: int = 1, sequenc
         if cp > 1:
             dist.all_reduce(full, group=groups.cp_group)
     return {"logits": full, "grads": grads}
+
+
+def policy_cp_worker(hf_dir: str, cp: int, tp: int = 1):
+    """The policy's passes at context parallelism ``cp``: per-token log-probs and entropies of a batch of
+    uneven sequences (none a multiple of 2·cp), then one RED update: (logp, entropy, loss, grad norm)."""
+    from red_megatron.algo.contract import LossParams
+    from tests.dist_pool import megatron_parallel
+    from tests.policy_helpers import fixed_batch, hf_policy, red_terms
+
+    with megatron_parallel(tp=tp, cp=cp, seed=5):
+        pol = hf_policy(hf_dir, tp=tp, cp=cp, loss=LossParams(temperature=0.9), micro_batch_tokens=48,
+                        sequence_parallel=False)
+        tokens, prompts = fixed_batch()
+        n = sum(len(t) - p for t, p in zip(tokens, prompts))
+        batch = pol.step_batch(tokens, prompts)
+        logp, ent = pol.logprobs_and_entropy(batch)
+        terms = red_terms(n, seed=3)
+        terms["weight_N"] = terms["weight_N"] / pol.groups.dp_size  # the DP replicas see the same batch
+        out = pol.train_step(batch, terms=terms, logp_old_N=logp - 0.01)
+    return {"logp": logp, "entropy": ent, "loss": out["loss"], "grad_norm": out["grad_norm"],
+            "micro_batches": out.get("micro_batches")}

@@ -84,3 +84,17 @@ def test_localized_micro_batches_cover_every_response_token_once(cp, tp):
             assert tgt == mb.target_M[mb.token_index_M.tolist().index(idx)].item()
         seen += loc.token_index_M.tolist()
     assert sorted(seen) == list(range(batch.num_response_tokens))
+
+
+@pytest.mark.dist
+def test_policy_passes_at_cp2_equal_cp1(dist2, tiny_ckpt_dir):
+    """Per-token log-prob and entropy, the RED loss and the gradient norm of one update, through the
+    policy's own micro-batch planner (packed, uneven lengths padded to 2·CP per sequence)."""
+    from tests.cp_helpers import policy_cp_worker
+
+    ref = dist2.run(policy_cp_worker, str(tiny_ckpt_dir), 1)[0]  # CP=1: the two ranks are DP replicas
+    for r in dist2.run(policy_cp_worker, str(tiny_ckpt_dir), 2):
+        torch.testing.assert_close(r["logp"], ref["logp"], rtol=0, atol=2e-5)
+        torch.testing.assert_close(r["entropy"], ref["entropy"], rtol=0, atol=2e-5)
+        assert r["loss"] == pytest.approx(ref["loss"], rel=1e-5, abs=1e-6)
+        assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
