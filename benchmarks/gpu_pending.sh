@@ -10,19 +10,22 @@
 #   policy      150  policy_throughput.py: 1.5B at 1x8192, Megatron (fused RED loss / megatron CE) vs HF+SDPA,
 #                    then 1.5B 2x4096 and 0.5B 1x8192 of the trainer's path (rows for the projection's fit)
 #   projection   10  projection.py refitted on those rows (CPU work; its error on them is in the JSON)
-#   kernel      140  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
+#   kernel      130  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
 #   refit        50  refit_gpu_bench.py, 1.5B, buckets 256 MiB (the trainer's default) and whole model
-#   step        110  step_throughput.py, RED step stages at 1.5B and 7B; 7B's update needs 127.6 GiB of state at
+#   step        100  step_throughput.py, RED step stages at 1.5B and 7B; 7B's update needs 127.6 GiB of state at
 #                    TP=1, over 0.9 of one GPU, so at 7B only the old-log-prob pass and the refit gather run
+#   cp           20  cp_attention_check.py: context parallelism's per-chunk SDPA (bottom-right causal bias,
+#                    bf16, 1.5B heads, 16k tokens, CP=2 and 4 emulated on one GPU) vs one causal call
 # A part never runs past the call's deadline (GPU_PENDING_TOTAL_S, default 470 s from the start, the
 # wheel install included); one with under GPU_PENDING_MIN_PART_S (15 s, or its budget if smaller) left
 # is skipped and says so.
 # Each part writes its JSON into $OUT as soon as it ends (the benchmarks also save as they go, so a
 # part cut short keeps what it measured); $OUT/summary.json (status and seconds per part) is
 # rewritten after every part, and printed last. The device tool returns at most 8 files from $OUT:
-# this writes 7 (summary.json, gpu_pending.log with every part's output, one JSON per part).
+# this writes 8 (summary.json, gpu_pending.log with every part's output, one JSON per part).
 # A later issue's GPU check joins as one more part: a case in budget, json_of and set_cmd (GPU and smoke
-# commands), its name in ALL_PARTS, within the same total (one file of the 8 is left).
+# commands), its name in ALL_PARTS, within the same total (the 8 files are used: fold a new part's JSON
+# into an existing one or into summary.json).
 #
 # GPU machine (no megatron-core/liger-kernel there, no downloads): carry the wheels in .whl/, made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -31,8 +34,8 @@
 # and run from the repository root (device tool: carry [".whl"]; the copy there has no .git, so name the revision):
 #   GPU_PENDING_REVISION='<git log --oneline -1, run here>' bash benchmarks/gpu_pending.sh all
 set -uo pipefail
-mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|refit|step}"
-ALL_PARTS="policy projection kernel refit step"
+mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|refit|step|cp}"
+ALL_PARTS="policy projection kernel refit step cp"
 case "$mode" in
   all|smoke) parts="${GPU_PENDING_PARTS:-$ALL_PARTS}" ;;
   policy|projection|kernel|refit|step) parts="$mode" ;;
@@ -55,9 +58,11 @@ export RED_BENCH_CSV="${RED_BENCH_CSV:-off}"
 say() { echo "$*" | tee -a "$LOG"; }
 
 # part -> budget (s), the JSON it writes, its command (GPU or smoke)
-budget() { case "$1" in policy) echo 150 ;; projection) echo 10 ;; kernel) echo 140 ;; refit) echo 50 ;; step) echo 110 ;; esac; }
+budget() { case "$1" in policy) echo 150 ;; projection) echo 10 ;; kernel) echo 130 ;; refit) echo 50 ;; step) echo 100 ;;
+  cp) echo 20 ;; esac; }
 json_of() { case "$1" in policy) echo policy_throughput.json ;; projection) echo projection.json ;;
-  kernel) echo kernel_bench.json ;; refit) echo refit_gpu_bench.json ;; step) echo step_throughput.json ;; esac; }
+  kernel) echo kernel_bench.json ;; refit) echo refit_gpu_bench.json ;; step) echo step_throughput.json ;;
+  cp) echo cp_attention.json ;; esac; }
 set_cmd() {  # sets cmd=(script and arguments) for part $1
   local smoke=0; [ "$mode" = smoke ] && smoke=1
   case "$1" in
@@ -87,6 +92,11 @@ set_cmd() {  # sets cmd=(script and arguments) for part $1
           --response 16 --prompt-len 8 --repeats 1 --state-budget-gib 0.008 --fallback-stages old_logprob,refit_stream)
       else
         cmd=(benchmarks/step_throughput.py --out "$OUT" --shapes 1.5b,7b --fallback-stages old_logprob,refit_stream)
+      fi ;;
+    cp) if [ $smoke = 1 ]; then  # context parallelism's per-chunk SDPA (bottom-right causal bias) vs one causal call
+        cmd=(benchmarks/cp_attention_check.py --out "$OUT" --smoke)
+      else
+        cmd=(benchmarks/cp_attention_check.py --out "$OUT" --seq 16384 --cp 2,4)
       fi ;;
   esac
 }

@@ -19,9 +19,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_pending.sh"
-PARTS = ["policy", "projection", "kernel", "refit", "step"]
+PARTS = ["policy", "projection", "kernel", "refit", "step", "cp"]
 JSONS = {"policy": "policy_throughput.json", "projection": "projection.json", "kernel": "kernel_bench.json",
-         "refit": "refit_gpu_bench.json", "step": "step_throughput.json"}
+         "refit": "refit_gpu_bench.json", "step": "step_throughput.json", "cp": "cp_attention.json"}
 
 
 def _run(mode: str, out: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:

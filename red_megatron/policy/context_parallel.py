@@ -84,8 +84,6 @@ def cp_attention_thd(attend, query, key, value, cu_seqlens: list[int], *, cp_ran
     (each length a multiple of 2·CP); ``attend(q, k, v, mask)`` takes [1, H, Lq, D] / [1, H, Lk, D].
     Returns [T_local, Hq, D].
     """
-    from torch.nn.attention.bias import causal_lower_right
-
     k_all, v_all = gather_cp(key, group), gather_cp(value, group)  # [CP, T_local, Hkv, D]
     out = query.new_zeros(query.shape)
     for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:]):
@@ -98,13 +96,25 @@ def cp_attention_thd(attend, query, key, value, cu_seqlens: list[int], *, cp_ran
         c, ls = length // (2 * cp_size), s // cp_size  # chunk size; the sequence's first local row
         k_seq = full_sequence(k_all, ls, length, cp_size)
         v_seq = full_sequence(v_all, ls, length, cp_size)
-        for half, j in enumerate(chunk_ids(cp_rank, cp_size)):
-            rows = slice(ls + half * c, ls + (half + 1) * c)
-            q = query[rows].transpose(0, 1).unsqueeze(0)  # [1, Hq, c, D]
-            kk = k_seq[:(j + 1) * c].transpose(0, 1).unsqueeze(0)
-            vv = v_seq[:(j + 1) * c].transpose(0, 1).unsqueeze(0)
-            out[rows] = attend(q, kk, vv, causal_lower_right(c, (j + 1) * c))[0].transpose(0, 1)
+        out[ls:ls + 2 * c] = chunk_attention(attend, query[ls:ls + 2 * c], k_seq, v_seq, cp_rank=cp_rank,
+                                             cp_size=cp_size)
     return out
+
+
+def chunk_attention(attend, q_local, k_seq, v_seq, *, cp_rank: int, cp_size: int):
+    """One sequence: this rank's two query chunks q_local [2c, Hq, D] against the whole sequence's
+    K/V [L, Hkv, D] (L = 2·CP·c), each chunk j attending to keys [0, (j+1)·c) with the causal
+    diagonal bottom-right. No collective: ``benchmarks/cp_attention_check.py`` runs it on one GPU."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    c = q_local.shape[0] // 2
+    out = []
+    for half, j in enumerate(chunk_ids(cp_rank, cp_size)):
+        q = q_local[half * c:(half + 1) * c].transpose(0, 1).unsqueeze(0)  # [1, Hq, c, D]
+        kk = k_seq[:(j + 1) * c].transpose(0, 1).unsqueeze(0)
+        vv = v_seq[:(j + 1) * c].transpose(0, 1).unsqueeze(0)
+        out.append(attend(q, kk, vv, causal_lower_right(c, (j + 1) * c))[0].transpose(0, 1))
+    return torch.cat(out)
 
 
 def localize_micro_batch(mb, *, cp_rank: int, cp_size: int, tp_multiple: int = 1, pad_id: int = 0):
