@@ -232,6 +232,11 @@ class RemoteRollout:
         self.timeline.add("driver", "refit broadcast", t0, t1, step)
         return stats
 
+    def drain(self) -> None:
+        """Rank 0: wait for the jobs still queued (the last refit), so that a failure there is reported."""
+        if self.g.rank == 0 and self._driver is not None:
+            self._driver.submit(self._guarded, lambda: None).result()
+
     def step_metrics(self, since: float) -> dict:
         """Busy seconds per process and stage since ``since`` (rank 0), and each engine's idle share."""
         if self.g.rank != 0:

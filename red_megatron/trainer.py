@@ -323,6 +323,8 @@ class _Run:
                 self.logger.log(self.step, last)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.steps:
                     self._save()
+            if self.remote is not None:
+                self.remote.drain()  # the last refit's failure, if any, is not lost
             self._save()
             if self.cfg.export_hf:
                 self.policy.export_hf(Path(self.cfg.run_dir) / "hf", tokenizer_dir=self.cfg.model_dir)

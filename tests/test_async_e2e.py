@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,14 +80,26 @@ def test_k1_trains_on_the_previous_version(tmp_path):
         tags = {v for p in parts for v in p.policy_version}
         assert tags == {-1, max(step - 2, 0)}, f"step {step}: version tags {tags}"  # -1: the offline traces
     events = json.loads((run / "timeline.json").read_text())["events"]
-    train = [(e["t0"], e["t1"]) for e in events if e["process"] == "trainer" and e["stage"] == "train"]
+    busy = [(e["t0"], e["t1"]) for e in events if e["process"] == "trainer" and e["stage"] in
+            ("verify", "old_logprobs", "train", "refit gather")]
     gen = [(e["t0"], e["t1"]) for e in events if e["process"] == "engine 0" and e["stage"] == "rollout"]
-    assert len(train) == 3 and len(gen) == 3
-    # the overlap: a generation ran while the trainer was updating
-    assert any(a0 < b1 and b0 < a1 for a0, a1 in train for b0, b1 in gen), (train, gen)
+    assert len(gen) == 3 and sum(e["stage"] == "train" for e in events) == 3
+    # the overlap: a generation ran while the trainer worked on a step (verify, old log-probs, update, gather)
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in busy for b0, b1 in gen), (busy, gen)
     from red_megatron.plots import plot_run
 
     assert run / "plots" / "timeline.png" in plot_run(run)
+    # resume from step 2: the loader ran a batch ahead, yet step 3 trains on the same prompts (regenerated
+    # from the resumed weights: staleness 0 after a resume)
+    resumed, exp2 = tmp_path / "resumed", tmp_path / "exp2"
+    shutil.copytree(run, resumed, ignore=shutil.ignore_patterns("step_00000003", "plots"))
+    (resumed / "checkpoints" / "latest").write_text("step_00000002")
+    _train(resumed, *DISAGG, "rollout.max_staleness=1", f"record_experience_dir={exp2}")
+    again = read_metrics(resumed)
+    assert again[-1]["step"] == 3 and again[-1]["async/staleness"] == 0
+    before = torch.load(exp / "step000003.pt", weights_only=False)[0]
+    after = torch.load(exp2 / "step000003.pt", weights_only=False)[0]
+    assert after.prompt_ids == before.prompt_ids and set(after.policy_version) == {-1, 2}
     prev = _rescore(run / "checkpoints" / "step_00000001", exp / "step000003.pt")
     cur = _rescore(run / "checkpoints" / "step_00000002", exp / "step000003.pt")
     assert prev["max_gap"] <= 1e-4, f"engine vs trainer at version 1 (the generating one): {prev}"
