@@ -24,7 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_util puts the repository root on sys.path
+
+from bench_util import autograd_saved_bytes  # noqa: E402
 
 # hidden, layers (unused: 1 and 2 are built), heads, kv heads, ffn; a small vocabulary (it does not
 # enter the per-layer count)
@@ -55,17 +57,8 @@ def _saved_bytes(groups, shape: str, layers: int, T: int, sp: bool) -> int:
     cu = torch.tensor([0, T], dtype=torch.int32)
     psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
                           cu_seqlens_kv_padded=cu, max_seqlen_q=T, max_seqlen_kv=T)
-    seen: dict = {}
-
-    def pack(t):
-        if not (isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf)):
-            st = t.untyped_storage()
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(tokens[keep].unsqueeze(0), keep.unsqueeze(0), attention_mask=None, packed_seq_params=psp)
-    return sum(seen.values())
+    return autograd_saved_bytes(lambda: model(tokens[keep].unsqueeze(0), keep.unsqueeze(0), attention_mask=None,
+                                              packed_seq_params=psp))
 
 
 def _worker(rank: int, world: int, port: int, shape: str, T: int, out: str) -> None:

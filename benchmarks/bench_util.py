@@ -184,3 +184,19 @@ def rows_beside(json_path, rows: list[dict], meta: dict, config: dict | None = N
     p = Path(json_path)
     csv_path = (Path(where) / p.name if where else p).with_suffix(".csv")
     return append_csv(csv_path, rows, meta, config)
+
+
+def autograd_saved_bytes(run) -> int:
+    """Bytes autograd saves for the backward while ``run()`` executes: unique storages, parameters and
+    leaf inputs excluded (a device-independent account of activation memory)."""
+    seen: dict = {}
+
+    def pack(t):
+        if not (isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf)):
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(seen.values())

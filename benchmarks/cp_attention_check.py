@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_util puts the repository root on sys.path
 
-from benchmarks.bench_util import run_meta, sync  # noqa: E402
+from bench_util import run_meta, sync  # noqa: E402
 from red_megatron.policy.context_parallel import chunk_attention, local_positions  # noqa: E402
 
 

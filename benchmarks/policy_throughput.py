@@ -35,7 +35,8 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_util import SHAPES, hf_config_dict, rows_beside, run_meta, time_ms  # noqa: E402,F401  (sys.path, TRITON_INTERPRET)
+from bench_util import (SHAPES, autograd_saved_bytes, hf_config_dict, rows_beside, run_meta,  # noqa: E402,F401
+                        time_ms)  # (sys.path, TRITON_INTERPRET)
 
 PEAK_FLOPS = 989e12
 GiB = 1024 ** 3
@@ -236,17 +237,8 @@ def saved_bytes_per_token(shape: str, T: int, fused: bool) -> dict:
                         options=ModelOptions(attention="sdpa", fused_kernels=fused))[0]
         tok = torch.randint(0, cfg["vocab_size"], (1, T), device=_device())
         pos = torch.arange(T, device=_device()).unsqueeze(0)
-        seen: dict = {}
-
-        def pack(t):
-            if not (isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf)):
-                st = t.untyped_storage()
-                seen[st.data_ptr()] = st.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            m(tok, pos, attention_mask=None)  # logits only: the fused loss keeps no [N, V] copy
-        return sum(seen.values())
+        # logits only: the fused loss keeps no [N, V] copy
+        return autograd_saved_bytes(lambda: m(tok, pos, attention_mask=None))
 
     one, two = count(1), count(2)
     return {"shape": shape, "T": T, "fused": fused, "per_layer_per_token": (two - one) / T,

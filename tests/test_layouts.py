@@ -17,14 +17,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from red_megatron.metrics import read_metrics
+from tests.procs import run_in_session
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -53,16 +52,9 @@ def _train(run_dir: Path, nproc: int, *overrides: str, checkpoint_every: int = 0
     else:
         cmd = [sys.executable, *cmd]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    # own session: on a timeout every rank dies instead of one waiting forever for its peer
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(overrides)}: killed after {_TIMEOUT_S:.0f} s (a hang?)\n{out[-4000:]}")
-    assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{out[-6000:]}"
+    rc, out, _ = run_in_session(cmd, timeout=_TIMEOUT_S, what=" ".join(overrides) or "1 process", env=env, cwd=ROOT,
+                                merge_output=True)
+    assert rc == 0, f"train failed ({rc}):\n{out[-6000:]}"
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ torchrun entry point): vLLM binds threads and NUMA memory in the processes it ru
 """
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,16 +30,10 @@ def test_tp2_external_launcher_refit(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
            str(ckpt), str(out)]
-    # own session: on a timeout the ranks die with torchrun instead of waiting forever on their peer
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"2-rank vLLM run exceeded {_TIMEOUT_S} s and was killed\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-6000:]
+    from tests.procs import run_in_session
+
+    rc, stdout, stderr = run_in_session(cmd, timeout=_TIMEOUT_S, what="2-rank vLLM run", env=env)
+    assert rc == 0, stdout[-3000:] + stderr[-6000:]
     res = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     for r in res:
         assert r["greedy_before"] == r["hf_greedy_before"]
