@@ -117,6 +117,10 @@ def main(argv=None) -> int:
         (rep / f"activation_memory_{day}.json").write_text(json.dumps({"shape": args.shape, "tokens": args.tokens,
                                                                        "rows": rows}, indent=1))
         (rep / f"activation_memory_{day}.md").write_text("\n".join(lines) + "\n")
+        from bench_util import rows_beside, run_meta
+
+        rows_beside(rep / f"activation_memory_{day}.json", rows, run_meta(benchmark="activation_memory"),
+                    config={"shape": args.shape, "tokens": args.tokens})
     return 0
 
 

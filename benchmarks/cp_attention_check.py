@@ -99,6 +99,9 @@ def main(argv=None) -> int:
            "ok": all(max(r[k] for k in r if k.endswith("_rel_err")) <= tol for r in rows)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "cp_attention.json").write_text(json.dumps(res, indent=1))
+    from bench_util import rows_beside
+
+    rows_beside(Path(args.out) / "cp_attention.json", rows, res["meta"], config=vars(args))
     for r in rows:
         print(f"cp={r['cp']} seq={r['seq']}: out {r['out_rel_err']:.2e} dq {r['dq_rel_err']:.2e} dk "
               f"{r['dk_rel_err']:.2e} dv {r['dv_rel_err']:.2e}; chunks {r['chunks_fwd_bwd_ms']:.1f} ms vs one causal "

@@ -176,6 +176,12 @@ def write(res: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"grader_{res['date']}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_util, however this module was loaded
+    from bench_util import rows_beside, run_meta
+
+    rows_beside(stem.with_suffix(".json"), [{"benchmark": b, "when": w, **v} for w in ("before", "after")
+                                            for b, v in res[w].items() if isinstance(v, dict)],
+                run_meta(benchmark="grader_report"))
     pct = lambda a, b: f"{100.0 * a / b:.1f}% ({a}/{b})" if b else "-"
     lines = [f"# Grader: false accepts and false rejects, before and after ({res['date']})", "",
              f"Machine: {res['machine']}. RewardScorer with {res['workers']} workers, timeout_s {res['timeout_s']}, "

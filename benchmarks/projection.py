@@ -489,7 +489,12 @@ def main(argv=None) -> int:
         return _async_main(args, here, date, c)
     out["projection"] = [project(SHAPES[name], lay, Workload(), c) for name, lays in CLUSTER_LAYOUTS.items()
                          for lay in lays]
-    Path(args.json or here / "reports" / f"projection_{date}.json").write_text(json.dumps(out, indent=1, default=str))
+    json_path = Path(args.json or here / "reports" / f"projection_{date}.json")
+    json_path.write_text(json.dumps(out, indent=1, default=str))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_util, however this module was loaded
+    from bench_util import rows_beside, run_meta
+
+    rows_beside(json_path, out["projection"], run_meta(benchmark="projection"), config=out["fit"])
     report = Path(args.report or here / "reports" / f"projection_{date}.md")
     report.write_text(render_report(out, c))
     print(report.read_text())

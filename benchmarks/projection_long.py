@@ -145,6 +145,9 @@ def main(argv=None) -> int:
         day = datetime.date.today().isoformat()
         (REPORTS / f"projection_long_{day}.md").write_text(text)
         (REPORTS / f"projection_long_{day}.json").write_text(json.dumps({"factors": f, "rows": rows}, indent=1))
+        from bench_util import rows_beside, run_meta
+
+        rows_beside(REPORTS / f"projection_long_{day}.json", rows, run_meta(benchmark="projection_long"), config=f)
     return 0
 
 

@@ -164,6 +164,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"refit_bench_cpu_{args.size}_{args.dtype}_{result['date']}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_util, however this module was loaded
+    from bench_util import rows_beside, run_meta
+
+    rows_beside(path, rows, run_meta(benchmark="refit_bench"), config=vars(args))
     print(f"{'bucket MiB':>10} {'buckets':>7} {'median ms':>9} {'min ms':>7} {'GB/s':>5} {'peak extra MiB':>14} "
           f"{'bound MiB':>9}")
     for r in rows:
