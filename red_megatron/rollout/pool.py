@@ -143,13 +143,14 @@ class EnginePool:
     # --- weights --------------------------------------------------------------------------------------
     def join_weights(self, plan) -> None:
         """Open the weight channel (rank 0 of it here) and hand every engine the plan, once."""
+        import datetime
+
         import torch.distributed as dist
 
         size = len(self.engines) + 1
-        store = dist.TCPStore(self.host, 0, size, is_master=True,
-                              timeout=__import__("datetime").timedelta(seconds=self.timeout_s),
-                              wait_for_workers=False)
-        self._store = store
+        # the store lives as long as the pool (the group's peers may reconnect through it)
+        self._store = store = dist.TCPStore(self.host, 0, size, is_master=True,
+                                            timeout=datetime.timedelta(seconds=self.timeout_s), wait_for_workers=False)
         for i, e in enumerate(self.engines):
             self._send(e, "join_weights", host=self.host, port=store.port, rank=i + 1, size=size,
                        timeout_s=self.timeout_s, plan=plan)

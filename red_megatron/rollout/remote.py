@@ -133,9 +133,6 @@ class _Server:
             for name, part in zip(names, torch.split(buf, sizes)):
                 yield name, part.view(self.plan.dtype).view(self.plan.shapes[name])
 
-    def _die(self, **_):  # tests only: a crash with a traceback, not a kill
-        raise RuntimeError("engine asked to fail")
-
 
 def _watch_parent(parent: int) -> None:
     """Exit when the trainer process that started us is gone (no orphan engines)."""
