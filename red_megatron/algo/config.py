@@ -36,6 +36,9 @@ class AlgoConfig:
     off_policy: Literal["auto", "none", "tis"] = "auto"
     tis_cap: float = 2.0  # C of the truncated importance weight min(π_old/π_behaviour, C)
     tis_mask_bound: float | None = None  # mask samples whose geometric-mean ratio leaves [1/bound, bound]
+    # w held at this value every step instead of the preset's (1.0, or Eq. 9's): the `red_wconst` control
+    # of STUDY_DESIGN §6.5 (red with w fixed at red's mean w). The regulator still logs ΔH^rl, ΔH^sft.
+    fixed_w: float | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -69,6 +72,8 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.tis_cap must be > 0, got {self.tis_cap}")
         if self.tis_mask_bound is not None and not self.tis_mask_bound > 1:
             raise ValueError(f"AlgoConfig.tis_mask_bound must be None or > 1, got {self.tis_mask_bound}")
+        if self.fixed_w is not None and not (isinstance(self.fixed_w, (int, float)) and 0 < self.fixed_w < float("inf")):
+            raise ValueError(f"AlgoConfig.fixed_w must be None or a finite number > 0, got {self.fixed_w!r}")
         for stage in preset_stages(self.preset):
             std = stage.std_normalize if self.std_normalize is None else self.std_normalize
             group = self.num_online * int(stage.online) + int(stage.with_offline)

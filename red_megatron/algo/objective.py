@@ -52,6 +52,7 @@ class RedObjective:
     group_size: int
     params: LossParams  # the loss's scalars, frozen and validated (temperature included)
     assume_offline_correct: bool = False
+    fixed_w: float | None = None  # AlgoConfig.fixed_w: w held constant (the regulator, if any, still updates)
 
     def rewards(self, rewards_B: torch.Tensor, is_offline_B: torch.Tensor) -> torch.Tensor:
         """The rewards the algorithm uses: the trace's own score, or 1 (offline_reward='assume_one')."""
@@ -60,8 +61,9 @@ class RedObjective:
         return torch.where(is_offline_B, torch.ones_like(rewards_B), rewards_B)
 
     def offline_weight(self, stats: EntropyStats) -> float:
-        """w_t for this step: the regulator's (Eq. 9) or 1. Call exactly once per optimiser step."""
-        return 1.0 if self.regulator is None else self.regulator.update(stats.h_rl, stats.h_sft)
+        """w_t for this step: fixed_w if set, else the regulator's (Eq. 9) or 1. Call exactly once per step."""
+        w = 1.0 if self.regulator is None else self.regulator.update(stats.h_rl, stats.h_sft)
+        return w if self.fixed_w is None else float(self.fixed_w)
 
     def token_terms(
         self,
@@ -148,4 +150,5 @@ def build_objective(cfg: AlgoConfig, stage: Preset | None = None) -> RedObjectiv
         params=LossParams(temperature=cfg.temperature, eps_lo=cfg.eps_lo, eps_hi=cfg.eps_hi,
                           luffy_gamma=cfg.luffy_gamma, entropy_coef=cfg.entropy_coef, kl_coef=cfg.kl_coef),
         assume_offline_correct=cfg.offline_reward == "assume_one",
+        fixed_w=cfg.fixed_w,
     )
