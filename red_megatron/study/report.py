@@ -1,0 +1,108 @@
+"""The chain study's dated report: the Table 2 analog, paired Δ vs red, pass@k, Wait stages, the scorecard.
+
+``write_report(out, configs, seeds, report_md, meta, test_path)`` reads whatever cells are finished, so it is
+called after every cell (a partial report while the study runs) and once at the end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from red_megatron.study.analysis import PASS_KS, STAGES, chance_pass_at_k, mean
+from red_megatron.study.claims import MIN_SEEDS, scorecard
+from red_megatron.study.collect import deltas_vs_red, load_study, metric, pass_table, table_rows
+from red_megatron.study.figures import all_figures
+
+BAND_COLS = ("chain_easy", "chain_medium", "chain_hard", "overall")
+
+
+def _ms(x, fmt=".1f") -> str:
+    m, s = x if isinstance(x, tuple) else (x, None)
+    if m is None:
+        return "–"
+    return format(m, fmt) if not s else f"{format(m, fmt)} ± {format(s, fmt)}"
+
+
+def main_table(rows: list[dict]) -> list[str]:
+    head = ["Model", "n"] + [f"{b.removeprefix('chain_').capitalize()} {x}" for b in BAND_COLS for x in ("Acc", "LEN")]
+    head += ["trunc %", "replay %", "checks/resp", "rollout tok", "trained tok", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in rows:
+        cells = [r["config"], str(r["n"])]
+        for b in BAND_COLS:
+            cells += [_ms(r[f"{b}/acc"]), _ms(r[f"{b}/len"], ".0f")]
+        cells += [_ms(r["trunc"]), _ms(r["replay"]), _ms(r["checks"], ".2f"), _ms(r["rollout_tok"], ".3g"),
+                  _ms(r["trained_tok"], ".3g"), _ms(r["wall_s"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def delta_lines(deltas: dict) -> list[str]:
+    out = []
+    for c, d in deltas.items():
+        if d["n"]:
+            out.append(f"- `{c}` {d['mean']:+.1f} ± {d['std']:.1f} ({d['above']}/{d['n']} seeds above red)")
+    return out
+
+
+def passk_lines(passk: dict) -> list[str]:
+    head = ["Model", "band"] + [f"pass@{k}" for k in PASS_KS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(PASS_KS)) + "|"]
+    for c, d in passk.items():
+        for band, vals in d.items():
+            lines.append("| " + " | ".join([c, band] + [_ms(vals.get(k)) for k in PASS_KS]) + " |")
+    lines.append("| chance | any | " + " | ".join(f"{chance_pass_at_k(k):.2f}" for k in PASS_KS) + " |")
+    return lines
+
+
+def wait_lines(study: dict) -> list[str]:
+    lines = ["| Model | " + " | ".join(STAGES) + " |", "|---|" + "---:|" * len(STAGES)]
+    for c in study["configs"]:
+        vals = [mean(list(metric(study, c, "overall", "wait", st).values())) for st in STAGES]
+        if any(v is not None for v in vals):
+            lines.append(f"| {c} | " + " | ".join(_ms(v, ".2f") for v in vals) + " |")
+    return lines
+
+
+def render(study: dict, meta: dict, figs: dict[str, str], claims: list[dict]) -> str:
+    rows = table_rows(study)
+    done = sum(len(v) for v in study["cells"].values())
+    want = len(study["configs"]) * len(study["seeds"])
+    status = "complete" if done >= want else f"PARTIAL: {done} of {want} (config, seed) cells finished"
+    ranked = sorted((r for r in rows if r["overall/acc"][0] is not None and r["config"] != "base"),
+                    key=lambda r: -r["overall/acc"][0])
+    lines = [f"# Chain study: {meta['title']} ({meta['date']})", "", f"Status: **{status}**.", "",
+             meta["setup"], "",
+             "## Table 2 analog (held-out chain_test, avg@16 at T=0.6; mean ± std over seeds)", "", *main_table(rows),
+             "", "Order by overall accuracy: " + " > ".join(f"{r['config']} ({r['overall/acc'][0]:.1f})"
+                                                            for r in ranked), "",
+             "Paired Δ overall accuracy vs `red` (same seed; points):", "", *(delta_lines(deltas_vs_red(study))
+                                                                             or ["- (no paired seeds yet)"]), "",
+             "Overall = the unweighted mean of the three bands (the paper's Avg.). LEN = mean response tokens; "
+             "trunc = responses at the 224-token limit; replay = responses holding the teacher's replay sentence; "
+             "checks/resp = `Wait, let me check:` per response. Compute: rollout tok = online samples' tokens, "
+             "trained tok = online + trace tokens, wall s = the training process (sft_then_grpo: both stages, 2× "
+             "the steps). G = 3 online + 1 offline: r̄ ∈ {0, ⅓, ⅔, 1} and w ∈ [1, 3].", "",
+             "## pass@k (unbiased estimator from n = 16; mean over seeds)", "", *passk_lines(pass_table(study)), "",
+             "## Wait markers per response by chain stage (Figure 5 analog)", "", *wait_lines(study), "",
+             f"## Claim scorecard (STUDY_DESIGN §6.7; paired rules need {MIN_SEEDS} seeds)", "",
+             "| claim | verdict | numbers |", "|---|---|---|"]
+    lines += [f"| {c['id']} {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in claims]
+    if figs:
+        lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in figs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, configs: list[str], seeds: list[int], report_md: Path, meta: dict,
+                 test_path: Path | None = None) -> dict:
+    """Analyse every finished cell of the study at ``out``; write report_md, its .json and PNGs beside it."""
+    study = load_study(out, configs, seeds, test_path)
+    claims = scorecard(study)
+    report_md = Path(report_md)
+    figs = all_figures(study, pass_table(study), report_md.parent, report_md.stem)
+    report_md.write_text(render(study, meta, figs, claims))
+    summary = {"meta": meta, "configs": study["configs"], "seeds": seeds, "claims": claims,
+               "table": table_rows(study), "deltas_vs_red": deltas_vs_red(study), "passk": pass_table(study),
+               "cells": {c: {str(s): {k: v for k, v in cell.items() if k != "series"} for s, cell in d.items()}
+                         for c, d in study["cells"].items()}}
+    report_md.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
