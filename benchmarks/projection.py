@@ -88,14 +88,21 @@ class Shape:
         return 2 * 2 * self.layers * self.kv_heads * self.head_dim
 
 
-SHAPES = {s.name: s for s in (
-    Shape(name="0.5B", layers=24, hidden=896, ffn=4864, heads=14, kv_heads=2, vocab=151936, tied=True),
-    Shape(name="1.5B", layers=28, hidden=1536, ffn=8960, heads=12, kv_heads=2, vocab=151936, tied=True),
-    Shape(name="3B", layers=36, hidden=2048, ffn=11008, heads=16, kv_heads=2, vocab=151936, tied=True),
-    Shape(name="7B", layers=28, hidden=3584, ffn=18944, heads=28, kv_heads=4, vocab=152064, tied=False),
-    Shape(name="14B", layers=48, hidden=5120, ffn=13824, heads=40, kv_heads=8, vocab=152064, tied=False),
-    Shape(name="32B", layers=64, hidden=5120, ffn=27648, heads=40, kv_heads=8, vocab=152064, tied=False),
-)}
+def _shapes() -> dict[str, Shape]:
+    """The model shapes of benchmarks/bench_util.SHAPES (the one table), as this model's Shape."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_util import SHAPES as TABLE
+
+    out = {}
+    for key, (h, L, nh, kv, f, V, tied) in TABLE.items():
+        if key.startswith("smoke"):
+            continue
+        name = key.upper()  # "1.5b" -> "1.5B"
+        out[name] = Shape(name=name, layers=L, hidden=h, ffn=f, heads=nh, kv_heads=kv, vocab=V, tied=tied)
+    return out
+
+
+SHAPES = _shapes()
 
 
 # ----------------------------------------------------------------------------------------------- hardware
