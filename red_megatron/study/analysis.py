@@ -70,9 +70,13 @@ def wait_stages(text: str) -> dict[str, int]:
     counts = dict.fromkeys(STAGES, 0)
     lines, end = [], len(text)
     rep = text.find(REPLAY)
+    last = None
     for m in _LINE.finditer(text):
         if rep >= 0 and m.start() >= rep:
             break
+        if m.group(1) == last:  # a check's restated line ("Yes, j|abc") is not a new line
+            continue
+        last = m.group(1)
         lines.append(m.start())
         if int(m.group(1)) == 0:
             end = m.end()
