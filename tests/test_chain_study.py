@@ -277,3 +277,27 @@ def test_sft_then_grpo_weights_do_not_depend_on_dp_size_or_micro_batches(stage_i
         edges = [0, *cuts, N]
         total = sum(float(loss(full.select(torch.arange(a, b)), torch.arange(a, b))) for a, b in zip(edges, edges[1:]))
         assert total == pytest.approx(float(loss(full)), rel=1e-9)
+
+
+def test_script_refuses_bad_input_and_ranks_failed_bases(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    import configs.chain_cpu
+
+    spec = importlib.util.spec_from_file_location("chain_study", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "chain_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--gpu"]) == 2 and "--gpu needs --base" in capsys.readouterr().err
+    assert mod.main(["--base", str(tmp_path), "--analyze-only"]) == 2
+    assert "not an HF checkpoint directory" in capsys.readouterr().err
+    gate = {"checks": [{"name": "easy (k<=3) greedy", "value": 96.9}, {"name": "k=4 pass@1 (T=1)", "value": 89.6},
+                       {"name": "k>=6 pass@32 (T=1)", "value": 0.8}]}
+    assert mod.gate_distance(gate) == pytest.approx(4.6)
+    gate["checks"][1]["value"] = 12.6
+    gate["checks"][2]["value"] = 5.0
+    assert mod.gate_distance(gate) == pytest.approx(17.4 + 2.0)
+    monkeypatch.setattr(configs.chain_cpu, "chain_data", lambda task: {"train": "T", "test": f"w{task.width}"})
+    ov = mod.gpu_overrides(300)
+    assert "data.path=T" in ov and "eval.data_path=w4" in ov
+    assert "algo.num_online=7" in ov and "data.global_batch_size=64" in ov and "policy.min_lr_ratio=0.1" in ov
