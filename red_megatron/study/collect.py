@@ -86,7 +86,7 @@ def table_rows(study: dict) -> list[dict]:
                 row[f"{band}/{key}"] = mean_std(list(metric(study, c, band, key).values()))
         for key in ("trunc", "replay", "checks"):
             row[key] = mean_std(list(metric(study, c, "overall", key).values()))
-        for key in ("rollout_tok", "trained_tok", "wall_s"):
+        for key in ("rollout_tok", "trained_tok", "step_s", "wall_s"):
             row[key] = mean_std([x.get("compute", {}).get(key) for x in evald.values()])
         rows.append(row)
     return rows

@@ -24,14 +24,14 @@ def _ms(x, fmt=".1f") -> str:
 
 def main_table(rows: list[dict]) -> list[str]:
     head = ["Model", "n"] + [f"{b.removeprefix('chain_').capitalize()} {x}" for b in BAND_COLS for x in ("Acc", "LEN")]
-    head += ["trunc %", "replay %", "checks/resp", "rollout tok", "trained tok", "wall s"]
+    head += ["trunc %", "replay %", "checks/resp", "rollout tok", "trained tok", "step s", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
         cells = [r["config"], str(r["n"])]
         for b in BAND_COLS:
             cells += [_ms(r[f"{b}/acc"]), _ms(r[f"{b}/len"], ".0f")]
         cells += [_ms(r["trunc"]), _ms(r["replay"]), _ms(r["checks"], ".2f"), _ms(r["rollout_tok"], ".3g"),
-                  _ms(r["trained_tok"], ".3g"), _ms(r["wall_s"], ".0f")]
+                  _ms(r["trained_tok"], ".3g"), _ms(r["step_s"], ".0f"), _ms(r["wall_s"], ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -80,7 +80,7 @@ def render(study: dict, meta: dict, figs: dict[str, str], claims: list[dict]) ->
              "Overall = the unweighted mean of the three bands (the paper's Avg.). LEN = mean response tokens; "
              "trunc = responses at the 224-token limit; replay = responses holding the teacher's replay sentence; "
              "checks/resp = `Wait, let me check:` per response. Compute: rollout tok = online samples' tokens, "
-             "trained tok = online + trace tokens, wall s = the training process (sft_then_grpo: both stages, 2× "
+             "trained tok = online + trace tokens (all from metrics.jsonl), step s = the sum of the steps' rollout, log-prob, train and refit seconds (metrics.jsonl), wall s = the training process with its start-up (sft_then_grpo: both stages, 2× "
              "the steps). G = 3 online + 1 offline: r̄ ∈ {0, ⅓, ⅔, 1} and w ∈ [1, 3].", "",
              "## pass@k (unbiased estimator from n = 16; mean over seeds)", "", *passk_lines(pass_table(study)), "",
              "## Wait markers per response by chain stage (Figure 5 analog)", "", *wait_lines(study), "",
