@@ -265,7 +265,8 @@ def summarize(run: dict, stages: tuple[str, ...]) -> dict:
         "gen_tokens_per_step": gen / len(steady), "trained_tokens_per_step": trained / len(steady),
         "first_step_s": recs[0]["time"] - run["t_launch"], "exit_s": run["t_exit"] - recs[-1]["time"],
         "total_s": run["t_exit"] - run["t_launch"], "peak_rss_gib": run["peak_rss_gib"],
-        "stages_s": {s: med([r.get(s, 0.0) for r in steady]) for s in stages},
+        "stages_s": {**{s: med([r.get(s, 0.0) for r in steady]) for s in stages},
+                     **({"other": med([t - r["staged"] for t, r in zip(step_s, steady)])} if "staged" in recs[0] else {})},
         # CPU seconds a steady step (the whole tree): far less sensitive than wall time to a shared machine
         "cpu_step_s": med([cpu_at(ser, b["time"]) - cpu_at(ser, a["time"]) for a, b in zip(recs, recs[1:])])
         if (ser := run.get("cpu_series")) else None,
@@ -402,10 +403,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         for pair in range(a.pairs):
             for side in ("ours", "trl"):  # interleaved: ours, TRL, ours, TRL, ...
                 res_path = d / f"{side}_{pair}.json"
-                if res_path.exists() and not a.fresh:
-                    runs[side].append(json.loads(res_path.read_text()))
-                    continue
                 rd = d / f"{side}_{pair}"
+                if res_path.exists() and not a.fresh:  # finished: summarised again from its raw records
+                    raw_path = rd / "records.json"
+                    runs[side].append(summarize(json.loads(raw_path.read_text()), OUR_STAGES if side == "ours"
+                                                else TRL_STAGES) if raw_path.exists() else
+                                      json.loads(res_path.read_text()))
+                    continue
                 rd.mkdir(parents=True, exist_ok=True)
                 la = os.getloadavg()
                 print(f"[peer_trl] {name} pair {pair + 1}/{a.pairs} {side} (load {la[0]:.1f}) ...", flush=True)

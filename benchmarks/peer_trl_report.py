@@ -7,6 +7,8 @@ from pathlib import Path
 
 from peer_trl import OUR_STAGES, TRL_STAGES
 
+NOTES = "## What the numbers say"
+
 
 def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
     """peer_trl_<date>.json and .md in out_dir (all figures min / median over the pairs)."""
@@ -52,10 +54,12 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         for label, k, fmt in (x for x in rows if x[1] in o and x[1] in t):
             L.append(f"| {label} | {f(o, k, fmt)} | {f(t, k, fmt)} | {o[k]['median'] / max(t[k]['median'], 1e-12):.2f} |")
         L += ["", "Stages of a steady step, median (s): ours " + ", ".join(
-            f"{s} {o['stages_s'][s]['median']:.3f}" for s in OUR_STAGES) + f" (other "
-              f"{o['step_s']['median'] - sum(o['stages_s'][s]['median'] for s in OUR_STAGES):.3f}); TRL " + ", ".join(
+            f"{s} {v['median']:.3f}" for s, v in o["stages_s"].items()) + "; TRL " + ", ".join(
             f"{s} {t['stages_s'][s]['median']:.3f}" for s in TRL_STAGES) +
               " (TRL's rollout holds generate + reward + its advantages; its train is the rest of the step).", ""]
-    stem.with_suffix(".md").write_text("\n".join(L) + "\n")
+    md = stem.with_suffix(".md")
+    old = md.read_text() if md.exists() else ""
+    keep = old[old.index(NOTES):] if NOTES in old else ""  # a hand-written reading of the numbers survives reruns
+    md.write_text("\n".join(L) + "\n" + (("\n" + keep) if keep else ""))
     print(f"[peer_trl] wrote {stem}.json and .md", flush=True)
     return stem.with_suffix(".json"), stem.with_suffix(".md")

@@ -73,7 +73,8 @@ def test_quick_run_does_the_same_work_on_both_sides(tmp_path):
     prompt_ours = ours["trained_tokens_per_step"] - ours["gen_tokens_per_step"]
     prompt_trl = trl["trained_tokens_per_step"] - trl["gen_tokens_per_step"]
     assert prompt_ours == pytest.approx(prompt_trl, abs=0.5) and prompt_ours > 8 * 4
-    assert set(ours["stages_s"]) == {"rollout", "old_logprobs", "train", "refit"}
+    assert set(ours["stages_s"]) == {"rollout", "old_logprobs", "train", "refit", "other"}
+    assert ours["cpu_step_s"] > 0 and trl["cpu_step_s"] > 0
     assert res["meta"]["trl_venv"]["torch"].startswith("2.13.0") and res["meta"]["trl_venv"]["trl"]
     md = js.with_suffix(".md").read_text()
     assert "| step, steady state (s) |" in md and "under load" in md
