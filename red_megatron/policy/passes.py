@@ -119,6 +119,9 @@ def logprob_pass(chunks: list, batch: StepBatch, *, groups: ParallelGroups, voca
         c.eval()
     with torch.no_grad():
         _run_schedule(chunks, batch.micro_batches, partial(_forward_step, groups.device, loss_fn), forward_only=True)
+    if groups.cp_size > 1:  # each response token was computed by exactly one CP rank (zeros elsewhere)
+        dist.all_reduce(logp_N, group=groups.cp_group)
+        dist.all_reduce(ent_N, group=groups.cp_group)
     if groups.pp_size > 1:  # only the last stage has logits: share its results with the pipeline
         dist.broadcast(logp_N, src=groups.pp_last_rank, group=groups.pp_group)
         dist.broadcast(ent_N, src=groups.pp_last_rank, group=groups.pp_group)
@@ -159,8 +162,8 @@ def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: Par
     tot = torch.stack(stats).sum(0) if stats else torch.zeros(4, device=groups.device)
     if groups.pp_size > 1:
         dist.all_reduce(tot, group=groups.pp_group)
-    if groups.dp_size > 1:
-        dist.all_reduce(tot, group=groups.dp_group)
+    if groups.dp_size * groups.cp_size > 1:  # CP ranks hold disjoint tokens of the same sequences
+        dist.all_reduce(tot, group=groups.dp_cp_group)
     loss_sum, clipped, n_online, n_bad = tot.tolist()
     return {"loss": loss_sum, "clip_frac": clipped / n_online if n_online > 0 else 0.0,
             "loss_finite": n_bad == 0}

@@ -26,6 +26,7 @@ from red_megatron.algo.contract import LossParams, TokenTerms
 from red_megatron.policy.batching import SequenceBatch, StepBatch, plan_micro_batches
 from red_megatron.policy.checkpoint import LoadInfo, load_checkpoint, resolve_checkpoint, save_checkpoint
 from red_megatron.policy.config import PolicyConfig
+from red_megatron.policy.context_parallel import localize_micro_batch
 from red_megatron.policy.optim import (OptimSettings, build_optimizer, build_scheduler, current_lr, optimizer_step,
                                        wrap_ddp, zero_grads)
 from red_megatron.policy.parallel import ParallelGroups
@@ -58,9 +59,12 @@ class MegatronPolicy:
 
         if not chunks:
             raise ValueError("MegatronPolicy needs at least one model chunk")
-        if (groups.tp_size, groups.pp_size) != (cfg.tp, cfg.pp):
-            raise ValueError(f"the model-parallel groups are tp={groups.tp_size} pp={groups.pp_size}, PolicyConfig "
-                             f"asks for policy.tp={cfg.tp} policy.pp={cfg.pp}")
+        if (groups.tp_size, groups.pp_size, groups.cp_size) != (cfg.tp, cfg.pp, cfg.cp):
+            raise ValueError(f"the model-parallel groups are tp={groups.tp_size} pp={groups.pp_size} "
+                             f"cp={groups.cp_size}, PolicyConfig asks for policy.tp={cfg.tp} policy.pp={cfg.pp} "
+                             f"policy.cp={cfg.cp}")
+        # the layout of the chunks as built (from_hf builds them from cfg.use_sequence_parallel)
+        self.sequence_parallel = bool(get_model_config(chunks[0]).sequence_parallel)
         self.groups = groups
         self.cfg = cfg
         self.loss = LossParams() if loss is None else loss
@@ -101,9 +105,11 @@ class MegatronPolicy:
         if parallel.is_initialized():  # e.g. a test's worker pool initialised the groups already
             groups = parallel.current()
         else:
-            groups = parallel.init_model_parallel(tp=cfg.tp, pp=cfg.pp, seed=cfg.seed if seed is None else seed)
+            groups = parallel.init_model_parallel(tp=cfg.tp, pp=cfg.pp, cp=cfg.cp,
+                                                  seed=cfg.seed if seed is None else seed)
         hf = read_hf_config(hf_dir)
-        chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype])
+        chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype],
+                                   options=model.ModelOptions(sequence_parallel=cfg.use_sequence_parallel))
         convert.load_hf_weights(chunks, hf_dir, groups=groups)
         return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
                    pad_id=hf.pad_token_id, loss=loss)
@@ -132,8 +138,16 @@ class MegatronPolicy:
         self.scheduler.step(0)
 
     def micro_batches(self, batch: SequenceBatch):
-        return plan_micro_batches(batch, max_tokens=self.cfg.micro_batch_tokens, pack=self.cfg.pack_sequences,
-                                  pad_id=self.pad_id)
+        """This rank's micro-batches: planned on whole sequences, then cut to this CP rank's chunks and
+        padded for sequence parallelism (context_parallel.localize_micro_batch)."""
+        g, sp = self.groups, self.sequence_parallel
+        # the budget is per rank: with CP a rank computes 1/cp of each sequence (plus its padding to 2·cp)
+        mbs = plan_micro_batches(batch, max_tokens=self.cfg.micro_batch_tokens * g.cp_size,
+                                 pack=self.cfg.pack_sequences, pad_id=self.pad_id)
+        if g.cp_size > 1 or sp:
+            mbs = [localize_micro_batch(mb, cp_rank=g.cp_rank, cp_size=g.cp_size, tp_multiple=g.tp_size if sp else 1,
+                                        pad_id=self.pad_id) for mb in mbs]
+        return mbs
 
     def step_batch(self, tokens, prompt_lens=None) -> StepBatch:
         """The step's batch: sequences, this rank's micro-batch plan and its tensors on the device,
