@@ -17,6 +17,9 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
     stem = out_dir / f"peer_trl{'_quick' if m['quick'] else ''}_{m['date']}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
 
+    loads = [x for r in results["sizes"].values() for side in r["runs"].values() for run in side
+             for x in (run.get("loadavg") or [])] or [m["loadavg_start"][0], m["loadavg_end"][0]]
+
     def f(x: dict, k: str, fmt: str) -> str:
         return f"{x[k]['min']:{fmt}} / {x[k]['median']:{fmt}}"
 
@@ -31,8 +34,8 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
          f"{' --quick' if m['quick'] else ''}. Every figure is **min / median over the interleaved pairs** "
          f"(ours, TRL, ours, TRL, ...) of each run's figure; step times are the median of steps 2..N "
          "(step 1 excluded; N per size in its heading), per-token figures the steady steps' time over their tokens.", "",
-         f"**Taken under load.** This machine was shared by several engineers while it ran: load average "
-         f"{m['loadavg_start'][0]:.1f} at the start and {m['loadavg_end'][0]:.1f} at the end on {os.cpu_count()} cores "
+         f"**Taken under load.** This machine was shared by several engineers while it ran: the 1-minute load "
+         f"average was {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores at the runs' starts and ends "
          "(each run's own is in the JSON). The numbers are slower and noisier than a quiet machine's; rerun "
          "there before quoting them as the project's speed. The CPU-seconds row (user + system time of the "
          "whole process tree over a steady step, psutil samples every 0.2 s, interpolated at the step "
