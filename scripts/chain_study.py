@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--nproc", type=int, default=1, help="torchrun processes per training run")
     ap.add_argument("--report", default=None, help="default: benchmarks/reports/chain_study_<tag>_<date>.md")
     ap.add_argument("--date", default=None, help="the report's date (default today)")
+    ap.add_argument("--notes", default=None, help="a markdown file shown under the report's Notes (observations)")
     ap.add_argument("--analyze-only", action="store_true", help="write the report from the finished cells only")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides of every training run")
     return ap
@@ -168,9 +169,17 @@ def main(argv=None) -> int:
         except Exception as e:  # a report bug must not stop a study of hours: say it, keep training
             print(f"[study] writing the partial report failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
+    inv_path = spec.out / "invocations.json"  # the wall time of every (resumed) invocation that ran cells
+    recorded = False
+
     def _progress():
-        meta = {"title": args.tag, "date": date, "setup": setup + f" Wall time of this invocation so far: "
-                f"{time.time() - t0:.0f} s.", "device": device, "base": str(spec.base)}
+        nonlocal recorded
+        past = json.loads(inv_path.read_text()) if inv_path.exists() else []
+        now = [] if args.analyze_only or recorded else [time.time() - t0]
+        walls = [x["wall_s"] for x in past] + now
+        meta = {"title": args.tag, "date": date, "setup": setup + f" Wall time of the study's invocations: "
+                f"{' + '.join(f'{w:.0f}' for w in walls) or '–'} s.", "device": device, "base": str(spec.base),
+                "notes": Path(args.notes).read_text() if args.notes else None}
         write_report(spec.out, ["base", *spec.configs], spec.seeds, report, meta, Path(spec.eval_data))
 
     if not args.analyze_only:
@@ -183,6 +192,9 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(f"chain_study: {e}", file=sys.stderr)
             return 2
+        past = json.loads(inv_path.read_text()) if inv_path.exists() else []
+        inv_path.write_text(json.dumps(past + [{"date": date, "wall_s": round(time.time() - t0, 1)}], indent=1))
+        recorded = True  # counted once, from the file
         failed = [f"{r['config']}/seed{r['seed']}" for r in results
                   if r["train"].get("rc") != 0 or (r["config"] != "frozen_w" and not r["eval"])
                   or (r["eval"] and r["eval"].get("rc") != 0)]

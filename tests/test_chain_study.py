@@ -168,7 +168,7 @@ def test_report_from_hand_made_files(tmp_path):
     assert row["wall_s"][0] == 12.5
     d = summary["deltas_vs_red"]["grpo"]
     assert (d["above"], d["below"], d["n"]) == (1, 1, 2) and d["mean"] == 0.0
-    assert "`grpo` +0.0 ± 35.4 (1/2 seeds above red)" in text
+    assert "`grpo` +0.0 ± 35.4 (1/2 seeds above red)" in text and "`base`" not in text.split("Paired")[1].split("##")[0]
     assert json.loads(md.with_suffix(".json").read_text())["claims"][0]["id"] == "C1a"
     assert (md.parent / "chain_study_t_passk.png").exists() and "## Claim scorecard" in text
 

@@ -95,7 +95,7 @@ def table_rows(study: dict) -> list[dict]:
 def deltas_vs_red(study: dict, band: str = "overall") -> dict[str, dict]:
     ref = metric(study, "red", band, "acc")
     return {c: paired_delta(metric(study, c, band, "acc"), ref) for c in study["configs"]
-            if c not in ("red", "frozen_w") and study["cells"].get(c)}
+            if c not in ("red", "frozen_w", "base") and study["cells"].get(c)}
 
 
 def pass_table(study: dict) -> dict:

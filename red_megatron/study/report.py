@@ -45,12 +45,13 @@ def delta_lines(deltas: dict) -> list[str]:
 
 
 def passk_lines(passk: dict) -> list[str]:
-    head = ["Model", "band"] + [f"pass@{k}" for k in PASS_KS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(PASS_KS)) + "|"]
+    ks = [k for k in PASS_KS if any(v.get(k) is not None for d in passk.values() for v in d.values())] or [1]
+    head = ["Model", "band"] + [f"pass@{k}" for k in ks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(ks)) + "|"]
     for c, d in passk.items():
         for band, vals in d.items():
-            lines.append("| " + " | ".join([c, band] + [_ms(vals.get(k)) for k in PASS_KS]) + " |")
-    lines.append("| chance | any | " + " | ".join(f"{chance_pass_at_k(k):.2f}" for k in PASS_KS) + " |")
+            lines.append("| " + " | ".join([c, band] + [_ms(vals.get(k)) for k in ks]) + " |")
+    lines.append("| chance | any | " + " | ".join(f"{chance_pass_at_k(k):.2f}" for k in ks) + " |")
     return lines
 
 
@@ -87,6 +88,8 @@ def render(study: dict, meta: dict, figs: dict[str, str], claims: list[dict]) ->
              f"## Claim scorecard (STUDY_DESIGN §6.7; paired rules need {MIN_SEEDS} seeds)", "",
              "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c['id']} {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in claims]
+    if meta.get("notes"):
+        lines += ["", "## Notes", "", meta["notes"].strip()]
     if figs:
         lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in figs.items()]
     return "\n".join(lines) + "\n"
