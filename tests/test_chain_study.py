@@ -301,3 +301,16 @@ def test_script_refuses_bad_input_and_ranks_failed_bases(tmp_path, capsys, monke
     ov = mod.gpu_overrides(300)
     assert "data.path=T" in ov and "eval.data_path=w4" in ov
     assert "algo.num_online=7" in ov and "data.global_batch_size=64" in ov and "policy.min_lr_ratio=0.1" in ov
+
+
+def test_fixed_w_holds_w_while_the_regulator_still_updates():
+    from red_megatron.algo import AlgoConfig, EntropyStats, build_objective
+
+    obj = build_objective(AlgoConfig(preset="red", num_online=3, fixed_w=1.7))
+    assert obj.offline_weight(EntropyStats(h_rl=1.0, h_sft=1.0)) == 1.7
+    assert obj.offline_weight(EntropyStats(h_rl=0.5, h_sft=2.0)) == 1.7  # Eq. 9 would give 1.0 / 0.5 = 2
+    assert obj.regulator.num_updates == 2 and obj.regulator.last_w == 2.0
+    assert build_objective(AlgoConfig(preset="red", num_online=3)).fixed_w is None
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="fixed_w"):
+            AlgoConfig(preset="red", fixed_w=bad)
