@@ -179,6 +179,7 @@ def main(argv=None) -> int:
         walls = [x["wall_s"] for x in past] + now
         meta = {"title": args.tag, "date": date, "setup": setup + f" Wall time of the study's invocations: "
                 f"{' + '.join(f'{w:.0f}' for w in walls) or '–'} s.", "device": device, "base": str(spec.base),
+                "eval_name": f"`{Path(spec.eval_data).name}`, avg@{spec.eval_samples} at T={spec.eval_temperature}",
                 "notes": Path(args.notes).read_text() if args.notes else None}
         write_report(spec.out, ["base", *spec.configs], spec.seeds, report, meta, Path(spec.eval_data))
 

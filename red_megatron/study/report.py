@@ -73,7 +73,7 @@ def render(study: dict, meta: dict, figs: dict[str, str], claims: list[dict]) ->
                     key=lambda r: -r["overall/acc"][0])
     lines = [f"# Chain study: {meta['title']} ({meta['date']})", "", f"Status: **{status}**.", "",
              meta["setup"], "",
-             "## Table 2 analog (held-out chain_test, avg@16 at T=0.6; mean ± std over seeds)", "", *main_table(rows),
+             f"## Table 2 analog ({meta.get('eval_name', 'chain_test')}; mean ± std over seeds)", "", *main_table(rows),
              "", "Order by overall accuracy: " + " > ".join(f"{r['config']} ({r['overall/acc'][0]:.1f})"
                                                             for r in ranked), "",
              "Paired Δ overall accuracy vs `red` (same seed; points):", "", *(delta_lines(deltas_vs_red(study))
