@@ -55,7 +55,12 @@ def figure1(study, path: Path) -> Path | None:
     for ax in axes:
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Figure 1 analog: online length and accuracy per step (mean, min-max over seeds)")
+    return _save(plt, fig, "Figure 1 analog: online length and accuracy per step (mean, min-max over seeds)", path)
+
+
+def _save(plt, fig, title: str, path: Path) -> Path:
+    """Title, layout, PNG, close: every figure ends the same way."""
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -89,11 +94,7 @@ def figure46(study, path: Path) -> Path | None:
                          label=f"{'trained red' if c == 'red' else 'frozen policy'} (n={len(ws)})")
     axes[4].set_title("w per step")
     axes[4].legend(fontsize=7)
-    fig.suptitle("Figure 4/6 analog: entropy dynamics (mean line, min-max band over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "Figure 4/6 analog: entropy dynamics (mean line, min-max band over seeds)", path)
 
 
 def passk_curves(passk: dict, path: Path) -> Path | None:
@@ -113,11 +114,7 @@ def passk_curves(passk: dict, path: Path) -> Path | None:
         ax.set_xlabel("k")
     axes[0].set_ylabel("pass@k (%)")
     axes[0].legend(fontsize=6)
-    fig.suptitle("pass@k (unbiased, n=16), mean over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "pass@k (unbiased, n=16), mean over seeds", path)
 
 
 def len_by_k(study, path: Path) -> Path | None:
@@ -142,10 +139,7 @@ def len_by_k(study, path: Path) -> Path | None:
         ax.set_title(title)
         ax.set_xlabel("k")
     axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "response length, truncation and replay by chain length k", path)
 
 
 def all_figures(study, passk, out_dir: Path, stem: str) -> dict[str, str]:
