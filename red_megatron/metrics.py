@@ -258,13 +258,17 @@ def setup_run_logging(run_dir: str | Path, *, verbose: bool = False, rank: int =
             and "VLLM_LOGGING_CONFIG_PATH" not in os.environ:
         # vLLM installs its own stdout handler; a logging config (read by every vLLM process, the
         # engine-core subprocess on GPUs too) sends its loggers to the same file instead
-        vcfg = log_dir / "vllm_logging.json"
-        vcfg.write_text(json.dumps({
+        # one file per rank (each names its own log), written whole then renamed: ranks that shared
+        # one file could read each other's half-written copy (CI, tp2_infer2: "Extra data ... char 522")
+        vcfg = log_dir / ("vllm_logging.json" if rank == 0 else f"vllm_logging.rank{rank}.json")
+        tmp = vcfg.with_name(vcfg.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({
             "version": 1, "disable_existing_loggers": False,
             "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
             "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path.resolve()), "mode": "a",
                                   "encoding": "utf-8", "formatter": "plain", "level": "INFO"}},
             "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
         }, indent=1))
+        tmp.replace(vcfg)
         os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(vcfg.resolve())
     return path

@@ -217,6 +217,37 @@ def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys, monkeypatch):
         root.setLevel(saved[1])
 
 
+def test_each_rank_gets_its_own_vllm_logging_config(tmp_path, monkeypatch):
+    """Ranks of one run share run_dir/logs: one shared config file, rewritten by each rank with its own log's
+    name, was read half-overwritten by vLLM on the other rank (CI 2026-12-02, tp2_infer2: "Extra data")."""
+    import logging
+    import os
+
+    from red_megatron.metrics import setup_run_logging
+
+    monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        seen = {}
+        for rank in (0, 1):
+            monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+            log = setup_run_logging(tmp_path, rank=rank)
+            cfg_path = Path(os.environ["VLLM_LOGGING_CONFIG_PATH"])
+            seen[rank] = cfg_path
+            assert json.loads(cfg_path.read_text())["handlers"]["file"]["filename"] == str(log.resolve())
+        assert seen[0] != seen[1]
+        assert json.loads(seen[0].read_text())["handlers"]["file"]["filename"].endswith("library.log")
+        assert not list((tmp_path / "logs").glob("*.tmp*"))  # written whole, then renamed
+    finally:
+        logging.captureWarnings(False)
+        for h in list(root.handlers):
+            if h not in saved[0]:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(saved[1])
+
+
 def test_plot_axes_are_labelled_and_legends_do_not_cover_the_data(tmp_path, monkeypatch):
     import matplotlib
 
