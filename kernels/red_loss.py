@@ -141,8 +141,8 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
                   contrib_ptr, dlogp_ptr, dent_ptr,  # [N] fp32 out: loss contribution, dL/dlogp, dL/dH
                   clip_ptr, online_ptr,              # [N] fp32 out: 1.0/0.0 flags for clip_frac
                   N, inv_temp, eps_lo, eps_hi, log_gamma, ent_coef, kl_coef,
-                  TP: tl.constexpr, COMPUTE_LOSS: tl.constexpr, HAS_KL: tl.constexpr, BLOCK_T: tl.constexpr,
-                  ONLINE: tl.constexpr, SHIFT: tl.constexpr, LUFFY: tl.constexpr, NLL: tl.constexpr):  # TokenKind
+                  TP: tl.constexpr, COMPUTE_LOSS: tl.constexpr, HAS_KL: tl.constexpr, OLD_IS_LOGP: tl.constexpr,
+                  BLOCK_T: tl.constexpr, ONLINE: tl.constexpr, SHIFT: tl.constexpr, LUFFY: tl.constexpr, NLL: tl.constexpr):  # TokenKind
     offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     msk = offs < N
     NEG_INF = float("-inf")
@@ -177,7 +177,10 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
     if COMPUTE_LOSS:
         kind = tl.load(kind_ptr + offs, mask=msk, other=NLL).to(tl.int32)
         A = tl.load(adv_ptr + offs, mask=msk, other=0.0).to(tl.float32)
-        lp_old = tl.load(lpold_ptr + offs, mask=msk, other=0.0).to(tl.float32)
+        if OLD_IS_LOGP:  # on-policy: the ratio's denominator is this forward's own (detached) logp
+            lp_old = logp
+        else:
+            lp_old = tl.load(lpold_ptr + offs, mask=msk, other=0.0).to(tl.float32)
         rbar = tl.load(rbar_ptr + offs, mask=msk, other=1.0).to(tl.float32)
         w = tl.load(w_ptr + offs, mask=msk, other=0.0).to(tl.float32)
         wt = tl.load(wt_ptr + offs, mask=msk, other=0.0).to(tl.float32)
@@ -304,7 +307,8 @@ def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=_D.eps_lo, eps
         ins = [dummy] * 7
     else:
         ref = per_token["ref_logp_N"]
-        ins = [per_token[nm] for nm in ("kind_N", "adv_N", "logp_old_N", "rbar_N", "w_N", "weight_N")]
+        ins = [per_token[nm] if per_token[nm] is not None else dummy
+               for nm in ("kind_N", "adv_N", "logp_old_N", "rbar_N", "w_N", "weight_N")]
         ins.append(ref if ref is not None else dummy)
     if n:
         bt = _config(dev).block_t
@@ -312,7 +316,9 @@ def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=_D.eps_lo, eps
             stats_TN4, *ins, *(outs[nm] for nm in names), n, 1.0 / float(temperature), float(eps_lo), float(eps_hi),
             math.log(float(luffy_gamma)), float(entropy_coef), float(kl_coef),
             TP=tp, COMPUTE_LOSS=per_token is not None,
-            HAS_KL=per_token is not None and kl_coef != 0.0, BLOCK_T=bt, ONLINE=int(TokenKind.ONLINE),
+            HAS_KL=per_token is not None and kl_coef != 0.0,
+            OLD_IS_LOGP=per_token is not None and per_token["logp_old_N"] is None, BLOCK_T=bt,
+            ONLINE=int(TokenKind.ONLINE),
             SHIFT=int(TokenKind.OFFLINE_SHIFT), LUFFY=int(TokenKind.OFFLINE_LUFFY), NLL=int(TokenKind.NLL))
     res = {nm: outs[nm] for nm in names[:k]}
     if k == 9:
@@ -385,15 +391,17 @@ class _RedLossFn(torch.autograd.Function):
 
 
 def red_loss(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_start: int, vocab_size: int,
-             temperature: float, kind_N: torch.Tensor, adv_N: torch.Tensor, logp_old_N: torch.Tensor,
-             rbar_N: torch.Tensor, w_N: torch.Tensor, weight_N: torch.Tensor, eps_lo: float = _D.eps_lo,
-             eps_hi: float = _D.eps_hi, luffy_gamma: float = _D.luffy_gamma, entropy_coef: float = _D.entropy_coef,
-             kl_coef: float = _D.kl_coef, ref_logp_N: Optional[torch.Tensor] = None, group=None,
-             grad_in_forward: bool = False) -> RedLossOutput:
+             temperature: float, kind_N: torch.Tensor, adv_N: torch.Tensor, rbar_N: torch.Tensor,
+             w_N: torch.Tensor, weight_N: torch.Tensor, logp_old_N: Optional[torch.Tensor] = None,
+             eps_lo: float = _D.eps_lo, eps_hi: float = _D.eps_hi, luffy_gamma: float = _D.luffy_gamma,
+             entropy_coef: float = _D.entropy_coef, kl_coef: float = _D.kl_coef,
+             ref_logp_N: Optional[torch.Tensor] = None, group=None, grad_in_forward: bool = False) -> RedLossOutput:
     """Fused RED loss over a (vocab-parallel) logits shard; see the module docstring and
     docs/KERNEL_CONTRACT.md (the per-token terms are red_megatron.algo.loss.red_token_loss's). With grad_in_forward=True the logits buffer is overwritten by its
     gradient during the forward (use only when the loss is the logits' last consumer), and
-    entropy_N is returned detached (its coefficient's gradient is still in the loss)."""
+    entropy_N is returned detached (its coefficient's gradient is still in the loss). logp_old_N=None:
+    on-policy, the ratio's denominator is this forward's own detached log-prob (r = 1 exactly; what a
+    separate no-grad pass over the same weights would give, without that pass)."""
     per_token = dict(kind_N=kind_N, adv_N=adv_N, logp_old_N=logp_old_N, rbar_N=rbar_N, w_N=w_N,
                      weight_N=weight_N, ref_logp_N=ref_logp_N if kl_coef != 0.0 else None)
     check_inputs(logits_NV, target_N, vocab_start=vocab_start, vocab_size=vocab_size, temperature=temperature,

@@ -76,9 +76,9 @@ def logprob_entropy(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_st
 
 
 def red_loss_reference(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_start: int, vocab_size: int,
-                       temperature: float, kind_N: torch.Tensor, adv_N: torch.Tensor, logp_old_N: torch.Tensor,
-                       rbar_N: torch.Tensor, w_N: torch.Tensor, weight_N: torch.Tensor, eps_lo: float = _D.eps_lo,
-                       eps_hi: float = _D.eps_hi, luffy_gamma: float = _D.luffy_gamma,
+                       temperature: float, kind_N: torch.Tensor, adv_N: torch.Tensor, rbar_N: torch.Tensor,
+                       w_N: torch.Tensor, weight_N: torch.Tensor, logp_old_N: Optional[torch.Tensor] = None,
+                       eps_lo: float = _D.eps_lo, eps_hi: float = _D.eps_hi, luffy_gamma: float = _D.luffy_gamma,
                        entropy_coef: float = _D.entropy_coef, kl_coef: float = _D.kl_coef,
                        ref_logp_N: Optional[torch.Tensor] = None, group=None,
                        grad_in_forward: bool = False) -> RedLossOutput:

@@ -103,6 +103,12 @@ class _Run:
         self.off_policy = self.preset.online and (a.off_policy == "tis" or (a.off_policy == "auto" and remote and
                                                                             cfg.rollout.max_staleness > 0))
         self._submitted, self._loader_after = 0, {}  # batches queued on the engines; loader state after each
+        # The no-grad old-policy pass is exactly redundant when nothing needs its numbers before the update:
+        # one update per batch makes π_old the weights the update's own forward reads (algo.old_logprobs).
+        self.old_pass = a.old_logprobs == "always" or self.objective.regulator is not None or self.off_policy
+        if not self.old_pass:
+            log.info("old-policy pass skipped (%s: no entropy rule, no off-policy weight): the update's forward "
+                     "gives π_old and the entropies", cfg.algo.preset)
         if remote:
             from red_megatron.async_rollout import RemoteRollout
 
@@ -247,11 +253,12 @@ class _Run:
         tl = self.remote.timeline if self.remote is not None and g.rank == 0 else None
         with _timed(times, "old_logprobs", tl, self.step):
             batch = self.policy.step_batch(tokens, prompt_lens)  # planned once, used by both passes
-            logp_old_N, entropy_N = self.policy.logprobs_and_entropy(batch)
-        # RED part I: entropies over the global batch (every DP rank's samples), then w.
-        H_B = sample_mean_entropy(entropy_N, response_len_B)
-        stats = entropy_stats_from_sums(g.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B)))
-        w = obj.offline_weight(stats)
+            logp_old_N = entropy_N = stats = None
+            if self.old_pass:
+                logp_old_N, entropy_N = self.policy.logprobs_and_entropy(batch)
+        if self.old_pass:  # RED part I: entropies over the global batch (every DP rank's samples), then w
+            stats = self._entropy_stats(entropy_N, exp)
+        w = obj.offline_weight(stats)  # without the pass: no regulator, so w is fixed_w or 1
         # Advantages, r̄ and the per-token kinds/weights, normalised by the global counts.
         n_tokens = int(g.dp_all_reduce(torch.tensor([float(response_len_B.sum())], dtype=torch.float64)).item())
         terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
@@ -261,6 +268,9 @@ class _Run:
             terms, off_metrics = self._off_policy_terms(exp, terms, logp_old_N)
         with _timed(times, "train", tl, self.step):
             upd = self.policy.train_step(batch, terms=terms, logp_old_N=logp_old_N)
+        if not self.old_pass:  # the same numbers the pass would have given, from the update's forward
+            logp_old_N, entropy_N = upd.pop("token_outputs")
+            stats = self._entropy_stats(entropy_N, exp)
         if upd["skipped"]:  # a NaN/Inf loss or gradient: the weights were left untouched
             self.skipped_steps += 1
             log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)", self.step + 1,
@@ -285,6 +295,10 @@ class _Run:
         m["train/skipped_steps"] = self.skipped_steps
         m["throughput/tokens_per_s"] = (sum(len(x) for x in tokens)) / max(1e-9, sum(times.values()))
         return m
+
+    def _entropy_stats(self, entropy_N: torch.Tensor, exp: Experience):
+        H_B = sample_mean_entropy(entropy_N, exp.response_len_B)
+        return entropy_stats_from_sums(self.groups.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B)))
 
     def _off_policy_terms(self, exp: Experience, terms, logp_old_N: torch.Tensor):
         """TIS: ρ = min(π_old/π_behaviour, C) on the online tokens (algo/off_policy.py), folded into the terms."""

@@ -229,3 +229,27 @@ def test_target_outside_real_vocab_is_loud_nan():
     target[1] = 62  # a padding column: no rank owns it
     lp, _ = logprob_entropy(logits, target, vocab_start=0, vocab_size=60, temperature=1.0)
     assert torch.isnan(lp[1]) and torch.isfinite(lp[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("fn", [red_loss, red_loss_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+def test_on_policy_old_logp_is_the_forwards_own(fn, grad_in_forward):
+    """logp_old_N=None (the trainer without its old-policy pass) gives bit for bit what the same call
+    gives with logp_old_N = the detached log-probs of these logits: loss, per-token outputs, clip
+    fraction and dL/dlogits."""
+    logits, target, per = make_inputs(seed=3, temperature=1.0)
+    kw = dict(vocab_start=0, vocab_size=logits.shape[1], temperature=1.0, grad_in_forward=grad_in_forward)
+    own = red_loss_reference if fn is red_loss_reference else red_loss
+    with torch.no_grad():
+        lp = (ref_logprob_entropy if fn is red_loss_reference else logprob_entropy)(
+            logits, target, vocab_start=0, vocab_size=logits.shape[1], temperature=1.0)[0]
+    with_pass, g_with = run_kernel(logits, target, dict(per, logp_old_N=lp), fn=own, **kw)
+    without, g_without = run_kernel(logits, target, dict(per, logp_old_N=None), fn=own, **kw)
+    assert torch.equal(with_pass.loss, without.loss)
+    assert torch.equal(with_pass.logp_N, without.logp_N) and torch.equal(with_pass.logp_N, lp)
+    assert torch.equal(with_pass.entropy_N, without.entropy_N)
+    assert torch.equal(g_with, g_without)
+    assert float(without.clip_frac) == 0.0 and float(with_pass.clip_frac) == 0.0  # r = 1: nothing clips
+    # and the ratio really is the denominator: a different logp_old moves the loss
+    shifted, _ = run_kernel(logits, target, dict(per, logp_old_N=lp - 0.5), fn=own, **kw)
+    assert not torch.equal(shifted.loss, without.loss)

@@ -136,3 +136,40 @@ def test_nan_step_is_skipped_without_touching_weights_or_optimizer(dist2):
     assert r["updates"] == 1  # the schedule did not advance
     # Adam moments, step count and lr schedule untouched: the next update equals a run without the NaN batch.
     assert r["final"] == clean["final"]
+
+
+def _job_old_pass(tp: int, pp: int, with_pass: bool):
+    """Three updates on one batch of mixed token kinds, π_old from the no-grad pass or (None) from the
+    update's own forward; each update re-reads π_old from the weights it starts from."""
+    with megatron_parallel(tp=tp, pp=pp, seed=13):
+        pol = tiny_policy(tp=tp, pp=pp)
+        tokens, prompts = fixed_batch()
+        n = sum(len(t) - p for t, p in zip(tokens, prompts))
+        terms = red_terms(n, seed=4)
+        steps, outs = [], []
+        for _ in range(3):
+            if with_pass:
+                lp, ent = pol.logprobs_and_entropy(tokens, prompts)
+                s = pol.train_step(tokens, prompts, terms, lp)
+                outs.append((lp, ent))
+            else:
+                s = pol.train_step(tokens, prompts, terms, None)
+                outs.append(s.pop("token_outputs"))
+            steps.append((s["loss"], s["grad_norm"], s["clip_frac"]))
+        return {"steps": steps, "outs": outs, "params": params_snapshot(pol)}
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
+def test_update_without_the_old_pass_is_bit_identical(dist2, tp, pp):
+    """algo.old_logprobs='auto' drops the pass where it is redundant: losses, grad norms, parameters after
+    three updates and the per-token log-probs/entropies (on both pipeline stages) are bit-identical."""
+    a = dist2.run(_job_old_pass, tp, pp, True)
+    b = dist2.run(_job_old_pass, tp, pp, False)
+    for ra, rb in zip(a, b):
+        assert ra["steps"] == rb["steps"]
+        assert all(s[0] != 0.0 for s in ra["steps"]) and len({s[1] for s in ra["steps"]}) == 3
+        for (lpa, enta), (lpb, entb) in zip(ra["outs"], rb["outs"]):
+            assert torch.equal(lpa, lpb) and torch.equal(enta, entb)
+        assert ra["params"].keys() == rb["params"].keys()
+        assert all(torch.equal(ra["params"][k], rb["params"][k]) for k in ra["params"])
+    assert not torch.equal(a[0]["outs"][0][0], a[0]["outs"][2][0])  # the updates did move the log-probs

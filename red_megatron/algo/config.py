@@ -39,6 +39,10 @@ class AlgoConfig:
     # w held at this value every step instead of the preset's (1.0, or Eq. 9's): the `red_wconst` control
     # of STUDY_DESIGN §6.5 (red with w fixed at red's mean w). The regulator still logs ΔH^rl, ΔH^sft.
     fixed_w: float | None = None
+    # the no-grad old-policy pass before the update. 'auto': skipped where it is exactly redundant (no
+    # entropy rule needs this step's entropies before the update, no off-policy weight needs π_old): the
+    # update takes the ratio's denominator, and the logged entropies, from its own forward. 'always': run it.
+    old_logprobs: Literal["auto", "always"] = "auto"
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -68,6 +72,8 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.entropy_coef and kl_coef must be >= 0, got {self.entropy_coef}, {self.kl_coef}")
         if self.off_policy not in ("auto", "none", "tis"):
             raise ValueError(f"AlgoConfig.off_policy={self.off_policy!r}; expected 'auto', 'none' or 'tis'")
+        if self.old_logprobs not in ("auto", "always"):
+            raise ValueError(f"AlgoConfig.old_logprobs={self.old_logprobs!r}; expected 'auto' or 'always'")
         if not self.tis_cap > 0:
             raise ValueError(f"AlgoConfig.tis_cap must be > 0, got {self.tis_cap}")
         if self.tis_mask_bound is not None and not self.tis_mask_bound > 1:

@@ -62,7 +62,7 @@ def _check_inputs(logp_N: torch.Tensor, named: dict[str, torch.Tensor | None]) -
 
 def red_token_loss(
     logp_N: torch.Tensor,
-    logp_old_N: torch.Tensor,
+    logp_old_N: torch.Tensor | None,
     entropy_N: torch.Tensor | None,
     kind_N: torch.Tensor,
     adv_N: torch.Tensor,
@@ -78,7 +78,8 @@ def red_token_loss(
     ref_logp_N: torch.Tensor | None = None,
 ) -> TokenLossOutput:
     """The contract's loss from per-token log-probs (see module docstring). entropy_N may be
-    None when entropy_coef == 0; ref_logp_N may be None when kl_coef == 0. Gradients flow
+    None when entropy_coef == 0; ref_logp_N may be None when kl_coef == 0; logp_old_N None means
+    on-policy (the ratio's denominator is logp_N itself, detached: r = 1). Gradients flow
     through logp_N (and entropy_N when it carries grad)."""
     _check_inputs(logp_N, {"logp_old_N": logp_old_N, "entropy_N": entropy_N, "kind_N": kind_N, "adv_N": adv_N,
                            "rbar_N": rbar_N, "w_N": w_N, "weight_N": weight_N, "ref_logp_N": ref_logp_N})
@@ -103,7 +104,7 @@ def red_token_loss(
     is_on = kind == TokenKind.ONLINE
     # Each branch sees safe inputs on tokens of other kinds, so torch.where never routes a NaN/inf
     # gradient from an unselected branch.
-    ratio = (logp - torch.where(is_on, logp_old_N.to(dt), logp_sg)).exp()
+    ratio = (logp - (logp_sg if logp_old_N is None else torch.where(is_on, logp_old_N.to(dt), logp_sg))).exp()
     online_term, clipped = clipped_surrogate(ratio, adv, eps_lo, eps_hi)
     shift_term = shift_ratio(logp, torch.where(kind == TokenKind.OFFLINE_SHIFT, rbar, zero)) * adv
     luffy_term = luffy_ratio(logp, luffy_gamma) * adv

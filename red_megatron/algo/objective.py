@@ -60,8 +60,11 @@ class RedObjective:
             return rewards_B
         return torch.where(is_offline_B, torch.ones_like(rewards_B), rewards_B)
 
-    def offline_weight(self, stats: EntropyStats) -> float:
-        """w_t for this step: fixed_w if set, else the regulator's (Eq. 9) or 1. Call exactly once per step."""
+    def offline_weight(self, stats: EntropyStats | None) -> float:
+        """w_t for this step: fixed_w if set, else the regulator's (Eq. 9) or 1. Call exactly once per step;
+        ``stats`` may be None only without a regulator (w then needs no entropies)."""
+        if self.regulator is not None and stats is None:
+            raise ValueError(f"preset {self.preset.name}: the entropy rule needs this step's entropy stats")
         w = 1.0 if self.regulator is None else self.regulator.update(stats.h_rl, stats.h_sft)
         return w if self.fixed_w is None else float(self.fixed_w)
 

@@ -119,6 +119,11 @@ def logprob_pass(chunks: list, batch: StepBatch, *, groups: ParallelGroups, voca
         c.eval()
     with torch.no_grad():
         _run_schedule(chunks, batch.micro_batches, partial(_forward_step, groups.device, loss_fn), forward_only=True)
+    return _share_token_outputs(logp_N, ent_N, groups)
+
+
+def _share_token_outputs(logp_N: torch.Tensor, ent_N: torch.Tensor, groups: ParallelGroups):
+    """Per-token results complete on every rank of the replica: CP ranks and pipeline stages."""
     if groups.cp_size > 1:  # each response token was computed by exactly one CP rank (zeros elsewhere)
         dist.all_reduce(logp_N, group=groups.cp_group)
         dist.all_reduce(ent_N, group=groups.cp_group)
@@ -129,16 +134,24 @@ def logprob_pass(chunks: list, batch: StepBatch, *, groups: ParallelGroups, voca
 
 
 def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: ParallelGroups, vocab_size: int,
-               params: LossParams, red_loss: Callable, grad_in_forward: bool = False) -> dict[str, float]:
+               params: LossParams, red_loss: Callable, grad_in_forward: bool = False,
+               token_outputs: bool = False) -> dict:
     """Forward + backward of the RED loss; grads end up in the DDP buffers (summed, see module doc).
 
-    ``terms``: the step's bundle with logp_old_N (and ref_logp_N) set, N = batch.num_tokens, on the
-    device. ``grad_in_forward``: the kernel writes the logits' gradient in place (kernels/red_loss.py).
+    ``terms``: the step's bundle, N = batch.num_tokens, on the device, with logp_old_N set, or None
+    for on-policy (the ratio's denominator is the forward's own detached log-prob), and ref_logp_N
+    when the loss has a KL term. ``grad_in_forward``: the kernel writes the logits' gradient in place
+    (kernels/red_loss.py). ``token_outputs``: also return this forward's per-token log-prob and entropy
+    on every rank of the pipeline (what ``logprob_pass`` would have given on the same weights).
 
     Returns, identical on every rank: loss (summed over micro-batches and DP ranks), clip_frac
-    (over ONLINE tokens with weight > 0), loss_finite (False if any micro-batch loss was NaN/Inf).
+    (over ONLINE tokens with weight > 0), loss_finite (False if any micro-batch loss was NaN/Inf),
+    and with ``token_outputs`` logp_N / entropy_N (fp32, N order, on the device).
     """
     stats: list[torch.Tensor] = []
+    if token_outputs:
+        logp_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
+        ent_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
 
     def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
         logits_RV = _all_rows(logits_BSV)
@@ -147,6 +160,9 @@ def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: Par
                        vocab_size=vocab_size, temperature=params.temperature, group=groups.loss_group,
                        grad_in_forward=grad_in_forward, **params.loss_kwargs(),
                        **t.rows(mb.logit_rows_M, logits_RV.shape[0]).kernel_kwargs())
+        if token_outputs:
+            logp_N[mb.token_index_M] = out.logp_N.detach()[mb.logit_rows_M].float()
+            ent_N[mb.token_index_M] = out.entropy_N.detach()[mb.logit_rows_M].float()
         n_online = ((t.kind_N == TokenKind.ONLINE) & (t.weight_N != 0)).sum().float()
         loss = out.loss.float()
         stats.append(torch.stack([loss.detach(), out.clip_frac.detach().float() * n_online, n_online,
@@ -165,5 +181,7 @@ def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: Par
     if groups.dp_size * groups.cp_size > 1:  # CP ranks hold disjoint tokens of the same sequences
         dist.all_reduce(tot, group=groups.dp_cp_group)
     loss_sum, clipped, n_online, n_bad = tot.tolist()
-    return {"loss": loss_sum, "clip_frac": clipped / n_online if n_online > 0 else 0.0,
-            "loss_finite": n_bad == 0}
+    out = {"loss": loss_sum, "clip_frac": clipped / n_online if n_online > 0 else 0.0, "loss_finite": n_bad == 0}
+    if token_outputs:
+        out["logp_N"], out["entropy_N"] = _share_token_outputs(logp_N, ent_N, groups)
+    return out

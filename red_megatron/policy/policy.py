@@ -178,13 +178,17 @@ class MegatronPolicy:
         ``tokens``: the StepBatch of the old-policy pass (or sequences with ``prompt_lens``).
         ``terms``: ``algo.TokenTerms`` or a mapping of its fields (kind_N, adv_N, rbar_N, w_N,
         weight_N; weight_N carries every normaliser incl. DP: micro-batch and DP losses are SUMMED).
-        Returns loss, grad_norm (pre-clip), lr (of this update), clip_frac, skipped (1.0 when the
-        loss or grad norm was NaN/Inf: weights, optimizer state and schedule are left untouched),
-        micro_batches, seconds.
+        ``logp_old_N``: the old-policy pass's log-probs, or None for on-policy: the ratio's denominator
+        is this forward's own detached log-prob, exactly what the pass gives when this update is the
+        only one on the batch and the weights are the ones that pass would read (no staleness
+        correction). Returns loss, grad_norm (pre-clip), lr (of this update), clip_frac, skipped (1.0
+        when the loss or grad norm was NaN/Inf: weights, optimizer state and schedule are left
+        untouched), micro_batches, seconds; with ``logp_old_N=None`` also ``token_outputs``: the
+        forward's (logp_N, entropy_N), fp32 on the CPU in N order, as ``logprobs_and_entropy`` returns.
         """
         t0 = time.perf_counter()
-        if terms is None or logp_old_N is None:
-            raise ValueError("train_step needs terms= and logp_old_N= (the old-policy pass's log-probs)")
+        if terms is None:
+            raise ValueError("train_step needs terms= (algo.TokenTerms of this batch)")
         batch = self.step_batch(tokens, prompt_lens)
         if self.loss.kl_coef != 0.0 and ref_logp_N is None:
             raise ValueError("ref_logp_N is required when kl_coef != 0")
@@ -193,14 +197,18 @@ class MegatronPolicy:
             raise ValueError(f"terms: expected one value per response token (N={batch.num_tokens}), "
                              f"got {terms.num_tokens}")
         zero_grads(self.ddp, self.optimizer)
+        on_policy = logp_old_N is None
         stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
                            vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
-                           grad_in_forward=self.cfg.grad_in_forward)
+                           grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy)
         step = optimizer_step(self.optimizer, self.scheduler, clip_grad=self.cfg.clip_grad,
                               loss_finite=stats["loss_finite"])
-        return {"loss": stats["loss"], "grad_norm": step["grad_norm"], "lr": step["lr"],
-                "clip_frac": stats["clip_frac"], "skipped": step["skipped"],
-                "micro_batches": float(len(batch.micro_batches)), "seconds": time.perf_counter() - t0}
+        out = {"loss": stats["loss"], "grad_norm": step["grad_norm"], "lr": step["lr"],
+               "clip_frac": stats["clip_frac"], "skipped": step["skipped"],
+               "micro_batches": float(len(batch.micro_batches)), "seconds": time.perf_counter() - t0}
+        if on_policy:
+            out["token_outputs"] = (stats["logp_N"].cpu(), stats["entropy_N"].cpu())
+        return out
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, root, step: int, trainer_state: dict | None = None) -> Path:
