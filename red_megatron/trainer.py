@@ -95,6 +95,13 @@ class _Run:
         self.groups = g = self.policy.groups
         self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=g.dp_rank, dp_world_size=g.dp_size)
         self.scorer = RewardScorer(cfg.reward)
+        # Helper processes start now, beside the engine's build, not inside the first step or first save:
+        # the verifier workers (on the ranks that score) and megatron's checkpoint writer.
+        if g.is_mp_src and cfg.replay_experience_dir is None:
+            self.scorer.pool  # noqa: B018 - the property starts the workers; they report ready at the first score
+        from red_megatron.policy.checkpoint import prestart_writer
+
+        prestart_writer()
         remote = cfg.rollout.placement == "disaggregated" and self.preset.online
         self.placement = plan_rollout(g, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor,
                                       online=self.preset.online and not remote)
@@ -125,6 +132,7 @@ class _Run:
         self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0)
         self.step = 0
         self.skipped_steps = 0
+        self._saved_step = None  # the step of the checkpoint on disk that holds the current state
         self._maybe_resume()  # may refuse (another preset's checkpoint): then run_config.json stays as it was
         if g.rank == 0:
             save_run_config(cfg, cfg.run_dir, steps=self.steps, lr=lr)
@@ -149,11 +157,13 @@ class _Run:
         self.loader.load_state_dict(state["loader"])
         self.objective.load_state_dict(state["objective"])
         self._submitted = self.step
+        self._saved_step = self.step
         self._refit(version=self.step)  # the engine must sample from the resumed weights
         log.info("resumed %s at step %d", self.cfg.checkpoint_dir, self.step)
 
     def _save(self) -> None:
         self.policy.save_checkpoint(self.cfg.checkpoint_dir, self.step, self._trainer_state())
+        self._saved_step = self.step
 
     # --- the step -----------------------------------------------------------------------------------
     def _refit(self, version: int) -> dict:
@@ -339,7 +349,8 @@ class _Run:
                     self._save()
             if self.remote is not None:
                 self.remote.drain()  # the last refit's failure, if any, is not lost
-            self._save()
+            if self._saved_step != self.step:  # nothing changed since the checkpoint it resumed from: keep it
+                self._save()
             if self.cfg.export_hf:
                 self.policy.export_hf(Path(self.cfg.run_dir) / "hf", tokenizer_dir=self.cfg.model_dir)
         finally:

@@ -110,3 +110,10 @@ def test_resume_after_a_kill_during_a_checkpoint_save_is_bit_exact(tmp_path):
     for key in ("optim/loss", "optim/grad_norm", "red/w", "reward/online_accuracy", "entropy/h_rl",
                 "entropy/h_sft", "response/online_mean_length"):
         assert [r[key] for r in got] == [r[key] for r in ref], f"{key} differs after resume"
+    # A finished run started again resumes at its end: nothing trains, and the checkpoint it resumed from,
+    # which already holds that state, is not written a second time.
+    meta = ckpts / "step_00000006" / "meta.json"
+    before = meta.stat().st_mtime_ns
+    _run(_train_cmd(run_dir, *common))
+    assert meta.stat().st_mtime_ns == before, "a resumed-at-the-end run rewrote its final checkpoint"
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]

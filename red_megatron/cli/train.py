@@ -146,7 +146,13 @@ def main(argv=None) -> int:
     return run_cli(_main, argv)
 
 
-if __name__ == "__main__":  # dist checkpointing's helpers start with spawn: keep the guard
-    import sys
+def main_and_exit(argv=None):
+    """The ``red-train`` command and scripts/train.py: main(), then exit without the interpreter's teardown
+    (errors.exit_now); call ``main`` to stay in the process."""
+    from red_megatron.errors import exit_now
 
-    sys.exit(main())
+    exit_now(main(argv))
+
+
+if __name__ == "__main__":  # dist checkpointing's helpers start with spawn: keep the guard
+    main_and_exit()
