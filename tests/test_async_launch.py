@@ -33,3 +33,36 @@ def test_slurm_refuses_multi_process_engines(tmp_path):
     rc, _, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path / "r"),
                         "--dry-run", *DISAGG])  # the 7B recipe's rollout.tp_infer=2
     assert rc != 0 and "rollout.placement='disaggregated'" in err and "rollout.tp_infer must be 1" in err, err
+
+
+ENGINES4 = ["rollout.placement=disaggregated", "rollout.num_engines=4", "rollout.tp_infer=1", "rollout.executor=uni"]
+
+
+def test_slurm_trainer_ranks_per_node_give_engines_the_spare_gpus(tmp_path):
+    """2 nodes x 8 GPUs, 4 trainer ranks a node (TP 2 x DP 4): torchrun starts 4 a node and the four engines of
+    rank 0 get GPUs 4-7 of its node; the idle GPUs of the other node are named in a note."""
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--trainer-ranks-per-node", "4",
+                          "--run-dir", str(tmp_path / "r"), "--dry-run", *ENGINES4])
+    assert rc == 0, err
+    srun = next(x for x in out.splitlines() if x.startswith("srun "))
+    assert "--nnodes 2 --nproc-per-node 4 " in srun, srun
+    assert srun.rstrip().endswith(" ".join([*ENGINES4, "rollout.engine_devices=4,5,6,7"])), srun
+    assert "#SBATCH --gpus-per-node=8" in out
+    assert "GPUs [4, 5, 6, 7] of the other 1 node(s) stay idle" in err, err
+
+
+@pytest.mark.parametrize("extra, match", [
+    ([], "rollout.placement='disaggregated'"),  # spare GPUs without engines to use them
+    (ENGINES4[:1] + ["rollout.num_engines=5", *ENGINES4[2:]], "rollout.num_engines=5"),  # 5 engines, 4 spare GPUs
+    (ENGINES4 + ["rollout.engine_devices=2,5,6,7"], "names GPU(s) ['2']"),  # a trainer rank's GPU
+])
+def test_slurm_spare_gpus_are_checked(tmp_path, extra, match):
+    rc, _, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--trainer-ranks-per-node", "4",
+                        "--run-dir", str(tmp_path / "r"), "--dry-run", *extra])
+    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_trainer_ranks_per_node_is_a_slurm_flag(tmp_path):
+    rc, _, err = _main(["--recipe", "tiny_cpu", "--executor", "local", "--nproc", "2", "--trainer-ranks-per-node", "1",
+                        "--run-dir", str(tmp_path / "r"), "--dry-run"])
+    assert rc == 2 and "--trainer-ranks-per-node needs --executor slurm" in err, err

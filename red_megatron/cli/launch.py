@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--executor", choices=("local", "slurm"), default="local")
     ap.add_argument("--nproc", type=int, default=1, help="local: torchrun processes")
     ap.add_argument("--nodes", type=int, default=1, help="slurm: nodes")
-    ap.add_argument("--gpus-per-node", type=int, default=8, help="slurm: GPUs (= torchrun processes) per node")
+    ap.add_argument("--gpus-per-node", type=int, default=8, help="slurm: GPUs a node (and torchrun processes, "
+                    "unless --trainer-ranks-per-node)")
+    ap.add_argument("--trainer-ranks-per-node", type=int, default=None,
+                    help="slurm: torchrun processes a node when fewer than --gpus-per-node: the rest of rank 0's "
+                    "node's GPUs go to rollout.placement=disaggregated engines (rollout.engine_devices)")
     ap.add_argument("--account", default=None)
     ap.add_argument("--partition", default=None)
     ap.add_argument("--time", default="04:00:00", help="slurm wall time, [D-]HH:MM:SS")
@@ -73,6 +77,7 @@ def plan(args) -> tuple[object, list, list[str], Path]:
     """Validate everything that can be validated here; return (spec, tasks, notes, run_dir)."""
     from configs import get_recipe
     from red_megatron.launch import LaunchSpec, check_launch, parse_sweeps
+    from red_megatron.launch.check import engine_devices_for
     from red_megatron.launch.nemo import Task
     from red_megatron.overrides import apply_overrides
 
@@ -84,6 +89,7 @@ def plan(args) -> tuple[object, list, list[str], Path]:
         env[k] = v
     spec = LaunchSpec(
         executor=args.executor, nproc=args.nproc, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        trainer_ranks_per_node=args.trainer_ranks_per_node,
         account=args.account, partition=args.partition, time=args.time, container_image=args.container_image,
         exclusive=args.exclusive, cpus_per_task=args.cpus_per_task, mem=args.mem, gres=args.gres,
         container_mounts=tuple(m for m in args.container_mounts.split(",") if m),
@@ -97,13 +103,17 @@ def plan(args) -> tuple[object, list, list[str], Path]:
     for label, sweep_overrides in points:
         task_dir = run_dir if len(points) == 1 else run_dir / label
         cfg = apply_overrides(base, sweep_overrides + [f"run_dir={task_dir}"])
+        devices = engine_devices_for(cfg, spec)
+        placed = [f"rollout.engine_devices={devices}"] if devices else []
+        if placed:
+            cfg = apply_overrides(cfg, placed)
         try:
             notes += check_launch(cfg, spec)
         except ValueError as e:
             raise ValueError(f"task {label}: {e}" if len(points) > 1 else str(e)) from None
         tasks.append(Task(name=label, args=["--recipe", args.recipe, "--run-dir", str(task_dir),
                                             *(["--verbose"] if args.verbose else []),
-                                            *args.overrides, *sweep_overrides]))
+                                            *args.overrides, *sweep_overrides, *placed]))
     return spec, tasks, sorted(set(notes)), run_dir
 
 

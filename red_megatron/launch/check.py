@@ -36,6 +36,44 @@ def check_mounts(cfg, spec: LaunchSpec) -> None:
                              f"{what}; mount its directory (SRC:DST) or use a path under a mount's DST")
 
 
+def engine_devices_for(cfg, spec: LaunchSpec) -> str | None:
+    """The ``rollout.engine_devices`` a Slurm launch with spare GPUs gives its engines (None: nothing to add).
+
+    Disaggregated engines are started by trainer rank 0 on its own node; with ``--trainer-ranks-per-node N``
+    below ``--gpus-per-node`` the GPUs N.. of that node are free, and engine i gets the i-th of them."""
+    r = cfg.rollout
+    if spec.executor != "slurm" or not spec.spare_gpus or r.placement != "disaggregated" or r.engine_devices \
+            or r.num_engines > len(spec.spare_gpus):  # too few: check_engine_gpus says so
+        return None
+    return ",".join(str(d) for d in spec.spare_gpus[:r.num_engines])
+
+
+def check_engine_gpus(cfg, spec: LaunchSpec) -> list[str]:
+    """Spare GPUs only with disaggregated engines that use them; enough of them for every engine."""
+    if spec.executor != "slurm" or not spec.spare_gpus:
+        return []
+    r, spare, n = cfg.rollout, spec.spare_gpus, spec.procs_per_node
+    if r.placement != "disaggregated":
+        raise ValueError(f"--trainer-ranks-per-node={n} < --gpus-per-node={spec.gpus_per_node} leaves GPUs {spare} "
+                         f"of every node idle: it is for rollout.placement='disaggregated' (engines on those GPUs), "
+                         f"got rollout.placement={r.placement!r}")
+    if r.engine_devices:
+        devs = [d.strip() for d in str(r.engine_devices).split(",")]
+        busy = [d for d in devs if d.isdigit() and int(d) < n]
+        if busy:
+            raise ValueError(f"rollout.engine_devices={r.engine_devices!r} names GPU(s) {busy} that trainer ranks "
+                             f"0..{n - 1} of rank 0's node use (--trainer-ranks-per-node={n}); free: {spare}")
+    elif r.num_engines > len(spare):
+        raise ValueError(f"rollout.num_engines={r.num_engines} engines need a GPU each on rank 0's node, but "
+                         f"--trainer-ranks-per-node={n} of --gpus-per-node={spec.gpus_per_node} leaves {len(spare)} "
+                         f"({spare})")
+    notes = []
+    if spec.nodes > 1:
+        notes.append(f"engines run on rank 0's node only: GPUs {spare} of the other {spec.nodes - 1} node(s) stay "
+                     "idle (engines as Slurm tasks of their own are not implemented)")
+    return notes
+
+
 def check_launch(cfg, spec: LaunchSpec) -> list[str]:
     """Raise ValueError for an impossible layout; return notes on checks that had to be skipped."""
     notes: list[str] = []
@@ -43,6 +81,7 @@ def check_launch(cfg, spec: LaunchSpec) -> list[str]:
     tp, tp_inf = cfg.policy.tp, cfg.rollout.tp_infer
 
     check_mounts(cfg, spec)
+    notes += check_engine_gpus(cfg, spec)
     check_layout(cfg, world)  # TP × PP against the world, the prompt batch against DP
     if per_node % tp != 0:
         raise ValueError(f"policy.tp={tp} must divide the processes per node {per_node}: tensor parallelism "

@@ -22,7 +22,10 @@ class LaunchSpec:
     executor: Literal["local", "slurm"] = "local"
     nproc: int = 1  # local: torchrun processes on this machine
     nodes: int = 1  # slurm
-    gpus_per_node: int = 8  # slurm: also torchrun's --nproc-per-node there
+    gpus_per_node: int = 8  # slurm: GPUs a node (sbatch --gpus-per-node)
+    # slurm: torchrun's --nproc-per-node (trainer ranks a node); None: gpus_per_node. Fewer leaves GPUs
+    # trainer_ranks_per_node.. of rank 0's node to disaggregated rollout engines (rollout.engine_devices)
+    trainer_ranks_per_node: int | None = None
     account: str | None = None
     partition: str | None = None
     time: str = "04:00:00"
@@ -48,6 +51,13 @@ class LaunchSpec:
             raise ValueError(f"--nodes must be an int >= 1, got {self.nodes!r}")
         if not (isinstance(self.gpus_per_node, int) and 1 <= self.gpus_per_node <= 64):
             raise ValueError(f"--gpus-per-node must be an int in [1, 64], got {self.gpus_per_node!r}")
+        if self.trainer_ranks_per_node is not None:
+            if self.executor != "slurm":
+                raise ValueError("--trainer-ranks-per-node needs --executor slurm (locally, --nproc is the trainer "
+                                 "ranks and rollout.engine_devices the engines' devices)")
+            if not (isinstance(self.trainer_ranks_per_node, int) and 1 <= self.trainer_ranks_per_node <= self.gpus_per_node):
+                raise ValueError(f"--trainer-ranks-per-node must be an int in [1, --gpus-per-node={self.gpus_per_node}], "
+                                 f"got {self.trainer_ranks_per_node!r}")
         if self.executor == "local" and self.nodes != 1:
             raise ValueError(f"--nodes={self.nodes} needs --executor slurm (the local executor is one machine)")
         if self.executor == "slurm":
@@ -82,11 +92,20 @@ class LaunchSpec:
 
     @property
     def world_size(self) -> int:
-        return self.nproc if self.executor == "local" else self.nodes * self.gpus_per_node
+        """Trainer ranks (torchrun's world)."""
+        return self.procs_per_node * (1 if self.executor == "local" else self.nodes)
 
     @property
     def procs_per_node(self) -> int:
-        return self.nproc if self.executor == "local" else self.gpus_per_node
+        """Trainer ranks a node (torchrun's --nproc-per-node)."""
+        if self.executor == "local":
+            return self.nproc
+        return self.gpus_per_node if self.trainer_ranks_per_node is None else self.trainer_ranks_per_node
+
+    @property
+    def spare_gpus(self) -> list[int]:
+        """GPU indices of a Slurm node that no trainer rank uses (torchrun's local ranks take 0..N-1)."""
+        return list(range(self.procs_per_node, self.gpus_per_node)) if self.executor == "slurm" else []
 
     def mounts(self) -> list[tuple[str, str]]:
         """(host source, container destination) of each --container-mounts entry."""
