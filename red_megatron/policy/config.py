@@ -21,6 +21,9 @@ class PolicyConfig:
     # megatron's sequence parallelism (norms on sequence shards, activations / TP); None: on iff tp > 1
     sequence_parallel: bool | None = None
     dtype: str = "bfloat16"  # parameters and activations; main params, grads and optimiser state are fp32
+    # the LM head's matmul in fp32 (hidden states and weight upcast): logits as rollout.lm_head_fp32 computes
+    # them in vLLM, against the train/inference mismatch (docs/ASYNC.md); the [tokens, vocab] logits are fp32
+    lm_head_fp32: bool = False
     micro_batch_tokens: int = 8192  # computed tokens per micro-batch (packed: exact; padded: rows × longest)
     pack_sequences: bool = True  # packed THD micro-batches; False = length-bucketed right padding
     lr: float = 2e-6  # peak learning rate

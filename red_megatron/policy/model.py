@@ -144,13 +144,28 @@ def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtyp
     return TransformerConfig(**kw)
 
 
+def fp32_lm_head(layer) -> None:
+    """Run ``layer`` (the output ColumnParallelLinear) in fp32: its input and weight are upcast before the
+    matmul, so the logits are an fp32 product of the bf16 values (vLLM's ``head_dtype=float32`` computes the
+    same); the weight's gradient returns to its own (bf16) parameter through the cast."""
+    forward = layer.forward
+
+    def forward_fp32(input_, weight=None, runtime_gather_output=None):
+        w = layer.weight if weight is None else weight
+        return forward(input_.float(), weight=w.float(), runtime_gather_output=runtime_gather_output)
+
+    layer.forward = forward_fp32
+    layer.lm_head_fp32 = True
+
+
 def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
-                options: ModelOptions | None = None) -> list:
+                options: ModelOptions | None = None, lm_head_fp32: bool = False) -> list:
     """This rank's GPTModel chunk(s) for an HF config, in the layout of ``groups``
     (``parallel.init_model_parallel``'s result).
 
     dtype defaults to bfloat16 with CUDA and float32 on the CPU. Weights are random (or
     uninitialised with ``options.init_weights=False``); ``convert.load_hf_weights`` fills them.
+    ``lm_head_fp32``: the last stage's LM head in fp32 (``fp32_lm_head``; nothing to do at fp32).
     """
     from megatron.core.models.gpt import GPTModel
 
@@ -172,6 +187,8 @@ def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
         share_embeddings_and_output_weights=hf.tie_word_embeddings, position_embedding_type="rope",
         rotary_percent=1.0, rotary_base=hf.rope_theta,
     )
+    if lm_head_fp32 and groups.is_last_stage and dtype != torch.float32:
+        fp32_lm_head(model.output_layer)
     device = groups.device
     model.to(device)
     # transformers' inv_freq (incl. llama3 scaling) so RoPE matches bit for bit
@@ -188,5 +205,5 @@ def model_config_of(chunks) -> HFModelConfig:
     return hf
 
 
-__all__ = ["ModelOptions", "build_model", "layer_spec", "transformer_config", "read_hf_config",
+__all__ = ["ModelOptions", "build_model", "fp32_lm_head", "layer_spec", "transformer_config", "read_hf_config",
            "have_transformer_engine", "model_config_of"]

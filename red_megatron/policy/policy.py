@@ -109,7 +109,8 @@ class MegatronPolicy:
                                                   seed=cfg.seed if seed is None else seed)
         hf = read_hf_config(hf_dir)
         chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype],
-                                   options=model.ModelOptions(sequence_parallel=cfg.use_sequence_parallel))
+                                   options=model.ModelOptions(sequence_parallel=cfg.use_sequence_parallel),
+                                   lm_head_fp32=cfg.lm_head_fp32)
         convert.load_hf_weights(chunks, hf_dir, groups=groups)
         return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
                    pad_id=hf.pad_token_id, loss=loss)
