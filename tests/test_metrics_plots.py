@@ -180,72 +180,66 @@ def test_wandb_offline_sink_round_trip(tmp_path, monkeypatch):
     assert rows[2]["red/rbar_hist/bins"][0] < 0.0 < rows[2]["red/rbar_hist/bins"][1]  # bin 0 is centred on r̄=0
 
 
-def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def run_logging(monkeypatch):
+    """The root logger as setup_run_logging leaves it, restored afterwards; VLLM_* logging env unset."""
     import logging
-    import warnings
-
-    from red_megatron.metrics import setup_run_logging
 
     monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)  # restored (unset) after the test
     monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    try:
-        path = setup_run_logging(tmp_path, verbose=False)
-        vcfg = json.loads(Path(__import__("os").environ["VLLM_LOGGING_CONFIG_PATH"]).read_text())
-        assert vcfg["handlers"]["file"]["filename"] == str(path.resolve())  # vLLM's processes: the same file
-        assert vcfg["loggers"]["vllm"]["propagate"] is False
-        logging.getLogger("megatron.core.optimizer").info("Setting up optimizer with config OptimizerConfig(...)")
-        warnings.warn("Apex is not installed. Falling back to Torch Norm", UserWarning)
-        logging.getLogger("red_megatron.trainer").info("resumed at step 4")
-        for h in root.handlers:
-            h.flush()
-        err = capsys.readouterr().err
-        text = path.read_text()
-        assert path == tmp_path / "logs" / "library.log"
-        assert "OptimizerConfig" in text and "Apex is not installed" in text and "resumed at step 4" in text
-        assert "resumed at step 4" in err and "OptimizerConfig" not in err and "Apex" not in err
-        setup_run_logging(tmp_path, verbose=True)  # --verbose: the library's lines on the console too
-        logging.getLogger("megatron.core").debug("a debug dump")
-        assert "a debug dump" in capsys.readouterr().err
-    finally:
-        logging.captureWarnings(False)
-        for h in list(root.handlers):
-            if h not in saved[0]:
-                root.removeHandler(h)
-                h.close()
-        root.setLevel(saved[1])
+    yield root
+    logging.captureWarnings(False)
+    for h in list(root.handlers):
+        if h not in saved[0]:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(saved[1])
 
 
-def test_each_rank_gets_its_own_vllm_logging_config(tmp_path, monkeypatch):
+def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys, run_logging):
+    import logging
+    import warnings
+
+    from red_megatron.metrics import setup_run_logging
+
+    path = setup_run_logging(tmp_path, verbose=False)
+    vcfg = json.loads(Path(__import__("os").environ["VLLM_LOGGING_CONFIG_PATH"]).read_text())
+    assert vcfg["handlers"]["file"]["filename"] == str(path.resolve())  # vLLM's processes: the same file
+    assert vcfg["loggers"]["vllm"]["propagate"] is False
+    logging.getLogger("megatron.core.optimizer").info("Setting up optimizer with config OptimizerConfig(...)")
+    warnings.warn("Apex is not installed. Falling back to Torch Norm", UserWarning)
+    logging.getLogger("red_megatron.trainer").info("resumed at step 4")
+    for h in run_logging.handlers:
+        h.flush()
+    err = capsys.readouterr().err
+    text = path.read_text()
+    assert path == tmp_path / "logs" / "library.log"
+    assert "OptimizerConfig" in text and "Apex is not installed" in text and "resumed at step 4" in text
+    assert "resumed at step 4" in err and "OptimizerConfig" not in err and "Apex" not in err
+    setup_run_logging(tmp_path, verbose=True)  # --verbose: the library's lines on the console too
+    logging.getLogger("megatron.core").debug("a debug dump")
+    assert "a debug dump" in capsys.readouterr().err
+
+
+def test_each_rank_gets_its_own_vllm_logging_config(tmp_path, monkeypatch, run_logging):
     """Ranks of one run share run_dir/logs: one shared config file, rewritten by each rank with its own log's
     name, was read half-overwritten by vLLM on the other rank (CI 2026-12-02, tp2_infer2: "Extra data")."""
-    import logging
     import os
 
     from red_megatron.metrics import setup_run_logging
 
-    monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    try:
-        seen = {}
-        for rank in (0, 1):
-            monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
-            log = setup_run_logging(tmp_path, rank=rank)
-            cfg_path = Path(os.environ["VLLM_LOGGING_CONFIG_PATH"])
-            seen[rank] = cfg_path
-            assert json.loads(cfg_path.read_text())["handlers"]["file"]["filename"] == str(log.resolve())
-        assert seen[0] != seen[1]
-        assert json.loads(seen[0].read_text())["handlers"]["file"]["filename"].endswith("library.log")
-        assert not list((tmp_path / "logs").glob("*.tmp*"))  # written whole, then renamed
-    finally:
-        logging.captureWarnings(False)
-        for h in list(root.handlers):
-            if h not in saved[0]:
-                root.removeHandler(h)
-                h.close()
-        root.setLevel(saved[1])
+    seen = {}
+    for rank in (0, 1):
+        monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+        log = setup_run_logging(tmp_path, rank=rank)
+        cfg_path = Path(os.environ["VLLM_LOGGING_CONFIG_PATH"])
+        seen[rank] = cfg_path
+        assert json.loads(cfg_path.read_text())["handlers"]["file"]["filename"] == str(log.resolve())
+    assert seen[0] != seen[1]
+    assert json.loads(seen[0].read_text())["handlers"]["file"]["filename"].endswith("library.log")
+    assert not list((tmp_path / "logs").glob("*.tmp*"))  # written whole, then renamed
 
 
 def test_plot_axes_are_labelled_and_legends_do_not_cover_the_data(tmp_path, monkeypatch):
