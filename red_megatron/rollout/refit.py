@@ -11,9 +11,14 @@ time, on every rank) and passes them to ``engine.load_weights`` in buckets of ``
 bucket is flushed *before* a tensor that would overflow it, so the memory held beyond the model
 is at most one bucket plus the one tensor the generator is producing; 0 bytes means one tensor
 a bucket. The prefix cache is reset at the end: cached KV of the old weights must not be reused.
+
+``RefitPlan.for_engine`` also decides, once, whether the engine can take the fast path (tensors
+copied straight into its parameters, rollout/fast_refit.py) or needs vLLM's layerwise reload; the
+reason for the reload is logged once, and ``RefitStats.fast`` says which path a refit took.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -28,6 +33,9 @@ log = logging.getLogger(__name__)
 _ALWAYS_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
+_LOGGED_REASONS: set[str] = set()  # each reason for the slow path is logged once a process
+
+
 class RefitError(ValueError):
     """The trainer's weights and the engine's do not line up; the message names the tensors."""
 
@@ -39,6 +47,7 @@ class RefitStats:
     bytes: int
     seconds: float
     max_bucket_bytes: int
+    fast: bool = False  # the fast path (in-place copies) ran, not vLLM's layerwise reload
 
 
 @dataclass
@@ -50,6 +59,12 @@ class RefitPlan:
     dtype: torch.dtype  # the engine's dtype; tensors are cast to it as they arrive
     bucket_bytes: int
     ignored: frozenset[str] = field(default_factory=frozenset)  # sent by the trainer, dropped here
+    fast_key: str | None = None  # the engine's fast-update plan (None: vLLM's layerwise reload)
+    fast_reason: str = "planned without an engine (RefitPlan.build)"  # why not fast, when fast_key is None
+
+    @property
+    def fast(self) -> bool:
+        return self.fast_key is not None
 
     @classmethod
     def build(cls, specs: Sequence[tuple[str, Sequence[int], torch.dtype]],
@@ -87,9 +102,20 @@ class RefitPlan:
 
     @classmethod
     def for_engine(cls, engine, specs, *, bucket_bytes: int) -> "RefitPlan":
-        """Plan against a :class:`~red_megatron.rollout.engine.RolloutEngine`'s checkpoint tensors."""
-        return cls.build(specs, engine.expected_weights, dtype=engine.dtype, bucket_bytes=bucket_bytes,
+        """Plan against a :class:`~red_megatron.rollout.engine.RolloutEngine`'s checkpoint tensors, and
+        decide once whether its refits take the fast path."""
+        plan = cls.build(specs, engine.expected_weights, dtype=engine.dtype, bucket_bytes=bucket_bytes,
                          tie_word_embeddings=bool(engine.hf_config.get("tie_word_embeddings", False)))
+        return plan.with_engine(engine)
+
+    def with_engine(self, engine) -> "RefitPlan":
+        """This plan with the fast-path decision for ``engine`` (a RolloutEngine), made once: a
+        disaggregated engine binds the plan it receives from the trainer."""
+        key, reason = engine.prepare_fast_update({n: self.shapes[n] for n in self.names})
+        if reason is not None and reason not in _LOGGED_REASONS:
+            _LOGGED_REASONS.add(reason)
+            log.info("refit: vLLM's layerwise reload, not the fast path: %s", reason)
+        return dataclasses.replace(self, fast_key=key, fast_reason=reason or "")
 
     @property
     def total_bytes(self) -> int:
@@ -112,8 +138,9 @@ def specs_of(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[st
 def refit(engine, plan: RefitPlan, stream: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
     """Stream ``(hf_name, tensor)`` pairs into the engine in buckets; then reset its prefix cache.
 
-    ``engine`` needs ``begin_weight_update``, ``load_weights``, ``finish_weight_update`` (returns the
-    engine-side parameters that received nothing) and ``reset_prefix_cache``. Every name must be in
+    ``engine`` needs ``begin_weight_update`` (with ``fast=plan.fast_key`` when the plan is fast),
+    ``load_weights``, ``finish_weight_update`` (returns the engine-side parameters that received
+    nothing) and ``reset_prefix_cache``. Every name must be in
     the plan, once; a missing one is reported after the stream ends (the engine then holds a mix
     of old and new weights: refit again before generating).
     """
@@ -131,7 +158,10 @@ def refit(engine, plan: RefitPlan, stream: Iterable[tuple[str, torch.Tensor]]) -
             max_bucket = max(max_bucket, bucket_bytes)
             bucket, bucket_bytes = [], 0
 
-    engine.begin_weight_update()
+    if plan.fast:
+        engine.begin_weight_update(fast=plan.fast_key)
+    else:
+        engine.begin_weight_update()
     try:
         for name, t in stream:
             if name in plan.ignored:
@@ -165,6 +195,6 @@ def refit(engine, plan: RefitPlan, stream: Iterable[tuple[str, torch.Tensor]]) -
         raise RefitError(f"refit: engine parameters received no weights: {sorted(not_loaded)[:5]}")
     engine.reset_prefix_cache()
     stats = RefitStats(tensors=len(done), buckets=n_buckets, bytes=total, seconds=time.perf_counter() - t0,
-                       max_bucket_bytes=max_bucket)
+                       max_bucket_bytes=max_bucket, fast=plan.fast)
     log.debug("refit: %s", stats)
     return stats

@@ -104,7 +104,7 @@ class _Server:
 
     def join_weights(self, *, host: str, port: int, rank: int, size: int, timeout_s: float, plan):
         self.pg = weight_group(host, port, rank, size, timeout_s)
-        self.plan, self.layout = plan, bucket_layout(plan)
+        self.plan, self.layout = plan.with_engine(self.engine), bucket_layout(plan)
         return {"buckets": len(self.layout)}
 
     def generate(self, **kw):
