@@ -179,7 +179,8 @@ class _Run:
                 pass
             return {}
         stats = refit(self.engine, self.refit_plan, stream)
-        return {"refit/seconds": stats.seconds, "refit/buckets": stats.buckets, "refit/gbytes": stats.bytes / 1e9}
+        return {"refit/seconds": stats.seconds, "refit/buckets": stats.buckets, "refit/gbytes": stats.bytes / 1e9,
+                "refit/fast": float(stats.fast)}  # 1: in-place copies (rollout/fast_refit.py), 0: vLLM's reload
 
     def _remote_experience(self) -> tuple[Experience, dict]:
         """Queue batches up to step + k on the engines (each replica's prompts), then take this step's."""
