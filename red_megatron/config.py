@@ -8,6 +8,7 @@ any model or engine is built, so a config that cannot work fails in seconds, nam
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,11 @@ class RunConfig:
         if any(s.online for s in preset_stages(self.algo.preset)) and self.rollout.max_model_len < need:
             raise ValueError(f"rollout.max_model_len={self.rollout.max_model_len} is below data.max_prompt_tokens + "
                              f"data.max_response_tokens = {need}")
+        if self.policy.lm_head_fp32 != self.rollout.lm_head_fp32:
+            on, off = ("policy", "rollout") if self.policy.lm_head_fp32 else ("rollout", "policy")
+            warnings.warn(f"{on}.lm_head_fp32=true but {off}.lm_head_fp32=false: only one side computes its logits "
+                          f"in fp32, so the train/inference log-prob gap it is meant to close stays; set both",
+                          stacklevel=2)
         if self.eval.data_path is not None and self.eval.protocol.max_tokens + self.data.max_prompt_tokens > \
                 self.rollout.max_model_len:
             raise ValueError(f"eval.protocol.max_tokens={self.eval.protocol.max_tokens} + data.max_prompt_tokens="

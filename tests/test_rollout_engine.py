@@ -305,3 +305,22 @@ def test_cpu_kv_cache_is_sized_from_the_job(engine, tiny_ckpt_dir):
     assert tokens <= cfg.max_num_seqs * (cfg.max_model_len + 128)
     hf = read_config_json(tiny_ckpt_dir)
     assert job_kv_cache_bytes(hf, cfg) < 2**30 // 8  # the tiny job: well under the old fixed GiB
+
+
+def test_lm_head_fp32_runs_vllms_head_in_fp32(tiny_ckpt_dir):
+    """rollout.lm_head_fp32 on a bf16 engine: vLLM's head dtype is fp32 and the sampled log-probs change
+    (the head's rounding); off, the head stays in the model's dtype."""
+    from red_megatron.rollout.config import RolloutConfig
+    from red_megatron.rollout.engine import RolloutEngine
+
+    out = {}
+    for fp32 in (True, False):
+        eng = RolloutEngine(tiny_ckpt_dir, RolloutConfig(dtype="bfloat16", max_model_len=64, max_num_seqs=4,
+                                                         lm_head_fp32=fp32))
+        try:
+            out[fp32] = (eng.llm.llm_engine.vllm_config.model_config.head_dtype,
+                         eng.generate([[5, 6, 7, 8]], n=1, temperature=0.0, max_tokens=8)[0][0])
+        finally:
+            eng.close()
+    assert out[True][0] == torch.float32 and out[False][0] == torch.bfloat16
+    assert out[True][1].logprobs != out[False][1].logprobs

@@ -74,3 +74,15 @@ def test_section_checks(tmp_path):
     # sft has no online samples: the engine's length limit does not apply
     _cfg(tmp_path, algo=AlgoConfig(preset="sft"), rollout=RolloutConfig(max_model_len=64))
     assert _cfg(tmp_path, policy=PolicyConfig(tp=2)).policy.tp == 2
+
+
+def test_fp32_lm_head_on_one_side_only_warns(tmp_path):
+    import warnings
+
+    base = _cfg(tmp_path)
+    with pytest.warns(UserWarning, match=r"policy.lm_head_fp32=true but rollout.lm_head_fp32=false"):
+        apply_overrides(base, ["policy.lm_head_fp32=true"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both = apply_overrides(base, ["policy.lm_head_fp32=true", "rollout.lm_head_fp32=true"])
+    assert both.policy.lm_head_fp32 and both.rollout.lm_head_fp32

@@ -57,6 +57,9 @@ class RolloutConfig:
     timeout_s: float = 600.0  # disaggregated: the longest wait for an engine's reply (generation, refit)
     start_timeout_s: float = 600.0  # disaggregated: the longest wait for an engine to start
     refit_fast_path: bool = True  # in-place copies where tensors map onto the engine's storage (else vLLM's reload)
+    # vLLM's lm_head in fp32 (hf_overrides head_dtype=float32): the logits policy.lm_head_fp32 computes, so the
+    # sampled log-probs and the trainer's differ less (docs/ASYNC.md); no effect on an fp32 engine
+    lm_head_fp32: bool = False
     engine_devices: str | None = None  # disaggregated: "6,7": engine i sees device i of the list only (None: inherit)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,8 @@ class RolloutConfig:
         for name in ("timeout_s", "start_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RolloutConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if not isinstance(self.lm_head_fp32, bool):
+            raise ValueError(f"RolloutConfig.lm_head_fp32 must be a bool (true/false), got {self.lm_head_fp32!r}")
         if not isinstance(self.refit_fast_path, bool):
             raise ValueError(f"RolloutConfig.refit_fast_path must be a bool (true/false), got {self.refit_fast_path!r}")
         if self.engine_devices is not None:

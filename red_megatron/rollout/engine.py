@@ -222,7 +222,7 @@ class RolloutEngine:
                        enforce_eager=cfg.enforce_eager, seed=cfg.seed, enable_sleep_mode=sleep,
                        enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
                        distributed_executor_backend=cfg.executor, logprobs_mode=cfg.logprobs_mode,
-                       **extra)
+                       **({"hf_overrides": {"head_dtype": "float32"}} if cfg.lm_head_fp32 else {}), **extra)
         self._sleep_enabled = sleep
         self._asleep = False
         self._updating, self._fast, self._loaded = False, False, set()
