@@ -13,6 +13,8 @@ algo.fixed_w = red's mean w of the same seed). The base is the cached chain base
 (configs.chain_cpu.chain_base); --allow-failed-gate takes the gated base closest to passing instead (say so in
 the report), --base DIR any HF checkpoint. --gpu applies the §6.9 study flags (64 prompts × (7+1), 300 steps,
 lr 3e-4 cosine to 0.1, response 1024, avg@32, seeds 0-4) on the GPU task's splits; its base is --base.
+Every report first computes the finished cells' missing Table-1 probes (red_megatron.study.probe: seconds
+each, cached as probe.json beside each checkpoint; --no-probes skips them).
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--date", default=None, help="the report's date (default today)")
     ap.add_argument("--notes", default=None, help="a markdown file shown under the report's Notes (observations)")
     ap.add_argument("--analyze-only", action="store_true", help="write the report from the finished cells only")
+    ap.add_argument("--no-probes", action="store_true",
+                    help="do not compute missing Table-1 probes (cached ones are still reported)")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides of every training run")
     return ap
 
@@ -104,6 +108,19 @@ def gpu_overrides(steps: int) -> list[str]:
             "algo.num_online=7", f"policy.lr={GPU_LR:g}", "policy.min_lr_ratio=0.1", f"policy.lr_decay_steps={steps}",
             f"data.max_response_tokens={GPU_RESPONSE}", f"rollout.max_model_len={GPU_RESPONSE + 64}",
             f"eval.protocol.max_tokens={GPU_RESPONSE}", "eval.protocol.samples_per_row=32"]
+
+
+def probe_config(cfg):
+    """The Table-1 probes' settings from the training recipe: chain_val beside its train split, its formatting
+    and limits; None (no probes) when that split is absent."""
+    from red_megatron.study.probe import ProbeConfig
+
+    val = Path(cfg.data.path).with_name("chain_val.parquet")
+    if not val.exists():
+        return None
+    return ProbeConfig(val_path=str(val), max_prompt_tokens=cfg.data.max_prompt_tokens,
+                       max_response_tokens=cfg.data.max_response_tokens, chat_template=cfg.data.chat_template,
+                       eos_token=cfg.data.eos_token)
 
 
 def make_spec(args):
@@ -181,7 +198,8 @@ def main(argv=None) -> int:
                 f"{' + '.join(f'{w:.0f}' for w in walls) or '–'} s.", "device": device, "base": str(spec.base),
                 "eval_name": f"`{Path(spec.eval_data).name}`, avg@{spec.eval_samples} at T={spec.eval_temperature}",
                 "notes": Path(args.notes).read_text() if args.notes else None}
-        write_report(spec.out, ["base", *spec.configs], spec.seeds, report, meta, Path(spec.eval_data))
+        write_report(spec.out, ["base", *spec.configs], spec.seeds, report, meta, Path(spec.eval_data),
+                     probe=None if args.no_probes else probe_config(cfg))
 
     if not args.analyze_only:
         from red_megatron.study.runner import run_study

@@ -2,13 +2,13 @@
 
 Each claim gets a verdict (supported / refuted / inconclusive) and the numbers behind it. Paired rules
 ("3/3 seeds") need MIN_SEEDS seeds of both presets; with fewer the claim is inconclusive by design. The
-figure claims (C3-C6) are read per seed and hold only when every seed agrees. C10 needs the probe
-entropies of §6.6 item 7, which this analysis does not compute: it is reported as not computed.
+figure claims (C3-C6) are read per seed and hold only when every seed agrees. C10 reads the probe entropies
+of §6.6 item 7 (red_megatron.study.probe) the same way: on the seed means and in every seed.
 """
 from __future__ import annotations
 
 from red_megatron.study.analysis import ks_2samp, mean, mean_std
-from red_megatron.study.collect import deltas_vs_red, metric, paired_delta
+from red_megatron.study.collect import deltas_vs_red, metric, paired_delta, probe
 
 MIN_SEEDS = 3
 SUPPORTED, REFUTED, INCONCLUSIVE = "supported", "refuted", "inconclusive"
@@ -241,10 +241,57 @@ def c9(study) -> dict:
                       f"{c} {d['initial']:.2f}/{d['intermediate']:.2f}/{d['final']:.2f}" for c, d in w.items()))
 
 
+C10_RL_FALL, C10_SFT_BAND = 0.30, 0.10  # §6.7: grpo's probe H^rl falls >= 30 %, its probe H^sft moves <= 10 %
+
+
+def _c10_changes(base: dict, grpo: dict, sft: dict) -> dict | None:
+    """Relative changes vs the base of grpo's and sft's probe H^rl and H^sft; None if a base entropy is 0."""
+    if not (base["h_rl"] > 0 and base["h_sft"] > 0):
+        return None
+    return {f"{c}_{h}": x[f"h_{h}"] / base[f"h_{h}"] - 1 for c, x in (("grpo", grpo), ("sft", sft))
+            for h in ("rl", "sft")}
+
+
+def _c10_holds(d: dict) -> bool:
+    return (d["grpo_rl"] <= -C10_RL_FALL and abs(d["grpo_sft"]) <= C10_SFT_BAND
+            and d["sft_rl"] < 0 and d["sft_sft"] < 0)
+
+
+def c10(study) -> dict:
+    """Table 1 analog: grpo's probe H^rl falls >= 30 % vs the base while its probe H^sft changes <= 10 %, and
+    sft's probe H^rl and H^sft both fall. Supported when that holds on the seed means and in every seed with all
+    three probes (base, grpo, sft of that seed: the base is probed with each seed); refuted when it fails on the
+    means and in every such seed; otherwise, or with a probe missing, inconclusive."""
+    text = ("Table 1: grpo probe H^rl falls ≥ 30 % vs base while probe H^sft changes ≤ 10 %; sft: both fall "
+            "(seed means and every seed)")
+    got = {c: probe(study, c) for c in ("base", "grpo", "sft")}
+    seeds = sorted(set.intersection(*(set(v) for v in got.values())))
+    if not seeds:
+        return _claim("C10", text, INCONCLUSIVE, "missing probes: " + ", ".join(
+            f"{c} (seeds {sorted(v) or 'none'})" for c, v in got.items()))
+    means = {c: {h: mean([v[s][h] for s in seeds]) for h in ("h_rl", "h_sft")} for c, v in got.items()}
+    on_means = _c10_changes(means["base"], means["grpo"], means["sft"])
+    per = {s: _c10_changes(got["base"][s], got["grpo"][s], got["sft"][s]) for s in seeds}
+    if on_means is None or any(d is None for d in per.values()):
+        return _claim("C10", text, INCONCLUSIVE, "a base probe entropy is 0: no relative change")
+    held = {s: _c10_holds(d) for s, d in per.items()}
+    v = (SUPPORTED if _c10_holds(on_means) and all(held.values()) else
+         REFUTED if not _c10_holds(on_means) and not any(held.values()) else INCONCLUSIVE)
+
+    def fmt(d):
+        return (f"grpo H^rl {d['grpo_rl']:+.0%}, H^sft {d['grpo_sft']:+.0%}; sft H^rl {d['sft_rl']:+.0%}, "
+                f"H^sft {d['sft_sft']:+.0%}")
+
+    b = means["base"]
+    return _claim("C10", text, v, f"vs base (H^rl {b['h_rl']:.3f}, H^sft {b['h_sft']:.3f} nats), seed means: "
+                  f"{fmt(on_means)}; " + "; ".join(f"seed {s}: {'holds' if held[s] else 'fails'}"
+                                                   + ("" if len(seeds) == 1 else f" ({fmt(per[s])})")
+                                                   for s in seeds))
+
+
 def scorecard(study: dict) -> list[dict]:
     out = c1(study) + [c2(study), c3(study), c4(study), c5(study), c6(study), c7(study)] + c8(study) + [c9(study)]
-    out.append(_claim("C10", "Table 1: probe entropies", INCONCLUSIVE,
-                      "not computed: the probe H^sft / H^rl of §6.6 item 7 are not implemented in this analysis"))
+    out.append(c10(study))
     return out
 
 

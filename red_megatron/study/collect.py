@@ -6,6 +6,7 @@ from pathlib import Path
 
 from red_megatron.study.analysis import compute_columns, eval_summary, mean, mean_std, paired_delta, read_samples, \
     series
+from red_megatron.study.probe import read_probes
 from red_megatron.study.runner import cell_dir, preset_of, stage_dirs
 
 ORDER = ("base", "sft", "grpo", "sft_then_grpo", "mixpolicy", "onpolicy_offline", "luffy", "red_entropy",
@@ -31,6 +32,9 @@ def load_cell(out: Path, config: str, seed: int, k_of_row: dict[int, int] | None
     cell: dict = {"config": config, "seed": seed, "train": json.loads(tr.read_text()) if tr.exists() else None}
     if ev.exists():
         cell["eval"] = eval_summary(read_samples(d / "eval" / "samples.jsonl"), k_of_row)
+    probes = read_probes(out, config, seed)  # only what is cached; study.probe.ensure_probes computes them
+    if probes:
+        cell["probes"] = probes
     if config != "base" and tr.exists():
         run = d / "run"
         cfg = json.loads((stage_dirs(run, preset_of(config))[-1] / "run_config.json").read_text())["config"]
@@ -109,3 +113,23 @@ def pass_table(study: dict) -> dict:
             if any(v is not None for v in vals.values()):
                 out.setdefault(c, {})[band] = vals
     return out
+
+
+def probe(study: dict, config: str, name: str = "final") -> dict[int, dict]:
+    """{seed: probe summary (h_sft, h_rl, ...)} of one checkpoint of a config ("final", or a stage's name)."""
+    return {s: cell["probes"][name] for s, cell in study["cells"].get(config, {}).items()
+            if name in cell.get("probes", {})}
+
+
+def probe_table(study: dict) -> list[dict]:
+    """Table 1 analog rows (§6.6 item 7): mean ± std over seeds of probe H^sft and H^rl, one row a checkpoint;
+    a multi-stage preset's earlier stages (sft_then_grpo's SFT stage: where its RL starts) before its final."""
+    rows = []
+    for c in study["configs"]:
+        names = {n for cell in study["cells"].get(c, {}).values() for n in cell.get("probes", {})}
+        for name in sorted(names, key=lambda n: (n == "final", n)):
+            got = probe(study, c, name)
+            rows.append({"config": c, "checkpoint": name, "n": len(got),
+                         **{k: mean_std([p.get(k) for p in got.values()]) for k in ("h_sft", "h_rl", "rl_len")},
+                         "rl_truncated": mean([p.get("rl_truncated") for p in got.values()])})
+    return rows

@@ -1,7 +1,9 @@
-"""The chain study's dated report: the Table 2 analog, paired Δ vs red, pass@k, Wait stages, the scorecard.
+"""The chain study's dated report: the Table 2 analog, paired Δ vs red, pass@k, Wait stages, the Table 1 analog
+(probe entropies), the scorecard.
 
-``write_report(out, configs, seeds, report_md, meta, test_path)`` reads whatever cells are finished, so it is
-called after every cell (a partial report while the study runs) and once at the end."""
+``write_report(out, configs, seeds, report_md, meta, test_path, probe)`` reads whatever cells are finished, so it
+is called after every cell (a partial report while the study runs) and once at the end; with ``probe`` (a
+``ProbeConfig``) it first computes the finished cells' missing probes (seconds each, cached beside them)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,7 @@ from pathlib import Path
 
 from red_megatron.study.analysis import PASS_KS, STAGES, chance_pass_at_k, mean
 from red_megatron.study.claims import MIN_SEEDS, scorecard
-from red_megatron.study.collect import deltas_vs_red, load_study, metric, pass_table, table_rows
+from red_megatron.study.collect import deltas_vs_red, load_study, metric, pass_table, probe_table, table_rows
 from red_megatron.study.figures import all_figures
 
 BAND_COLS = ("chain_easy", "chain_medium", "chain_hard", "overall")
@@ -64,6 +66,43 @@ def wait_lines(study: dict) -> list[str]:
     return lines
 
 
+def probe_lines(rows: list[dict]) -> list[str]:
+    """The Table 1 analog: probe H^sft and H^rl (nats) per checkpoint, and their change vs the base's means."""
+    if not rows:
+        return ["(no probes yet)"]
+    base = next((r for r in rows if r["config"] == "base"), None)
+
+    def rel(r, k):
+        b = base[k][0] if base else None
+        return "–" if not b or r[k][0] is None or r is base else f"{r[k][0] / b - 1:+.0%}"
+
+    lines = ["| Model | checkpoint | n | probe H^sft | probe H^rl | H^sft vs base | H^rl vs base | own sample LEN | "
+             "own trunc |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ck = "final" if r["checkpoint"] == "final" else f"{r['checkpoint']} (RL from SFT-N starts here)" \
+            if r["config"] == "sft_then_grpo" else r["checkpoint"]
+        lines.append(f"| {r['config']} | {ck} | {r['n']} | {_ms(r['h_sft'], '.3f')} | {_ms(r['h_rl'], '.3f')} | "
+                     f"{rel(r, 'h_sft')} | {rel(r, 'h_rl')} | {_ms(r['rl_len'], '.0f')} | "
+                     f"{_ms(r['rl_truncated'], '.1f')} |")
+    return lines
+
+
+def probe_note(study: dict, meta: dict) -> str:
+    st = next((p["settings"] for d in study["cells"].values() for cell in d.values()
+               for p in cell.get("probes", {}).values() if "settings" in p), None)
+    rows = (f"{st['n_rows']} {'evenly spaced' if st['selection'] == 'spread' else 'first'} `chain_val` rows"
+            if st else "fixed `chain_val` rows")
+    limit = f"{st['max_response_tokens']} tokens" if st else "the response limit of training"
+    failed = meta.get("probe_failed") or []
+    return (f"probe H^sft = teacher-forced mean token entropy (nats; full vocabulary, fp32, T=1; per sample the mean "
+            f"over its response tokens, EOS included, then the mean over samples) on the teacher traces of {rows}, "
+            f"tokenised as training sees them; probe H^rl = the same on the checkpoint's own T=1 samples (transformers "
+            f"generate on the CPU, at most {limit}) for the same prompts, seeded by the cell's seed (the base is "
+            f"probed with each seed). `vs base` = the relative change of the seed means; own sample LEN / trunc = "
+            f"the probe samples' mean length and how many reached the limit."
+            + (f" Probes that failed: {'; '.join(failed)}." if failed else ""))
+
+
 def render(study: dict, meta: dict, figs: dict[str, str], claims: list[dict]) -> str:
     rows = table_rows(study)
     done = sum(len(v) for v in study["cells"].values())
@@ -85,6 +124,9 @@ def render(study: dict, meta: dict, figs: dict[str, str], claims: list[dict]) ->
              "the steps). G = 3 online + 1 offline: r̄ ∈ {0, ⅓, ⅔, 1} and w ∈ [1, 3].", "",
              "## pass@k (unbiased estimator from n = 16; mean over seeds)", "", *passk_lines(pass_table(study)), "",
              "## Wait markers per response by chain stage (Figure 5 analog)", "", *wait_lines(study), "",
+             "## Table 1 analog: probe entropies (STUDY_DESIGN §6.6 item 7; mean ± std over seeds)", "",
+             *probe_lines(probe_table(study)), "",
+             probe_note(study, meta), "",
              f"## Claim scorecard (STUDY_DESIGN §6.7; paired rules need {MIN_SEEDS} seeds)", "",
              "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c['id']} {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in claims]
@@ -96,15 +138,22 @@ def render(study: dict, meta: dict, figs: dict[str, str], claims: list[dict]) ->
 
 
 def write_report(out: Path, configs: list[str], seeds: list[int], report_md: Path, meta: dict,
-                 test_path: Path | None = None) -> dict:
-    """Analyse every finished cell of the study at ``out``; write report_md, its .json and PNGs beside it."""
+                 test_path: Path | None = None, probe=None) -> dict:
+    """Analyse every finished cell of the study at ``out``; write report_md, its .json and PNGs beside it.
+    ``probe``: a study.probe.ProbeConfig; the finished cells' missing probes are computed first."""
+    probe_failed = []
+    if probe is not None:
+        from red_megatron.study.probe import ensure_probes
+
+        probe_failed = ensure_probes(out, configs, seeds, probe)
     study = load_study(out, configs, seeds, test_path)
     claims = scorecard(study)
     report_md = Path(report_md)
     figs = all_figures(study, pass_table(study), report_md.parent, report_md.stem)
-    report_md.write_text(render(study, meta, figs, claims))
+    report_md.write_text(render(study, {**meta, "probe_failed": probe_failed}, figs, claims))
     summary = {"meta": meta, "configs": study["configs"], "seeds": seeds, "claims": claims,
                "table": table_rows(study), "deltas_vs_red": deltas_vs_red(study), "passk": pass_table(study),
+               "probes": probe_table(study), "probe_failed": probe_failed,
                "cells": {c: {str(s): {k: v for k, v in cell.items() if k != "series"} for s, cell in d.items()}
                          for c, d in study["cells"].items()}}
     report_md.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str))
