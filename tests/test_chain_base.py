@@ -99,7 +99,9 @@ def test_chain_shape_and_corpus(tmp_path):
 
 
 def test_cache_keys_follow_the_inputs(tmp_path):
-    from configs.chain_cpu import base_dir, chain_base
+    import dataclasses
+
+    from configs.chain_cpu import base_dir, base_task, chain_base
     from red_megatron.data.chain import ChainTaskConfig
 
     a = base_dir(0, root=tmp_path)
@@ -107,7 +109,7 @@ def test_cache_keys_follow_the_inputs(tmp_path):
     assert len({a, base_dir(1, root=tmp_path), base_dir(0, 350, root=tmp_path),
                 base_dir(0, overrides=["data.global_batch_size=8"], root=tmp_path)}) == 4
     # trace knobs do not change the base (its pretrain split holds native rows only); problem knobs do
-    assert base_dir(0, task=ChainTaskConfig(p_replay=0.3), root=tmp_path) == a
+    assert base_dir(0, task=dataclasses.replace(base_task(), p_replay=0.3), root=tmp_path) == a
     assert base_dir(0, task=ChainTaskConfig(pretrain_k_probs={1: .3, 2: .3, 3: .25, 4: .1, 5: .05}),
                     root=tmp_path) != a
     with pytest.raises(FileNotFoundError, match="build_chain_base.py"):
