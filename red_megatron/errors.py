@@ -98,23 +98,3 @@ def run_cli(fn: Callable[[list[str]], int | None], argv: Sequence[str] | None = 
         return report(e, debug=debug)
     return 0 if rc is None else int(rc)
 
-
-def exit_now(rc: int):
-    """End a finished command-line process without the interpreter's teardown.
-
-    The atexit handlers still run (logging's flush, vLLM's engine shutdown, multiprocessing's child
-    shutdown, W&B's finish); what is skipped is freeing every module and object one by one, which
-    after a run with megatron and vLLM loaded took ~2 s of the tiny recipe's ~15 s (CPU, 2026-12-02).
-    Only for processes whose work is done and whose files are closed: the CLI entry points.
-    """
-    import atexit
-
-    try:
-        atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own exit sequence, run early
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(rc)

