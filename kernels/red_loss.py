@@ -142,7 +142,8 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
                   clip_ptr, online_ptr,              # [N] fp32 out: 1.0/0.0 flags for clip_frac
                   N, inv_temp, eps_lo, eps_hi, log_gamma, ent_coef, kl_coef,
                   TP: tl.constexpr, COMPUTE_LOSS: tl.constexpr, HAS_KL: tl.constexpr, OLD_IS_LOGP: tl.constexpr,
-                  BLOCK_T: tl.constexpr, ONLINE: tl.constexpr, SHIFT: tl.constexpr, LUFFY: tl.constexpr, NLL: tl.constexpr):  # TokenKind
+                  BLOCK_T: tl.constexpr,
+                  ONLINE: tl.constexpr, SHIFT: tl.constexpr, LUFFY: tl.constexpr, NLL: tl.constexpr):  # TokenKind
     offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     msk = offs < N
     NEG_INF = float("-inf")

@@ -97,4 +97,3 @@ def run_cli(fn: Callable[[list[str]], int | None], argv: Sequence[str] | None = 
     except refusal_types() as e:
         return report(e, debug=debug)
     return 0 if rc is None else int(rc)
-

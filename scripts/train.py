@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from red_megatron.cli.train import build_parser, main, main_and_exit, parse_config  # noqa: E402,F401
+from red_megatron.cli.train import build_parser, main, parse_config  # noqa: E402,F401
 
 if __name__ == "__main__":  # dist checkpointing's helpers start with spawn: keep the guard
-    main_and_exit()
+    sys.exit(main())

@@ -147,13 +147,5 @@ def main(argv=None) -> int:
     return run_cli(_main, argv)
 
 
-def main_and_exit(argv=None):
-    """The ``red-train`` command and scripts/train.py: main(), then exit with its code. The interpreter's
-    teardown (~2 s after the tiny recipe) is kept: vLLM's CPU TP engines unlink their shared-memory segments
-    in it, and an os._exit left them behind, so the next tp_infer=2 run on the machine failed with
-    'create shm in SHMManager failed. errno: 17' (CI replica, 2026-12-02)."""
-    sys.exit(main(argv))
-
-
 if __name__ == "__main__":  # dist checkpointing's helpers start with spawn: keep the guard
-    main_and_exit()
+    sys.exit(main())

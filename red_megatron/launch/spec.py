@@ -55,9 +55,10 @@ class LaunchSpec:
             if self.executor != "slurm":
                 raise ValueError("--trainer-ranks-per-node needs --executor slurm (locally, --nproc is the trainer "
                                  "ranks and rollout.engine_devices the engines' devices)")
-            if not (isinstance(self.trainer_ranks_per_node, int) and 1 <= self.trainer_ranks_per_node <= self.gpus_per_node):
-                raise ValueError(f"--trainer-ranks-per-node must be an int in [1, --gpus-per-node={self.gpus_per_node}], "
-                                 f"got {self.trainer_ranks_per_node!r}")
+            n = self.trainer_ranks_per_node
+            if not (isinstance(n, int) and 1 <= n <= self.gpus_per_node):
+                raise ValueError(f"--trainer-ranks-per-node must be an int in [1, --gpus-per-node="
+                                 f"{self.gpus_per_node}], got {n!r}")
         if self.executor == "local" and self.nodes != 1:
             raise ValueError(f"--nodes={self.nodes} needs --executor slurm (the local executor is one machine)")
         if self.executor == "slurm":

@@ -155,7 +155,6 @@ def fp32_lm_head(layer) -> None:
         return forward(input_.float(), weight=w.float(), runtime_gather_output=runtime_gather_output)
 
     layer.forward = forward_fp32
-    layer.lm_head_fp32 = True
 
 
 def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
