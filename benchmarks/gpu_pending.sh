@@ -3,7 +3,7 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_pending.sh all     # GPU machine: wheel install + every part below
 #   OUT=/some/dir bash benchmarks/gpu_pending.sh smoke   # CPU, no CUDA, tiny shapes: every part's code path
-#   OUT=/some/dir bash benchmarks/gpu_pending.sh kernel  # one part (policy|projection|kernel|refit|step)
+#   OUT=/some/dir bash benchmarks/gpu_pending.sh kernel  # one part (policy|projection|kernel|refit|step|cp)
 #   GPU_PENDING_DRY_RUN=1 OUT=/tmp bash benchmarks/gpu_pending.sh all   # print part, budget, JSON, command
 #
 # Parts, cheapest and most decisive first, each under its own `timeout` (seconds, GPU budget):
@@ -38,8 +38,10 @@ mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|refit|step|c
 ALL_PARTS="policy projection kernel refit step cp"
 case "$mode" in
   all|smoke) parts="${GPU_PENDING_PARTS:-$ALL_PARTS}" ;;
-  policy|projection|kernel|refit|step) parts="$mode" ;;
-  *) echo "gpu_pending.sh: unknown mode '$mode' (expected all, smoke, or one of: $ALL_PARTS)" >&2; exit 2 ;;
+  *) case " $ALL_PARTS " in  # one part, by its name in ALL_PARTS (so a new part is a mode at once)
+       *" $mode "*) parts="$mode" ;;
+       *) echo "gpu_pending.sh: unknown mode '$mode' (expected all, smoke, or one of: $ALL_PARTS)" >&2; exit 2 ;;
+     esac ;;
 esac
 for p in $parts; do
   case " $ALL_PARTS " in *" $p "*) ;; *) echo "gpu_pending.sh: GPU_PENDING_PARTS: unknown part '$p' (expected some of: $ALL_PARTS)" >&2; exit 2 ;; esac

@@ -123,6 +123,12 @@ def test_bad_mode_or_part_is_refused(tmp_path):
     assert res.returncode == 2 and "unknown part 'refti'" in res.stderr
 
 
+def test_each_part_is_a_mode_of_its_own(tmp_path):
+    for part in PARTS:
+        rows = _dry(part, tmp_path)
+        assert [r[0] for r in rows] == [part], (part, rows)
+
+
 def test_a_part_past_its_time_is_cut_and_the_rest_skipped(tmp_path):
     """A stand-in interpreter that hangs on every benchmark: the first part hits the call's deadline,
     the rest are skipped for lack of time, and the summary says so (exit 1)."""
