@@ -279,12 +279,22 @@ def test_checkpoint_missing_parts_are_named(tmp_path):
     (ck / "meta.json").write_text('{"step": 1')
     with pytest.raises(ValueError, match=r"unreadable checkpoint part in .*meta.json"):
         _read_meta(ck)
-    (ck / "meta.json").write_text('{"step": 1}')
-    for part in ("metadata.json", "common.pt", ".metadata"):
+    # common.pt: megatron-core 0.16 writes it and the save lists it in meta.json (0.19 does not write it)
+    (ck / "meta.json").write_text('{"step": 1, "dist_parts": [".metadata", "common.pt", "metadata.json"]}')
+    for part in (".metadata", "common.pt", "metadata.json"):
         with pytest.raises(ValueError, match=rf"missing checkpoint part in .*: expected dist/{part}"):
             _read_meta(ck)
         (ck / "dist" / part).write_text("x")
     with pytest.raises(ValueError, match=r"expected dist/\*\.distcp"):
+        _read_meta(ck)
+    (ck / "dist" / "__0_0.distcp").write_text("x")
+    assert _read_meta(ck)["step"] == 1
+    (ck / "dist" / "common.pt").unlink()
+    # a 0.19 save lists no common.pt and passes without it; a meta.json without dist_parts is 0.16's older form
+    (ck / "meta.json").write_text('{"step": 1, "dist_parts": [".metadata", "metadata.json"]}')
+    assert _read_meta(ck)["step"] == 1
+    (ck / "meta.json").write_text('{"step": 1}')
+    with pytest.raises(ValueError, match=r"expected dist/common\.pt"):
         _read_meta(ck)
 
 

@@ -50,7 +50,9 @@ def test_export_a_checkpoint_step_to_an_hf_dir(tmp_path, tiny_ckpt_dir):
     run_dir = tmp_path / "run"
     p = _run([sys.executable, "-c", MAKE_RUN, str(tiny_ckpt_dir), str(run_dir)])
     assert p.returncode == 0, p.stderr[-3000:]
-    assert (run_dir / "checkpoints" / "step_00000003" / "dist" / "common.pt").is_file()
+    ckpt = run_dir / "checkpoints" / "step_00000003"
+    parts = json.loads((ckpt / "meta.json").read_text())["dist_parts"]  # what this megatron-core wrote
+    assert {"metadata.json", ".metadata"} <= set(parts) and all((ckpt / "dist" / f).is_file() for f in parts)
 
     out = tmp_path / "hf3"
     p = _run([sys.executable, "-m", "red_megatron.cli.export", str(run_dir), "--step", "3", "--out", str(out)])
@@ -78,8 +80,8 @@ def test_export_a_checkpoint_step_to_an_hf_dir(tmp_path, tiny_ckpt_dir):
     assert last.startswith("error: non-finite values (NaN/Inf) in tensor model.layers.1.mlp.down_proj.weight"), last
 
     # a checkpoint missing a part: refused at load, naming the part
-    (run_dir / "checkpoints" / "step_00000003" / "dist" / "common.pt").unlink()
+    (ckpt / "dist" / "metadata.json").unlink()
     p = _run([sys.executable, "-m", "red_megatron.cli.export", str(run_dir)])
     assert p.returncode == 2, p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: missing checkpoint part in") and "dist/common.pt" in last, last
+    assert last.startswith("error: missing checkpoint part in") and "dist/metadata.json" in last, last

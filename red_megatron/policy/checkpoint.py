@@ -283,7 +283,11 @@ def save_checkpoint(root, step: int, *, chunks: list, groups, optimizer=None, sc
     torch.save(_rng_state(), tmp / "rng" / f"rank{_rank():05d}.pt")
     _barrier()
     if _rank() == 0:
+        # the files megatron-core wrote beside the shards differ by version (0.16 writes common.pt,
+        # 0.19 keeps that state inside the shards): a resume checks for exactly these
+        dist_parts = sorted(f.name for f in (tmp / "dist").iterdir() if f.is_file() and f.suffix != ".distcp")
         meta = {"format_version": FORMAT_VERSION, "step": step, "layout": groups.layout(),
+                "dist_parts": dist_parts, "megatron_core": _megatron_version(),
                 "optimizer": optimizer is not None, "sharding_type": sharding_type,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "trainer_state": trainer_state}
@@ -328,7 +332,19 @@ def resolve_checkpoint(path) -> Path | None:
     return None
 
 
-DIST_PARTS = ("metadata.json", "common.pt", ".metadata")  # torch_dist's files beside the *.distcp shards
+# torch_dist's files beside the *.distcp shards that every megatron-core version writes; the rest
+# (0.16's common.pt) are listed in meta.json's dist_parts by the save that wrote them
+DIST_PARTS = ("metadata.json", ".metadata")
+
+
+def _megatron_version() -> str:
+    """The installed release ("0.19.2"); 0.19's own __version__ appends the cwd's git revision."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("megatron-core")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _read_meta(ckpt: Path) -> dict:
@@ -338,7 +354,9 @@ def _read_meta(ckpt: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"unreadable checkpoint part in {ckpt / 'meta.json'}: expected complete JSON "
                               f"({e})") from None
-    for part in DIST_PARTS:
+    # a checkpoint saved before meta.json listed its parts was written by 0.16, which writes common.pt
+    listed = meta.get("dist_parts", ("common.pt",))
+    for part in sorted(set(DIST_PARTS) | set(listed)):
         if not (ckpt / "dist" / part).is_file():
             raise CheckpointError(f"missing checkpoint part in {ckpt}: expected dist/{part}")
     if not any((ckpt / "dist").glob("*.distcp")):
