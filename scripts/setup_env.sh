@@ -6,12 +6,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP="$VENV/.red_megatron_setup_done"
+PY=${PYTHON:-python3}
+# megatron-core of the GPU machine and of Python 3.12 clusters (a cp312-only wheel), unpacked beside the
+# venv, not installed: tests/test_mcore_compat.py runs the policy tests and the GPU script's smoke on it
+# (PYTHONPATH first), so an API change between 0.16 and it shows here and not in a GPU window.
+MCORE_ALT_VERSION=0.19.2
+MCORE_ALT="$VENV/mcore-$MCORE_ALT_VERSION"
+fetch_mcore_alt() {
+  [ -d "$MCORE_ALT/megatron/core" ] && return 0
+  local t=$(date +%s) tmp; tmp=$(mktemp -d)
+  if $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d "$tmp" \
+      "megatron-core==$MCORE_ALT_VERSION" 2>/dev/null \
+    && mkdir -p "$MCORE_ALT.tmp" && $PY -m zipfile -e "$tmp"/megatron_core-*.whl "$MCORE_ALT.tmp" \
+    && mv "$MCORE_ALT.tmp" "$MCORE_ALT"; then
+    echo "[setup] megatron-core $MCORE_ALT_VERSION unpacked in $MCORE_ALT for the compat tests ($(( $(date +%s) - t )) s)"
+  else
+    rm -rf "$MCORE_ALT.tmp"
+    echo "[setup] warning: could not fetch megatron-core $MCORE_ALT_VERSION; tests/test_mcore_compat.py will skip"
+  fi
+  rm -rf "$tmp"
+}
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt constraints-cpu.txt ]; then
+  fetch_mcore_alt
   echo "[setup] $VENV is ready"
   exit 0
 fi
 t0=$(date +%s)
-PY=${PYTHON:-python3}
 echo "[setup] creating $VENV with $($PY --version)"
 [ -d "$VENV" ] || $PY -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
@@ -35,5 +56,6 @@ else
   # PyPI gives CUDA builds of these, which break `import vllm` on the CPU.
   pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+fetch_mcore_alt
 touch "$STAMP"
 echo "[setup] done in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1) in $VENV"
