@@ -9,7 +9,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import version
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,8 @@ MAKE_RUN = textwrap.dedent("""
 
 def _env():
     return {**{k: v for k, v in os.environ.items() if k not in ("RED_DEBUG", "RANK", "WORLD_SIZE")},
-            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1"}  # an inherited PYTHONPATH kept: the compat tier's megatron-core
 
 
 def _run(args, timeout=300):
@@ -51,7 +55,10 @@ def test_export_a_checkpoint_step_to_an_hf_dir(tmp_path, tiny_ckpt_dir):
     p = _run([sys.executable, "-c", MAKE_RUN, str(tiny_ckpt_dir), str(run_dir)])
     assert p.returncode == 0, p.stderr[-3000:]
     ckpt = run_dir / "checkpoints" / "step_00000003"
-    parts = json.loads((ckpt / "meta.json").read_text())["dist_parts"]  # what this megatron-core wrote
+    meta = json.loads((ckpt / "meta.json").read_text())
+    parts = meta["dist_parts"]  # what this megatron-core wrote
+    # the subprocess ran the megatron-core this process imports (the compat tier's, when it runs this file)
+    assert meta["megatron_core"] == version("megatron-core"), meta
     assert {"metadata.json", ".metadata"} <= set(parts) and all((ckpt / "dist" / f).is_file() for f in parts)
 
     out = tmp_path / "hf3"
@@ -78,6 +85,27 @@ def test_export_a_checkpoint_step_to_an_hf_dir(tmp_path, tiny_ckpt_dir):
     assert p.returncode == 2 and p.stderr.count("error: ") == 1, p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: non-finite values (NaN/Inf) in tensor model.layers.1.mlp.down_proj.weight"), last
+
+    # a damaged part is named exactly, before megatron-core reads the shards (its own error names no file)
+    from red_megatron.policy.checkpoint import _read_meta
+
+    shard = max((ckpt / "dist").glob("*.distcp"), key=lambda f: f.stat().st_size)
+    damaged = [(shard, rf"truncated checkpoint part in .*{shard.name}: expected at least \d+ bytes"),
+               (ckpt / "dist" / ".metadata", r"unreadable checkpoint part in .*dist/\.metadata")]
+    if (ckpt / "dist" / "common.pt").is_file():  # megatron-core 0.16
+        damaged.append((ckpt / "dist" / "common.pt", r"truncated checkpoint part in .*common\.pt"))
+    for f, msg in damaged:
+        whole = f.read_bytes()
+        f.write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(ValueError, match=msg):
+            _read_meta(ckpt)
+        if f == shard:  # and through the console script: one line, exit 2
+            p = _run([sys.executable, "-m", "red_megatron.cli.export", str(run_dir), "--out", str(tmp_path / "x")])
+            last = p.stderr.strip().splitlines()[-1]
+            assert p.returncode == 2 and p.stderr.count("error: ") == 1, p.stderr[-3000:]
+            assert last.startswith("error: truncated checkpoint part in") and shard.name in last, last
+        f.write_bytes(whole)
+    assert _read_meta(ckpt)["step"] == 3
 
     # a checkpoint missing a part: refused at load, naming the part
     (ckpt / "dist" / "metadata.json").unlink()

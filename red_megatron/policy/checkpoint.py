@@ -361,7 +361,39 @@ def _read_meta(ckpt: Path) -> dict:
             raise CheckpointError(f"missing checkpoint part in {ckpt}: expected dist/{part}")
     if not any((ckpt / "dist").glob("*.distcp")):
         raise CheckpointError(f"missing checkpoint part in {ckpt}: expected dist/*.distcp (the tensor shards)")
+    _check_dist_files(ckpt / "dist")
     return meta
+
+
+def _check_dist_files(dist_dir: Path) -> None:
+    """Name a damaged file before megatron-core reads the shards (its own error names none): .metadata
+    that does not unpickle, a shard shorter than the bytes .metadata places in it, a shard it names that
+    is absent, a common.pt (0.16) that is not a whole torch.save archive."""
+    import zipfile
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        md = FileSystemReader(str(dist_dir)).read_metadata()
+    except Exception as e:  # noqa: BLE001 - a truncated pickle raises EOFError, UnpicklingError, ...
+        raise CheckpointError(f"unreadable checkpoint part in {dist_dir / '.metadata'}: expected torch's distributed "
+                              f"checkpoint metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    need: dict[str, int] = {}  # shard file -> the bytes .metadata says it holds
+    for info in (getattr(md, "storage_data", None) or {}).values():
+        path, end = getattr(info, "relative_path", None), getattr(info, "offset", 0) + getattr(info, "length", 0)
+        if path is not None:
+            need[path] = max(need.get(path, 0), end)
+    for name, size in sorted(need.items()):
+        f = dist_dir / name
+        if not f.is_file():
+            raise CheckpointError(f"missing checkpoint part in {dist_dir.parent}: expected dist/{name} "
+                                  "(listed in dist/.metadata)")
+        if f.stat().st_size < size:
+            raise CheckpointError(f"truncated checkpoint part in {f}: expected at least {size} bytes (where "
+                                  f"dist/.metadata places its tensors), found {f.stat().st_size}")
+    common = dist_dir / "common.pt"
+    if common.is_file() and not zipfile.is_zipfile(common):
+        raise CheckpointError(f"truncated checkpoint part in {common}: expected a complete torch.save archive")
 
 
 def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=None, load_optimizer: bool = True,
