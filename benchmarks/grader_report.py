@@ -105,13 +105,15 @@ def score_after(spec: dict) -> dict:
     return out
 
 
-def hang_bound(workers: int, timeout_s: float, hang: str) -> dict:
+def hang_bound(workers: int, timeout_s: float, hang: str, patience_s: float | None = 1.0) -> dict:
     """Answers that hang inside the verifier (the tests' HANG hook: a sleep no alarm stops).
     ``hang`` is how they look: like a tower of powers (handed out last) or like a short
-    answer (``HANG``: handed out before most ordinary ones, the worst case)."""
+    answer (``HANG``: handed out before most ordinary ones, the worst case); ``patience_s``:
+    RewardConfig.patience_s (None: hangs are never set aside, the pool before 2026-12-02)."""
     from red_megatron.reward import RewardConfig, RewardScorer
 
-    cfg = RewardConfig(num_workers=workers, timeout_s=timeout_s, verify_fn="tests.test_reward:hooked_verify")
+    cfg = RewardConfig(num_workers=workers, timeout_s=timeout_s, verify_fn="tests.test_reward:hooked_verify",
+                       patience_s=patience_s)
     resps = [f"\\boxed{{{hang}}}"] * 8 + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
     golds = ["1"] * 8 + [g for _, g in ORDINARY]
     with RewardScorer(cfg) as s:
@@ -121,7 +123,45 @@ def hang_bound(workers: int, timeout_s: float, hang: str) -> dict:
         secs = time.monotonic() - t0
     return {"answers": len(resps), "hanging": 8, "seconds": secs, "deadline_s": cfg.step_deadline_s(len(resps)),
             "serial_hangs_s": 8 / workers * timeout_s, "ordinary_correct": sum(rewards[8:]),
-            "timeouts": stats.timeouts, "cut_by_deadline": stats.deadline}
+            "timeouts": stats.timeouts, "cut_by_deadline": stats.deadline, "set_aside": stats.set_aside,
+            "patience_s": patience_s}
+
+
+HANG_LOOKS = (("looks_slow", "HANG^{9^{9^{9}}}", "hangs that look slow (`HANG^{9^{9^{9}}}`: handed out last)"),
+              ("looks_fast", "HANG", "hangs that look fast (`HANG`: handed out before most ordinary answers, "
+                                     "the worst case)"))
+
+
+def hangs_report(args) -> None:
+    """Only the hang bound, with hangs set aside after patience_s (now) and never (before)."""
+    load0 = os.getloadavg()[0]
+    rows = [{"look": name, **hang_bound(args.workers, 5.0, hang, patience)}
+            for patience in (None, 1.0) for name, hang, _ in HANG_LOOKS]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"verifier_hangs_{args.date}"
+    machine = (f"{args.machine} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"1-min load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
+    stem.with_suffix(".json").write_text(json.dumps({"date": args.date, "machine": machine, "rows": rows}, indent=1))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_util import rows_beside, run_meta
+
+    rows_beside(stem.with_suffix(".json"), rows, run_meta(benchmark="grader_report --hangs-only"))
+    what = {name: text for name, _, text in HANG_LOOKS}
+    lines = [f"# Verifier hangs that look ordinary ({args.date})", "",
+             f"Machine: {machine}. `python benchmarks/grader_report.py --hangs-only`. One `RewardScorer.score` call "
+             f"of 32 answers: 8 that hang inside the verifier past every guard (the tests' `HANG` hook, a sleep no "
+             f"alarm stops) and 24 ordinary ones; {args.workers} workers, timeout_s 5, the default step deadline "
+             "(timeout + 0.25 s x answers/workers). `patience_s` None is the pool before this change (a hang holds "
+             "its worker, and the queue behind it, for the whole timeout); 1.0 is the default now (past it, the "
+             "answer is set aside on its own niced worker with its full timeout and a fresh worker serves the queue).",
+             "", "| patience_s | hangs | seconds | deadline s | ordinary scored 1 | timeouts | cut by the deadline "
+             "| set aside |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['patience_s']} | {what[r['look']]} | {r['seconds']:.1f} | {r['deadline_s']:.1f} "
+                     f"| {r['ordinary_correct']:.0f}/24 | {r['timeouts']} | {r['cut_by_deadline']} | {r['set_aside']} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def rates(rows, rewards) -> dict:
@@ -143,7 +183,12 @@ def main() -> None:
     ap.add_argument("--date", default="2026-12-02")
     ap.add_argument("--machine", default="2-core CPU dev machine")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "reports"))
+    ap.add_argument("--hangs-only", action="store_true",
+                    help="only the verifier-hang bound, with and without patience_s (verifier_hangs_<date>.md)")
     args = ap.parse_args()
+    if args.hangs_only:
+        hangs_report(args)
+        return
     data = Path(os.environ.get("RED_SHARED_DATA", ROOT.parent / "shared" / "data")) / "math_eval.parquet"
     rows = build_pairs(load_golds(data))
     adv_resps = [f"\\boxed{{{a}}}" for a in ADVERSARIAL] + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
@@ -154,8 +199,7 @@ def main() -> None:
     t0, load0 = time.monotonic(), os.getloadavg()[0]
     after = score_after(spec)
     before = score_before(args.before_rev, spec)
-    bound = {"looks_slow": hang_bound(args.workers, 5.0, "HANG^{9^{9^{9}}}"),
-             "looks_fast": hang_bound(args.workers, 5.0, "HANG")}
+    bound = {name: hang_bound(args.workers, 5.0, hang) for name, hang, _ in HANG_LOOKS}
     res = {"date": args.date, "machine": f"{args.machine} ({platform.processor() or platform.machine()}, "
                                          f"{os.cpu_count()} cores visible, 1-min load average "
                                          f"{load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
@@ -211,9 +255,7 @@ def write(res: dict, out: Path) -> None:
               f"alarm can stop), 8 of 32 in one call, {res['workers']} workers, timeout_s 5 (one after another "
               "per worker, as before, the hangs alone would take "
               f"{res['hang_bound']['looks_slow']['serial_hangs_s']:.0f} s):", ""]
-    for name, what in (("looks_slow", "hangs that look slow (`HANG^{9^{9^{9}}}`: handed out last)"),
-                       ("looks_fast", "hangs that look fast (`HANG`: handed out before most ordinary answers, "
-                                      "the worst case)")):
+    for name, _, what in HANG_LOOKS:
         h = res["hang_bound"][name]
         lines.append(f"- {what}: {h['seconds']:.1f} s against a step deadline of {h['deadline_s']:.1f} s "
                      f"(timeout + 0.25 s x answers/workers); {h['ordinary_correct']:.0f}/24 ordinary answers "

@@ -16,9 +16,13 @@ TIMEOUT_S = 8.0  # math-verify's own alarms get half (4 s): real answers must no
 
 
 def hooked_verify(pred, gold, timeout_s):
-    """Runs in the workers: the real verifier, but ``HANG...`` sleeps forever and ``CRASH`` kills the process."""
+    """Runs in the workers: the real verifier, but ``HANG...`` sleeps forever, ``SLEEP<s>:<pred>`` sleeps
+    s seconds and then verifies pred, and ``CRASH`` kills the process."""
     if pred.startswith("HANG"):
         time.sleep(3600)
+    if pred.startswith("SLEEP"):
+        secs, pred = pred[len("SLEEP"):].split(":", 1)
+        time.sleep(float(secs))
     if pred == "CRASH":
         os._exit(7)
     return verify_answer(pred, gold, timeout_s)

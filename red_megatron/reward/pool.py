@@ -17,6 +17,12 @@ last: the fast ones never queue behind a hang, and the hanging ones end up side 
 on all workers, killed together at one timeout, so a batch takes about
 ``ceil(answers / workers) * typical + one timeout``.
 
+An answer still running ``patience_s`` after hand-off while others wait is set aside: it keeps
+its worker (niced, so it yields the CPU) and its full ``timeout_s``, and a fresh worker (about
+0.1-0.2 s from the forkserver) takes its place in the rotation, so an answer that hangs but looks
+ordinary no longer holds up the ones queued behind it. A set-aside worker leaves the pool when its
+answer ends (at most ``max_set_aside`` at a time; past that, the queue waits as before).
+
 Each worker runs the verifier in its own main thread, which is where math-verify's
 ``signal.alarm`` timeouts work (they raise in threads). The clock for a task starts when it
 is handed to a worker that has finished importing, so a respawn's import time never counts
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -70,13 +77,15 @@ def _worker_main(conn, fn_path: str, init_path: str | None = None, init_args: tu
         conn.send((task_id, out))
 
 
-@dataclass
+@dataclass(eq=False)  # workers are compared by identity (list.remove, list.index)
 class _Worker:
     proc: Any
     conn: Any
     ready: bool = False
     task: int | None = None
+    handed_at: float = 0.0
     deadline: float = 0.0
+    set_aside: bool = False  # its task ran past patience_s: it leaves the pool when that task ends
     spawned_at: float = field(default_factory=time.monotonic)
 
 
@@ -85,16 +94,24 @@ class VerifyPool:
 
     Returns one ``(status, value)`` per task, in order: ``("ok", fn_result)``,
     ``("error", message)`` (fn raised), ``("timeout", None)`` or ``("crash", None)``.
+    ``patience_s``: a task running longer while others wait is set aside (None: never);
+    ``max_set_aside``: how many may be set aside at once (None: 4 x num_workers).
     Not thread-safe: one caller at a time.
     """
 
     def __init__(self, *, fn_path: str, num_workers: int, timeout_s: float,
                  start_method: str = "forkserver", startup_timeout_s: float = 120.0,
-                 init_path: str | None = None, init_args: tuple = ()):
+                 init_path: str | None = None, init_args: tuple = (),
+                 patience_s: float | None = None, max_set_aside: int | None = None,
+                 preload: tuple[str, ...] = ()):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if patience_s is not None and not 0 < patience_s:
+            raise ValueError(f"patience_s must be > 0 seconds or None, got {patience_s!r}")
+        if max_set_aside is not None and max_set_aside < 0:
+            raise ValueError(f"max_set_aside must be >= 0 or None, got {max_set_aside!r}")
         resolve_callable(fn_path)  # fail here, in the caller, on a bad path
         if init_path is not None:
             resolve_callable(init_path)
@@ -102,9 +119,19 @@ class VerifyPool:
         self.init_path, self.init_args = init_path, tuple(init_args)
         self.timeout_s = float(timeout_s)
         self.startup_timeout_s = float(startup_timeout_s)
+        # patience at or past the timeout would set aside nothing the timeout does not already end
+        self.patience_s = None if patience_s is None or patience_s >= timeout_s else float(patience_s)
+        self.max_set_aside = 4 * num_workers if max_set_aside is None else int(max_set_aside)
+        self._size = num_workers
         self._ctx = mp.get_context(start_method)
+        if preload and start_method == "forkserver":
+            # imported once in the fork server, so a worker (a fork of it) starts in ~0.1 s instead of
+            # importing them itself; no effect if this process's fork server already runs
+            self._ctx.set_forkserver_preload(["__main__", *preload])
         self._workers: list[_Worker] = [self._spawn() for _ in range(num_workers)]
         self.respawns = 0
+        self.set_aside_total = 0  # tasks set aside over the pool's life
+        self.last_set_aside = 0  # ... in the last map call
         self._closed = False
 
     def _spawn(self) -> _Worker:
@@ -115,18 +142,48 @@ class VerifyPool:
         child.close()  # so the parent sees EOF when the worker dies
         return _Worker(proc=proc, conn=parent)
 
-    def _replace(self, i: int) -> None:
-        w = self._workers[i]
+    @staticmethod
+    def _kill(w: _Worker) -> None:
         if w.proc.is_alive():
             w.proc.kill()
         w.proc.join(timeout=10)
         w.conn.close()
-        self._workers[i] = self._spawn()
+
+    def _replace(self, w: _Worker) -> None:
+        """Kill ``w``; a worker in the rotation gets a fresh one in its place, a set-aside one none."""
+        self._kill(w)
+        if w.set_aside:
+            self._workers.remove(w)
+            return
+        self._workers[self._workers.index(w)] = self._spawn()
         self.respawns += 1
+
+    def _end_task(self, w: _Worker) -> None:
+        """``w`` answered: it takes the next task, or leaves the pool if it had been set aside."""
+        w.task = None
+        if w.set_aside:
+            try:
+                w.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            self._kill(w)
+            self._workers.remove(w)
+
+    def _set_aside(self, w: _Worker) -> None:
+        """``w``'s task ran past patience_s: let it run on (niced) and put a fresh worker in its place."""
+        w.set_aside = True
+        try:
+            os.setpriority(os.PRIO_PROCESS, w.proc.pid, 19)
+        except (OSError, AttributeError):  # not permitted, or not a POSIX system: it just competes
+            pass
+        self._workers.append(self._spawn())
+        self.set_aside_total += 1
+        self.last_set_aside += 1
 
     @property
     def num_workers(self) -> int:
-        return len(self._workers)
+        """Workers in the rotation (set-aside ones, which leave when their task ends, not counted)."""
+        return self._size
 
     def map(self, tasks: list[tuple], *, deadline_s: float | None = None,
             priority: list[float] | None = None) -> list[tuple[str, Any]]:
@@ -138,12 +195,13 @@ class VerifyPool:
             raise ValueError(f"deadline_s must be > 0 seconds or None, got {deadline_s!r}")
         if priority is not None and len(priority) != len(tasks):
             raise ValueError(f"priority has {len(priority)} entries for {len(tasks)} tasks")
-        for i, w in enumerate(self._workers):
+        for w in list(self._workers):
             if w.task is not None:  # a previous map was interrupted (KeyboardInterrupt): its answer is stale
-                self._replace(i)
+                self._replace(w)
         if deadline_s is not None:
             self._wait_ready()  # the batch's clock starts when the workers can take work
         t0 = time.monotonic()
+        self.last_set_aside = 0
         batch_end = float("inf") if deadline_s is None else t0 + deadline_s
         results: list[tuple[str, Any] | None] = [None] * len(tasks)
         order = range(len(tasks)) if priority is None else sorted(range(len(tasks)), key=lambda t: -priority[t])
@@ -157,17 +215,33 @@ class VerifyPool:
                 if w.ready and w.task is None and pending:
                     t = pending.popleft()
                     w.conn.send((t, tasks[t]))
-                    w.task, w.deadline = t, now + self.timeout_s
+                    w.task, w.handed_at, w.deadline = t, now, now + self.timeout_s
             deadlines = [w.deadline if w.ready else w.spawned_at + self.startup_timeout_s
                          for w in self._workers if w.task is not None or not w.ready]
+            if pending and self._can_set_aside():
+                deadlines += [w.handed_at + self.patience_s for w in self._workers
+                              if w.task is not None and not w.set_aside]
             deadlines.append(batch_end)
             wait_s = max(0.0, min(deadlines) - now) if min(deadlines) < float("inf") else None
             objs = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
             wait(objs, timeout=wait_s)
-            for i in range(len(self._workers)):
-                self._poll_worker(i, results)
+            for w in list(self._workers):
+                self._poll_worker(w, results)
+            if pending:
+                self._set_aside_overdue()
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _can_set_aside(self) -> bool:
+        return self.patience_s is not None and sum(w.set_aside for w in self._workers) < self.max_set_aside
+
+    def _set_aside_overdue(self) -> None:
+        now = time.monotonic()
+        for w in list(self._workers):
+            if not self._can_set_aside():
+                return
+            if w.task is not None and not w.set_aside and now >= w.handed_at + self.patience_s:
+                self._set_aside(w)
 
     def _wait_ready(self) -> None:
         """Block until every worker has imported the verifier (raises past startup_timeout_s)."""
@@ -176,22 +250,21 @@ class VerifyPool:
             first = min(w.spawned_at + self.startup_timeout_s for w in self._workers if not w.ready)
             wait([w.conn for w in self._workers if not w.ready] + [w.proc.sentinel for w in self._workers],
                  timeout=max(0.0, first - now))
-            for i in range(len(self._workers)):
-                self._poll_worker(i, [])
+            for w in list(self._workers):
+                self._poll_worker(w, [])
 
     def _cut(self, results: list, pending: deque) -> None:
         """The batch's deadline passed: kill what still runs, skip what has not started."""
-        for i, w in enumerate(self._workers):
+        for w in list(self._workers):
             if w.task is not None:
-                self._poll_worker(i, results)  # it may have just answered
-            if self._workers[i].task is not None:
-                results[self._workers[i].task] = (DEADLINE, None)
-                self._replace(i)
+                self._poll_worker(w, results)  # it may have just answered (or died: then it is replaced)
+            if w in self._workers and w.task is not None:
+                results[w.task] = (DEADLINE, None)
+                self._replace(w)
         while pending:
             results[pending.popleft()] = (DEADLINE, None)
 
-    def _poll_worker(self, i: int, results: list) -> None:
-        w = self._workers[i]
+    def _poll_worker(self, w: _Worker, results: list) -> None:
         now = time.monotonic()
         msg = None
         died = False
@@ -207,7 +280,7 @@ class VerifyPool:
                 task_id, out = msg
                 assert task_id == w.task, (task_id, w.task)
                 results[task_id] = out
-                w.task = None
+                self._end_task(w)
             return
         if died or not w.proc.is_alive():
             if w.task is not None:
@@ -216,11 +289,11 @@ class VerifyPool:
                 raise RuntimeError(
                     f"a verifier worker died while starting (exit code {w.proc.exitcode}); "
                     f"check that {self.fn_path!r} imports in a fresh process")
-            self._replace(i)
+            self._replace(w)
             return
         if w.task is not None and now >= w.deadline:
             results[w.task] = (TIMEOUT, None)
-            self._replace(i)
+            self._replace(w)
         elif not w.ready and now >= w.spawned_at + self.startup_timeout_s:
             raise RuntimeError(f"a verifier worker did not start within {self.startup_timeout_s} s")
 

@@ -38,11 +38,15 @@ class RewardConfig:
     step_timeout_s: deadline for one ``score`` call; None: ``timeout_s + typical_answer_s *
         ceil(answers to verify / num_workers)``; its clock starts once the workers are up.
     typical_answer_s: the per-answer budget in that default (5-25x what an answer takes).
+    patience_s: an answer still verifying this long while others wait is set aside: it keeps its
+        worker and its full timeout_s, and a fresh worker serves the queue (None: the queue waits
+        for it), so answers that hang without looking slow cannot starve the rest of a step.
     """
     num_workers: int = 2
     timeout_s: float = 10.0
     step_timeout_s: float | None = None
     typical_answer_s: float = 0.25  # per-answer budget in the default step deadline (measured: ~0.01-0.05 s)
+    patience_s: float | None = 1.0
     rel_tol: float = 1e-9
     start_method: str = "forkserver"
     exact_match_fast_path: bool = True
@@ -71,6 +75,8 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.step_timeout_s must be > 0 seconds or None, got {self.step_timeout_s!r}")
         if not self.typical_answer_s > 0:
             raise ValueError(f"RewardConfig.typical_answer_s must be > 0 seconds, got {self.typical_answer_s!r}")
+        if self.patience_s is not None and not self.patience_s > 0:
+            raise ValueError(f"RewardConfig.patience_s must be > 0 seconds or None, got {self.patience_s!r}")
         if not isinstance(self.rel_tol, (int, float)) or not 0 <= self.rel_tol < 1:
             raise ValueError(f"RewardConfig.rel_tol must be a number in [0, 1), got {self.rel_tol!r}")
         if not self.startup_timeout_s > 0:
@@ -88,6 +94,7 @@ class RewardStats:
     parse_fail: int = 0  # the prediction (or, rarely, the gold) did not parse
     timeouts: int = 0  # killed at the per-answer deadline, or cut by the step deadline
     deadline: int = 0  # of ``timeouts``: unfinished when the step deadline passed
+    set_aside: int = 0  # answers that ran past patience_s and were moved out of the queue's way
     crashes: int = 0
     errors: int = 0  # the verifier raised: a bug, scored 0
     reasons: list[str] = field(default_factory=list)
@@ -123,7 +130,8 @@ class RewardScorer:
                                     timeout_s=self.cfg.timeout_s, start_method=self.cfg.start_method,
                                     startup_timeout_s=self.cfg.startup_timeout_s,
                                     init_path="red_megatron.reward.verify:configure",
-                                    init_args=(float(self.cfg.rel_tol),))
+                                    init_args=(float(self.cfg.rel_tol),), patience_s=self.cfg.patience_s,
+                                    preload=_v.PRELOAD)
         return self._pool
 
     def score(self, responses: list[str], golds: list[str]) -> tuple[list[float], RewardStats]:
@@ -151,10 +159,11 @@ class RewardScorer:
                 continue
             tasks.append((pred, gold, mv_timeout))
             task_rows.append(i)
-        n_cut = 0
+        n_cut = n_set_aside = 0
         if tasks:
             out = self.pool.map(tasks, deadline_s=self.cfg.step_deadline_s(len(tasks)),
                                 priority=[-answer_cost(t[0]) for t in tasks])  # likely-fast first
+            n_set_aside = self.pool.last_set_aside
             for i, (status, value) in zip(task_rows, out):
                 if status == "ok":
                     ok, why = value
@@ -168,7 +177,7 @@ class RewardScorer:
                     log.warning("verifier error on response %d: %s", i, value)
                     reasons[i] = "error"
         stats = self._count(reasons)
-        stats.deadline = n_cut
+        stats.deadline, stats.set_aside = n_cut, n_set_aside
         return rewards, stats
 
     @staticmethod

@@ -21,6 +21,9 @@ __all__ = ["CORRECT", "WRONG", "PARSE_FAIL", "GOLD_PARSE_FAIL", "MV_TIMEOUT", "c
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 _LATEX_DELIMS = ("\\(", "\\[", "\\boxed")
 
+# What a verifier worker imports on its first grade (~0.25 s): the pool's fork server imports it once.
+PRELOAD = ("sympy", "latex2sympy2_extended", "math_verify")
+
 # This process's comparison options: the defaults, or what the pool's initializer set.
 _OPTIONS = GradeOptions()
 
@@ -29,6 +32,9 @@ def configure(rel_tol: float = 1e-9, precision: int = 30) -> None:
     """Set this process's grading options (called once per verifier worker at start-up)."""
     global _OPTIONS
     _OPTIONS = GradeOptions(rel_tol=rel_tol, precision=precision)
+    # warm up before the worker says ready: the first grade imports sympy's and math-verify's parsers
+    # (~0.1-0.5 s), which would otherwise count against the first answer's timeout and patience
+    verify_answer("\\frac{1}{2}", "0.5")
 
 
 def options() -> GradeOptions:
