@@ -1,5 +1,8 @@
 """One step's experience: prompts -> G online samples + the offline trace -> rewards.
 
+Two functions make it, whichever rollout produced the samples: :func:`assemble_experience`
+(group order, flags, behaviour log-probs) and :func:`score_experience` (the verifier).
+
 RED_SPEC.md step 1: each prompt's group is its G online samples from the rollout engine plus
 its offline trace (already truncated to the response limit, EOS last, by the dataset). Every
 sample carries an explicit ``is_offline`` flag and its group id; nothing downstream infers
@@ -9,11 +12,14 @@ any other sample (the algorithm may override its reward with 1: AlgoConfig.offli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from red_megatron.data.dataset import Example
+
+if TYPE_CHECKING:
+    from red_megatron.rollout.engine import RolloutSample
 
 
 @dataclass
@@ -28,11 +34,16 @@ class Experience:
     engine_logp: list[list[float] | None]  # [B] the engine's sampled log-probs (None for traces)
     finish_reasons: list[str]  # [B] "stop" | "length" | "offline"
     reward_reasons: list[str] = field(default_factory=list)
+    golds: list[str] = field(default_factory=list)  # [B] the prompt's gold answer (what the sample is scored against)
+    prompt_index: list[int] = field(default_factory=list)  # [B] the prompt's dataset index (Example.index)
     num_prompts: int = 0
     traces_truncated: int = 0
     # [B] the policy version (optimiser steps) that generated each sample, -1 for traces; empty when
     # not tracked (docs/ASYNC.md: with rollout.max_staleness k, a trained sample is at most k behind)
     policy_version: list[int] = field(default_factory=list)
+    # [B] partial rollouts: the version that produced each token (None for traces); policy_version is then the
+    # oldest of them. Empty when every sample came from one version.
+    token_versions: list[list[int] | None] = field(default_factory=list)
 
     @property
     def response_len_B(self) -> torch.Tensor:
@@ -54,8 +65,11 @@ class Experience:
                 group_id_B=self.group_id_B[sel] - lo, is_offline_B=self.is_offline_B[sel],
                 rewards_B=self.rewards_B[sel], engine_logp=pick(self.engine_logp),
                 finish_reasons=pick(self.finish_reasons),
-                reward_reasons=pick(self.reward_reasons) if self.reward_reasons else [], num_prompts=n,
-                traces_truncated=truncated, policy_version=pick(self.policy_version) if self.policy_version else []))
+                reward_reasons=pick(self.reward_reasons) if self.reward_reasons else [],
+                golds=pick(self.golds) if self.golds else [],
+                prompt_index=pick(self.prompt_index) if self.prompt_index else [], num_prompts=n,
+                traces_truncated=truncated, policy_version=pick(self.policy_version) if self.policy_version else [],
+                token_versions=pick(self.token_versions) if self.token_versions else []))
             lo += n
         return parts
 
@@ -74,50 +88,45 @@ def merge_experience(parts: Sequence[Experience]) -> Experience:
         group_id_B=torch.cat([p.group_id_B + o for p, o in zip(parts, offsets)]),
         is_offline_B=torch.cat([p.is_offline_B for p in parts]), rewards_B=torch.cat([p.rewards_B for p in parts]),
         engine_logp=cat("engine_logp"), finish_reasons=cat("finish_reasons"), reward_reasons=cat("reward_reasons"),
+        golds=cat("golds") if all(p.golds for p in parts) else [],
+        prompt_index=cat("prompt_index") if all(p.prompt_index for p in parts) else [],
         num_prompts=sum(p.num_prompts for p in parts), traces_truncated=sum(p.traces_truncated for p in parts),
-        policy_version=cat("policy_version") if all(getattr(p, "policy_version", None) for p in parts) else [])
+        policy_version=cat("policy_version") if all(getattr(p, "policy_version", None) for p in parts) else [],
+        token_versions=cat("token_versions") if all(getattr(p, "token_versions", None) for p in parts) else [])
 
 
-GenerateFn = Callable[..., list]  # RolloutEngine.generate's signature
 ScoreFn = Callable[[list[str], list[str]], tuple[list[float], object]]  # RewardScorer.score
 
 
-def collect_experience(
-    examples: Sequence[Example],
-    *,
-    generate: GenerateFn | None,
-    score: ScoreFn,
-    decode: Callable[[list[int]], str],
-    num_online: int,
-    with_offline: bool,
-    temperature: float,
-    top_p: float,
-    max_response_tokens: int,
-    seed: int,
-) -> Experience:
-    """Roll out, attach the traces, verify. ``generate=None`` means no online samples (the sft preset)."""
+def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[RolloutSample]], *,
+                        with_offline: bool, policy_version: int | None = None) -> Experience:
+    """Prompts + their online samples (``online[g]``: prompt g's G samples, or ``[]`` for none) + the
+    offline traces, in group order; unscored (rewards 0 until :func:`score_experience`).
+
+    ``policy_version``: the version that generated the online samples (traces get -1), or None when
+    versions are not tracked.
+    """
     if not examples:
-        raise ValueError("collect_experience: no prompts in this step's batch")
-    online = []
-    if num_online > 0:
-        if generate is None:
-            raise ValueError("collect_experience: num_online > 0 needs a rollout engine")
-        online = generate([ex.prompt_ids for ex in examples], n=num_online, temperature=temperature, top_p=top_p,
-                          max_tokens=max_response_tokens, seed=seed)
+        raise ValueError("assemble_experience: no prompts in this step's batch")
+    if online and len(online) != len(examples):
+        raise ValueError(f"assemble_experience: {len(online)} groups of samples for {len(examples)} prompts")
     prompt_ids, response_ids, group, offline, engine_logp, finish, golds = [], [], [], [], [], [], []
+    index: list[int] = []
+    token_versions: list[list[int] | None] = []
     truncated = 0
     for g, ex in enumerate(examples):
         for s in (online[g] if online else []):
             # vLLM returns at least one token (EOS included when it stops), so no response is empty
             assert s.token_ids and len(s.token_ids) == len(s.logprobs), "rollout returned an empty sample"
-            s_ids, s_lp = list(s.token_ids), list(s.logprobs)
             prompt_ids.append(ex.prompt_ids)
-            response_ids.append(s_ids)
+            response_ids.append(list(s.token_ids))
             group.append(g)
             offline.append(False)
-            engine_logp.append(s_lp)
+            engine_logp.append(list(s.logprobs))
             finish.append(s.finish_reason)
             golds.append(ex.gold)
+            index.append(ex.index)
+            token_versions.append(None if s.versions is None else list(s.versions))
         if with_offline:
             if ex.trace_ids is None:
                 raise ValueError(f"row {ex.row} ({ex.data_source}): the preset uses the offline trace but this "
@@ -129,12 +138,25 @@ def collect_experience(
             engine_logp.append(None)
             finish.append("offline")
             golds.append(ex.gold)
+            index.append(ex.index)
+            token_versions.append(None)
             truncated += int(ex.trace_truncated)
-    rewards, stats = score([decode(r) for r in response_ids], golds)
+    per_token = any(v is not None for v in token_versions)
+    if per_token:  # a sample is as old as its oldest token; traces have no behaviour version (-1)
+        versions = [-1 if v is None else min(v) for v in token_versions]
+    else:
+        versions = [] if policy_version is None else [-1 if o else policy_version for o in offline]
     return Experience(
         prompt_ids=prompt_ids, response_ids=response_ids,
         group_id_B=torch.tensor(group, dtype=torch.int64), is_offline_B=torch.tensor(offline, dtype=torch.bool),
-        rewards_B=torch.tensor(rewards, dtype=torch.float32), engine_logp=engine_logp, finish_reasons=finish,
-        reward_reasons=list(getattr(stats, "reasons", [])), num_prompts=len(examples), traces_truncated=truncated,
-    )
+        rewards_B=torch.zeros(len(response_ids), dtype=torch.float32), engine_logp=engine_logp,
+        finish_reasons=finish, golds=golds, prompt_index=index, num_prompts=len(examples), traces_truncated=truncated,
+        policy_version=versions, token_versions=token_versions if per_token else [])
 
+
+def score_experience(exp: Experience, *, score: ScoreFn, decode: Callable[[list[int]], str]) -> Experience:
+    """RED_SPEC.md step 2: every sample verified against its prompt's gold, the trace like any other."""
+    rewards, stats = score([decode(r) for r in exp.response_ids], exp.golds)
+    exp.rewards_B = torch.tensor(rewards, dtype=torch.float32)
+    exp.reward_reasons = list(getattr(stats, "reasons", []))
+    return exp

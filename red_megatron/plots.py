@@ -120,7 +120,7 @@ _STAGE_COLORS = {"rollout": "tab:blue", "train": "tab:orange", "old_logprobs": "
 
 def plot_timeline(timeline_json: str | Path, out_path: str | Path) -> Path:
     """Rollout / train / refit intervals per process over a run (the disaggregated loop's timeline.json,
-    red_megatron/async_rollout.py): one row per process, one colour per stage."""
+    red_megatron/rollout/timeline.py): one row per process, one colour per stage."""
     import json
 
     events = json.loads(Path(timeline_json).read_text())["events"]

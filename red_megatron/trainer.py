@@ -8,9 +8,9 @@
     metrics  |= policy.train_step(exp, terms)                step 6-7    (one optimiser step)
     refit the engine from the policy, log, checkpoint
 
-With ``rollout.placement="disaggregated"`` the engines are processes of their own, driven from
-rank 0 by ``async_rollout.RemoteRollout``; with ``rollout.max_staleness`` k the generation of
-batch s+k is queued before step s's update and overlaps it (docs/ASYNC.md).
+Where the samples come from (engines in these processes, engine processes of their own at bounded
+staleness, a recorded run) was chosen once, when the run was built: the loop sees one
+``rollout/interface.Rollout`` (take / refit / close) and has no placement branches (docs/ASYNC.md).
 
 Everything a preset changes was chosen once by ``build_objective``; the loop is the same for
 all nine rows of the paper's Table 2. Staged presets (``sft_then_grpo``) run their stages one
@@ -30,9 +30,9 @@ import torch
 from red_megatron.algo import build_objective, entropy_partial_sums, entropy_stats_from_sums, sample_mean_entropy, step_metrics
 from red_megatron.algo.presets import StagedPreset, get_preset
 from red_megatron.config import RunConfig, check_world, save_run_config
-from red_megatron.experience import Experience, collect_experience
+from red_megatron.experience import Experience
 from red_megatron.metrics import MetricsLogger
-from red_megatron.rollout.placement import gather_prompts, plan_rollout
+from red_megatron.rollout.interface import build_rollout
 
 log = logging.getLogger("red_megatron.trainer")
 
@@ -102,33 +102,17 @@ class _Run:
         from red_megatron.policy.checkpoint import prestart_writer
 
         prestart_writer()
-        remote = cfg.rollout.placement == "disaggregated" and self.preset.online
-        self.placement = plan_rollout(g, tp_infer=cfg.rollout.tp_infer, executor=cfg.rollout.executor,
-                                      online=self.preset.online and not remote)
-        self.engine = self.refit_plan = self.remote = None
         a = cfg.algo  # decoupled PPO with truncated IS weights: on at k >= 1 unless algo.off_policy='none'
-        self.off_policy = self.preset.online and (a.off_policy == "tis" or (a.off_policy == "auto" and remote and
-                                                                            cfg.rollout.max_staleness > 0))
-        self._submitted, self._loader_after = 0, {}  # batches queued on the engines; loader state after each
+        stale = cfg.rollout.placement == "disaggregated" and cfg.rollout.max_staleness > 0
+        self.off_policy = self.preset.online and (a.off_policy == "tis" or (a.off_policy == "auto" and stale))
         # The no-grad old-policy pass is exactly redundant when nothing needs its numbers before the update:
         # one update per batch makes π_old the weights the update's own forward reads (algo.old_logprobs).
         self.old_pass = a.old_logprobs == "always" or self.objective.regulator is not None or self.off_policy
         if not self.old_pass:
             log.info("old-policy pass skipped (%s: no entropy rule, no off-policy weight): the update's forward "
                      "gives π_old and the entropies", cfg.algo.preset)
-        if remote:
-            from red_megatron.async_rollout import RemoteRollout
-
-            self.remote = RemoteRollout(cfg, g, self.policy, version=0, online=True,
-                                        with_offline=self.preset.with_offline, tokenizer=self.tokenizer,
-                                        scorer=self.scorer)
-        if self.placement.builds_engine:
-            from red_megatron.rollout.engine import RolloutEngine
-            from red_megatron.rollout.refit import RefitPlan
-
-            self.engine = RolloutEngine(cfg.model_dir, cfg.rollout)
-            self.refit_plan = RefitPlan.for_engine(self.engine, self.policy.hf_weight_specs(),
-                                                   bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
+        self.rollout = build_rollout(cfg, groups=g, policy=self.policy, preset=self.preset, loader=self.loader,
+                                     tokenizer=self.tokenizer, scorer=self.scorer, steps=self.steps)
         self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0)
         self.step = 0
         self.skipped_steps = 0
@@ -139,9 +123,7 @@ class _Run:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
-        # with batches queued ahead (max_staleness > 0) the loader has moved past the last trained batch
-        loader = self._loader_after.get(self.step - 1) if self.remote is not None else None
-        return {"step": self.step, "loader": loader or self.loader.state_dict(), "objective": self.objective.state_dict(),
+        return {"step": self.step, "loader": self.rollout.loader_state(self.step), "objective": self.objective.state_dict(),
                 "skipped_steps": self.skipped_steps, "preset": self.cfg.algo.preset}
 
     def _maybe_resume(self) -> None:
@@ -154,9 +136,8 @@ class _Run:
             raise ValueError(f"{self.cfg.checkpoint_dir}: the checkpoint is of preset {state['preset']!r}, this run "
                              f"is algo.preset={self.cfg.algo.preset!r}; use another run_dir or resume=false")
         self.step, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
-        self.loader.load_state_dict(state["loader"])
+        self.rollout.resume(self.step, state["loader"])
         self.objective.load_state_dict(state["objective"])
-        self._submitted = self.step
         self._saved_step = self.step
         self._refit(version=self.step)  # the engine must sample from the resumed weights
         log.info("resumed %s at step %d", self.cfg.checkpoint_dir, self.step)
@@ -167,101 +148,19 @@ class _Run:
 
     # --- the step -----------------------------------------------------------------------------------
     def _refit(self, version: int) -> dict:
-        if not self.preset.online:
-            return {}
-        from red_megatron.rollout.refit import refit
-
-        stream = self.policy.stream_hf_weights()  # a collective: every rank walks it
-        if self.remote is not None:  # queued behind the generations already submitted (at k=0: done now)
-            return self.remote.refit(stream, version=version, step=self.step)
-        if not self.placement.generates:  # no engine here, or an idle one
-            for _ in stream:
-                pass
-            return {}
-        stats = refit(self.engine, self.refit_plan, stream)
-        return {"refit/seconds": stats.seconds, "refit/buckets": stats.buckets, "refit/gbytes": stats.bytes / 1e9,
-                "refit/fast": float(stats.fast)}  # 1: in-place copies (rollout/fast_refit.py), 0: vLLM's reload
-
-    def _remote_experience(self) -> tuple[Experience, dict]:
-        """Queue batches up to step + k on the engines (each replica's prompts), then take this step's."""
-        last = min(self.step + self.cfg.rollout.max_staleness, self.steps - 1)
-        while self._submitted <= last:
-            examples = self.loader.next_batch()
-            self._loader_after[self._submitted] = self.loader.state_dict()
-            self.remote.submit(self._submitted, examples)
-            self._submitted += 1
-        self._loader_after.pop(self.step - 2, None)
-        exp, info = self.remote.take(self.step, step=self.step)
-        if self.cfg.record_experience_dir is not None:
-            self._record_experience(exp)
-        return exp, info
-
-    def _experience(self, examples) -> Experience:
-        """This replica's experience on every one of its ranks (rollout/placement.py says who generates)."""
-        cfg, g, plan = self.cfg, self.groups, self.placement
-        if cfg.replay_experience_dir is not None:
-            return self._replayed_experience()
-        exp = None
-        if plan.generates or (not self.preset.online and g.is_mp_src):
-            batches = gather_prompts(plan, g.dp_rank, examples) if self.preset.online else [examples]
-            # Ranks of the engine that are no replica's source only join its collective: they skip verification.
-            score = self.scorer.score if g.is_mp_src else (lambda responses, golds: ([0.0] * len(responses), None))
-            # seeded by the first replica served: with one replica per engine, a replica's samples do not
-            # depend on the layout
-            first = plan.served_replicas[0] if plan.served_replicas else g.dp_rank
-            both = collect_experience(
-                [ex for b in batches for ex in b], generate=self.engine.generate if self.engine is not None else None,
-                score=score, decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-                num_online=cfg.algo.num_online if self.preset.online else 0, with_offline=self.preset.with_offline,
-                temperature=cfg.algo.temperature, top_p=cfg.top_p, max_response_tokens=cfg.data.max_response_tokens,
-                seed=cfg.seed * 1_000_003 + self.step * 7919 + first)
-            parts = both.split([len(b) for b in batches], [sum(int(ex.trace_truncated) for ex in b) * self.preset.with_offline for b in batches]) \
-                if len(batches) > 1 else [both]
-            served = plan.served_replicas if self.preset.online else (g.dp_rank,)
-            exp = parts[served.index(g.dp_rank)] if g.is_mp_src else None
-        exp = g.broadcast_from_mp_src(exp)
-        if cfg.record_experience_dir is not None:
-            self._record_experience(exp)
-        return exp
-
-    # --- recorded experience: the layout tests replay one run's rollouts in another layout ------------------
-    def _record_experience(self, exp: Experience) -> None:
-        """Rank 0 writes the step's global experience (every replica's, in DP order)."""
-        g = self.groups
-        parts = [exp]
-        if g.dp_size > 1:
-            parts = [None] * g.dp_size
-            torch.distributed.all_gather_object(parts, exp, group=g.dp_group)
-        if g.rank == 0:
-            out = Path(self.cfg.record_experience_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            torch.save(parts, out / f"step{self.step + 1:06d}.pt")
-
-    def _replayed_experience(self) -> Experience:
-        """This replica's slice of a recorded step (recorded at any DP size)."""
-        from red_megatron.experience import merge_experience
-
-        g = self.groups
-        path = Path(self.cfg.replay_experience_dir) / f"step{self.step + 1:06d}.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"replay_experience_dir: no recorded experience for step {self.step + 1} ({path})")
-        whole = merge_experience(torch.load(path, weights_only=False))
-        per = whole.num_prompts // g.dp_size
-        return whole.split([per] * g.dp_size, [0] * g.dp_size)[g.dp_rank]
+        # a collective: every rank walks the policy's weights (the rollout may keep none of them)
+        return self.rollout.refit(self.policy.stream_hf_weights(), version=version, step=self.step)
 
     def red_step(self) -> dict:
         cfg, obj, g = self.cfg, self.objective, self.groups
         times: dict[str, float] = {}
-        since = time.perf_counter() - self.remote.timeline.t_start if self.remote is not None else 0.0
-        async_metrics: dict = {}
+        tl = self.rollout.timeline
+        since = time.perf_counter() - tl.t_start if tl is not None else 0.0
         with _timed(times, "rollout"):
-            if self.remote is not None:
-                exp, async_metrics = self._remote_experience()
-            else:
-                exp = self._experience(self.loader.next_batch())
+            exp = self.rollout.take(self.step)
         tokens, prompt_lens = exp.sequences()
         response_len_B = exp.response_len_B
-        tl = self.remote.timeline if self.remote is not None and g.rank == 0 else None
+        tl = tl if g.rank == 0 else None
         with _timed(times, "old_logprobs", tl, self.step):
             batch = self.policy.step_batch(tokens, prompt_lens)  # planned once, used by both passes
             logp_old_N = entropy_N = stats = None
@@ -297,9 +196,7 @@ class _Run:
         m.update(off_metrics)
         m.update(refit_metrics)
         m.update(times)
-        if self.remote is not None:
-            m.update(async_metrics or {})
-            m.update(self.remote.step_metrics(since))
+        m.update(self.rollout.step_metrics(since))
         m["reward/mean"] = float(exp.rewards_B.mean())
         m["reward/verifier_timeouts"] = sum(r == "timeout" for r in exp.reward_reasons)
         m["data/traces_truncated"] = exp.traces_truncated
@@ -348,15 +245,13 @@ class _Run:
                 self.logger.log(self.step, last)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.steps:
                     self._save()
-            if self.remote is not None:
-                self.remote.drain()  # the last refit's failure, if any, is not lost
+            self.rollout.finish()  # the last refit's failure, if any, is not lost
             if self._saved_step != self.step:  # nothing changed since the checkpoint it resumed from: keep it
                 self._save()
             if self.cfg.export_hf:
                 self.policy.export_hf(Path(self.cfg.run_dir) / "hf", tokenizer_dir=self.cfg.model_dir)
         finally:
-            if self.remote is not None:
-                self.remote.close(self.cfg.run_dir)
+            self.rollout.close(self.cfg.run_dir)
             self.logger.close()
             self.scorer.close()
         return last

@@ -1,12 +1,13 @@
 """Disaggregated, bounded-staleness rollouts for the trainer (docs/ASYNC.md).
 
-Every trainer rank holds a :class:`RemoteRollout` and calls the same methods in the same order
-(each is a collective over the trainer's world); only rank 0 talks to the engines. Rank 0 runs a
-*driver*: one worker thread that executes the engine jobs in submission order (FIFO), so the
+Every trainer rank holds a :class:`DisaggregatedRollout` and calls the same methods in the same
+order (each is a collective over the trainer's world); only rank 0 talks to the engines. Rank 0 runs
+a *driver*: one worker thread that executes the engine jobs in submission order (FIFO), so the
 order of generations and refits is the order the loop submitted them in:
 
-    step s:  submit(s + k)        prompts of batch s+k gathered to rank 0, generation queued
-             take(s)              rank 0 waits for batch s, verifies it, hands each replica its part
+    step s:  take(s)              queues batches up to s + k (each rank draws its replica's prompts,
+                                  gathered to rank 0), then rank 0 waits for batch s, verifies it and
+                                  hands each replica its part
              ... old log-probs, RED weights, update (engines keep generating meanwhile) ...
              refit(version s+1)   full weights gathered on every rank (policy.stream_hf_weights),
                                   staged on rank 0 and queued: broadcast to the engines in order
@@ -21,50 +22,19 @@ than train on such a batch.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import logging
-import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from red_megatron.experience import Experience, collect_experience
+from red_megatron.experience import Experience, assemble_experience, score_experience
 from red_megatron.rollout.engine import RolloutSample
+from red_megatron.rollout.interface import Rollout
+from red_megatron.rollout.timeline import Timeline
 
-log = logging.getLogger("red_megatron.async_rollout")
-
-
-class Timeline:
-    """(process, stage, t0, t1, step) intervals on rank 0's clock, for the timeline plot and busy/idle metrics."""
-
-    def __init__(self):
-        self.t_start = time.perf_counter()
-        self.events: list[tuple[str, str, float, float, int]] = []
-        self.staleness_hist: dict[int, int] = {}  # staleness -> online samples trained at it
-        self._lock = threading.Lock()
-
-    def add(self, process: str, stage: str, t0: float, t1: float, step: int) -> None:
-        with self._lock:
-            self.events.append((process, stage, t0 - self.t_start, t1 - self.t_start, step))
-
-    def busy(self, since: float) -> dict[tuple[str, str], float]:
-        """Seconds each (process, stage) was busy after ``since`` (rank 0 clock, relative)."""
-        out: dict[tuple[str, str], float] = {}
-        with self._lock:
-            for proc, stage, t0, t1, _ in self.events:
-                if t1 > since:
-                    out[(proc, stage)] = out.get((proc, stage), 0.0) + t1 - max(t0, since)
-        return out
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"events": [dict(process=p, stage=s, t0=a, t1=b, step=k)
-                                              for p, s, a, b, k in self.events],
-                                   "staleness_hist": {str(k): v for k, v in sorted(self.staleness_hist.items())}}))
-        tmp.replace(path)
+log = logging.getLogger("red_megatron.rollout.disaggregated")
 
 
 def _split(n: int, parts: int) -> list[int]:
@@ -72,15 +42,19 @@ def _split(n: int, parts: int) -> list[int]:
     return [q + (i < r) for i in range(parts)]
 
 
-class RemoteRollout:
-    def __init__(self, cfg, groups, policy, *, version: int, online: bool, with_offline: bool, tokenizer, scorer):
+class DisaggregatedRollout(Rollout):
+    def __init__(self, cfg, *, groups, policy, loader, sampling, with_offline: bool, tokenizer, scorer, steps: int):
         self.cfg, self.g, self.k = cfg, groups, cfg.rollout.max_staleness
-        self.online, self.with_offline, self.tokenizer, self.scorer = online, with_offline, tokenizer, scorer
+        self.loader, self.sampling, self.steps = loader, sampling, steps
+        self.with_offline, self.tokenizer, self.scorer = with_offline, tokenizer, scorer
         self.timeline = Timeline()
+        self._submitted = 0  # batches queued on the engines
+        self._loader_after: dict[int, dict] = {}  # batch -> the loader's state after drawing it
+        self._info: dict = {}  # the last take's metrics
         self._jobs: dict[int, cf.Future] = {}
         self._failed: BaseException | None = None
         self.pool = self._driver = None
-        self.version = version  # the newest version queued for the engines (rank 0's driver order)
+        self.version = 0  # the newest version queued for the engines (rank 0's driver order)
         world = groups.world_size
         self._dp_of_rank = [groups.dp_rank] * world
         if world > 1:
@@ -107,7 +81,28 @@ class RemoteRollout:
             self._driver = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-driver")
 
     # --- generation ---------------------------------------------------------------------------------
-    def submit(self, batch: int, examples: list) -> None:
+    def take(self, step: int) -> Experience:
+        """Queue batches up to ``step + k`` (each replica's prompts), then this replica's part of batch ``step``."""
+        last = min(step + self.k, self.steps - 1)
+        while self._submitted <= last:
+            examples = self.loader.next_batch()
+            self._loader_after[self._submitted] = self.loader.state_dict()
+            self._submit(self._submitted, examples)
+            self._submitted += 1
+        self._loader_after.pop(step - 2, None)
+        exp, self._info = self._take(step, step=step)
+        return exp
+
+    def loader_state(self, step: int) -> dict:
+        # with batches queued ahead the loader has moved past the last trained batch; the checkpoint holds
+        # the state after the last trained one (batch step - 1), so a resume queues the rest again
+        return self._loader_after.get(step - 1) or self.loader.state_dict()
+
+    def resume(self, step: int, loader_state: dict) -> None:
+        self.loader.load_state_dict(loader_state)
+        self._submitted = step
+
+    def _submit(self, batch: int, examples: list) -> None:
         """Collective: queue batch ``batch``'s generation (every replica's prompts) on rank 0's driver."""
         g = self.g
         box = [None] * g.world_size if g.rank == 0 else None
@@ -119,8 +114,7 @@ class RemoteRollout:
             return
         by_replica = dict(box)
         replicas = [by_replica[d] for d in range(g.dp_size)]
-        seed = self.cfg.seed * 1_000_003 + batch * 7919
-        self._jobs[batch] = self._driver.submit(self._guarded, self._generate, batch, replicas, seed)
+        self._jobs[batch] = self._driver.submit(self._guarded, self._generate, batch, replicas)
 
     def _guarded(self, fn, *args):
         """Driver jobs run in order; after one failed (a refit half done), every later one fails with it."""
@@ -132,18 +126,16 @@ class RemoteRollout:
             self._failed = exc
             raise
 
-    def _generate(self, batch: int, replicas: list[list], seed: int) -> dict:
+    def _generate(self, batch: int, replicas: list[list]) -> dict:
         """Driver thread: the batch's prompts spread over the engines (contiguous shares), one call each."""
-        a = self.cfg.algo
         flat = [ex for rep in replicas for ex in rep]
         samples: list = []
-        if self.online:
+        if self.sampling.n > 0:
             shares = [s for s in _split(len(flat), len(self.pool.engines)) if s > 0]
             per, lo = [], 0
             for e, n in enumerate(shares):  # engine e's seed is replica e's in the colocated loop
-                per.append(dict(prompt_ids=[ex.prompt_ids for ex in flat[lo:lo + n]], n=a.num_online,
-                                temperature=a.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.data.max_response_tokens, seed=seed + e))
+                per.append(self.sampling.engine_args([ex.prompt_ids for ex in flat[lo:lo + n]], batch=batch,
+                                                     replica=e))
                 lo += n
             t0 = time.perf_counter()
             replies = self.pool.call_all("generate", per)
@@ -159,7 +151,7 @@ class RemoteRollout:
             version, t0, t1 = self.version, 0.0, 0.0
         return {"replicas": replicas, "samples": samples, "version": version, "wait_from": t0, "seconds": t1 - t0}
 
-    def take(self, batch: int, step: int) -> tuple[Experience, dict]:
+    def _take(self, batch: int, step: int) -> tuple[Experience, dict]:
         """Collective: this replica's experience of batch ``batch``, trained at ``step`` (policy version ``step``)."""
         g = self.g
         parts = info = None
@@ -177,13 +169,21 @@ class RemoteRollout:
             self.timeline.staleness_hist[staleness] = self.timeline.staleness_hist.get(staleness, 0) + n_online
             t2 = time.perf_counter()
             self.timeline.add("trainer", "verify", t1, t2, step)
-            sizes = [len(r) for r in job["replicas"]]
-            truncated = [sum(int(ex.trace_truncated) for ex in r) * self.with_offline for r in job["replicas"]]
-            per_replica = exp.split(sizes, truncated) if len(sizes) > 1 else [exp]
-            parts = [per_replica[self._dp_of_rank[r]] for r in range(g.world_size)]
+            parts = self._per_rank(exp, job["replicas"])
             info = {"async/staleness": staleness, "async/policy_version": job["version"],
                     "time/rollout_wait": t1 - t0}
-        if g.world_size > 1:
+        return self._distribute(parts, info)
+
+    def _per_rank(self, exp: Experience, replicas: list[list]) -> list[Experience]:
+        """Rank 0: the step's experience cut into its replicas' parts, one entry per trainer rank."""
+        sizes = [len(r) for r in replicas]
+        truncated = [sum(int(ex.trace_truncated) for ex in r) * self.with_offline for r in replicas]
+        per_replica = exp.split(sizes, truncated) if len(sizes) > 1 else [exp]
+        return [per_replica[self._dp_of_rank[r]] for r in range(self.g.world_size)]
+
+    def _distribute(self, parts: list | None, info: dict | None) -> tuple[Experience, dict]:
+        """Collective: each rank its part (rank 0 holds them all), every rank the step's info."""
+        if self.g.world_size > 1:
             out = [None]
             dist.scatter_object_list(out, parts, src=0)
             box = [info]
@@ -192,16 +192,10 @@ class RemoteRollout:
         return parts[0], info
 
     def _verify(self, job: dict) -> Experience:
-        it = iter([job["samples"]])
         flat = [ex for rep in job["replicas"] for ex in rep]
-        exp = collect_experience(
-            flat, generate=lambda *a, **k: next(it), score=self.scorer.score,
-            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-            num_online=self.cfg.algo.num_online if self.online else 0, with_offline=self.with_offline,
-            temperature=self.cfg.algo.temperature, top_p=self.cfg.top_p,
-            max_response_tokens=self.cfg.data.max_response_tokens, seed=0)
-        exp.policy_version = [-1 if off else job["version"] for off in exp.is_offline_B.tolist()]
-        return exp
+        exp = assemble_experience(flat, job["samples"], with_offline=self.with_offline, policy_version=job["version"])
+        return score_experience(exp, score=self.scorer.score,
+                                decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
 
     # --- weights --------------------------------------------------------------------------------------
     def refit(self, stream, version: int, step: int) -> dict:
@@ -217,11 +211,15 @@ class RemoteRollout:
         t1 = time.perf_counter()
         self.timeline.add("trainer", "refit gather", t0, t1, step)
         self.version = version
+        self._queue_refit(staged, version, step)
+        return {"refit/gather_seconds": t1 - t0, "refit/buckets": len(self.pool.layout),
+                "refit/gbytes": sum(t.numel() * t.element_size() for t in staged.values()) / 1e9}
+
+    def _queue_refit(self, staged: dict, version: int, step: int) -> None:
+        """Rank 0: the broadcast runs on the driver after the generations queued before it (k = 0: now)."""
         fut = self._driver.submit(self._guarded, self._refit_job, staged, version, step)
         if self.k == 0:
             fut.result()
-        return {"refit/gather_seconds": t1 - t0, "refit/buckets": len(self.pool.layout),
-                "refit/gbytes": sum(t.numel() * t.element_size() for t in staged.values()) / 1e9}
 
     def _refit_job(self, staged: dict, version: int, step: int) -> dict:
         t0 = time.perf_counter()
@@ -232,22 +230,24 @@ class RemoteRollout:
         self.timeline.add("driver", "refit broadcast", t0, t1, step)
         return stats
 
-    def drain(self) -> None:
+    def finish(self) -> None:
         """Rank 0: wait for the jobs still queued (the last refit), so that a failure there is reported."""
         if self.g.rank == 0 and self._driver is not None:
             self._driver.submit(self._guarded, lambda: None).result()
 
     def step_metrics(self, since: float) -> dict:
-        """Busy seconds per process and stage since ``since`` (rank 0), and each engine's idle share."""
+        """The last take's staleness and wait; busy seconds per process and stage since ``since`` (rank 0),
+        and each engine's idle share."""
+        info, self._info = self._info or {}, {}
         if self.g.rank != 0:
-            return {}
+            return dict(info)
         now = time.perf_counter() - self.timeline.t_start
         busy = self.timeline.busy(since)
         m = {f"busy/{p.replace(' ', '')}/{s.replace(' ', '_')}": v for (p, s), v in busy.items()}
         for e in range(len(self.pool.engines)):
             b = sum(v for (p, _), v in busy.items() if p == f"engine {e}")
             m[f"idle/engine{e}_fraction"] = max(0.0, 1.0 - b / max(1e-9, now - since))
-        return m
+        return {**info, **m}
 
     def close(self, run_dir=None) -> None:
         if self.g.rank != 0:
