@@ -20,6 +20,7 @@ def _cfg(**rollout) -> RunConfig:
 
 def test_disaggregated_layouts_pass():
     assert check_layout(_cfg(placement="disaggregated", num_engines=2, max_staleness=1), 2) == 2
+    assert check_layout(_cfg(placement="disaggregated", max_staleness=2, partial=True), 1) == 1
     assert check_layout(_cfg(), 1) == 1
 
 
@@ -28,6 +29,8 @@ def test_disaggregated_layouts_pass():
     (dict(num_engines=2), r"rollout.num_engines=2 is for rollout.placement='disaggregated'"),
     (dict(placement="disaggregated", tp_infer=2, executor="external_launcher"), r"rollout.tp_infer must be 1"),
     (dict(placement="disaggregated", num_engines=5), r"rollout.num_engines=5 exceeds data.global_batch_size=4"),
+    (dict(partial=True, max_staleness=1), r"rollout.partial=true needs rollout.placement='disaggregated'"),
+    (dict(placement="disaggregated", partial=True), r"rollout.partial=true needs .* rollout.max_staleness >= 1"),
 ])
 def test_refused_layouts_name_the_fields(rollout, match):
     with pytest.raises(ValueError, match=match):
@@ -57,6 +60,8 @@ def test_replay_needs_colocated():
     (dict(timeout_s=0), "RolloutConfig.timeout_s must be > 0"),
     (dict(num_engines=2, engine_devices="6"), r"RolloutConfig.engine_devices='6': expected 2 comma-separated"),
     (dict(engine_devices="gpu0"), r"RolloutConfig.engine_devices='gpu0'"),
+    (dict(partial="yes"), r"RolloutConfig.partial must be a bool"),
+    (dict(partial_chunk_tokens=0), r"RolloutConfig.partial_chunk_tokens must be an int >= 1"),
 ])
 def test_rollout_options(kw, match):
     with pytest.raises(ValueError, match=match):

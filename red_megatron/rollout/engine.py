@@ -48,6 +48,9 @@ class RolloutSample:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS or stop token) or "length" (max_tokens)
+    # the policy version that produced each token (partial rollouts: a sample may span versions); None when
+    # one version produced the whole sample (its Experience.policy_version then says which)
+    versions: list[int] | None = None
 
 
 def read_checkpoint_weights(model_dir) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -271,6 +274,37 @@ class RolloutEngine:
                 lps = [float(lp_t[tok].logprob) for tok, lp_t in zip(toks, c.logprobs)]
                 samples.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason)))
             result.append(samples)
+        return result
+
+    def extend(self, prefixes: Sequence[Sequence[int]], *, max_tokens: Sequence[int], seeds: Sequence[int],
+               temperature: float = 1.0, top_p: float = 1.0) -> list[RolloutSample]:
+        """One continuation of each prefix (prompt + the tokens a partial sample has so far), at most
+        ``max_tokens[i]`` new tokens, seeded with ``seeds[i]``: a segment of a partial rollout
+        (rollout/partial.py). The prefix is prefilled under the engine's current weights."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not len(prefixes) == len(max_tokens) == len(seeds):
+            raise ValueError(f"extend: {len(prefixes)} prefixes, {len(max_tokens)} max_tokens, {len(seeds)} seeds")
+        self._check_awake()
+        prompts, params = [], []
+        for i, (ids, m, seed) in enumerate(zip(prefixes, max_tokens, seeds)):
+            ids = [int(t) for t in ids]
+            if not ids or m < 1 or len(ids) + m > self.cfg.max_model_len:
+                raise ValueError(f"extend: prefix {i} has {len(ids)} tokens and max_tokens {m}; expected a non-empty "
+                                 f"prefix, max_tokens >= 1 and at most RolloutConfig.max_model_len "
+                                 f"{self.cfg.max_model_len} tokens in all")
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=int(m),
+                                         seed=int(seed) % (2**31 - 1), logprobs=0, detokenize=False))
+        self._check_same_across_tp("extend", [list(map(int, p)) for p in prefixes],
+                                   (list(max_tokens), list(seeds), temperature, top_p))
+        result = []
+        for out in self.llm.generate(prompts, params, use_tqdm=False):
+            c = out.outputs[0]
+            toks = list(c.token_ids)
+            lps = [float(lp_t[tok].logprob) for tok, lp_t in zip(toks, c.logprobs)]
+            result.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason)))
         return result
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:

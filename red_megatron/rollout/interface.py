@@ -17,7 +17,9 @@ Implementations, chosen once by :func:`build_rollout`:
   (rollout/placement.py says which rank generates for which replica); also the offline-only presets,
   which build no engine.
 - :class:`~red_megatron.rollout.disaggregated.DisaggregatedRollout`: engine processes of their own,
-  bounded staleness (docs/ASYNC.md),.
+  bounded staleness (docs/ASYNC.md), one batch per generation call;
+- :class:`~red_megatron.rollout.partial.PartialRollout`: the same engines generating continuously,
+  a step taking the first complete prompt groups, samples spanning policy versions.
 - :class:`~red_megatron.rollout.replay.ReplayedRollout`: a recorded run's experience (layout tests).
 :class:`~red_megatron.rollout.replay.RecordingRollout` wraps any of them and writes what they hand out.
 """
@@ -70,8 +72,10 @@ def build_rollout(cfg, *, groups, policy, preset, loader, tokenizer, scorer, ste
     common = dict(groups=groups, loader=loader, sampling=sampling, with_offline=preset.with_offline,
                   tokenizer=tokenizer, scorer=scorer)
     if cfg.rollout.placement == "disaggregated" and online:
-        from red_megatron.rollout.disaggregated import DisaggregatedRollout as cls
-
+        if cfg.rollout.partial:
+            from red_megatron.rollout.partial import PartialRollout as cls
+        else:
+            from red_megatron.rollout.disaggregated import DisaggregatedRollout as cls
         rollout: Rollout = cls(cfg, policy=policy, steps=steps, **common)
     else:
         from red_megatron.rollout.colocated import ColocatedRollout

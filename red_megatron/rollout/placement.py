@@ -42,8 +42,12 @@ def check_placement(*, world_size: int, tp_infer: int, executor: str) -> None:
 
 
 def check_engines(*, placement: str, tp_infer: int, executor: str, num_engines: int, max_staleness: int,
-                  global_batch_size: int, engine_devices: str | None = None) -> None:
+                  global_batch_size: int, engine_devices: str | None = None, partial: bool = False) -> None:
     """The disaggregated placement's rules (rollout/pool.py, docs/ASYNC.md); ValueError naming the fields."""
+    if partial and (placement != "disaggregated" or max_staleness < 1):
+        raise ValueError(f"rollout.partial=true needs rollout.placement='disaggregated' and rollout.max_staleness >= 1 "
+                         f"(got placement={placement!r}, max_staleness={max_staleness}): a sample that spans policy "
+                         f"versions is at least one version old; at max_staleness=0 the lock-step loop is the same run")
     if placement == "colocated":
         if max_staleness > 0:
             raise ValueError(f"rollout.max_staleness={max_staleness} needs rollout.placement='disaggregated' (the "
