@@ -513,8 +513,7 @@ def _async_main(args, here: Path, date: str, c: Constants) -> int:
     import projection_async
 
     rows = projection_async.async_table(sys.modules[__name__], c)
-    w = Workload()
-    partial = projection_async.async_table(sys.modules[__name__], c, w=dataclasses.replace(w, resp_max=w.resp_mean))
+    partial = projection_async.async_table(sys.modules[__name__], c, partial=True)
     Path(args.json or here / "reports" / f"projection_async_{date}.json").write_text(
         json.dumps({"date": date, "fit": dataclasses.asdict(c), "hardware": dataclasses.asdict(Hardware()),
                     "workload": dataclasses.asdict(Workload()), "rows": rows, "partial_rollouts": partial},

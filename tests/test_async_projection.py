@@ -54,3 +54,19 @@ def test_table_rows_and_report():
     assert "Target (≥ 1.5× the synchronous tokens/s/GPU at 7B on 2 nodes)" in text
     r7 = next(r for r in rows if r["model"] == "7B" and r["nodes"] == 2)
     assert f"{r7['speedup']:.2f}×" in text
+
+
+def test_partial_rollouts_drop_the_longest_sample_floor_and_pay_a_reprefill_per_refit():
+    hw, w, s = P.Hardware(), P.Workload(), P.SHAPES["7B"]
+    lay = [x for x in _layouts("7B") if (x.tp, x.pp, x.tp_infer) == (2, 1, 2)]
+    one_off = A.project_async(P, s, 2, w, C, hw, lay)
+    part = A.project_async(P, s, 2, w, C, hw, lay, partial=True)
+    assert part["reprefill_s"] > 0 and one_off["reprefill_s"] == 0
+    assert part["step_s"] == pytest.approx(max(part["train_s"], part["rollout_s"] + part["broadcast_s"] +
+                                               part["reprefill_s"]))
+    # same split: the engines' side is shorter without the longest-sample floor (resp_max > resp_mean here)
+    assert part["step_s"] <= one_off["step_s"] + 1e-9
+    # with every response at the mean length there is no tail to remove: partial only adds the stall
+    flat = dataclasses.replace(w, resp_max=w.resp_mean)
+    assert A.project_async(P, s, 2, flat, C, hw, lay, partial=True)["step_s"] >= \
+        A.project_async(P, s, 2, flat, C, hw, lay)["step_s"] - 1e-9
