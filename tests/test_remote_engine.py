@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from red_megatron.rollout.refit import RefitPlan, refit, specs_of
-from red_megatron.rollout.remote import bucket_layout
 
 
 class _Recorder:
@@ -38,14 +37,26 @@ class _Recorder:
 
 
 @pytest.mark.parametrize("bucket_bytes", [0, 100, 1000, 10**9])
-def test_bucket_layout_is_refits_cut(bucket_bytes):
+def test_refit_loads_the_plans_own_buckets(bucket_bytes):
     g = torch.Generator().manual_seed(0)
     weights = [(f"w{i}", torch.zeros(int(torch.randint(1, 60, (1,), generator=g)))) for i in range(12)]
     plan = RefitPlan.build(specs_of(weights), {n: (tuple(t.shape), None) for n, t in weights}, dtype=torch.float32,
                            bucket_bytes=bucket_bytes)
     rec = _Recorder()
     refit(rec, plan, iter(weights))
-    assert bucket_layout(plan) == rec.buckets
+    assert plan.buckets == rec.buckets
+    assert [n for b in plan.buckets for n in b] == [n for n, _ in weights]
+    for b in plan.buckets:  # a bucket overflows bucket_bytes only when it is one tensor
+        assert len(b) == 1 or sum(plan.nbytes(n) for n in b) <= bucket_bytes
+
+
+def test_a_stream_out_of_the_plans_order_still_loads_the_plans_buckets():
+    weights = [(f"w{i}", torch.zeros(4)) for i in range(4)]
+    plan = RefitPlan.build(specs_of(weights), {n: (tuple(t.shape), None) for n, t in weights}, dtype=torch.float32,
+                           bucket_bytes=32)  # two tensors a bucket
+    rec = _Recorder()
+    refit(rec, plan, iter([weights[1], weights[2], weights[0], weights[3]]))
+    assert [sorted(b) for b in rec.buckets] == [sorted(b) for b in plan.buckets] == [["w0", "w1"], ["w2", "w3"]]
 
 
 def _checkpoint_weights(model_dir):
@@ -79,7 +90,7 @@ def test_engine_process_generate_refit_and_failures():
         first = pool.call_all("generate", **ask)[0]
         assert first["version"] == 0 and len(first["samples"]) == 2
         stats = pool.refit({k: v * 0.5 for k, v in w.items()}, version=1)
-        assert stats["buckets"] == len(bucket_layout(plan)) > 1
+        assert stats["buckets"] == len(plan.buckets) > 1
         halved = pool.call_all("generate", **ask)[0]
         assert halved["version"] == 1 and halved["samples"] != first["samples"]
         pool.refit(w, version=2)

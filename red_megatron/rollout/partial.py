@@ -5,7 +5,7 @@
 
     loop:  apply the newest queued refit (if any)        between two segments: the engines' weights change
            restart samples that can no longer be trained   (their oldest token more than k versions old)
-           top up: draw global batches while fewer than (k+1)·B prompt groups are drawn and untrained
+           top up: draw global batch b once the engines are at version b - k (it trains at step >= b)
            one *segment*: every unfinished sample grows by at most ``partial_chunk_tokens`` tokens
            a prompt whose G samples all finished joins the ready queue (completion order)
 
@@ -84,7 +84,6 @@ class PartialRollout(DisaggregatedRollout):
 
         self.chunk = cfg.rollout.partial_chunk_tokens
         self.B = cfg.data.global_batch_size
-        self.capacity = (self.k + 1) * self.B  # prompt groups drawn and not yet trained
         self._cond = threading.Condition()
         self._inflight: list[_Group] = []  # draw order
         self._ready: list[_Group] = []  # completion order
@@ -227,8 +226,12 @@ class PartialRollout(DisaggregatedRollout):
         return any(s.finish is None for gr in self._inflight for s in gr.samples) or self._room()
 
     def _room(self) -> bool:
+        """Batch b (counted from the run's start) is trained at step b at the earliest; started before the
+        engines reach version b - k, it would be more than k versions old there: wasted. So a batch is drawn
+        once the engines are at b - k, which also bounds the groups in flight to (k+1)·B."""
         drawn = len(self._inflight) + len(self._ready)
-        return drawn + self.B <= self.capacity and self._trained + drawn + self.B <= self.steps * self.B
+        b = (self._trained + drawn) // self.B
+        return b <= self.engine_version + self.k and b < self.steps
 
     def _top_up(self) -> None:
         with self._cond:

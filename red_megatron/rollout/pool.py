@@ -23,7 +23,7 @@ from multiprocessing.connection import Listener
 
 import torch
 
-from red_megatron.rollout.remote import AUTHKEY_ENV, _wire_device, broadcast_bytes, bucket_layout, weight_group
+from red_megatron.rollout.remote import AUTHKEY_ENV, _wire_device, broadcast_bytes, weight_group
 
 
 def engine_env(index: int, rollout_cfg) -> dict[str, str]:
@@ -157,7 +157,7 @@ class EnginePool:
         self.pg = weight_group(self.host, store.port, 0, size, self.timeout_s)
         for e in self.engines:
             self._recv(e, what="join_weights")
-        self.plan, self.layout = plan, bucket_layout(plan)
+        self.plan, self.layout = plan, plan.buckets
 
     def refit(self, weights: dict[str, torch.Tensor], version: int) -> dict:
         """Broadcast ``weights`` (hf name -> tensor, the plan's names) bucket by bucket to every engine."""

@@ -7,10 +7,10 @@ have ("adds"), one the trainer does not send ("misses"), or a shape that differs
 
 Each step, ``refit`` pulls ``(hf_name, full_tensor)`` from a generator (Megatron's
 ``stream_hf_weights`` gathers TP shards and hands pipeline stages' tensors over, one tensor at a
-time, on every rank) and passes them to ``engine.load_weights`` in buckets of ``bucket_bytes``. A
-bucket is flushed *before* a tensor that would overflow it, so the memory held beyond the model
-is at most one bucket plus the one tensor the generator is producing; 0 bytes means one tensor
-a bucket. The prefix cache is reset at the end: cached KV of the old weights must not be reused.
+time, on every rank) and passes them to ``engine.load_weights`` in the plan's buckets
+(:attr:`RefitPlan.buckets`, the one cut every refit path uses): a bucket closes *before* a tensor
+that would overflow ``bucket_bytes``, so the memory held beyond the model is at most one bucket plus
+the one tensor the generator is producing; 0 bytes means one tensor a bucket. The prefix cache is reset at the end: cached KV of the old weights must not be reused.
 
 ``RefitPlan.for_engine`` also decides, once, whether the engine can take the fast path (tensors
 copied straight into its parameters, rollout/fast_refit.py) or needs vLLM's layerwise reload; the
@@ -119,8 +119,25 @@ class RefitPlan:
 
     @property
     def total_bytes(self) -> int:
-        elt = torch.empty((), dtype=self.dtype).element_size()
-        return sum(elt * _numel(self.shapes[n]) for n in self.names)
+        return sum(self.nbytes(n) for n in self.names)
+
+    def nbytes(self, name: str) -> int:
+        return torch.empty((), dtype=self.dtype).element_size() * _numel(self.shapes[name])
+
+    @property
+    def buckets(self) -> list[list[str]]:
+        """The refit's buckets, in stream order: the one cut every refit uses (in-process engines, and
+        both ends of the disaggregated weight broadcast). A bucket closes before a tensor that would
+        overflow ``bucket_bytes``; 0 bytes: one tensor a bucket."""
+        out, cur, cur_bytes = [], [], 0
+        for name in self.names:
+            n = self.nbytes(name)
+            if cur and cur_bytes + n > self.bucket_bytes:
+                out.append(cur)
+                cur, cur_bytes = [], 0
+            cur.append(name)
+            cur_bytes += n
+        return out + ([cur] if cur else [])
 
 
 def _numel(shape) -> int:
@@ -146,17 +163,17 @@ def refit(engine, plan: RefitPlan, stream: Iterable[tuple[str, torch.Tensor]]) -
     """
     t0 = time.perf_counter()
     wanted = set(plan.names)
+    bucket_of = {n: i for i, names in enumerate(plan.buckets) for n in names}
+    pending: dict[int, list[tuple[str, torch.Tensor]]] = {}  # plan bucket -> its tensors arrived so far
     done: set[str] = set()
-    bucket: list[tuple[str, torch.Tensor]] = []
-    bucket_bytes = n_buckets = total = max_bucket = 0
+    n_buckets = total = max_bucket = 0
 
-    def flush():
-        nonlocal bucket, bucket_bytes, n_buckets, max_bucket
-        if bucket:
-            engine.load_weights(bucket)
-            n_buckets += 1
-            max_bucket = max(max_bucket, bucket_bytes)
-            bucket, bucket_bytes = [], 0
+    def load(i: int) -> None:
+        nonlocal n_buckets, max_bucket
+        part = pending.pop(i)
+        engine.load_weights(part)
+        n_buckets += 1
+        max_bucket = max(max_bucket, sum(t.numel() * t.element_size() for _, t in part))
 
     if plan.fast:
         engine.begin_weight_update(fast=plan.fast_key)
@@ -175,17 +192,17 @@ def refit(engine, plan: RefitPlan, stream: Iterable[tuple[str, torch.Tensor]]) -
                 raise RefitError(f"refit: tensor {name!r} arrived with shape {tuple(t.shape)}, the plan expects "
                                  f"{plan.shapes[name]}")
             t = t.detach().to(plan.dtype).contiguous()
-            nbytes = t.numel() * t.element_size()
-            if bucket and bucket_bytes + nbytes > plan.bucket_bytes:
-                flush()
-            bucket.append((name, t))
-            bucket_bytes += nbytes
-            total += nbytes
+            i = bucket_of[name]
+            pending.setdefault(i, []).append((name, t))
+            total += t.numel() * t.element_size()
             done.add(name)
             del t
-        flush()
+            if len(pending[i]) == len(plan.buckets[i]):  # the bucket is complete: load it
+                load(i)
+        for i in sorted(pending):  # buckets a missing tensor left open: load what arrived, report below
+            load(i)
     finally:
-        bucket = []
+        pending.clear()
         not_loaded = engine.finish_weight_update()
     missing = [n for n in plan.names if n not in done]
     if missing:

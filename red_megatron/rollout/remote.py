@@ -11,7 +11,7 @@ Two channels to the trainer:
 - weights: one process group between rank 0 (rank 0 of it) and the engines (ranks 1..n), made
   from a ``TCPStore`` rank 0 hosts: a standalone ``ProcessGroupGloo`` on the CPU (NCCL on GPUs
   is the same protocol; see docs/ASYNC.md). A refit is the project's ``RefitPlan``: the plan's
-  buckets, computed once on both sides by :func:`bucket_layout`, each broadcast from rank 0 as
+  buckets, the plan's own cut (``RefitPlan.buckets``) on both sides, each broadcast from rank 0 as
   one flat byte buffer and handed to ``refit()`` exactly as the colocated engine gets them.
 
 The engine exits when its control connection closes or its parent process goes away, so a
@@ -35,28 +35,8 @@ log = logging.getLogger("red_megatron.rollout.remote")
 AUTHKEY_ENV = "RED_ENGINE_AUTHKEY"
 
 
-def bucket_layout(plan) -> list[list[str]]:
-    """The refit buckets of ``plan``, in stream order, as ``refit()`` would cut them (flush before a
-    tensor that would overflow ``bucket_bytes``; 0 bytes: one tensor a bucket)."""
-    elt = torch.empty((), dtype=plan.dtype).element_size()
-    buckets, cur, cur_bytes = [], [], 0
-    for name in plan.names:
-        n = elt
-        for s in plan.shapes[name]:
-            n *= int(s)
-        if cur and cur_bytes + n > plan.bucket_bytes:
-            buckets.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(name)
-        cur_bytes += n
-    if cur:
-        buckets.append(cur)
-    return buckets
-
-
 def bucket_nbytes(plan, names: list[str]) -> list[int]:
-    elt = torch.empty((), dtype=plan.dtype).element_size()
-    return [elt * int(torch.Size(plan.shapes[n]).numel()) for n in names]
+    return [plan.nbytes(n) for n in names]
 
 
 def weight_group(host: str, port: int, rank: int, size: int, timeout_s: float, *, is_master: bool = False):
@@ -104,7 +84,7 @@ class _Server:
 
     def join_weights(self, *, host: str, port: int, rank: int, size: int, timeout_s: float, plan):
         self.pg = weight_group(host, port, rank, size, timeout_s)
-        self.plan, self.layout = plan.with_engine(self.engine), bucket_layout(plan)
+        self.plan, self.layout = plan.with_engine(self.engine), plan.buckets
         return {"buckets": len(self.layout)}
 
     def generate(self, **kw):
