@@ -112,7 +112,7 @@ def check_layout(cfg: RunConfig, world_size: int) -> int:
     r = cfg.rollout
     check_engines(placement=r.placement, tp_infer=r.tp_infer, executor=r.executor, num_engines=r.num_engines,
                   max_staleness=r.max_staleness, global_batch_size=cfg.data.global_batch_size,
-                  engine_devices=r.engine_devices, partial=r.partial)
+                  engine_devices=r.engine_devices, partial=r.partial, engine_launch=r.engine_launch)
     if r.placement == "disaggregated" and cfg.replay_experience_dir is not None:
         raise ValueError("replay_experience_dir trains on recorded rollouts: it needs rollout.placement='colocated' "
                          "(disaggregated engines would generate nothing)")

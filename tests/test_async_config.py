@@ -31,6 +31,9 @@ def test_disaggregated_layouts_pass():
     (dict(placement="disaggregated", num_engines=5), r"rollout.num_engines=5 exceeds data.global_batch_size=4"),
     (dict(partial=True, max_staleness=1), r"rollout.partial=true needs rollout.placement='disaggregated'"),
     (dict(placement="disaggregated", partial=True), r"rollout.partial=true needs .* rollout.max_staleness >= 1"),
+    (dict(engine_launch="external"), r"rollout.engine_launch='external' needs rollout.placement='disaggregated'"),
+    (dict(placement="disaggregated", engine_launch="external", engine_devices="3"),
+     r"rollout.engine_devices='3' is for engines rank 0 starts"),
 ])
 def test_refused_layouts_name_the_fields(rollout, match):
     with pytest.raises(ValueError, match=match):
@@ -61,6 +64,8 @@ def test_replay_needs_colocated():
     (dict(num_engines=2, engine_devices="6"), r"RolloutConfig.engine_devices='6': expected 2 comma-separated"),
     (dict(engine_devices="gpu0"), r"RolloutConfig.engine_devices='gpu0'"),
     (dict(partial="yes"), r"RolloutConfig.partial must be a bool"),
+    (dict(engine_launch="ssh"), r"RolloutConfig.engine_launch must be one of"),
+    (dict(listen_port=70000), r"RolloutConfig.listen_port must be an int in \[0, 65535\]"),
     (dict(partial_chunk_tokens=0), r"RolloutConfig.partial_chunk_tokens must be an int >= 1"),
 ])
 def test_rollout_options(kw, match):

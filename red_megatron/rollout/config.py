@@ -6,6 +6,7 @@ from dataclasses import dataclass
 DTYPES = ("float32", "bfloat16", "float16")
 EXECUTORS = ("uni", "external_launcher")
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
+ENGINE_LAUNCHES = ("spawn", "external")
 PLACEMENTS = ("colocated", "disaggregated")
 
 
@@ -67,6 +68,12 @@ class RolloutConfig:
     # disaggregated, max_staleness >= 1: engines generate continuously in segments; a step takes the first complete
     # prompt groups and a sample may span policy versions (rollout/partial.py, docs/ASYNC.md)
     partial: bool = False
+    # disaggregated: 'spawn' (rank 0 starts the engines on its node) or 'external' (engines started elsewhere, e.g. a
+    # Slurm task on each node, join through <run_dir>/engines: docs/ASYNC.md §5)
+    engine_launch: str = "spawn"
+    listen_host: str = "127.0.0.1"  # rank 0's control listener and weight store; external engines on other nodes:
+    #                                 a routable address of rank 0's node ('auto': its fully qualified host name)
+    listen_port: int = 0  # 0: any free port (external engines read it from <run_dir>/engines/contact.json)
     partial_chunk_tokens: int = 64  # partial: the most tokens a sample grows between two chances of a refit
 
     def __post_init__(self) -> None:
@@ -106,6 +113,10 @@ class RolloutConfig:
                 raise ValueError(f"RolloutConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if not isinstance(self.lm_head_fp32, bool):
             raise ValueError(f"RolloutConfig.lm_head_fp32 must be a bool (true/false), got {self.lm_head_fp32!r}")
+        if self.engine_launch not in ENGINE_LAUNCHES:
+            raise ValueError(f"RolloutConfig.engine_launch must be one of {ENGINE_LAUNCHES}, got {self.engine_launch!r}")
+        if not isinstance(self.listen_port, int) or not 0 <= self.listen_port < 65536:
+            raise ValueError(f"RolloutConfig.listen_port must be an int in [0, 65535], got {self.listen_port!r}")
         if not isinstance(self.partial, bool):
             raise ValueError(f"RolloutConfig.partial must be a bool (true/false), got {self.partial!r}")
         if not isinstance(self.partial_chunk_tokens, int) or self.partial_chunk_tokens < 1:

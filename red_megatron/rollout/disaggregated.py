@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -67,8 +68,15 @@ class DisaggregatedRollout(Rollout):
 
             r = cfg.rollout
             t0 = time.perf_counter()
+            external = r.engine_launch == "external"
+            host = socket.getfqdn() if r.listen_host == "auto" else r.listen_host
+            if external:
+                log.info("rollout: waiting for %d external engine(s): start them with `python -m "
+                         "red_megatron.rollout.remote --join %s --index i`", r.num_engines,
+                         Path(cfg.run_dir) / "engines")
             self.pool = EnginePool(cfg.model_dir, r, num_engines=r.num_engines, timeout_s=r.timeout_s,
-                                   start_timeout_s=r.start_timeout_s)
+                                   start_timeout_s=r.start_timeout_s, host=host, port=r.listen_port,
+                                   join_dir=Path(cfg.run_dir) / "engines" if external else None)
             tied = bool(read_config_json(cfg.model_dir).get("tie_word_embeddings", False))
             plan = RefitPlan.build(policy.hf_weight_specs(), read_checkpoint_weights(cfg.model_dir),
                                    dtype=getattr(torch, r.dtype), bucket_bytes=int(cfg.refit_bucket_mb * 2**20),

@@ -42,8 +42,15 @@ def check_placement(*, world_size: int, tp_infer: int, executor: str) -> None:
 
 
 def check_engines(*, placement: str, tp_infer: int, executor: str, num_engines: int, max_staleness: int,
-                  global_batch_size: int, engine_devices: str | None = None, partial: bool = False) -> None:
+                  global_batch_size: int, engine_devices: str | None = None, partial: bool = False,
+                  engine_launch: str = "spawn") -> None:
     """The disaggregated placement's rules (rollout/pool.py, docs/ASYNC.md); ValueError naming the fields."""
+    if engine_launch == "external" and placement != "disaggregated":
+        raise ValueError("rollout.engine_launch='external' needs rollout.placement='disaggregated' (engines that join "
+                         "the trainer from other tasks)")
+    if engine_launch == "external" and engine_devices is not None:
+        raise ValueError(f"rollout.engine_devices={engine_devices!r} is for engines rank 0 starts "
+                         f"(rollout.engine_launch='spawn'); external engines get their devices from their own task")
     if partial and (placement != "disaggregated" or max_staleness < 1):
         raise ValueError(f"rollout.partial=true needs rollout.placement='disaggregated' and rollout.max_staleness >= 1 "
                          f"(got placement={placement!r}, max_staleness={max_staleness}): a sample that spans policy "

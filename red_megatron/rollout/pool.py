@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import secrets
 import signal
@@ -26,6 +27,9 @@ import torch
 from red_megatron.rollout.remote import AUTHKEY_ENV, _wire_device, broadcast_bytes, weight_group
 
 
+log = logging.getLogger("red_megatron.rollout.pool")
+
+
 def engine_env(index: int, rollout_cfg) -> dict[str, str]:
     """Engine ``index``'s own device (rollout.engine_devices), so that it never shares the trainer's GPUs."""
     devices = getattr(rollout_cfg, "engine_devices", None)
@@ -39,28 +43,61 @@ class EngineError(RuntimeError):
 
 
 class _Engine:
-    def __init__(self, index: int, proc: subprocess.Popen):
+    def __init__(self, index: int, proc: subprocess.Popen | None):
         self.index, self.proc, self.conn = index, proc, None
+        self.pid, self.host = (proc.pid if proc is not None else None), None  # external: from its hello
 
     @property
     def name(self) -> str:
-        return f"rollout engine {self.index} (pid {self.proc.pid})"
+        where = f" on {self.host}" if self.proc is None and self.host else ""
+        return f"rollout engine {self.index} (pid {self.pid}{where})"
+
+    def exit_status(self) -> int | None:
+        """The spawned process's exit status (None: running); an external engine is judged by its connection."""
+        return self.proc.poll() if self.proc is not None else None
+
+
+def write_join_files(join_dir, *, address: str, authkey: bytes, model_dir, rollout_cfg, num_engines: int) -> None:
+    """What an external engine needs to join: contact.json (world-readable: no secret in it) and the per-run
+    secret in a file only this user can read (created 0600, never on a command line)."""
+    from pathlib import Path
+
+    d = Path(join_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    secret = d / "secret"
+    secret.unlink(missing_ok=True)
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(authkey.hex())
+    contact = {"address": address, "model_dir": str(model_dir), "rollout": asdict(rollout_cfg),
+               "num_engines": num_engines}
+    tmp = d / "contact.json.tmp"
+    tmp.write_text(json.dumps(contact, indent=1))
+    tmp.replace(d / "contact.json")
 
 
 class EnginePool:
     def __init__(self, model_dir, rollout_cfg, *, num_engines: int, timeout_s: float, start_timeout_s: float,
-                 host: str = "127.0.0.1", env: dict | None = None):
+                 host: str = "127.0.0.1", env: dict | None = None, join_dir=None, port: int = 0):
+        """``join_dir`` None: start ``num_engines`` engine processes here. Otherwise wait for ``num_engines``
+        external engines (``python -m red_megatron.rollout.remote --join JOIN_DIR --index i``, started by a
+        launcher on any node that reaches ``host``): the contact and the secret are written there."""
         self.timeout_s, self.host = float(timeout_s), host
         self.engines: list[_Engine] = []
+        self.refused: list[str] = []  # peers that failed the per-run secret
         self.pg = None
         self._closed = False
         authkey = secrets.token_bytes(16)
-        self._listener = Listener((host, 0), authkey=authkey)
+        self._listener = Listener((host, port), authkey=authkey)
         address = f"{host}:{self._listener.address[1]}"
         cfg_json = json.dumps(asdict(rollout_cfg))
         atexit.register(self.close)
         try:
-            for i in range(num_engines):
+            if join_dir is not None:
+                self.engines = [_Engine(i, None) for i in range(num_engines)]
+                write_join_files(join_dir, address=address, authkey=authkey, model_dir=model_dir,
+                                 rollout_cfg=rollout_cfg, num_engines=num_engines)
+            for i in range(num_engines if join_dir is None else 0):
                 cmd = [sys.executable, "-m", "red_megatron.rollout.remote", "--address", address, "--index", str(i),
                        "--model-dir", str(model_dir), "--rollout-json", cfg_json, "--parent-pid", str(os.getpid())]
                 penv = dict(os.environ, **(env or {}), **{AUTHKEY_ENV: authkey.hex()}, **engine_env(i, rollout_cfg))
@@ -77,32 +114,58 @@ class EnginePool:
 
     # --- connections --------------------------------------------------------------------------------
     def _accept_all(self, timeout_s: float) -> None:
-        got: dict[int, object] = {}
+        got: dict[int, tuple[object, dict]] = {}
         errors: list[BaseException] = []
 
         def accept():
-            try:
-                while len(got) < len(self.engines):
+            from multiprocessing import AuthenticationError
+
+            while len(got) < len(self.engines):
+                try:
                     conn = self._listener.accept()
+                except AuthenticationError:  # a peer without the per-run secret: refused, named, not fatal
+                    peer = self._listener.last_accepted
+                    who = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+                    self.refused.append(who)
+                    log.warning("rollout: refused a connection from %s: it does not hold this run's engine secret",
+                                who)
+                    continue
+                except BaseException as exc:  # noqa: BLE001 - the listener closed under us
+                    errors.append(exc)
+                    return
+                try:
                     tag, hello = conn.recv()
-                    got[int(hello["index"])] = conn
-            except BaseException as exc:  # noqa: BLE001 - the listener closed under us, or a bad client
-                errors.append(exc)
+                    index = int(hello["index"])
+                except Exception as exc:  # noqa: BLE001 - an authenticated peer speaking nonsense
+                    log.warning("rollout: a connection sent no valid hello (%r): closed", exc)
+                    conn.close()
+                    continue
+                if not 0 <= index < len(self.engines) or index in got:
+                    log.warning("rollout: refused engine index %s (expected 0..%d, each once)", hello.get("index"),
+                                len(self.engines) - 1)
+                    conn.close()
+                    continue
+                got[index] = (conn, hello)
 
         t = threading.Thread(target=accept, daemon=True)
         t.start()
         deadline = time.monotonic() + timeout_s
         while t.is_alive() and time.monotonic() < deadline:
             for e in self.engines:
-                if e.index not in got and e.proc.poll() is not None:
-                    raise EngineError(f"{e.name} exited with status {e.proc.returncode} before it connected")
+                if e.index not in got and e.exit_status() is not None:
+                    raise EngineError(f"{e.name} exited with status {e.exit_status()} before it connected")
             t.join(0.2)
         if len(got) < len(self.engines):
-            missing = [e.name for e in self.engines if e.index not in got]
+            missing = [e.name if e.proc is not None else f"rollout engine {e.index}" for e in self.engines
+                       if e.index not in got]
+            refused = f"; refused {len(self.refused)} connection(s) without this run's secret, from " \
+                      f"{', '.join(self.refused)}" if self.refused else ""
             raise EngineError(f"{', '.join(missing)} did not connect within rollout.start_timeout_s="
-                              f"{timeout_s:g} s" + (f" ({errors[0]!r})" if errors else ""))
+                              f"{timeout_s:g} s" + refused + (f" ({errors[0]!r})" if errors else ""))
         for e in self.engines:
-            e.conn = got[e.index]
+            e.conn, hello = got[e.index]
+            if e.proc is None:
+                e.pid, e.host = hello.get("pid"), hello.get("host")
 
     def _recv(self, e: _Engine, timeout_s: float | None = None, *, what: str):
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
@@ -113,11 +176,10 @@ class EnginePool:
                     status, payload = e.conn.recv()
                     break
             except (EOFError, OSError):
-                e.proc.poll()  # a dead engine closes its socket: name it with its exit status
-                time.sleep(0.2)
-                raise EngineError(f"{e.name} died during {what} (exit status {e.proc.poll()})") from None
-            if e.proc.poll() is not None:
-                raise EngineError(f"{e.name} died during {what} (exit status {e.proc.returncode})")
+                time.sleep(0.2)  # a dead engine closes its socket: name it with its exit status (spawned ones)
+                raise EngineError(f"{e.name} died during {what} (exit status {e.exit_status()})") from None
+            if e.exit_status() is not None:
+                raise EngineError(f"{e.name} died during {what} (exit status {e.exit_status()})")
             if time.monotonic() > deadline:
                 raise EngineError(f"{e.name} did not answer {what} within rollout.timeout_s={timeout_s:g} s")
         if status != "ok":
@@ -128,7 +190,7 @@ class EnginePool:
         try:
             e.conn.send((op, kwargs))
         except (EOFError, OSError):
-            raise EngineError(f"{e.name} is gone (sending {op}; exit status {e.proc.poll()})") from None
+            raise EngineError(f"{e.name} is gone (sending {op}; exit status {e.exit_status()})") from None
 
     def call_all(self, op: str, per_engine: list[dict] | None = None, **kwargs) -> list:
         """Send ``op`` to every engine (each its own kwargs from ``per_engine``), then collect every reply."""
@@ -173,8 +235,8 @@ class EnginePool:
                 broadcast_bytes(self.pg, buf)
         except RuntimeError as exc:  # gloo: a peer gone or the op past its timeout
             for e in self.engines:
-                if e.proc.poll() is not None:
-                    raise EngineError(f"{e.name} died during refit (exit status {e.proc.returncode})") from exc
+                if e.exit_status() is not None:
+                    raise EngineError(f"{e.name} died during refit (exit status {e.exit_status()})") from exc
             raise EngineError(f"refit broadcast failed within rollout.timeout_s={self.timeout_s:g} s: {exc}") from exc
         replies = [self._recv(e, what="refit") for e in self.engines]
         return {"seconds": time.perf_counter() - t0, "buckets": len(self.layout), "bytes": nbytes,
@@ -186,13 +248,17 @@ class EnginePool:
             return
         self._closed = True
         for e in self.engines:
-            if e.conn is not None and e.proc.poll() is None:
+            if e.conn is not None and e.exit_status() is None:
                 try:
                     e.conn.send(("close", {}))
                 except (EOFError, OSError):
                     pass
         deadline = time.monotonic() + 10.0
         for e in self.engines:
+            if e.proc is None:  # external: it exits when its control connection closes (below)
+                if e.conn is not None:
+                    e.conn.close()
+                continue
             try:
                 e.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -16,6 +16,12 @@ Two channels to the trainer:
 
 The engine exits when its control connection closes or its parent process goes away, so a
 trainer killed with ``kill -9`` leaves no engine behind.
+
+External engines (``rollout.engine_launch='external'``, e.g. one Slurm task on each node's spare GPUs)
+are not started by the trainer: ``python -m red_megatron.rollout.remote --join RUN_DIR/engines --index i``
+reads rank 0's address, the model and the rollout settings from ``contact.json`` there and the per-run
+secret from ``secret`` (a file only its owner can read: anything looser is refused), connects, and
+exits when that connection closes.
 """
 from __future__ import annotations
 
@@ -128,14 +134,33 @@ def _watch_parent(parent: int) -> None:
         time.sleep(1.0)
 
 
+def _read_join_dir(args) -> bytes:
+    """External engines: fill ``args`` from <join>/contact.json; the secret from <join>/secret (owner-only)."""
+    from pathlib import Path
+
+    d = Path(args.join)
+    contact = json.loads((d / "contact.json").read_text())
+    secret = d / "secret"
+    mode = secret.stat().st_mode & 0o777
+    if mode & 0o077:
+        print(f"error: {secret} is readable by others (mode {mode:o}); expected 600: the per-run engine secret "
+              f"stays with its owner", file=sys.stderr)
+        sys.exit(2)
+    args.address, args.model_dir = contact["address"], contact["model_dir"]
+    args.rollout_json = json.dumps(contact["rollout"])
+    return bytes.fromhex(secret.read_text().strip())
+
+
 def serve(args) -> int:
+    import socket
     from multiprocessing.connection import Client
 
-    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+    authkey = _read_join_dir(args) if args.join else bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
     host, port = args.address.rsplit(":", 1)
     conn = Client((host, int(port)), authkey=authkey)
-    conn.send(("hello", {"index": args.index, "pid": os.getpid()}))
-    threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True).start()
+    conn.send(("hello", {"index": args.index, "pid": os.getpid(), "host": socket.gethostname()}))
+    if args.parent_pid is not None:  # spawned by the trainer: die with it (an external one has its connection)
+        threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True).start()
     try:
         server = _Server(args)
     except BaseException:  # noqa: BLE001 - reported to the trainer, then exit
@@ -166,12 +191,16 @@ def serve(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--address", required=True, help="host:port of the trainer's control listener")
+    p.add_argument("--join", help="an external engine: the run's engines directory (<run_dir>/engines), which holds "
+                                  "the trainer's contact.json and the owner-only secret")
+    p.add_argument("--address", help="host:port of the trainer's control listener (spawned engines)")
     p.add_argument("--index", type=int, required=True)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--rollout-json", required=True, help="the RolloutConfig fields, as JSON")
-    p.add_argument("--parent-pid", type=int, default=os.getppid())
+    p.add_argument("--model-dir")
+    p.add_argument("--rollout-json", help="the RolloutConfig fields, as JSON")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone (spawned engines)")
     args = p.parse_args(argv)
+    if not args.join and not (args.address and args.model_dir and args.rollout_json):
+        p.error("either --join DIR or all of --address, --model-dir and --rollout-json")
     logging.basicConfig(level=logging.WARNING, format=f"[engine {args.index}] %(levelname)s %(message)s")
     return serve(args)
 
