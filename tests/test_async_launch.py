@@ -66,3 +66,31 @@ def test_trainer_ranks_per_node_is_a_slurm_flag(tmp_path):
     rc, _, err = _main(["--recipe", "tiny_cpu", "--executor", "local", "--nproc", "2", "--trainer-ranks-per-node", "1",
                         "--run-dir", str(tmp_path / "r"), "--dry-run"])
     assert rc == 2 and "--trainer-ranks-per-node needs --executor slurm" in err, err
+
+
+def test_slurm_external_engines_on_every_nodes_spare_gpus(tmp_path):
+    """rollout.engine_launch=external: a background srun step starts 4 engines on each of the 2 nodes (GPUs 4..7),
+    each joining the trainer through <run_dir>/engines; the trainer waits for all 8 on its host name."""
+    run = tmp_path / "r"
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--trainer-ranks-per-node", "4", "--run-dir",
+                          str(run), "--dry-run", "rollout.placement=disaggregated", "rollout.engine_launch=external",
+                          "rollout.tp_infer=1", "rollout.executor=uni", "rollout.max_staleness=1"])
+    assert rc == 0, err
+    lines = out.splitlines()
+    srun = [x for x in lines if x.startswith("srun ")]
+    assert len(srun) == 2, out
+    engines, trainer = srun
+    assert lines.index(engines) < lines.index(trainer)  # started first, in the background
+    assert engines.rstrip().endswith("&") and "--overlap" in engines and "--nodes=2" in engines
+    assert "--ntasks-per-node=4" in engines and "CUDA_VISIBLE_DEVICES=$(( 4 + SLURM_LOCALID ))" in engines
+    assert f"--join {run}/engines --index $(( SLURM_NODEID * 4 + SLURM_LOCALID ))" in engines
+    assert "--container-image nvcr.io/nvidia/pytorch:25.09-py3" in engines
+    assert "--nproc-per-node 4" in trainer and "rollout.num_engines=8 rollout.listen_host=auto" in trainer
+    assert "secret" not in engines.replace(f"{run}/engines", "")  # the secret travels in an owner-only file only
+
+
+def test_slurm_external_engines_need_spare_gpus(tmp_path):
+    rc, _, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path / "r"), "--dry-run",
+                        "rollout.placement=disaggregated", "rollout.engine_launch=external", "rollout.tp_infer=1",
+                        "rollout.executor=uni"])
+    assert rc == 2 and "rollout.engine_launch='external' on Slurm" in err and "--trainer-ranks-per-node" in err, err

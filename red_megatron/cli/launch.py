@@ -77,7 +77,7 @@ def plan(args) -> tuple[object, list, list[str], Path]:
     """Validate everything that can be validated here; return (spec, tasks, notes, run_dir)."""
     from configs import get_recipe
     from red_megatron.launch import LaunchSpec, check_launch, parse_sweeps
-    from red_megatron.launch.check import engine_devices_for
+    from red_megatron.launch.check import engine_devices_for, external_engine_overrides
     from red_megatron.launch.nemo import Task
     from red_megatron.overrides import apply_overrides
 
@@ -103,17 +103,20 @@ def plan(args) -> tuple[object, list, list[str], Path]:
     for label, sweep_overrides in points:
         task_dir = run_dir if len(points) == 1 else run_dir / label
         cfg = apply_overrides(base, sweep_overrides + [f"run_dir={task_dir}"])
-        devices = engine_devices_for(cfg, spec)
-        placed = [f"rollout.engine_devices={devices}"] if devices else []
+        devices = engine_devices_for(cfg, spec) if cfg.rollout.engine_launch == "spawn" else None
+        placed = [f"rollout.engine_devices={devices}"] if devices else external_engine_overrides(cfg, spec)
         if placed:
             cfg = apply_overrides(cfg, placed)
         try:
             notes += check_launch(cfg, spec)
         except ValueError as e:
             raise ValueError(f"task {label}: {e}" if len(points) > 1 else str(e)) from None
+        engines = cfg.rollout.num_engines // spec.nodes if cfg.rollout.engine_launch == "external" and \
+            cfg.rollout.placement == "disaggregated" and spec.executor == "slurm" else 0
         tasks.append(Task(name=label, args=["--recipe", args.recipe, "--run-dir", str(task_dir),
                                             *(["--verbose"] if args.verbose else []),
-                                            *args.overrides, *sweep_overrides, *placed]))
+                                            *args.overrides, *sweep_overrides, *placed],
+                          engines_per_node=engines, run_dir=str(task_dir)))
     return spec, tasks, sorted(set(notes)), run_dir
 
 

@@ -48,8 +48,23 @@ def engine_devices_for(cfg, spec: LaunchSpec) -> str | None:
     return ",".join(str(d) for d in spec.spare_gpus[:r.num_engines])
 
 
+def external_engine_overrides(cfg, spec: LaunchSpec) -> list[str]:
+    """Engines as a Slurm step of their own on every node's spare GPUs (``rollout.engine_launch=external``):
+    one engine per spare GPU of each node, all joining rank 0, which listens on its host name."""
+    r = cfg.rollout
+    if spec.executor != "slurm" or not spec.spare_gpus or r.placement != "disaggregated" \
+            or r.engine_launch != "external":
+        return []
+    return [f"rollout.num_engines={spec.nodes * len(spec.spare_gpus)}", "rollout.listen_host=auto"]
+
+
 def check_engine_gpus(cfg, spec: LaunchSpec) -> list[str]:
     """Spare GPUs only with disaggregated engines that use them; enough of them for every engine."""
+    r0 = cfg.rollout
+    if spec.executor == "slurm" and not spec.spare_gpus and r0.placement == "disaggregated" \
+            and r0.engine_launch == "external":
+        raise ValueError(f"rollout.engine_launch='external' on Slurm puts the engines on each node's spare GPUs: set "
+                         f"--trainer-ranks-per-node below --gpus-per-node={spec.gpus_per_node}")
     if spec.executor != "slurm" or not spec.spare_gpus:
         return []
     r, spare, n = cfg.rollout, spec.spare_gpus, spec.procs_per_node
@@ -57,6 +72,8 @@ def check_engine_gpus(cfg, spec: LaunchSpec) -> list[str]:
         raise ValueError(f"--trainer-ranks-per-node={n} < --gpus-per-node={spec.gpus_per_node} leaves GPUs {spare} "
                          f"of every node idle: it is for rollout.placement='disaggregated' (engines on those GPUs), "
                          f"got rollout.placement={r.placement!r}")
+    if r.engine_launch == "external":  # a step of its own on every node (launch/nemo.py engine_setup_lines)
+        return []
     if r.engine_devices:
         devs = [d.strip() for d in str(r.engine_devices).split(",")]
         busy = [d for d in devs if d.isdigit() and int(d) < n]
@@ -70,7 +87,7 @@ def check_engine_gpus(cfg, spec: LaunchSpec) -> list[str]:
     notes = []
     if spec.nodes > 1:
         notes.append(f"engines run on rank 0's node only: GPUs {spare} of the other {spec.nodes - 1} node(s) stay "
-                     "idle (engines as Slurm tasks of their own are not implemented)")
+                     "idle (rollout.engine_launch=external puts engines on every node's spare GPUs)")
     return notes
 
 

@@ -64,6 +64,34 @@ class Task:
 
     name: str
     args: list[str]
+    engines_per_node: int = 0  # rollout.engine_launch=external on Slurm: engines started on every node
+    run_dir: str | None = None
+
+
+def engine_setup_lines(spec: LaunchSpec, task: Task) -> str | None:
+    """The sbatch lines that start a task's external rollout engines: one background srun step with
+    ``engines_per_node`` tasks on every node, engine (node, j) on spare GPU j, each joining the trainer through
+    ``<run_dir>/engines`` (contact and owner-only secret; docs/ASYNC.md §5). They exit when the trainer closes
+    their connection."""
+    if not task.engines_per_node:
+        return None
+    e, first = task.engines_per_node, spec.procs_per_node
+    container = []
+    if spec.container_image:
+        container = [f"--container-image {spec.container_image}"]
+        if spec.container_mounts:
+            container.append(f"--container-mounts {','.join(spec.container_mounts)}")
+        if spec.code_dir:
+            container.append(f"--container-workdir={spec.code_dir}")
+    inner = (f"export CUDA_VISIBLE_DEVICES=$(( {first} + SLURM_LOCALID )); exec python -m red_megatron.rollout.remote "
+             f"--join {task.run_dir}/engines --index $(( SLURM_NODEID * {e} + SLURM_LOCALID ))")
+    return "\n".join([
+        f"# rollout engines: {e} a node on GPUs {first}..{first + e - 1} (rollout.engine_launch=external), joining the "
+        f"trainer through {task.run_dir}/engines",
+        f"mkdir -p {shlex.quote(task.run_dir + '/engines')}",
+        " ".join(["srun --overlap", f"--nodes={spec.nodes}", f"--ntasks-per-node={e}", "--kill-on-bad-exit=0",
+                  *container, f"--output={task.run_dir}/engines/engine_%t.log", "bash -c", shlex.quote(inner), "&"]),
+    ])
 
 
 def set_nemorun_home(path: str | Path) -> Path:
@@ -146,13 +174,23 @@ def _experiment(title: str, spec: LaunchSpec, tasks: list[Task], script: str, ne
     return exp, executor, [run.Script(path=script, entrypoint="python", args=t.args) for t in tasks]
 
 
+def _task_executor(executor, spec: LaunchSpec, task: Task):
+    """The experiment's executor, or a copy carrying the task's engine step (its run_dir differs per task)."""
+    lines = engine_setup_lines(spec, task)
+    if lines is None:
+        return executor
+    ex = executor.clone()
+    ex.setup_lines = "\n".join(filter(None, [ex.setup_lines, lines]))
+    return ex
+
+
 def render_dry_run(title: str, spec: LaunchSpec, tasks: list[Task], script: str, nemorun_home: Path) -> str:
     """The exact command (local) or sbatch script (Slurm) each task would run; launches nothing."""
-    exp, _, scripts = _experiment(title, spec, tasks, script, nemorun_home)
+    exp, executor, scripts = _experiment(title, spec, tasks, script, nemorun_home)
     out = []
     with exp:
         for task, s in zip(tasks, scripts):
-            exp.add(s, name=task.name, tail_logs=False)
+            exp.add(s, executor=_task_executor(executor, spec, task), name=task.name, tail_logs=False)
         exp.dryrun(log=False, delete_exp_dir=True)
         for task, job in zip(tasks, exp.jobs):
             req = job._dryrun_info.request  # NeMo-Run keeps no public handle on it (0.11.1)
@@ -172,10 +210,10 @@ def render_dry_run(title: str, spec: LaunchSpec, tasks: list[Task], script: str,
 
 def launch(title: str, spec: LaunchSpec, tasks: list[Task], script: str, nemorun_home: Path) -> dict[str, str]:
     """Run the experiment to completion (or submission, with detach); return {task: final state}."""
-    exp, _, scripts = _experiment(title, spec, tasks, script, nemorun_home)
+    exp, executor, scripts = _experiment(title, spec, tasks, script, nemorun_home)
     with exp:
         for task, s in zip(tasks, scripts):
-            exp.add(s, name=task.name, tail_logs=True)
+            exp.add(s, executor=_task_executor(executor, spec, task), name=task.name, tail_logs=True)
         exp.run(sequential=spec.run_sequential and len(tasks) > 1, detach=spec.detach)
     # the context manager has waited for every job (unless detached): states are final now
     return job_states(exp)

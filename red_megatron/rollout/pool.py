@@ -69,8 +69,9 @@ def write_join_files(join_dir, *, address: str, authkey: bytes, model_dir, rollo
     fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(authkey.hex())
+    # the job id lets an engine of this Slurm job tell this contact from a previous job's in the same run_dir
     contact = {"address": address, "model_dir": str(model_dir), "rollout": asdict(rollout_cfg),
-               "num_engines": num_engines}
+               "num_engines": num_engines, "job": os.environ.get("SLURM_JOB_ID")}
     tmp = d / "contact.json.tmp"
     tmp.write_text(json.dumps(contact, indent=1))
     tmp.replace(d / "contact.json")

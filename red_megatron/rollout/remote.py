@@ -139,7 +139,20 @@ def _read_join_dir(args) -> bytes:
     from pathlib import Path
 
     d = Path(args.join)
-    contact = json.loads((d / "contact.json").read_text())
+    job = os.environ.get("SLURM_JOB_ID")
+    deadline = time.monotonic() + args.join_timeout
+    while True:  # a launcher may start the engines before the trainer has written its contact
+        try:
+            contact = json.loads((d / "contact.json").read_text())
+            if job is None or contact.get("job") == job:  # not a previous job's contact in the same run_dir
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        if time.monotonic() > deadline:
+            print(f"error: no contact.json of this job in {d} within --join-timeout={args.join_timeout:g} s (is the "
+                  f"trainer running with rollout.engine_launch=external and this run_dir?)", file=sys.stderr)
+            sys.exit(2)
+        time.sleep(1.0)
     secret = d / "secret"
     mode = secret.stat().st_mode & 0o777
     if mode & 0o077:
@@ -193,6 +206,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--join", help="an external engine: the run's engines directory (<run_dir>/engines), which holds "
                                   "the trainer's contact.json and the owner-only secret")
+    p.add_argument("--join-timeout", type=float, default=900.0, help="--join: the longest wait for the trainer's "
+                                                                         "contact.json (seconds)")
     p.add_argument("--address", help="host:port of the trainer's control listener (spawned engines)")
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--model-dir")
