@@ -21,13 +21,15 @@ def _cfg(**rollout) -> RunConfig:
 def test_disaggregated_layouts_pass():
     assert check_layout(_cfg(placement="disaggregated", num_engines=2, max_staleness=1), 2) == 2
     assert check_layout(_cfg(placement="disaggregated", max_staleness=2, partial=True), 1) == 1
+    # a tensor-parallel engine is a torchrun group of its own: any trainer world size
+    assert check_layout(_cfg(placement="disaggregated", tp_infer=2, executor="external_launcher"), 1) == 1
     assert check_layout(_cfg(), 1) == 1
 
 
 @pytest.mark.parametrize("rollout,match", [
     (dict(max_staleness=1), r"rollout.max_staleness=1 needs rollout.placement='disaggregated'"),
     (dict(num_engines=2), r"rollout.num_engines=2 is for rollout.placement='disaggregated'"),
-    (dict(placement="disaggregated", tp_infer=2, executor="external_launcher"), r"rollout.tp_infer must be 1"),
+    (dict(placement="disaggregated", executor="external_launcher"), r"needs rollout.executor='uni'"),
     (dict(placement="disaggregated", num_engines=5), r"rollout.num_engines=5 exceeds data.global_batch_size=4"),
     (dict(partial=True, max_staleness=1), r"rollout.partial=true needs rollout.placement='disaggregated'"),
     (dict(placement="disaggregated", partial=True), r"rollout.partial=true needs .* rollout.max_staleness >= 1"),
@@ -62,6 +64,8 @@ def test_replay_needs_colocated():
     (dict(max_staleness=-1), "RolloutConfig.max_staleness must be an int >= 0"),
     (dict(timeout_s=0), "RolloutConfig.timeout_s must be > 0"),
     (dict(num_engines=2, engine_devices="6"), r"RolloutConfig.engine_devices='6': expected 2 comma-separated"),
+    (dict(num_engines=2, tp_infer=2, executor="external_launcher", engine_devices="4,5,6"),
+     r"engine_devices='4,5,6': expected 4 comma-separated device ids, tp_infer=2 per engine"),
     (dict(engine_devices="gpu0"), r"RolloutConfig.engine_devices='gpu0'"),
     (dict(partial="yes"), r"RolloutConfig.partial must be a bool"),
     (dict(engine_launch="ssh"), r"RolloutConfig.engine_launch must be one of"),

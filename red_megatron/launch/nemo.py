@@ -65,6 +65,7 @@ class Task:
     name: str
     args: list[str]
     engines_per_node: int = 0  # rollout.engine_launch=external on Slurm: engines started on every node
+    engine_tp: int = 1  # their rollout.tp_infer (GPUs an engine)
     run_dir: str | None = None
 
 
@@ -75,7 +76,7 @@ def engine_setup_lines(spec: LaunchSpec, task: Task) -> str | None:
     their connection."""
     if not task.engines_per_node:
         return None
-    e, first = task.engines_per_node, spec.procs_per_node
+    e, first, tp = task.engines_per_node, spec.procs_per_node, task.engine_tp
     container = []
     if spec.container_image:
         container = [f"--container-image {spec.container_image}"]
@@ -83,11 +84,13 @@ def engine_setup_lines(spec: LaunchSpec, task: Task) -> str | None:
             container.append(f"--container-mounts {','.join(spec.container_mounts)}")
         if spec.code_dir:
             container.append(f"--container-workdir={spec.code_dir}")
-    inner = (f"export CUDA_VISIBLE_DEVICES=$(( {first} + SLURM_LOCALID )); exec python -m red_megatron.rollout.remote "
-             f"--join {task.run_dir}/engines --index $(( SLURM_NODEID * {e} + SLURM_LOCALID ))")
+    launcher = "python" if tp == 1 else f"python -m torch.distributed.run --standalone --nproc-per-node {tp}"
+    inner = (f"d=$(( {first} + SLURM_LOCALID * {tp} )); export CUDA_VISIBLE_DEVICES=$(seq -s, $d $(( d + {tp - 1} ))); "
+             f"exec {launcher} -m red_megatron.rollout.remote --join {task.run_dir}/engines "
+             f"--index $(( SLURM_NODEID * {e} + SLURM_LOCALID ))")
     return "\n".join([
-        f"# rollout engines: {e} a node on GPUs {first}..{first + e - 1} (rollout.engine_launch=external), joining the "
-        f"trainer through {task.run_dir}/engines",
+        f"# rollout engines: {e} a node of {tp} GPU(s) each, on GPUs {first}..{first + e * tp - 1} "
+        f"(rollout.engine_launch=external), joining the trainer through {task.run_dir}/engines",
         f"mkdir -p {shlex.quote(task.run_dir + '/engines')}",
         " ".join(["srun --overlap", f"--nodes={spec.nodes}", f"--ntasks-per-node={e}", "--kill-on-bad-exit=0",
                   *container, f"--output={task.run_dir}/engines/engine_%t.log", "bash -c", shlex.quote(inner), "&"]),

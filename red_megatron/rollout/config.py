@@ -125,6 +125,8 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.refit_fast_path must be a bool (true/false), got {self.refit_fast_path!r}")
         if self.engine_devices is not None:
             ids = [d.strip() for d in str(self.engine_devices).split(",")]
-            if not all(d.isdigit() for d in ids) or len(ids) != self.num_engines:
-                raise ValueError(f"RolloutConfig.engine_devices={self.engine_devices!r}: expected {self.num_engines} "
-                                 f"comma-separated device ids, one per engine (rollout.num_engines)")
+            want = self.num_engines * self.tp_infer
+            if not all(d.isdigit() for d in ids) or len(ids) != want:
+                raise ValueError(f"RolloutConfig.engine_devices={self.engine_devices!r}: expected {want} "
+                                 f"comma-separated device ids, tp_infer={self.tp_infer} per engine "
+                                 f"(rollout.num_engines={self.num_engines})")

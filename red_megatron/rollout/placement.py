@@ -65,10 +65,10 @@ def check_engines(*, placement: str, tp_infer: int, executor: str, num_engines: 
             raise ValueError(f"rollout.num_engines={num_engines} is for rollout.placement='disaggregated'; colocated "
                              f"engines follow the trainer's layout (rollout.tp_infer)")
         return
-    if tp_infer != 1 or executor != "uni":
-        raise ValueError(f"rollout.placement='disaggregated' runs single-process engines: rollout.tp_infer must be 1 "
-                         f"and rollout.executor 'uni' (got tp_infer={tp_infer}, executor={executor!r}); "
-                         f"multi-process engines (tp_infer > 1) are not implemented for it yet")
+    if (tp_infer == 1) != (executor == "uni"):
+        raise ValueError(f"rollout.placement='disaggregated': an engine of rollout.tp_infer={tp_infer} process(es) "
+                         f"needs rollout.executor={'uni' if tp_infer == 1 else 'external_launcher'!r} (each engine is "
+                         f"a torchrun group of its own), got {executor!r}")
     if num_engines > global_batch_size:
         raise ValueError(f"rollout.num_engines={num_engines} exceeds data.global_batch_size={global_batch_size}: "
                          f"the prompts of a step are shared over the engines, some would never generate")

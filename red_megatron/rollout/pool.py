@@ -31,11 +31,24 @@ log = logging.getLogger("red_megatron.rollout.pool")
 
 
 def engine_env(index: int, rollout_cfg) -> dict[str, str]:
-    """Engine ``index``'s own device (rollout.engine_devices), so that it never shares the trainer's GPUs."""
+    """Engine ``index``'s own devices (rollout.engine_devices: tp_infer consecutive entries an engine), so that
+    it never shares the trainer's GPUs."""
     devices = getattr(rollout_cfg, "engine_devices", None)
     if devices is None:
         return {}
-    return {"CUDA_VISIBLE_DEVICES": str(devices).split(",")[index].strip()}
+    tp = getattr(rollout_cfg, "tp_infer", 1)
+    mine = [d.strip() for d in str(devices).split(",")][index * tp:(index + 1) * tp]
+    return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
+
+
+def engine_command(index: int, address: str, model_dir, rollout_cfg, parent_pid: int) -> list[str]:
+    """An engine process (tp_infer 1), or a torchrun group of tp_infer processes (vLLM's external_launcher)."""
+    cmd = ["-m", "red_megatron.rollout.remote", "--address", address, "--index", str(index), "--model-dir",
+           str(model_dir), "--rollout-json", json.dumps(asdict(rollout_cfg)), "--parent-pid", str(parent_pid)]
+    if rollout_cfg.tp_infer == 1:
+        return [sys.executable, *cmd]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            str(rollout_cfg.tp_infer), *cmd]
 
 
 class EngineError(RuntimeError):
@@ -91,7 +104,7 @@ class EnginePool:
         authkey = secrets.token_bytes(16)
         self._listener = Listener((host, port), authkey=authkey)
         address = f"{host}:{self._listener.address[1]}"
-        cfg_json = json.dumps(asdict(rollout_cfg))
+        self.tp = rollout_cfg.tp_infer  # processes an engine (its ranks all join the weight group)
         atexit.register(self.close)
         try:
             if join_dir is not None:
@@ -99,8 +112,7 @@ class EnginePool:
                 write_join_files(join_dir, address=address, authkey=authkey, model_dir=model_dir,
                                  rollout_cfg=rollout_cfg, num_engines=num_engines)
             for i in range(num_engines if join_dir is None else 0):
-                cmd = [sys.executable, "-m", "red_megatron.rollout.remote", "--address", address, "--index", str(i),
-                       "--model-dir", str(model_dir), "--rollout-json", cfg_json, "--parent-pid", str(os.getpid())]
+                cmd = engine_command(i, address, model_dir, rollout_cfg, os.getpid())
                 penv = dict(os.environ, **(env or {}), **{AUTHKEY_ENV: authkey.hex()}, **engine_env(i, rollout_cfg))
                 for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                           "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"):
@@ -210,12 +222,12 @@ class EnginePool:
 
         import torch.distributed as dist
 
-        size = len(self.engines) + 1
+        size = len(self.engines) * self.tp + 1
         # the store lives as long as the pool (the group's peers may reconnect through it)
         self._store = store = dist.TCPStore(self.host, 0, size, is_master=True,
                                             timeout=datetime.timedelta(seconds=self.timeout_s), wait_for_workers=False)
         for i, e in enumerate(self.engines):
-            self._send(e, "join_weights", host=self.host, port=store.port, rank=i + 1, size=size,
+            self._send(e, "join_weights", host=self.host, port=store.port, rank=1 + i * self.tp, size=size,
                        timeout_s=self.timeout_s, plan=plan)
         self.pg = weight_group(self.host, store.port, 0, size, self.timeout_s)
         for e in self.engines:

@@ -81,6 +81,7 @@ class _Server:
         self.args = args
         self.cfg = RolloutConfig(**json.loads(args.rollout_json))
         self.engine = RolloutEngine(args.model_dir, self.cfg)
+        self.local_rank = int(os.environ.get("RANK", "0"))  # tp_infer > 1: this process's rank in the engine
         self.pg = self.plan = self.layout = None
         self.version = 0
 
@@ -89,7 +90,8 @@ class _Server:
         return {"pid": os.getpid(), "index": self.args.index, "version": self.version}
 
     def join_weights(self, *, host: str, port: int, rank: int, size: int, timeout_s: float, plan):
-        self.pg = weight_group(host, port, rank, size, timeout_s)
+        # rank: the engine's first rank in the weight group; a tensor-parallel engine's ranks follow it
+        self.pg = weight_group(host, port, rank + self.local_rank, size, timeout_s)
         self.plan, self.layout = plan.with_engine(self.engine), plan.buckets
         return {"buckets": len(self.layout)}
 
@@ -127,9 +129,14 @@ class _Server:
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the trainer process that started us is gone (no orphan engines)."""
+    """Exit when the trainer process that started us is gone (no orphan engines). A tensor-parallel engine's
+    ranks are children of torchrun's agent, so the trainer's pid is probed, not compared with our parent's."""
     while True:
-        if os.getppid() != parent:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(3)
+        except PermissionError:  # the pid now belongs to another user's process: ours is gone
             os._exit(3)
         time.sleep(1.0)
 
@@ -165,28 +172,50 @@ def _read_join_dir(args) -> bytes:
 
 
 def serve(args) -> int:
+    """One engine: its rank 0 talks to the trainer; with tp_infer > 1 (a torchrun group of its own) the other
+    ranks receive every request from rank 0 and run it in lock-step (vLLM's external_launcher needs every rank
+    to make the same calls), and only rank 0 replies."""
     import socket
     from multiprocessing.connection import Client
 
-    authkey = _read_join_dir(args) if args.join else bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
-    host, port = args.address.rsplit(":", 1)
-    conn = Client((host, int(port)), authkey=authkey)
-    conn.send(("hello", {"index": args.index, "pid": os.getpid(), "host": socket.gethostname()}))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if args.parent_pid is not None:  # spawned by the trainer: die with it (an external one has its connection)
         threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True).start()
+    conn = None
+    if rank == 0:
+        authkey = _read_join_dir(args) if args.join else bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+        host, port = args.address.rsplit(":", 1)
+        conn = Client((host, int(port)), authkey=authkey)
+        conn.send(("hello", {"index": args.index, "pid": os.getpid(), "host": socket.gethostname()}))
+    else:
+        os.environ.pop(AUTHKEY_ENV, None)
+        if args.join:
+            _read_join_dir(args)
     try:
         server = _Server(args)
+        ctl = _control_group() if world > 1 else None
     except BaseException:  # noqa: BLE001 - reported to the trainer, then exit
-        conn.send(("error", traceback.format_exc()))
+        if conn is not None:
+            conn.send(("error", traceback.format_exc()))
         return 2
-    conn.send(("ok", server.ping()))
+    if conn is not None:
+        conn.send(("ok", server.ping()))
     while True:
-        try:
-            op, kwargs = conn.recv()
-        except (EOFError, OSError):  # the trainer is gone
-            return 0
+        if conn is not None:
+            try:
+                op, kwargs = conn.recv()
+            except (EOFError, OSError):  # the trainer is gone
+                op, kwargs = "close", {}
+                conn = None
+        if ctl is not None:  # the other ranks of a tensor-parallel engine follow rank 0
+            box = [op, kwargs] if rank == 0 else [None, None]
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(box, src=0, group=ctl)
+            op, kwargs = box
         if op == "close":
-            conn.send(("ok", None))
+            if conn is not None:
+                conn.send(("ok", None))
             server.engine.close()
             return 0
         fn = getattr(server, op, None) if not op.startswith("__") else None
@@ -196,10 +225,22 @@ def serve(args) -> int:
             reply = ("ok", fn(**kwargs))
         except BaseException:  # noqa: BLE001
             reply = ("error", traceback.format_exc())
+            if rank != 0:  # a follower out of step with rank 0 cannot go on: torchrun then stops the engine
+                log.error("engine rank %d failed in %s:\n%s", rank, op, reply[1])
+                return 2
+        if conn is None:
+            continue
         try:
             conn.send(reply)
         except (EOFError, OSError):
-            return 0
+            conn = None
+
+
+def _control_group():
+    """A gloo group over the engine's ranks for the requests rank 0 relays (vLLM set up torch.distributed)."""
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo")
 
 
 def main(argv=None) -> int:
