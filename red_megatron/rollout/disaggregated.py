@@ -208,7 +208,11 @@ class DisaggregatedRollout(Rollout):
     # --- weights --------------------------------------------------------------------------------------
     def refit(self, stream, version: int, step: int) -> dict:
         """Collective (every rank walks ``stream``): queue version ``version`` for the engines after the
-        generations already queued; at k = 0 wait for it (the synchronous loop)."""
+        generations already queued. At k = 0 nothing is queued (the synchronous loop): rank 0 broadcasts each
+        bucket as soon as it is gathered, holding no copy of the model; at k >= 1 the engines are generating,
+        so rank 0 stages the weights and the driver broadcasts them when the queued generations are done."""
+        if self.k == 0:
+            return self._refit_streamed(stream, version, step)
         t0 = time.perf_counter()
         staged = {}
         for name, t in stream:
@@ -223,11 +227,29 @@ class DisaggregatedRollout(Rollout):
         return {"refit/gather_seconds": t1 - t0, "refit/buckets": len(self.pool.layout),
                 "refit/gbytes": sum(t.numel() * t.element_size() for t in staged.values()) / 1e9}
 
+    def _refit_streamed(self, stream, version: int, step: int) -> dict:
+        if self.g.rank != 0:
+            for _ in stream:
+                pass
+            return {}
+        if self._failed is not None:
+            raise self._failed
+        t0 = time.perf_counter()
+        try:
+            stats = self.pool.refit(((n, t) for n, t in stream if n not in self.plan.ignored), version)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        t1 = time.perf_counter()
+        self.version = version
+        self.timeline.add("trainer", "refit gather", t0, t1, step)  # gathered and broadcast bucket by bucket
+        for e, sec in enumerate(stats["engine_seconds"]):
+            self.timeline.add(f"engine {e}", "refit", t1 - sec, t1, step)
+        return {"refit/gather_seconds": t1 - t0, "refit/buckets": stats["buckets"], "refit/gbytes": stats["bytes"] / 1e9}
+
     def _queue_refit(self, staged: dict, version: int, step: int) -> None:
-        """Rank 0: the broadcast runs on the driver after the generations queued before it (k = 0: now)."""
-        fut = self._driver.submit(self._guarded, self._refit_job, staged, version, step)
-        if self.k == 0:
-            fut.result()
+        """Rank 0: the broadcast runs on the driver after the generations queued before it."""
+        self._driver.submit(self._guarded, self._refit_job, staged, version, step)
 
     def _refit_job(self, staged: dict, version: int, step: int) -> dict:
         t0 = time.perf_counter()

@@ -234,16 +234,26 @@ class EnginePool:
             self._recv(e, what="join_weights")
         self.plan, self.layout = plan, plan.buckets
 
-    def refit(self, weights: dict[str, torch.Tensor], version: int) -> dict:
-        """Broadcast ``weights`` (hf name -> tensor, the plan's names) bucket by bucket to every engine."""
+    def refit(self, weights, version: int) -> dict:
+        """Broadcast the plan's tensors bucket by bucket to every engine. ``weights``: (hf name, tensor) pairs in
+        the plan's order (a generator: each bucket goes out as soon as its tensors are gathered, so no full copy of
+        the model is held), or a dict of staged tensors."""
         t0 = time.perf_counter()
+        named = ((n, weights[n]) for n in self.plan.names) if isinstance(weights, dict) else iter(weights)
         for e in self.engines:
             self._send(e, "refit", version=version)
         nbytes = 0
         try:
             for names in self.layout:
-                buf = torch.cat([weights[n].detach().to(_wire_device(), self.plan.dtype).contiguous().reshape(-1)
-                                 .view(torch.uint8) for n in names])
+                parts = []
+                for want in names:
+                    name, t = next(named)
+                    if name != want:
+                        raise EngineError(f"refit: the trainer sent {name!r} where the plan expects {want!r}")
+                    parts.append(t.detach().to(_wire_device(), self.plan.dtype).contiguous().reshape(-1)
+                                 .view(torch.uint8))
+                buf = torch.cat(parts)
+                del parts
                 nbytes += buf.numel()
                 broadcast_bytes(self.pg, buf)
         except RuntimeError as exc:  # gloo: a peer gone or the op past its timeout
