@@ -54,9 +54,10 @@ _rl = importlib.import_module("kernels.red_loss")  # the module (kernels.red_los
 __all__ = ["lm_head_red_loss", "lm_head_logprob_entropy", "chunk_rows", "BACKENDS", "CHUNK_BYTES"]
 
 BACKENDS = ("triton", "torch")
-# Default chunk: the tokens whose logits fill this many bytes (2,048 tokens of bf16 at V_local=262,144;
-# 3,456 at 151,936). Big enough for cuBLAS to run at full rate, small next to a 16k-token micro-batch.
-CHUNK_BYTES = 1 << 30
+# Default chunk: the tokens whose logits fill this many bytes (768 tokens of bf16 at V_local=151,936, 1,664 at
+# TP=2, 7,040 at TP=8): GEMMs of >= 0.3 TFLOP at D >= 1,536 for cuBLAS, and small next to the fp32 dW
+# accumulator, so that the fused head pays off from a few thousand tokens per rank on.
+CHUNK_BYTES = 256 << 20
 
 
 def chunk_rows(n: int, v_local: int, itemsize: int, chunk_tokens: Optional[int] = None) -> int:

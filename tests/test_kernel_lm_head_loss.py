@@ -210,7 +210,7 @@ def test_no_tensor_larger_than_a_chunk_of_logits():
 
 
 def test_chunk_rows_and_bad_inputs():
-    assert chunk_rows(10**6, 151936, 2) == 3456 and chunk_rows(10, 1000, 4, 64) == 64
+    assert chunk_rows(10**6, 151936, 2) == 768 and chunk_rows(10**6, 151936 // 8, 2) == 7040 and chunk_rows(10, 1000, 4, 64) == 64
     h, w, target, per = make_head(n=5, v=64, vocab_size=64)
     kw = dict(vocab_start=0, vocab_size=64, temperature=1.0)
     with pytest.raises(ValueError, match="weight_VD"):
