@@ -49,6 +49,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 VARIANTS = ("unfused", "fused", "unfused_ref", "fused_torch")
 PASSES = ("update", "old_logprob")
 GPU_SHAPES = "16384x1536x151936,16384x3584x151936,65536x1536x151936"
+# the CPU report: the PyTorch variants at a size where memory dominates, all four at one the interpreter can run
+CPU_REPORT_PLAN = (("2048x256x32768", "unfused_ref,fused_torch"), ("256x128x8192", ",".join(VARIANTS)))
 
 
 def _status(field: str) -> int:
@@ -115,7 +117,8 @@ def _calls(variant: str, h, w, target, per, chunk):
     return {"update": update, "old_logprob": old_logprob}
 
 
-def run(shapes, variants, passes, *, dtype, chunk, repeats, json_path, warm_cpu=False):
+def run(plan, passes, *, dtype, chunk, repeats, json_path, warm_cpu=False):
+    """``plan``: [((N, D, V), variants), ...], measured in that order."""
     res = {"meta": run_meta(benchmark="lm_head_bench", dtype=str(dtype), chunk=chunk), "rows": [], "errors": []}
 
     def save():
@@ -127,10 +130,10 @@ def run(shapes, variants, passes, *, dtype, chunk, repeats, json_path, warm_cpu=
 
     if warm_cpu and DEV == "cpu":  # the interpreter's and the allocator's first-call costs off the measured calls
         small = make_inputs(64, 32, 512, dtype)
-        for var in variants:
+        for var in VARIANTS:
             for p in passes:
                 _calls(var, *small, 16)[p]()
-    for n, d, v in shapes:
+    for (n, d, v), variants in plan:
         h, w, target, per = make_inputs(n, d, v, dtype)
         first = {}
         for p in passes:
@@ -190,14 +193,15 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=None, help="tokens per chunk of the fused op (default: its own)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shape, every variant: the code paths")
-    ap.add_argument("--cpu-report", action="store_true", help="the CPU memory report's shape and variants")
+    ap.add_argument("--cpu-report", action="store_true",
+                    help=f"the CPU memory report's run: {CPU_REPORT_PLAN} (the Triton interpreter only at the small one)")
     args = ap.parse_args(argv)
     if DEV == "cpu":  # freed buffers leave the process, so peak RSS counts each variant's own buffers
         ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic raise)
     if args.smoke:
         args.sizes, args.variants, args.chunk, args.repeats = "64x32x512", ",".join(VARIANTS), 16, 1
     elif args.cpu_report:
-        args.sizes, args.variants, args.chunk, args.repeats = "1024x256x16384", ",".join(VARIANTS), 128, 1
+        args.chunk, args.repeats = 128, 1
     variants = args.variants.split(",")
     passes = args.passes.split(",")
     for name, got, allowed in (("--variants", variants, VARIANTS), ("--passes", passes, PASSES)):
@@ -205,8 +209,9 @@ def main(argv=None) -> int:
         if bad:
             print(f"lm_head_bench.py: {name}: unknown {bad}; expected some of {','.join(allowed)}", file=sys.stderr)
             return 2
-    shapes = [_shape(s) for s in args.sizes.split(",")]
-    res = run(shapes, variants, passes, dtype=getattr(torch, args.dtype), chunk=args.chunk, repeats=args.repeats,
+    plan = ([(_shape(s), v.split(",")) for s, v in CPU_REPORT_PLAN] if args.cpu_report
+            else [(_shape(s), variants) for s in args.sizes.split(",")])
+    res = run(plan, passes, dtype=getattr(torch, args.dtype), chunk=args.chunk, repeats=args.repeats,
               json_path=args.json, warm_cpu=args.cpu_report)
     return 1 if res.get("errors") else 0
 
