@@ -167,6 +167,9 @@ def run(plan, passes, *, dtype, chunk, repeats, json_path, warm_cpu=False):
                 save()
         del h, w, target, per, first
         gc.collect()
+    if DEV == "cuda":  # did the bf16 chunks' dW products go straight into fp32 (torch.addmm out_dtype)?
+        from kernels.lm_head_loss import _ADDMM_OUT_DTYPE
+        res["meta"]["addmm_fp32_out"] = _ADDMM_OUT_DTYPE[0]
     if not res["errors"]:
         del res["errors"]
     save()
@@ -212,7 +215,7 @@ def main(argv=None) -> int:
     plan = ([(_shape(s), v.split(",")) for s, v in CPU_REPORT_PLAN] if args.cpu_report
             else [(_shape(s), variants) for s in args.sizes.split(",")])
     res = run(plan, passes, dtype=getattr(torch, args.dtype), chunk=args.chunk, repeats=args.repeats,
-              json_path=args.json, warm_cpu=args.cpu_report)
+              json_path=args.json, warm_cpu=not args.smoke)
     return 1 if res.get("errors") else 0
 
 

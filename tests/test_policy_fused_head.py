@@ -4,7 +4,7 @@ Each job builds the same HF checkpoint twice on the 2-rank gloo pool (weights lo
 once with the output layer's matmul and once with the head fused into the loss, and runs the step's
 two passes: the old-log-prob pass and a RED update (all four token kinds). Compared: per-token
 log-probs and entropies, loss, clip fraction, grad norm and every parameter's gradient (main_grad).
-Layouts: DP=2, TP=2 + SP, PP=2 (the head on the last stage), tied embeddings at PP=1 and PP=2, and
+Layouts: DP=2, TP=2 + SP, PP=2 (the head on the last stage), CP=2, tied embeddings at PP=1 and PP=2, and
 the fp32 LM head on a bf16 model; one Triton (interpreted) run through the schedule.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _step(hf_dir, tp, pp, fused, **kw):
 
 
 def _job(hf_dir: str, tp: int, pp: int, overrides: dict):
-    with megatron_parallel(tp=tp, pp=pp, seed=7):
+    with megatron_parallel(tp=tp, pp=pp, seed=7, cp=overrides.get("cp", 1)):
         return _step(hf_dir, tp, pp, False, **overrides), _step(hf_dir, tp, pp, True, **overrides)
 
 
@@ -58,6 +58,7 @@ LAYOUTS = {
     "dp2": (1, 1, {}),
     "tp2_sp": (2, 1, {"sequence_parallel": True}),
     "pp2": (1, 2, {}),
+    "cp2": (1, 1, {"cp": 2}),
 }
 
 
