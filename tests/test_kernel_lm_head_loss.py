@@ -167,9 +167,10 @@ def test_logprob_entropy_and_the_reference_module(backend):
     assert rel(gh, rgh) < 1e-12 and rel(gw, rgw) < 1e-12 and float(ref.loss) == pytest.approx(float(ref2.loss))
 
 
-def test_deterministic_and_chunk_size_independent():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic_and_chunk_size_independent(backend):
     h, w, target, per = make_head(dtype=torch.bfloat16, seed=90)
-    kw = dict(vocab_start=0, vocab_size=990, temperature=0.7, entropy_coef=0.01, backend="torch")
+    kw = dict(vocab_start=0, vocab_size=990, temperature=0.7, entropy_coef=0.01, backend=backend)
     a = run_op(h, w, target, per, chunk_tokens=8, **kw)
     b = run_op(h, w, target, per, chunk_tokens=8, **kw)
     assert torch.equal(a[0].loss, b[0].loss) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])

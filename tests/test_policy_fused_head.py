@@ -98,3 +98,11 @@ def test_fused_head_triton_through_the_schedule(dist2, tiny_ckpt_dir):
     """loss_impl='kernel': the Triton passes (interpreted here) inside the fused head, TP=2 + SP."""
     _compare(dist2.run(_job, str(tiny_ckpt_dir), 2, 1, {"loss_impl": "kernel", "sequence_parallel": True,
                                                         "grad_in_forward": True}), tol=2e-5)
+
+
+def test_the_field_is_a_bool():
+    from red_megatron.policy.config import PolicyConfig
+
+    assert PolicyConfig().fused_lm_head is False  # off by default: the golden traces are the unfused head's
+    with pytest.raises(ValueError, match="fused_lm_head"):
+        PolicyConfig(fused_lm_head="yes")
