@@ -160,7 +160,7 @@ class _LMHeadLossFn(torch.autograd.Function):
         gscale = (g_loss if g_loss is not None else torch.zeros((), device=dev)).to(
             device=dev, dtype=torch.float32).reshape(1).contiguous()
         gent = g_ent.to(torch.float32).contiguous() if g_ent is not None else None
-        dh = torch.empty_like(hidden_ND) if need_h else None
+        dh = torch.empty(hidden_ND.shape, dtype=hidden_ND.dtype, device=dev) if need_h else None
         acc = torch.float64 if weight_VD.dtype == torch.float64 else torch.float32
         dW = torch.zeros(weight_VD.shape, dtype=acc, device=dev) if need_w else None
         grad_fn = _BACKEND[o["backend"]][2]
@@ -170,7 +170,9 @@ class _LMHeadLossFn(torch.autograd.Function):
             tok_C = {k: v[s:e] for k, v in tok.items()}
             g_CV = grad_fn(head.logits(s, e), target_N[s:e], tok_C, gscale, gent[s:e] if gent is not None else None,
                            o["vocab_start"], o["vocab_size"], o["temperature"]).to(head.dtype)
-            if need_h:
+            if need_h and head.dtype == dh.dtype:
+                torch.mm(g_CV, head.w, out=dh[s:e])  # straight into its rows (a row block of dh is contiguous)
+            elif need_h:
                 dh[s:e] = g_CV @ head.w
             if need_w:
                 _acc_fp32(dW, g_CV.t(), head.h[s:e].to(head.dtype))
