@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shape, every variant: the code paths")
     ap.add_argument("--cpu-report", action="store_true",
-                    help=f"the CPU memory report's run: {CPU_REPORT_PLAN} (the Triton interpreter only at the small one)")
+                    help=f"the CPU memory report's run: {CPU_REPORT_PLAN} (the interpreter only at the small one)")
     args = ap.parse_args(argv)
     if DEV == "cpu":  # freed buffers leave the process, so peak RSS counts each variant's own buffers
         ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic raise)

@@ -206,12 +206,14 @@ def test_no_tensor_larger_than_a_chunk_of_logits():
     assert mode.nbytes == 4 * chunk * v > 4 * v * D, mode.nbytes  # one chunk's fp32 logits (> dW [V, D] here)
     assert hx.grad is not None and wx.grad is not None
     with _LargestTensor() as seen:  # the probe does see logits where they exist: the unfused reference
-        lm_head_red_loss_reference(hx, wx, target, **per, vocab_start=0, vocab_size=990, temperature=0.7).loss.backward()
+        ref = lm_head_red_loss_reference(hx, wx, target, **per, vocab_start=0, vocab_size=990, temperature=0.7)
+        ref.loss.backward()
     assert seen.nbytes >= 4 * n * v
 
 
 def test_chunk_rows_and_bad_inputs():
-    assert chunk_rows(10**6, 151936, 2) == 768 and chunk_rows(10**6, 151936 // 8, 2) == 7040 and chunk_rows(10, 1000, 4, 64) == 64
+    assert chunk_rows(10**6, 151936, 2) == 768 and chunk_rows(10**6, 151936 // 8, 2) == 7040
+    assert chunk_rows(10, 1000, 4, 64) == 64
     h, w, target, per = make_head(n=5, v=64, vocab_size=64)
     kw = dict(vocab_start=0, vocab_size=64, temperature=1.0)
     with pytest.raises(ValueError, match="weight_VD"):

@@ -166,9 +166,10 @@ def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: Par
     ``terms``: the step's bundle, N = batch.num_tokens, on the device, with logp_old_N set, or None
     for on-policy (the ratio's denominator is the forward's own detached log-prob), and ref_logp_N
     when the loss has a KL term. ``grad_in_forward``: the kernel writes the logits' gradient in place
-    (kernels/red_loss.py; not with ``fused_head``, whose chunks output hidden states and whose ``red_loss`` is
-    the LM-head-fused one, kernels/lm_head_loss.py). ``token_outputs``: also return this forward's per-token log-prob and entropy
-    on every rank of the pipeline (what ``logprob_pass`` would have given on the same weights).
+    (kernels/red_loss.py; not with ``fused_head``, whose chunks output hidden states and whose ``red_loss``
+    is the LM-head-fused one, kernels/lm_head_loss.py). ``token_outputs``: also return this forward's
+    per-token log-prob and entropy on every rank of the pipeline (what ``logprob_pass`` would have given on
+    the same weights).
 
     Returns, identical on every rank: loss (summed over micro-batches and DP ranks), clip_frac
     (over ONLINE tokens with weight > 0), loss_finite (False if any micro-batch loss was NaN/Inf),
