@@ -11,9 +11,9 @@ LM-head and loss rates, fixed memory) with the layout factors measured on the CP
 Per GPU, for one sequence of S tokens in the micro-batch (the longest case a step must fit):
   memory = weights + grads + optimizer (sharded over DP×CP) + activations(S/CP tokens, 1/TP with SP)
            + logits (S/CP rows × V/TP, bf16, gradient in place) + fixed
-  with policy.fused_lm_head (kernels/lm_head_loss.py) the logits term is one chunk's: min(S/CP, C) rows × V/TP
-  in bf16 (C = the op's default, 1 GiB of logits) plus its fp32 dW accumulator V/TP × D × 4 bytes, and the
-  time gains one LM-head GEMM (the backward recomputes the chunk's logits): 2·D·V/TP flops per token.
+  with policy.fused_lm_head (kernels/lm_head_loss.py) the logits term is the op's own peak (its extra_bytes:
+  one tile of logits, one block's fp32 dW, dh summed in fp32), and the time gains one LM-head GEMM (the
+  backward recomputes the logits): 2·D·V/TP flops per token.
   time   = projection.fwd_bwd_seconds at S/CP tokens with the attention term at S (causal work is split
            evenly by the load-balanced chunks) / TP + the CP K/V all-gather and reduce-scatter over NVLink.
 The attention's own score memory is O(S) (flash / cuDNN SDPA), so it does not enter.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from projection import GiB, SHAPES, Constants, Hardware, Shape, calibrated_constants, fwd_bwd_seconds, \
     params_per_gpu  # noqa: E402
 
-from kernels.lm_head_loss import chunk_rows  # noqa: E402
+from kernels.lm_head_loss import extra_bytes  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 MEASURED = REPORTS / "activation_memory_2026-12-02.json"
@@ -65,12 +65,11 @@ def act_fraction(lay: LongLayout, f_rep: float) -> float:
 
 def logits_bytes(s: Shape, lay: LongLayout, S: int, c: Constants, fused_head: bool = False) -> float:
     """What the loss holds beyond the activations: every logit of the rank's S/CP rows (bf16, gradient in
-    place), or with the fused head one chunk of them and the fp32 accumulator of the head's gradient."""
+    place), or with the fused head the op's own buffers at its peak (kernels.lm_head_loss.extra_bytes)."""
     v_local, rows = s.vocab / lay.tp, S / lay.cp
     if not fused_head:
         return c.logit_bytes * rows * v_local
-    chunk = chunk_rows(int(rows), int(v_local), 2)
-    return c.logit_bytes * min(rows, chunk) * v_local + 4 * v_local * s.hidden
+    return float(extra_bytes(int(rows), s.hidden, int(v_local)))
 
 
 def memory_bytes(s: Shape, lay: LongLayout, S: int, c: Constants, hw: Hardware, f_rep: float,
@@ -148,8 +147,8 @@ def render(rows: list[dict], f: dict) -> str:
            f"replicated fraction without SP {f['f_rep']:.3f}, TP=2+SP {f['sp_tp2']:.3f} and CP=2 {f['cp2']:.3f} "
            "of TP=1). One sequence in the micro-batch, bf16, distributed optimizer over DP×CP, fused loss "
            "(no fp32 logit copy). Not measured on a GPU: the CPU's activation account is an upper bound. "
-           "*Fused head*: policy.fused_lm_head (kernels/lm_head_loss.py): one chunk of logits instead of all of "
-           "them, plus the head gradient's fp32 accumulator, and one more LM-head GEMM in the time.", "",
+           "*Fused head*: policy.fused_lm_head (kernels/lm_head_loss.py): its own buffers (one tile of logits, "
+           "one block's fp32 dW, dh in fp32) instead of all the logits, and one more LM-head GEMM in the time.", "",
            "| model | layout | GPUs | longest sequence (tokens) | longest, fused head | GiB/GPU at 16k | "
            "GiB/GPU at 16k, fused head | GiB/GPU at 32k | fwd+bwd s of a 16k sequence | fwd+bwd s, fused head |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -11,9 +11,13 @@ their PyTorch twins in kernels/_lm_head_torch.py with backend="torch"):
             stats pass -> stats_N4 rows of the chunk; the chunk's logits are dropped.
             ONE all_gather of stats_N4 over `group` (none for no group / one rank), then the token
             pass over all N: logp, H, the loss and the per-token partials a = dL/dlogp, b = dL/dH.
-  backward  for each chunk again: logits_CV = h_C @ W^T recomputed, the gradient pass turns it into
-            dL/dlogits_CV (in place on the Triton path), dh_C = g_CV @ W, dW += g_CV^T @ h_C into one
-            fp32 accumulator, chunk after chunk in a fixed order (no atomics: bitwise deterministic).
+  backward  tiles of C' tokens x B weight rows: for each block W_B of the weight, for each chunk, the
+            tile's logits h_C @ W_B^T recomputed, the gradient pass turns them into dL/dlogits (in place
+            on the Triton path; the pass takes any column offset), dh_C += g @ W_B, dW_B += g^T @ h_C,
+            both summed in fp32; dW_B cast to W's dtype when its block is done. Blocks and chunks run
+            in a fixed order (no atomics: bitwise deterministic). B = the whole shard for an fp32 W
+            (its gradient is the accumulator; dh then written once per row), else as many blocks as
+            keep one block's fp32 dW within CHUNK_BYTES.
 dh is this shard's part: the TP sum belongs to the caller's region op (Megatron's
 copy_to_tensor_model_parallel_region / the sequence-parallel gather's reduce-scatter), as with
 ColumnParallelLinear. Saved for backward: h, W, the targets and 6 fp32 numbers per token.
@@ -31,12 +35,13 @@ Why token chunks through cuBLAS, and the recompute (decided here, 2026-12-06):
   GEMM that matches cuBLAS (640-770 TFLOP/s bf16 on Hopper, per Liger's fused linear CE) on both
   triton 3.6 and 3.9: not measurable here (no GPU lent to this task). Token chunks reuse cuBLAS
   and the already-measured Triton passes unchanged, and run on the CPU through the same code.
-Memory beyond the inputs and dh, per call: one chunk's logits C x V_local (its gradient in place on
-the Triton path; ~4 fp32 chunk temporaries on the torch path), the [N, 4] statistics (x TP after the
-gather) and per-token fp32 vectors, plus the fp32 dW accumulator [V_local, D] when W is not fp32
-(fp32 accumulation across chunks; cast to W's dtype once at the end). With a bf16 W on CUDA the
-chunk products go straight into it (torch.addmm with out_dtype=float32 where torch has it); else a
-bf16 product per chunk is added (rounded once per chunk, still summed in fp32).
+Memory beyond the inputs and the gradients, per call (``extra_bytes``): one tile's logits (CHUNK_BYTES:
+its gradient in place on the Triton path; ~4 fp32 tile temporaries on the torch path), one block's
+fp32 dW (<= CHUNK_BYTES) and, with several blocks, dh summed in fp32 [N, D] (the size of the hidden
+states, not of the logits), the [N, 4] statistics (x TP after the gather) and per-token fp32 vectors.
+With bf16 operands on CUDA the tile products go straight into the fp32 sums (torch.addmm with
+out_dtype=float32 where torch has it); else a bf16 product per tile is added (rounded once per tile,
+still summed in fp32).
 """
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ from kernels._common import RedLossOutput, check_inputs
 
 _rl = importlib.import_module("kernels.red_loss")  # the module (kernels.red_loss the attribute is the function)
 
-__all__ = ["lm_head_red_loss", "lm_head_logprob_entropy", "chunk_rows", "BACKENDS", "CHUNK_BYTES"]
+__all__ = ["lm_head_red_loss", "lm_head_logprob_entropy", "chunk_rows", "backward_tiles", "extra_bytes", "BACKENDS",
+           "CHUNK_BYTES"]
 
 BACKENDS = ("triton", "torch")
 # Default chunk: the tokens whose logits fill this many bytes (768 tokens of bf16 at V_local=151,936, 1,664 at
@@ -94,18 +100,51 @@ _BACKEND = {"triton": (_triton_stats, _triton_tokens, _triton_grad),
 _ADDMM_OUT_DTYPE = [True]  # cleared once torch says addmm(out_dtype=float32) is not there (CPU, old torch)
 
 
-def _acc_fp32(dW_VD: torch.Tensor, gT_VC: torch.Tensor, h_CD: torch.Tensor) -> None:
-    """dW += gT @ h with an fp32 accumulator whatever the operands' dtype."""
-    if gT_VC.dtype == torch.float32:
-        dW_VD.addmm_(gT_VC, h_CD)
+def _acc_wide(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """dst += a @ b, dst fp32 (float64 for float64) whatever the operands' dtype."""
+    if a.dtype == dst.dtype:
+        dst.addmm_(a, b)
         return
-    if _ADDMM_OUT_DTYPE[0] and gT_VC.is_cuda:
+    if _ADDMM_OUT_DTYPE[0] and a.is_cuda and dst.dtype == torch.float32:
         try:
-            torch.addmm(dW_VD, gT_VC, h_CD, out_dtype=torch.float32, out=dW_VD)
+            torch.addmm(dst, a, b, out_dtype=torch.float32, out=dst)
             return
         except (RuntimeError, TypeError, NotImplementedError):
             _ADDMM_OUT_DTYPE[0] = False
-    dW_VD.add_(gT_VC @ h_CD)
+    dst.add_(a @ b)
+
+
+def vocab_block_rows(v_local: int, d: int, wide_weight: bool, vocab_block: Optional[int] = None) -> int:
+    """Weight rows per backward block: ``vocab_block`` if given; the whole shard for an fp32 weight (its
+    gradient is the accumulator); else enough blocks that one block's fp32 dW fits CHUNK_BYTES (a
+    multiple of 128 rows)."""
+    if vocab_block is not None:
+        if not isinstance(vocab_block, int) or vocab_block < 1:
+            raise ValueError(f"vocab_block: expected an int >= 1 or None, got {vocab_block!r}")
+        return vocab_block
+    if wide_weight:
+        return v_local
+    blocks = -(-v_local * d * 4 // CHUNK_BYTES)  # ceil
+    rows = -(-v_local // blocks)
+    return min(v_local, -(-rows // 128) * 128)
+
+
+def backward_tiles(n: int, v_local: int, d: int, itemsize: int, wide_weight: bool,
+                   chunk_tokens: Optional[int] = None, vocab_block: Optional[int] = None) -> tuple[int, int]:
+    """(weight rows per block, tokens per chunk) of the backward's tiles: a tile's logits fill CHUNK_BYTES."""
+    vb = vocab_block_rows(v_local, d, wide_weight, vocab_block)
+    return vb, chunk_rows(n, vb, itemsize, chunk_tokens)
+
+
+def extra_bytes(n: int, d: int, v_local: int, itemsize: int = 2, wide_weight: bool = False) -> int:
+    """The op's own buffers at its peak with the default tiles (the backward): one tile of logits, the
+    block's fp32 dW and, with several blocks, dh summed in fp32 [N, D] (per-token vectors left out)."""
+    vb, c = backward_tiles(n, v_local, d, itemsize, wide_weight)
+    tile = min(n, c) * vb * itemsize
+    acc = 0 if wide_weight else vb * d * 4
+    dh = n * d * 4 if vb < v_local else 0
+    fwd = min(n, chunk_rows(n, v_local, itemsize)) * v_local * itemsize
+    return max(fwd, tile + acc + dh)
 
 
 class _Head:
@@ -160,24 +199,42 @@ class _LMHeadLossFn(torch.autograd.Function):
         gscale = (g_loss if g_loss is not None else torch.zeros((), device=dev)).to(
             device=dev, dtype=torch.float32).reshape(1).contiguous()
         gent = g_ent.to(torch.float32).contiguous() if g_ent is not None else None
-        dh = torch.empty(hidden_ND.shape, dtype=hidden_ND.dtype, device=dev) if need_h else None
-        acc = torch.float64 if weight_VD.dtype == torch.float64 else torch.float32
-        dW = torch.zeros(weight_VD.shape, dtype=acc, device=dev) if need_w else None
+        n, (v_local, d) = target_N.shape[0], weight_VD.shape
+        wide = torch.float64 if weight_VD.dtype == torch.float64 else torch.float32
+        vb, c = backward_tiles(n, v_local, d, head.dtype.itemsize, weight_VD.dtype == wide, o["chunk_tokens"],
+                               o["vocab_block"])
+        one_block = vb >= v_local
+        dW = torch.empty(weight_VD.shape, dtype=weight_VD.dtype, device=dev) if need_w else None
+        dh = None  # summed over vocab blocks: in fp32 unless one block writes each row once
+        if need_h:
+            dh = torch.zeros(hidden_ND.shape, dtype=hidden_ND.dtype if one_block else wide, device=dev)
         grad_fn = _BACKEND[o["backend"]][2]
-        n, c = target_N.shape[0], o["chunk"]
-        for s in range(0, n, c):  # fixed chunk order: the fp32 dW sum is the same every run
-            e = min(n, s + c)
-            tok_C = {k: v[s:e] for k, v in tok.items()}
-            g_CV = grad_fn(head.logits(s, e), target_N[s:e], tok_C, gscale, gent[s:e] if gent is not None else None,
-                           o["vocab_start"], o["vocab_size"], o["temperature"]).to(head.dtype)
-            if need_h and head.dtype == dh.dtype:
-                torch.mm(g_CV, head.w, out=dh[s:e])  # straight into its rows (a row block of dh is contiguous)
-            elif need_h:
-                dh[s:e] = g_CV @ head.w
-            if need_w:
-                _acc_fp32(dW, g_CV.t(), head.h[s:e].to(head.dtype))
-            del g_CV
-        return dh, (dW.to(weight_VD.dtype) if need_w else None), None, None, None
+        for b0 in range(0, v_local, vb):  # fixed order of blocks and chunks: the fp32 sums are the same every run
+            b1 = min(v_local, b0 + vb)
+            w_b = head.w[b0:b1]
+            if need_w:  # a wide weight's gradient is its own accumulator
+                dW_b = dW[b0:b1].zero_() if weight_VD.dtype == wide else torch.zeros((b1 - b0, d), dtype=wide, device=dev)
+            for s in range(0, n, c):
+                e = min(n, s + c)
+                h_C = head.h[s:e].to(head.dtype)
+                tok_C = {k: v[s:e] for k, v in tok.items()}
+                g_CV = grad_fn(h_C @ w_b.t(), target_N[s:e], tok_C, gscale, gent[s:e] if gent is not None else None,
+                               o["vocab_start"] + b0, o["vocab_size"], o["temperature"]).to(head.dtype)
+                if need_h and one_block and head.dtype == dh.dtype:
+                    torch.mm(g_CV, w_b, out=dh[s:e])  # straight into its rows (a row block of dh is contiguous)
+                elif need_h and one_block:
+                    dh[s:e] = g_CV @ w_b
+                elif need_h:
+                    _acc_wide(dh[s:e], g_CV, w_b)
+                if need_w:
+                    _acc_wide(dW_b, g_CV.t(), h_C)
+                del g_CV
+            if need_w and weight_VD.dtype != wide:
+                dW[b0:b1] = dW_b
+                del dW_b
+        if need_h and dh.dtype != hidden_ND.dtype:
+            dh = dh.to(hidden_ND.dtype)
+        return dh, dW, None, None, None
 
 
 def _check(hidden_ND, weight_VD, target_N, backend, fp32_matmul, **kw):
@@ -204,10 +261,11 @@ def lm_head_red_loss(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, target_N:
                      luffy_gamma: float = _D.luffy_gamma, entropy_coef: float = _D.entropy_coef,
                      kl_coef: float = _D.kl_coef, ref_logp_N: Optional[torch.Tensor] = None, group=None,
                      fp32_matmul: bool = False, chunk_tokens: Optional[int] = None,
-                     backend: str = "triton") -> RedLossOutput:
+                     vocab_block: Optional[int] = None, backend: str = "triton") -> RedLossOutput:
     """red_loss(hidden_ND @ weight_VD^T, ...) without the logits (module docstring): the same
     outputs, the gradient to hidden_ND (this shard's part) and weight_VD. fp32_matmul: logits from
-    fp32 operands (policy.lm_head_fp32). backend: "triton" (kernels/red_loss.py's passes) or "torch"."""
+    fp32 operands (policy.lm_head_fp32). chunk_tokens / vocab_block: the tiles' tokens and weight rows
+    (None: CHUNK_BYTES of logits a tile). backend: "triton" (kernels/red_loss.py's passes) or "torch"."""
     per_token = dict(kind_N=kind_N, adv_N=adv_N, logp_old_N=logp_old_N, rbar_N=rbar_N, w_N=w_N,
                      weight_N=weight_N, ref_logp_N=ref_logp_N if kl_coef != 0.0 else None)
     _check(hidden_ND, weight_VD, target_N, backend, fp32_matmul, vocab_start=vocab_start, vocab_size=vocab_size,
@@ -215,8 +273,9 @@ def lm_head_red_loss(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, target_N:
            kl_coef=kl_coef)
     per_token = {k: (v.contiguous() if v is not None else None) for k, v in per_token.items()}
     itemsize = 4 if fp32_matmul else hidden_ND.element_size()
+    vocab_block_rows(1, 1, False, vocab_block)  # a bad value fails here, not in the backward
     opts = dict(vocab_start=vocab_start, vocab_size=vocab_size, temperature=float(temperature), group=group,
-                backend=backend, fp32_matmul=fp32_matmul,
+                backend=backend, fp32_matmul=fp32_matmul, chunk_tokens=chunk_tokens, vocab_block=vocab_block,
                 chunk=chunk_rows(hidden_ND.shape[0], weight_VD.shape[0], itemsize, chunk_tokens),
                 params=dict(eps_lo=float(eps_lo), eps_hi=float(eps_hi), luffy_gamma=float(luffy_gamma),
                             entropy_coef=float(entropy_coef), kl_coef=float(kl_coef)))

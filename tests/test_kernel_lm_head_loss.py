@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kernels import red_loss_reference
-from kernels.lm_head_loss import chunk_rows, lm_head_logprob_entropy, lm_head_red_loss
+from kernels.lm_head_loss import backward_tiles, chunk_rows, extra_bytes, lm_head_logprob_entropy, lm_head_red_loss
 from kernels.lm_head_loss_reference import lm_head_logits, lm_head_red_loss_reference
 from kernels.red_loss_reference import logprob_entropy as ref_logprob_entropy
 from tests.test_kernel_red_loss import DEVICE, TOL, make_inputs, rel
@@ -52,7 +52,7 @@ def run_op(h, w, target, per, *, extra_ent_grad=None, **kw):
 
 def run_ref(h, w, target, per, *, fp32_matmul=False, extra_ent_grad=None, **kw):
     """float64 reference on the op's rounded logits; (output, dL/dh, dL/dW) in float64."""
-    kw = {k: v for k, v in kw.items() if k not in ("backend", "chunk_tokens")}
+    kw = {k: v for k, v in kw.items() if k not in ("backend", "chunk_tokens", "vocab_block")}
     x = lm_head_logits(h, w, fp32_matmul).double().requires_grad_()
     p64 = {k: (t.double() if t is not None and t.dtype.is_floating_point else t) for k, t in per.items()}
     out = red_loss_reference(x, target, **p64, **kw)
@@ -76,11 +76,11 @@ def check(out, gh, gw, ref, rgh, rgw, dtype, label=""):
         assert rel(a, b) < tol["grad"], f"{label}{name}: rel error {rel(a, b):.3g} (tol {tol['grad']})"
 
 
-CASES = {  # dtype, temperature, options
+CASES = {  # dtype, temperature, options (vocab_block: the backward in blocks of weight rows, the last one ragged)
     "fp32_T0.7_entropy_kl": (torch.float32, 0.7, dict(entropy_coef=0.05, kl_coef=0.1)),
-    "bf16_T1.0": (torch.bfloat16, 1.0, dict()),
+    "bf16_T1.0_blocks": (torch.bfloat16, 1.0, dict(vocab_block=300)),
     "bf16_T1.6_clip_higher": (torch.bfloat16, 1.6, dict(eps_hi=0.28, entropy_coef=0.02)),
-    "fp32_T0.4_luffy": (torch.float32, 0.4, dict(luffy_gamma=0.3)),
+    "fp32_T0.4_luffy_blocks": (torch.float32, 0.4, dict(luffy_gamma=0.3, vocab_block=256)),
 }
 
 
@@ -214,6 +214,11 @@ def test_no_tensor_larger_than_a_chunk_of_logits():
 def test_chunk_rows_and_bad_inputs():
     assert chunk_rows(10**6, 151936, 2) == 768 and chunk_rows(10**6, 151936 // 8, 2) == 7040
     assert chunk_rows(10, 1000, 4, 64) == 64
+    # the backward's tiles at the 1.5B head: 4 blocks of weight rows, each block's fp32 dW <= 256 MiB
+    assert backward_tiles(16384, 151936, 1536, 2, False) == (38016, 3456)
+    assert backward_tiles(16384, 151936, 1536, 4, True) == (151936, 384)  # an fp32 weight: one block
+    for d in (1536, 3584):  # well under the 4.64 GiB of logits at N=16,384
+        assert extra_bytes(16384, d, 151936) < 0.8 * 2**30
     h, w, target, per = make_head(n=5, v=64, vocab_size=64)
     kw = dict(vocab_start=0, vocab_size=64, temperature=1.0)
     with pytest.raises(ValueError, match="weight_VD"):
@@ -224,6 +229,8 @@ def test_chunk_rows_and_bad_inputs():
         lm_head_red_loss(h, w, target, **per, backend="cuda", **kw)
     with pytest.raises(ValueError, match="chunk_tokens"):
         lm_head_red_loss(h, w, target, **per, chunk_tokens=0, **kw)
+    with pytest.raises(ValueError, match="vocab_block"):
+        lm_head_red_loss(h, w, target, **per, vocab_block=0, **kw)
     with pytest.raises(ValueError, match="target_N"):
         lm_head_red_loss(h, w, target[:3], **per, **kw)
     with pytest.raises(ValueError, match="adv_N"):

@@ -63,8 +63,9 @@ CASES = {  # backend, dtype, vocab_size, options, seed, ties
                                    31, False),
     "triton_fp32_entropy_kl_T1.3": ("triton", torch.float32, 990, dict(entropy_coef=0.05, kl_coef=0.1,
                                                                        temperature=1.3), 31, False),
-    "torch_bf16": ("torch", torch.bfloat16, 1000, dict(), 32, False),
-    "triton_bf16_ties_across_shards": ("triton", torch.bfloat16, 990, dict(temperature=0.9), 33, True),
+    "torch_bf16_blocks": ("torch", torch.bfloat16, 1000, dict(vocab_block=300), 32, False),
+    "triton_bf16_ties_across_shards_blocks": ("triton", torch.bfloat16, 990, dict(temperature=0.9, vocab_block=300),
+                                              33, True),
     "torch_rank1_all_padding": ("torch", torch.float32, 450, dict(entropy_coef=0.05), 34, False),
     "triton_rank1_all_padding": ("triton", torch.float32, 450, dict(), 34, False),
 }
@@ -77,7 +78,7 @@ def test_tp2_matches_full_head_reference(dist2, case):
     temp = opts.get("temperature", 0.7)
     h, w, target, per = make_head(v=V, vocab_size=vocab_size, dtype=dtype, seed=seed, temperature=temp, ties=ties)
     kw = dict(vocab_start=0, vocab_size=vocab_size, temperature=temp, **{k: v for k, v in opts.items()
-                                                                         if k != "temperature"})
+                                                                         if k not in ("temperature", "vocab_block")})
     if not opts.get("kl_coef"):
         per = {**per, "ref_logp_N": None}
     ref, rgh, rgw = run_ref(h, w, target, per, **kw)
