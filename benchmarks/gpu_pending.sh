@@ -3,16 +3,19 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_pending.sh all     # GPU machine: wheel install + every part below
 #   OUT=/some/dir bash benchmarks/gpu_pending.sh smoke   # CPU, no CUDA, tiny shapes: every part's code path
-#   OUT=/some/dir bash benchmarks/gpu_pending.sh kernel  # one part (policy|projection|kernel|refit|step|cp)
+#   OUT=/some/dir bash benchmarks/gpu_pending.sh kernel  # one part (policy|projection|kernel|lmhead|refit|step|cp)
 #   GPU_PENDING_DRY_RUN=1 OUT=/tmp bash benchmarks/gpu_pending.sh all   # print part, budget, JSON, command
 #
 # Parts, cheapest and most decisive first, each under its own `timeout` (seconds, GPU budget):
 #   policy      150  policy_throughput.py: 1.5B at 1x8192, Megatron (fused RED loss / megatron CE) vs HF+SDPA,
 #                    then 1.5B 2x4096 and 0.5B 1x8192 of the trainer's path (rows for the projection's fit)
 #   projection   10  projection.py refitted on those rows (CPU work; its error on them is in the JSON)
-#   kernel      130  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
+#   kernel      105  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
+#   lmhead       40  lm_head_bench.py: the LM head fused into the loss vs cuBLAS matmul + red_loss (time, peak
+#                    memory; update and old-log-prob passes) at N=16,384 x D=1,536 / 3,584 and N=65,536 x D=1,536,
+#                    V=151,936; its JSON is folded into summary.json (parts[].data), the 8 files being used
 #   refit        50  refit_gpu_bench.py, 1.5B, buckets 256 MiB (the trainer's default) and whole model
-#   step        100  step_throughput.py, RED step stages at 1.5B and 7B; 7B's update needs 127.6 GiB of state at
+#   step         85  step_throughput.py, RED step stages at 1.5B and 7B; 7B's update needs 127.6 GiB of state at
 #                    TP=1, over 0.9 of one GPU, so at 7B only the old-log-prob pass and the refit gather run
 #   cp           20  cp_attention_check.py: context parallelism's per-chunk SDPA (bottom-right causal bias,
 #                    bf16, 1.5B heads, 16k tokens, CP=2 and 4 emulated on one GPU) vs one causal call
@@ -25,7 +28,8 @@
 # this writes 8 (summary.json, gpu_pending.log with every part's output, one JSON per part).
 # A later issue's GPU check joins as one more part: a case in budget, json_of and set_cmd (GPU and smoke
 # commands), its name in ALL_PARTS, within the same total (the 8 files are used: fold a new part's JSON
-# into an existing one or into summary.json).
+# into an existing one or into summary.json: json_of "summary:NAME" means the part writes $SCRATCH/NAME
+# and write_summary embeds it as that part's "data").
 #
 # GPU machine (no megatron-core/liger-kernel there, no downloads): carry the wheels in .whl/, made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -34,8 +38,8 @@
 # and run from the repository root (device tool: carry [".whl"]; the copy there has no .git, so name the revision):
 #   GPU_PENDING_REVISION='<git log --oneline -1, run here>' bash benchmarks/gpu_pending.sh all
 set -uo pipefail
-mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|refit|step|cp}"
-ALL_PARTS="policy projection kernel refit step cp"
+mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|lmhead|refit|step|cp}"
+ALL_PARTS="policy projection kernel lmhead refit step cp"
 case "$mode" in
   all|smoke) parts="${GPU_PENDING_PARTS:-$ALL_PARTS}" ;;
   *) case " $ALL_PARTS " in  # one part, by its name in ALL_PARTS (so a new part is a mode at once)
@@ -60,11 +64,11 @@ export RED_BENCH_CSV="${RED_BENCH_CSV:-off}"
 say() { echo "$*" | tee -a "$LOG"; }
 
 # part -> budget (s), the JSON it writes, its command (GPU or smoke)
-budget() { case "$1" in policy) echo 150 ;; projection) echo 10 ;; kernel) echo 130 ;; refit) echo 50 ;; step) echo 100 ;;
-  cp) echo 20 ;; esac; }
+budget() { case "$1" in policy) echo 150 ;; projection) echo 10 ;; kernel) echo 105 ;; lmhead) echo 40 ;;
+  refit) echo 50 ;; step) echo 85 ;; cp) echo 20 ;; esac; }
 json_of() { case "$1" in policy) echo policy_throughput.json ;; projection) echo projection.json ;;
-  kernel) echo kernel_bench.json ;; refit) echo refit_gpu_bench.json ;; step) echo step_throughput.json ;;
-  cp) echo cp_attention.json ;; esac; }
+  kernel) echo kernel_bench.json ;; lmhead) echo summary:lm_head_bench.json ;; refit) echo refit_gpu_bench.json ;;
+  step) echo step_throughput.json ;; cp) echo cp_attention.json ;; esac; }
 set_cmd() {  # sets cmd=(script and arguments) for part $1
   local smoke=0; [ "$mode" = smoke ] && smoke=1
   case "$1" in
@@ -83,6 +87,12 @@ set_cmd() {  # sets cmd=(script and arguments) for part $1
       else
         cmd=(benchmarks/kernel_bench.py --out "$OUT" --shape 16384x151936 --no-sweep \
           --parts correctness,two_shard,diag,table --variants red_loss,red_loss_gif,liger,naive,compile)
+      fi ;;
+    lmhead) if [ $smoke = 1 ]; then
+        cmd=(benchmarks/lm_head_bench.py --json "$SCRATCH/lm_head_bench.json" --smoke)
+      else
+        cmd=(benchmarks/lm_head_bench.py --json "$SCRATCH/lm_head_bench.json" \
+          --sizes 16384x1536x151936,16384x3584x151936,65536x1536x151936 --variants unfused,fused)
       fi ;;
     refit) if [ $smoke = 1 ]; then
         cmd=(benchmarks/refit_gpu_bench.py --out "$OUT" --shape smoke --buckets 256MiB,whole --repeats 2)
@@ -132,9 +142,9 @@ say "gpu: $(nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,
 say "install: $install"
 
 write_summary() {  # $SCRATCH/parts.tsv -> $OUT/summary.json (and a table on stdout when asked)
-  "$PY" - "$OUT" "$SCRATCH/parts.tsv" "$mode" "$TOTAL_S" "$SECONDS" "$install" "$rev" "${1:-}" <<'EOF'
+  "$PY" - "$OUT" "$SCRATCH/parts.tsv" "$mode" "$TOTAL_S" "$SECONDS" "$install" "$rev" "$SCRATCH" "${1:-}" <<'EOF'
 import json, os, sys
-out, tsv, mode, total, secs, install, rev, show = sys.argv[1:9]
+out, tsv, mode, total, secs, install, rev, scratch, show = sys.argv[1:10]
 def errors(x):
     if isinstance(x, dict):
         return sum(1 for k in x if k in ("error", "errors")) + sum(errors(v) for v in x.values())
@@ -142,12 +152,16 @@ def errors(x):
 parts = []
 for line in open(tsv).read().splitlines():
     part, status, rc, seconds, budget, jname = line.split("\t")
-    path = os.path.join(out, jname)
+    embedded = jname.startswith("summary:")  # written to the scratch folder, folded in here
+    path = os.path.join(scratch, jname[len("summary:"):]) if embedded else os.path.join(out, jname)
     row = {"part": part, "status": status, "rc": int(rc), "seconds": int(seconds), "budget_s": int(budget),
-           "json": jname if os.path.exists(path) else None}
+           "json": ("summary.json" if embedded else jname) if os.path.exists(path) else None}
     if row["json"]:
         try:
-            row["errors_inside"] = errors(json.load(open(path)))
+            data = json.load(open(path))
+            row["errors_inside"] = errors(data)
+            if embedded:
+                row["data"] = data
         except ValueError as e:
             row["json_unreadable"] = str(e)[:200]
     parts.append(row)
@@ -165,7 +179,7 @@ EOF
 
 for part in $parts; do
   b=$(budget "$part"); left=$((TOTAL_S - SECONDS - 5)); t=$(( b < left ? b : left ))
-  jname=$(json_of "$part"); rm -f "$OUT/$jname"
+  jname=$(json_of "$part"); case "$jname" in summary:*) ;; *) rm -f "$OUT/$jname" ;; esac
   if [ "$t" -lt "$(( b < MIN_PART_S ? b : MIN_PART_S ))" ]; then  # under its minimum (or whole budget) left
     status="skipped: ${left} s left of the call's ${TOTAL_S}"; rc=0; took=0
   elif [ "$part" = projection ] && [ ! -s "$OUT/policy_throughput.json" ]; then

@@ -11,6 +11,9 @@ LM-head and loss rates, fixed memory) with the layout factors measured on the CP
 Per GPU, for one sequence of S tokens in the micro-batch (the longest case a step must fit):
   memory = weights + grads + optimizer (sharded over DP×CP) + activations(S/CP tokens, 1/TP with SP)
            + logits (S/CP rows × V/TP, bf16, gradient in place) + fixed
+  with policy.fused_lm_head (kernels/lm_head_loss.py) the logits term is the op's own peak (its extra_bytes:
+  one tile of logits, one block's fp32 dW, dh summed in fp32), and the time gains one LM-head GEMM (the
+  backward recomputes the logits): 2·D·V/TP flops per token.
   time   = projection.fwd_bwd_seconds at S/CP tokens with the attention term at S (causal work is split
            evenly by the load-balanced chunks) / TP + the CP K/V all-gather and reduce-scatter over NVLink.
 The attention's own score memory is O(S) (flash / cuDNN SDPA), so it does not enter.
@@ -31,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from projection import GiB, SHAPES, Constants, Hardware, Shape, calibrated_constants, fwd_bwd_seconds, \
     params_per_gpu  # noqa: E402
+
+from kernels.lm_head_loss import extra_bytes  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 MEASURED = REPORTS / "activation_memory_2026-12-02.json"
@@ -58,32 +63,44 @@ def act_fraction(lay: LongLayout, f_rep: float) -> float:
     return split / lay.cp
 
 
-def memory_bytes(s: Shape, lay: LongLayout, S: int, c: Constants, hw: Hardware, f_rep: float) -> float:
+def logits_bytes(s: Shape, lay: LongLayout, S: int, c: Constants, fused_head: bool = False) -> float:
+    """What the loss holds beyond the activations: every logit of the rank's S/CP rows (bf16, gradient in
+    place), or with the fused head the op's own buffers at its peak (kernels.lm_head_loss.extra_bytes)."""
+    v_local, rows = s.vocab / lay.tp, S / lay.cp
+    if not fused_head:
+        return c.logit_bytes * rows * v_local
+    return float(extra_bytes(int(rows), s.hidden, int(v_local)))
+
+
+def memory_bytes(s: Shape, lay: LongLayout, S: int, c: Constants, hw: Hardware, f_rep: float,
+                 fused_head: bool = False) -> float:
     d_opt = lay.gpus // (lay.tp * lay.pp)  # distributed optimizer over DP × CP
     states = params_per_gpu(s, lay.tp, lay.pp) * (2 + 4 + 12 / d_opt)
     # 1F1B: the first stage holds PP micro-batches in flight, each through its layers/PP layers
     acts = c.act * s.hidden * (s.layers / lay.pp) * S * act_fraction(lay, f_rep) * lay.pp
-    logits = c.logit_bytes * (S / lay.cp) * s.vocab / lay.tp
+    logits = logits_bytes(s, lay, S, c, fused_head)
     kv_gather = 2 * 2 * S * s.kv_heads * s.head_dim / lay.tp if lay.cp > 1 else 0.0  # one layer's gathered K/V
     return states + acts + logits + kv_gather + c.c0
 
 
-def longest(s: Shape, lay: LongLayout, c: Constants, hw: Hardware, f_rep: float) -> int:
+def longest(s: Shape, lay: LongLayout, c: Constants, hw: Hardware, f_rep: float, fused_head: bool = False) -> int:
     """The longest sequence (a multiple of 1024) whose micro-batch fits one GPU."""
     lo, hi = 0, 1 << 24
     while hi - lo > 1024:
         mid = (lo + hi) // 2 // 1024 * 1024
-        if memory_bytes(s, lay, mid, c, hw, f_rep) <= hw.hbm_bytes:
+        if memory_bytes(s, lay, mid, c, hw, f_rep, fused_head) <= hw.hbm_bytes:
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def seconds(s: Shape, lay: LongLayout, S: int, c: Constants, hw: Hardware) -> float:
+def seconds(s: Shape, lay: LongLayout, S: int, c: Constants, hw: Hardware, fused_head: bool = False) -> float:
     """Forward + backward of one S-token sequence on one GPU of the layout (all of its PP stages' time)."""
     local = S // lay.cp
     t = fwd_bwd_seconds(s, local, S, c) / lay.tp
+    if fused_head:  # the recomputed chunk logits: one more LM-head GEMM
+        t += local * 2.0 * s.hidden * s.vocab / c.r_head / lay.tp
     if lay.cp > 1:  # K/V all-gather (forward) + reduce-scatter of dK/dV (backward), every layer
         kv = 2 * 2 * S * s.kv_heads * s.head_dim / lay.tp
         t += s.layers * 2 * (kv * (lay.cp - 1) / lay.cp / hw.b_nvl + hw.alpha)
@@ -115,7 +132,10 @@ def table(c: Constants | None = None, hw: Hardware = Hardware()) -> list[dict]:
             rows.append({"model": model, "layout": lay.name, "gpus": lay.gpus, "longest_tokens": S,
                          "mem_gib_at_16k": memory_bytes(s, lay, 16384, c, hw, f["f_rep"]) / GiB,
                          "mem_gib_at_32k": memory_bytes(s, lay, 32768, c, hw, f["f_rep"]) / GiB,
-                         "fwd_bwd_s_at_16k": seconds(s, lay, 16384, c, hw)})
+                         "fwd_bwd_s_at_16k": seconds(s, lay, 16384, c, hw),
+                         "longest_tokens_fused_head": longest(s, lay, c, hw, f["f_rep"], fused_head=True),
+                         "mem_gib_at_16k_fused_head": memory_bytes(s, lay, 16384, c, hw, f["f_rep"], True) / GiB,
+                         "fwd_bwd_s_at_16k_fused_head": seconds(s, lay, 16384, c, hw, fused_head=True)})
     return rows
 
 
@@ -126,11 +146,16 @@ def render(rows: list[dict], f: dict) -> str:
            " with layout factors measured on the CPU (benchmarks/reports/activation_memory_2026-12-02.md: "
            f"replicated fraction without SP {f['f_rep']:.3f}, TP=2+SP {f['sp_tp2']:.3f} and CP=2 {f['cp2']:.3f} "
            "of TP=1). One sequence in the micro-batch, bf16, distributed optimizer over DP×CP, fused loss "
-           "(no fp32 logit copy). Not measured on a GPU: the CPU's activation account is an upper bound.", "",
-           "| model | layout | GPUs | longest sequence (tokens) | GiB/GPU at 16k | GiB/GPU at 32k | fwd+bwd s of a 16k sequence |",
-           "|---|---|---:|---:|---:|---:|---:|"]
-    out += [f"| {r['model']} | {r['layout']} | {r['gpus']} | {r['longest_tokens']:,} | {r['mem_gib_at_16k']:.1f} | "
-            f"{r['mem_gib_at_32k']:.1f} | {r['fwd_bwd_s_at_16k']:.2f} |" for r in rows]
+           "(no fp32 logit copy). Not measured on a GPU: the CPU's activation account is an upper bound. "
+           "*Fused head*: policy.fused_lm_head (kernels/lm_head_loss.py): its own buffers (one tile of logits, "
+           "one block's fp32 dW, dh in fp32) instead of all the logits, and one more LM-head GEMM in the time.", "",
+           "| model | layout | GPUs | longest sequence (tokens) | longest, fused head | GiB/GPU at 16k | "
+           "GiB/GPU at 16k, fused head | GiB/GPU at 32k | fwd+bwd s of a 16k sequence | fwd+bwd s, fused head |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out += [f"| {r['model']} | {r['layout']} | {r['gpus']} | {r['longest_tokens']:,} | "
+            f"{r['longest_tokens_fused_head']:,} | {r['mem_gib_at_16k']:.1f} | {r['mem_gib_at_16k_fused_head']:.1f} | "
+            f"{r['mem_gib_at_32k']:.1f} | {r['fwd_bwd_s_at_16k']:.2f} | {r['fwd_bwd_s_at_16k_fused_head']:.2f} |"
+            for r in rows]
     return "\n".join(out) + "\n"
 
 

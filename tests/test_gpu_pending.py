@@ -19,9 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_pending.sh"
-PARTS = ["policy", "projection", "kernel", "refit", "step", "cp"]
+PARTS = ["policy", "projection", "kernel", "lmhead", "refit", "step", "cp"]
 JSONS = {"policy": "policy_throughput.json", "projection": "projection.json", "kernel": "kernel_bench.json",
          "refit": "refit_gpu_bench.json", "step": "step_throughput.json", "cp": "cp_attention.json"}
+EMBEDDED = {"lmhead": "summary:lm_head_bench.json"}  # folded into summary.json (the 8-file limit)
 
 
 def _run(mode: str, out: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
@@ -44,7 +45,8 @@ def test_smoke_runs_every_part_and_writes_its_json(smoke):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "smoke" and [p["part"] for p in summary["parts"]] == PARTS
     for p in summary["parts"]:
-        assert p["status"] == "ok" and p["json"] == JSONS[p["part"]] and p["errors_inside"] == 0, p
+        want = "summary.json" if p["part"] in EMBEDDED else JSONS[p["part"]]
+        assert p["status"] == "ok" and p["json"] == want and p["errors_inside"] == 0, p
         assert 0 <= p["seconds"] <= p["budget_s"]
     assert summary["seconds"] <= summary["total_budget_s"]
     # what comes back from the device machine: at most 8 files, none deeper than $OUT itself
@@ -83,6 +85,13 @@ def test_smoke_jsons_hold_the_measurements(smoke):
     assert all(full[s]["seconds"] > 0 for s in ("old_logprob", "update", "refit_stream"))
     assert over["shape"] == "smoke_untied" and list(over["skipped_stages"]) == ["update"] and "update" not in over
     assert over["old_logprob"]["seconds"] > 0 and over["refit_stream"]["seconds"] > 0
+    lm = {p["part"]: p for p in json.loads((out / "summary.json").read_text())["parts"]}["lmhead"]["data"]
+    rows = {(r["pass"], r["variant"]): r for r in lm["rows"]}
+    assert len(rows) == 8 and lm["meta"]["device"] == "cpu"  # 2 passes x 4 variants, each measured
+    for (p, v), r in rows.items():
+        assert "error" not in r and r["ms"] > 0 and r["peak_gib"] >= 0, r
+        if v != "unfused":  # agreement with the unfused head (bf16 logits; fp32 accumulation in the fused one)
+            assert r["logp_maxabs"] < 1e-3 and (p == "old_logprob" or r["dW_rel"] < 2e-2), r
 
 
 def _dry(mode: str, tmp_path) -> list[tuple[str, int, str, list[str]]]:
@@ -106,11 +115,15 @@ def test_gpu_commands_use_options_the_scripts_declare_and_fit_eight_minutes(tmp_
             assert re.search(rf"add_argument\(\s*\"{re.escape(opt)}\"", src), f"{part}: {script.name} has no {opt}"
         if "--out" in cmd:  # the JSON lands where the summary looks for it
             assert cmd[cmd.index("--out") + 1] == str(tmp_path / "dry") and JSONS[part] == jname
+        if part in EMBEDDED:  # written to the scratch folder, then folded into summary.json
+            assert jname == EMBEDDED[part] and cmd[cmd.index("--json") + 1] == "<scratch>/" + jname.split(":")[1]
         for flag in ("--shapes", "--shape"):
             if flag in cmd and part != "kernel":
                 assert set(cmd[cmd.index(flag) + 1].split(",")) <= set(SHAPES), cmd
     cmd = dict((r[0], r[3]) for r in rows)
     assert cmd["kernel"][cmd["kernel"].index("--shape") + 1] == "16384x151936" and "--no-sweep" in cmd["kernel"]
+    sizes = cmd["lmhead"][cmd["lmhead"].index("--sizes") + 1].split(",")  # N=16,384 at D=1,536/3,584, a longer N
+    assert {"16384x1536x151936", "16384x3584x151936"} <= set(sizes) and any(int(s.split("x")[0]) > 16384 for s in sizes)
     assert cmd["policy"][cmd["policy"].index("--layouts") + 1] == "1x8192" and "hf_sdpa" in " ".join(cmd["policy"])
     assert cmd["step"][cmd["step"].index("--shapes") + 1] == "1.5b,7b" and "--fallback-stages" in cmd["step"]
     assert len(cmd["refit"][cmd["refit"].index("--buckets") + 1].split(",")) == 2

@@ -90,3 +90,23 @@ def test_measurement_loader(tmp_path):
     assert [(m.shape.name, m.tokens, m.seq) for m in ms] == [("1.5B", 4096, 4096), ("3B", 8192, 4096)]
     assert ms[0].peak_bytes == 30.0 * P.GiB and ms[1].peak_bytes is None and math.isclose(ms[1].seconds, 0.5)
     assert len(P.load_policy_measurements(f, impl=None)) == 3
+
+
+def test_long_projection_fused_head_column():
+    """projection_long's fused-head column: the op's own buffers instead of every logit, one more LM-head
+    GEMM in the time; it pays off where the rank holds many rows of a wide shard."""
+    spec = importlib.util.spec_from_file_location("projection_long", Path(P.__file__).with_name("projection_long.py"))
+    L = importlib.util.module_from_spec(spec)
+    sys.modules["projection_long"] = L
+    spec.loader.exec_module(L)
+    from kernels.lm_head_loss import extra_bytes
+
+    s, c, hw = P.SHAPES["1.5B"], P.Constants(r_mm=400e12), P.Hardware()
+    tp1 = L.LongLayout(name="tp1", tp=1)
+    assert L.logits_bytes(s, tp1, 16384, c) == 2.0 * 16384 * s.vocab
+    assert L.logits_bytes(s, tp1, 16384, c, fused_head=True) == extra_bytes(16384, s.hidden, s.vocab)
+    assert L.longest(s, tp1, c, hw, 0.2, fused_head=True) > L.longest(s, tp1, c, hw, 0.2)
+    extra = L.seconds(s, tp1, 16384, c, hw, fused_head=True) - L.seconds(s, tp1, 16384, c, hw)
+    assert extra == pytest.approx(16384 * 2 * s.hidden * s.vocab / c.r_head)
+    few_rows = L.LongLayout(name="tp8 cp2", tp=8, cp=2, gpus=32)  # 1,024 rows a rank: all in one tile
+    assert L.logits_bytes(s, few_rows, 2048, c, fused_head=True) >= L.logits_bytes(s, few_rows, 2048, c)

@@ -24,6 +24,12 @@ class PolicyConfig:
     # the LM head's matmul in fp32 (hidden states and weight upcast): logits as rollout.lm_head_fp32 computes
     # them in vLLM, against the train/inference mismatch (docs/ASYNC.md); the [tokens, vocab] logits are fp32
     lm_head_fp32: bool = False
+    # the LM head inside the loss (kernels/lm_head_loss.py): the output layer's matmul is skipped, the loss takes
+    # the hidden states and the head's weight shard and forms the logits a token chunk at a time, so no
+    # [tokens, vocab/TP] logits (nor their gradient) exist, in the old-log-prob pass and the update alike. TP, SP
+    # and PP (last stage) as without it; with lm_head_fp32 the chunks' matmul runs on fp32 operands. Cost: one more
+    # LM-head GEMM per update (the backward recomputes each chunk's logits). grad_in_forward does not apply to it.
+    fused_lm_head: bool = False
     micro_batch_tokens: int = 8192  # computed tokens per micro-batch (packed: exact; padded: rows × longest)
     pack_sequences: bool = True  # packed THD micro-batches; False = length-bucketed right padding
     lr: float = 2e-6  # peak learning rate
@@ -63,6 +69,9 @@ class PolicyConfig:
         if self.warmup_steps >= self.lr_decay_steps:
             raise ValueError(f"PolicyConfig.warmup_steps ({self.warmup_steps}) must be < lr_decay_steps "
                              f"({self.lr_decay_steps})")
+        for name in ("lm_head_fp32", "fused_lm_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"PolicyConfig.{name} must be a bool (true/false), got {getattr(self, name)!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"PolicyConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.loss_impl not in LOSS_IMPLS:

@@ -157,6 +157,46 @@ def fp32_lm_head(layer) -> None:
     layer.forward = forward_fp32
 
 
+def hidden_lm_head(layer) -> None:
+    """policy.fused_lm_head: ``layer`` (the output ColumnParallelLinear) skips its matmul and hands out
+    its input as ColumnParallelLinear would feed the matmul: gathered over the sequence with sequence
+    parallelism (reduce-scatter in the backward), else entered into the TP region (all-reduce of the
+    gradient in the backward). The model then returns hidden states [B, S, D] where it returned logits;
+    the loss applies the weight (``lm_head_weight``) chunk by chunk (kernels/lm_head_loss.py), whose
+    gradient w.r.t. the hidden states is this rank's vocab shard's part, summed by that backward."""
+    from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
+                                                        gather_from_sequence_parallel_region)
+
+    group = getattr(layer, "tp_group", None)
+    tp = group.size() if group is not None else _tp_size()
+
+    def forward_hidden(input_, weight=None, runtime_gather_output=None):
+        del weight, runtime_gather_output
+        if layer.sequence_parallel:
+            return gather_from_sequence_parallel_region(input_, True, group=group), None
+        if tp > 1:
+            return copy_to_tensor_model_parallel_region(input_, group=group), None
+        return input_, None
+
+    layer.forward = forward_hidden
+
+
+def _tp_size() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_world_size()
+
+
+def lm_head_weight(chunk) -> torch.Tensor:
+    """The LM-head weight shard [V_local, D] of a last-stage chunk (DDP-wrapped or not): the shared
+    embedding with tied weights (the last stage's own copy under PP), else the output layer's."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    if chunk.share_embeddings_and_output_weights:
+        return chunk.shared_embedding_or_output_weight()
+    return chunk.output_layer.weight
+
+
 def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
                 options: ModelOptions | None = None, lm_head_fp32: bool = False) -> list:
     """This rank's GPTModel chunk(s) for an HF config, in the layout of ``groups``
@@ -204,5 +244,5 @@ def model_config_of(chunks) -> HFModelConfig:
     return hf
 
 
-__all__ = ["ModelOptions", "build_model", "fp32_lm_head", "layer_spec", "transformer_config", "read_hf_config",
-           "have_transformer_engine", "model_config_of"]
+__all__ = ["ModelOptions", "build_model", "fp32_lm_head", "hidden_lm_head", "lm_head_weight", "layer_spec",
+           "transformer_config", "read_hf_config", "have_transformer_engine", "model_config_of"]

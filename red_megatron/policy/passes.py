@@ -11,7 +11,9 @@ Both run on one ``batching.StepBatch`` (built once per step). The per-token inpu
 Both call ``get_forward_backward_func()``, so one code path runs PP=1
 (forward_backward_no_pipelining) and PP>1 (1F1B, interleaved with virtual stages); micro-batches
 come from ``batching``. The loss runs on the vocab-parallel logits (``parallel_output=True``)
-with the TP group, so the full vocabulary is never gathered by the model.
+with the TP group, so the full vocabulary is never gathered by the model. With policy.fused_lm_head the
+last stage outputs hidden states instead (model.hidden_lm_head) and the loss is kernels/lm_head_loss.py,
+which forms the logits a token chunk at a time from the hidden states and the LM-head weight shard.
 
 Loss scaling across micro-batches (read in megatron-core 0.16.1 and 0.19.2,
 pipeline_parallel/schedules.py ``forward_step_calc_loss``): when ``loss_func`` returns 2 values
@@ -53,6 +55,20 @@ def resolve_loss_impl(name: str) -> tuple[Callable, Callable]:
     raise ValueError(f"loss_impl must be 'auto', 'kernel' or 'reference', got {name!r}")
 
 
+def resolve_fused_head_impl(name: str, *, fp32_matmul: bool) -> tuple[Callable, Callable]:
+    """(red_loss, logprob_entropy) of the LM-head-fused op (kernels/lm_head_loss.py) for policy.fused_lm_head:
+    the Triton passes for 'kernel' ('auto' with CUDA), their chunked PyTorch twins for 'reference' (the same
+    chunk-bounded memory; red_token_loss per token). ``fp32_matmul``: policy.lm_head_fp32."""
+    if name == "auto":
+        name = "kernel" if torch.cuda.is_available() else "reference"
+    if name not in ("kernel", "reference"):
+        raise ValueError(f"loss_impl must be 'auto', 'kernel' or 'reference', got {name!r}")
+    from kernels.lm_head_loss import lm_head_logprob_entropy, lm_head_red_loss
+
+    kw = dict(fp32_matmul=fp32_matmul, backend="triton" if name == "kernel" else "torch")
+    return partial(lm_head_red_loss, **kw), partial(lm_head_logprob_entropy, **kw)
+
+
 def finalize_grads_sum(model, num_tokens=None, *args, **kwargs):
     """``config.finalize_model_grads_func`` that never rescales by a token count (see module doc)."""
     from megatron.core.distributed import finalize_model_grads
@@ -73,19 +89,26 @@ def _forward_step(device: torch.device, loss_fn: Callable, data_iterator, model)
                                  max_seqlen_q=mb.max_seqlen, max_seqlen_kv=mb.max_seqlen)
     out = model(input_ids=mb.tokens_BS, position_ids=mb.position_ids_BS,  # on the device (StepBatch)
                 attention_mask=None, packed_seq_params=packed)
-    return out, partial(loss_fn, mb)
+    return out, partial(loss_fn, mb, model)
 
 
-def _all_rows(logits_BSV: torch.Tensor) -> torch.Tensor:
-    """[R, V_local] view (no copy) of the micro-batch's logits, R = B·S rows.
+def _loss_inputs(out_BSX: torch.Tensor, model, fused_head: bool) -> tuple[tuple[torch.Tensor, ...], int]:
+    """The loss's leading tensors and V_local: the logits [R, V_local], or with policy.fused_lm_head the
+    hidden states [R, D] and the LM-head weight shard [V_local, D] (model.hidden_lm_head, kernels/lm_head_loss.py).
 
-    The loss runs on every row with weight 0 where no response token is predicted, instead of
-    gathering the response rows: a gather copies [M, V] and its backward allocates a fresh [R, V]
-    gradient, whereas on the view the kernel can write the gradient in place into the logits
-    buffer (grad_in_forward), so the loss adds no [R, V] tensor at all. Prompt rows cost one extra
-    read each, small next to the model's forward.
+    R = B·S rows, a view (no copy) of the micro-batch's output. The loss runs on every row with weight 0
+    where no response token is predicted, instead of gathering the response rows: a gather copies [M, V]
+    and its backward allocates a fresh [R, V] gradient, whereas on the view the kernel can write the
+    gradient in place into the logits buffer (grad_in_forward), so the loss adds no [R, V] tensor at all.
+    Prompt rows cost one extra read each, small next to the model's forward.
     """
-    return logits_BSV.reshape(-1, logits_BSV.shape[-1])
+    rows = out_BSX.reshape(-1, out_BSX.shape[-1])
+    if not fused_head:
+        return (rows,), rows.shape[1]
+    from red_megatron.policy.model import lm_head_weight
+
+    w = lm_head_weight(model)
+    return (rows, w), w.shape[0]
 
 
 def _run_schedule(chunks: list, mbs: tuple[MicroBatch, ...], step_fn: Callable, *, forward_only: bool):
@@ -99,20 +122,22 @@ def _run_schedule(chunks: list, mbs: tuple[MicroBatch, ...], step_fn: Callable, 
 
 
 def logprob_pass(chunks: list, batch: StepBatch, *, groups: ParallelGroups, vocab_size: int,
-                 temperature: float, logprob_entropy: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp_N, entropy_N) fp32 on every rank of the pipeline, no grad. N order (batching)."""
+                 temperature: float, logprob_entropy: Callable,
+                 fused_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp_N, entropy_N) fp32 on every rank of the pipeline, no grad. N order (batching).
+    ``fused_head``: the chunks output hidden states and ``logprob_entropy`` is the LM-head-fused one."""
     logp_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
     ent_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
 
-    def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
-        logits_RV = _all_rows(logits_BSV)
-        lp_R, ent_R = logprob_entropy(logits_RV, mb.target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
+    def loss_fn(mb: MicroBatch, model, out_BSX: torch.Tensor):
+        xs, v_local = _loss_inputs(out_BSX, model, fused_head)
+        lp_R, ent_R = logprob_entropy(*xs, mb.target_R, vocab_start=groups.tp_rank * v_local,
                                       vocab_size=vocab_size, temperature=temperature, group=groups.loss_group)
         lp, ent = lp_R[mb.logit_rows_M], ent_R[mb.logit_rows_M]
         idx = mb.token_index_M
         logp_N[idx] = lp.float()
         ent_N[idx] = ent.float()
-        zero = logits_BSV.new_zeros((), dtype=torch.float32)
+        zero = out_BSX.new_zeros((), dtype=torch.float32)
         return zero, torch.tensor(0, dtype=torch.int, device=groups.device), {}
 
     for c in chunks:
@@ -135,14 +160,16 @@ def _share_token_outputs(logp_N: torch.Tensor, ent_N: torch.Tensor, groups: Para
 
 def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: ParallelGroups, vocab_size: int,
                params: LossParams, red_loss: Callable, grad_in_forward: bool = False,
-               token_outputs: bool = False) -> dict:
+               token_outputs: bool = False, fused_head: bool = False) -> dict:
     """Forward + backward of the RED loss; grads end up in the DDP buffers (summed, see module doc).
 
     ``terms``: the step's bundle, N = batch.num_tokens, on the device, with logp_old_N set, or None
     for on-policy (the ratio's denominator is the forward's own detached log-prob), and ref_logp_N
     when the loss has a KL term. ``grad_in_forward``: the kernel writes the logits' gradient in place
-    (kernels/red_loss.py). ``token_outputs``: also return this forward's per-token log-prob and entropy
-    on every rank of the pipeline (what ``logprob_pass`` would have given on the same weights).
+    (kernels/red_loss.py; not with ``fused_head``, whose chunks output hidden states and whose ``red_loss``
+    is the LM-head-fused one, kernels/lm_head_loss.py). ``token_outputs``: also return this forward's
+    per-token log-prob and entropy on every rank of the pipeline (what ``logprob_pass`` would have given on
+    the same weights).
 
     Returns, identical on every rank: loss (summed over micro-batches and DP ranks), clip_frac
     (over ONLINE tokens with weight > 0), loss_finite (False if any micro-batch loss was NaN/Inf),
@@ -153,13 +180,14 @@ def train_pass(chunks: list, batch: StepBatch, terms: TokenTerms, *, groups: Par
         logp_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
         ent_N = torch.zeros(batch.num_tokens, dtype=torch.float32, device=groups.device)
 
-    def loss_fn(mb: MicroBatch, logits_BSV: torch.Tensor):
-        logits_RV = _all_rows(logits_BSV)
+    in_place = {} if fused_head else {"grad_in_forward": grad_in_forward}
+
+    def loss_fn(mb: MicroBatch, model, out_BSX: torch.Tensor):
+        xs, v_local = _loss_inputs(out_BSX, model, fused_head)
         t = terms.select(mb.token_index_M)
-        out = red_loss(logits_RV, mb.target_R, vocab_start=groups.tp_rank * logits_RV.shape[1],
+        out = red_loss(*xs, mb.target_R, vocab_start=groups.tp_rank * v_local,
                        vocab_size=vocab_size, temperature=params.temperature, group=groups.loss_group,
-                       grad_in_forward=grad_in_forward, **params.loss_kwargs(),
-                       **t.rows(mb.logit_rows_M, logits_RV.shape[0]).kernel_kwargs())
+                       **in_place, **params.loss_kwargs(), **t.rows(mb.logit_rows_M, xs[0].shape[0]).kernel_kwargs())
         if token_outputs:
             logp_N[mb.token_index_M] = out.logp_N.detach()[mb.logit_rows_M].float()
             ent_N[mb.token_index_M] = out.entropy_N.detach()[mb.logit_rows_M].float()

@@ -30,7 +30,8 @@ from red_megatron.policy.context_parallel import localize_micro_batch
 from red_megatron.policy.optim import (OptimSettings, build_optimizer, build_scheduler, current_lr, optimizer_step,
                                        wrap_ddp, zero_grads)
 from red_megatron.policy.parallel import ParallelGroups
-from red_megatron.policy.passes import finalize_grads_sum, logprob_pass, resolve_loss_impl, train_pass
+from red_megatron.policy.passes import (finalize_grads_sum, logprob_pass, resolve_fused_head_impl, resolve_loss_impl,
+                                        train_pass)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -81,6 +82,12 @@ class MegatronPolicy:
             mcfg.variable_seq_lengths = True
             if mcfg.pipeline_dtype is None:
                 mcfg.pipeline_dtype = _DTYPES[cfg.dtype]
+        if cfg.fused_lm_head:  # the output layer hands out hidden states; the loss applies the head (passes.py)
+            from red_megatron.policy.model import hidden_lm_head
+
+            for c in chunks:
+                if c.post_process:
+                    hidden_lm_head(c.output_layer)
         self.ddp = wrap_ddp(chunks, use_distributed_optimizer=cfg.use_distributed_optimizer)
         mcfg.no_sync_func = [m.no_sync for m in self.ddp] if len(self.ddp) > 1 else self.ddp[0].no_sync
         self._settings = OptimSettings(lr=cfg.lr, min_lr=cfg.min_lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -90,7 +97,10 @@ class MegatronPolicy:
                                        use_distributed_optimizer=cfg.use_distributed_optimizer)
         self.optimizer = build_optimizer(self.ddp, self._settings)
         self.scheduler = build_scheduler(self.optimizer, self._settings)
-        self._red_loss, self._logprob_entropy = resolve_loss_impl(cfg.loss_impl)
+        if cfg.fused_lm_head:
+            self._red_loss, self._logprob_entropy = resolve_fused_head_impl(cfg.loss_impl, fp32_matmul=cfg.lm_head_fp32)
+        else:
+            self._red_loss, self._logprob_entropy = resolve_loss_impl(cfg.loss_impl)
 
     # --- construction from a Hugging Face directory ------------------------------------------------
     @classmethod
@@ -110,7 +120,7 @@ class MegatronPolicy:
         hf = read_hf_config(hf_dir)
         chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype],
                                    options=model.ModelOptions(sequence_parallel=cfg.use_sequence_parallel),
-                                   lm_head_fp32=cfg.lm_head_fp32)
+                                   lm_head_fp32=cfg.lm_head_fp32 and not cfg.fused_lm_head)
         convert.load_hf_weights(chunks, hf_dir, groups=groups)
         return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
                    pad_id=hf.pad_token_id, loss=loss)
@@ -169,7 +179,8 @@ class MegatronPolicy:
         batch = self.step_batch(tokens, prompt_lens)
         temperature = self.loss.temperature if temperature is None else float(temperature)
         logp, ent = logprob_pass(self.ddp, batch, groups=self.groups, vocab_size=self.vocab_size,
-                                 temperature=temperature, logprob_entropy=self._logprob_entropy)
+                                 temperature=temperature, logprob_entropy=self._logprob_entropy,
+                                 fused_head=self.cfg.fused_lm_head)
         return logp.cpu(), ent.cpu()
 
     def train_step(self, tokens, prompt_lens=None, terms=None, logp_old_N: torch.Tensor | None = None, *,
@@ -201,7 +212,8 @@ class MegatronPolicy:
         on_policy = logp_old_N is None
         stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
                            vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
-                           grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy)
+                           grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy,
+                           fused_head=self.cfg.fused_lm_head)
         step = optimizer_step(self.optimizer, self.scheduler, clip_grad=self.cfg.clip_grad,
                               loss_finite=stats["loss_finite"])
         out = {"loss": stats["loss"], "grad_norm": step["grad_norm"], "lr": step["lr"],
