@@ -113,6 +113,9 @@ def check_layout(cfg: RunConfig, world_size: int) -> int:
     check_engines(placement=r.placement, tp_infer=r.tp_infer, executor=r.executor, num_engines=r.num_engines,
                   max_staleness=r.max_staleness, global_batch_size=cfg.data.global_batch_size,
                   engine_devices=r.engine_devices, partial=r.partial, engine_launch=r.engine_launch)
+    if r.partial and r.stale_samples == "mask" and cfg.algo.off_policy == "none":
+        raise ValueError("rollout.stale_samples='mask' trains too-old tokens at weight 0 through the off-policy "
+                         "weights: it needs algo.off_policy 'auto' or 'tis', got 'none'")
     if r.placement == "disaggregated" and cfg.replay_experience_dir is not None:
         raise ValueError("replay_experience_dir trains on recorded rollouts: it needs rollout.placement='colocated' "
                          "(disaggregated engines would generate nothing)")

@@ -224,7 +224,16 @@ class _Run:
             torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.MAX, group=g.dp_group)
             maxes = moved.cpu()
         metrics = off_policy_metrics(g.dp_all_reduce(w.sums), float(maxes[0]), float(maxes[1]))
-        return terms.with_is_weight(w.is_weight_N), metrics
+        rho = w.is_weight_N
+        if exp.token_versions:  # partial rollouts: no token more than k versions old is trained (weight 0)
+            from red_megatron.algo.off_policy import stale_tokens
+
+            stale = stale_tokens(exp.token_versions, [len(r) for r in exp.response_ids],
+                                 oldest=self.step - self.cfg.rollout.max_staleness)
+            rho = rho.masked_fill(stale, 0.0)
+            count = torch.tensor([float(stale.sum())], dtype=torch.float64)
+            metrics["offpolicy/stale_masked_tokens"] = float(g.dp_all_reduce(count).item())
+        return terms.with_is_weight(rho), metrics
 
     @staticmethod
     def _gap_metrics(exp: Experience, logp_old_N: torch.Tensor) -> dict:

@@ -52,6 +52,13 @@ def test_engine_devices():
         check_layout(_cfg(engine_devices="3"), 1)
 
 
+def test_masking_stale_tokens_needs_the_off_policy_weights():
+    cfg = _cfg(placement="disaggregated", max_staleness=1, partial=True, stale_samples="mask")
+    assert check_layout(cfg, 1) == 1
+    with pytest.raises(ValueError, match="rollout.stale_samples='mask' .* needs algo.off_policy 'auto' or 'tis'"):
+        check_layout(dataclasses.replace(cfg, algo=AlgoConfig(off_policy="none")), 1)
+
+
 def test_replay_needs_colocated():
     cfg = dataclasses.replace(_cfg(placement="disaggregated"), replay_experience_dir="somewhere")
     with pytest.raises(ValueError, match="replay_experience_dir .* rollout.placement='colocated'"):
@@ -69,6 +76,7 @@ def test_replay_needs_colocated():
     (dict(engine_devices="gpu0"), r"RolloutConfig.engine_devices='gpu0'"),
     (dict(partial="yes"), r"RolloutConfig.partial must be a bool"),
     (dict(engine_launch="ssh"), r"RolloutConfig.engine_launch must be one of"),
+    (dict(stale_samples="drop"), r"RolloutConfig.stale_samples must be one of"),
     (dict(listen_port=70000), r"RolloutConfig.listen_port must be an int in \[0, 65535\]"),
     (dict(partial_chunk_tokens=0), r"RolloutConfig.partial_chunk_tokens must be an int >= 1"),
 ])

@@ -125,3 +125,13 @@ def test_bad_options(kw, match):
     z = torch.zeros(3)
     with pytest.raises(ValueError, match=match):
         truncated_is_weights(z, z, torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long), 1, **kw)
+
+
+def test_stale_tokens_marks_exactly_the_tokens_older_than_the_bound():
+    from red_megatron.algo.off_policy import stale_tokens
+
+    got = stale_tokens([[3, 3, 4], None, [5], [2, 4]], [3, 2, 1, 2], oldest=4)
+    assert got.tolist() == [True, True, False, False, False, False, True, False]
+    assert stale_tokens([], [], oldest=0).numel() == 0
+    with pytest.raises(ValueError, match="a sample has 2 tokens and 1 versions"):
+        stale_tokens([[1]], [2], oldest=0)

@@ -80,3 +80,19 @@ def off_policy_metrics(sums: torch.Tensor, max_ratio: float, max_weight: float) 
             "offpolicy/ratio_max": float(max_ratio),
             "offpolicy/truncated_fraction": float(sums[2]) / n, "offpolicy/masked_samples": float(sums[3]),
             "offpolicy/kl_k3_behaviour_old": float(sums[4]) / n}
+
+
+def stale_tokens(token_versions: list, response_lens: list[int], *, oldest: int) -> torch.Tensor:
+    """bool [N]: tokens produced by a policy version below ``oldest`` (step − k), in the samples' token order.
+    ``token_versions[b]``: sample b's per-token versions, or None (a trace, or a sample of one version that the
+    rollout already bounds): never stale. Partial rollouts with ``rollout.stale_samples='mask'`` train such
+    tokens with weight 0 instead of regenerating their sample (docs/ASYNC.md §7)."""
+    parts = []
+    for versions, n in zip(token_versions, response_lens, strict=True):
+        if versions is None:
+            parts.append(torch.zeros(n, dtype=torch.bool))
+        else:
+            if len(versions) != n:
+                raise ValueError(f"stale_tokens: a sample has {n} tokens and {len(versions)} versions")
+            parts.append(torch.tensor(versions, dtype=torch.int64) < oldest)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)

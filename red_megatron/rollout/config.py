@@ -7,6 +7,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 EXECUTORS = ("uni", "external_launcher")
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 ENGINE_LAUNCHES = ("spawn", "external")
+STALE_SAMPLES = ("regenerate", "mask")
 PLACEMENTS = ("colocated", "disaggregated")
 
 
@@ -75,6 +76,9 @@ class RolloutConfig:
     #                                 a routable address of rank 0's node ('auto': its fully qualified host name)
     listen_port: int = 0  # 0: any free port (external engines read it from <run_dir>/engines/contact.json)
     partial_chunk_tokens: int = 64  # partial: the most tokens a sample grows between two chances of a refit
+    # partial: a sample whose oldest token would be more than max_staleness versions old when trained is 'regenerate'd
+    # from its prompt, or kept with those tokens trained at weight 0 ('mask': needs algo.off_policy on)
+    stale_samples: str = "regenerate"
 
     def __post_init__(self) -> None:
         if self.tp_infer < 1:
@@ -119,6 +123,8 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.listen_port must be an int in [0, 65535], got {self.listen_port!r}")
         if not isinstance(self.partial, bool):
             raise ValueError(f"RolloutConfig.partial must be a bool (true/false), got {self.partial!r}")
+        if self.stale_samples not in STALE_SAMPLES:
+            raise ValueError(f"RolloutConfig.stale_samples must be one of {STALE_SAMPLES}, got {self.stale_samples!r}")
         if not isinstance(self.partial_chunk_tokens, int) or self.partial_chunk_tokens < 1:
             raise ValueError(f"RolloutConfig.partial_chunk_tokens must be an int >= 1, got {self.partial_chunk_tokens!r}")
         if not isinstance(self.refit_fast_path, bool):

@@ -21,7 +21,9 @@ decoupled PPO + TIS) is per token against it.
 
 The staleness bound is per token: a group is trained at step s only if ``s - v <= k`` for every token's
 version v. A refit that makes a sample's oldest token too old restarts that sample from its prompt
-(``async/restarted_samples``, ``async/discarded_tokens``), in flight or already finished.
+(``async/restarted_samples``, ``async/discarded_tokens``), in flight or already finished; with
+``rollout.stale_samples='mask'`` it is kept and the trainer gives its too-old tokens weight 0
+(``offpolicy/stale_masked_tokens``; the trainer applies that mask in every case, as a guard).
 
 Offline traces have no behaviour version: they are attached at take time, from the dataset, and their
 loss term reads the current π_old (RED's offline ratio has no behaviour policy), so they count as
@@ -83,6 +85,7 @@ class PartialRollout(DisaggregatedRollout):
         from red_megatron.data.loader import PromptLoader
 
         self.chunk = cfg.rollout.partial_chunk_tokens
+        self.mask_stale = cfg.rollout.stale_samples == "mask"
         self.B = cfg.data.global_batch_size
         self._cond = threading.Condition()
         self._inflight: list[_Group] = []  # draw order
@@ -123,7 +126,10 @@ class PartialRollout(DisaggregatedRollout):
         return exp
 
     def _wait_for_groups(self, step: int) -> list[_Group]:
-        usable = lambda gr: step - gr.oldest() <= self.k  # noqa: E731 - every token at most k behind
+        if self.mask_stale:  # the trainer gives too-old tokens weight 0: any complete group will do
+            usable = lambda gr: True  # noqa: E731
+        else:
+            usable = lambda gr: step - gr.oldest() <= self.k  # noqa: E731 - every token at most k behind
         timeout = self.cfg.rollout.timeout_s
         with self._cond:
             ok = self._cond.wait_for(lambda: self._failed is not None or
@@ -250,6 +256,8 @@ class PartialRollout(DisaggregatedRollout):
         self._refit_job(staged, version, step)
         with self._cond:
             self.engine_version = version
+            if self.mask_stale:
+                return
             # the earliest step a sample not yet taken can train at is `version`: one older than k is dead weight
             for gr in list(self._ready):
                 if version - gr.oldest() > self.k:
