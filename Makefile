@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-fast clean
 venv:
 	@bash scripts/setup_env.sh
 
@@ -17,6 +17,11 @@ demo: venv
 test: venv
 	@start=$$(date +%s); $(PY) -m pytest tests $(PYTEST_ARGS); rc=$$?; \
 	  echo "[test] finished in $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
+
+# the inner loop: everything but the long end-to-end tiers (slow: layouts, async, partial rollouts, studies)
+test-fast: venv
+	@start=$$(date +%s); $(PY) -m pytest tests -m "not slow" -q $(PYTEST_ARGS); rc=$$?; \
+	  echo "[test-fast] finished in $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
 
 clean:
 	rm -rf .venv runs *.egg-info
