@@ -202,9 +202,10 @@ class PartialRollout(DisaggregatedRollout):
             with self._cond:
                 self._stop = True
                 self._cond.notify_all()
-            if self._thread is not None:
-                self._thread.join(timeout=self.cfg.rollout.timeout_s)
+        # the engines first: a segment in flight then fails at once instead of holding the join for timeout_s
         super().close(run_dir)
+        if self._thread is not None:
+            self._thread.join(timeout=30.0)
 
     # --- the generation loop (rank 0's thread) ---------------------------------------------------------------
     def _loop(self) -> None:
