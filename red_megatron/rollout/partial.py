@@ -224,6 +224,8 @@ class PartialRollout(DisaggregatedRollout):
                 if work:
                     self._segment(work)
         except BaseException as exc:  # noqa: BLE001 - reported to the trainer by take()
+            if self._stop:  # the engines were stopped under a segment: the run is ending, not failing
+                return
             log.error("partial rollouts: the generation loop failed: %s", exc)
             with self._cond:
                 self._failed = exc
