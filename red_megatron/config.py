@@ -40,7 +40,11 @@ class RunConfig:
     steps: int = 10  # optimiser steps (one per rollout batch, RED_SPEC step 7)
     top_p: float = 1.0  # rollout nucleus; the paper samples at top_p 1
     checkpoint_every: int = 0  # 0: only at the end
-    resume: bool = True  # continue from run_dir/checkpoints/latest when it exists
+    # also save when this many minutes passed since the last save (0: off); with checkpoint_every, whichever comes first
+    checkpoint_every_minutes: float = 0.0
+    # continue from run_dir/checkpoints/latest when it exists; a changed schedule (lr, steps, warm-up, decay) applies from there
+    resume: bool = True
+    overwrite: bool = False  # resume=false in a run_dir holding another run's checkpoints/metrics: delete them (else refused)
     export_hf: bool = True  # write the final policy as an HF directory (run_dir/hf)
     refit_bucket_mb: float = 256.0  # bytes a refit bucket holds before it is handed to the engine
     use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps
@@ -62,6 +66,9 @@ class RunConfig:
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"RunConfig.checkpoint_every must be an int >= 0 (0: at the end only), "
                              f"got {self.checkpoint_every!r}")
+        if not isinstance(self.checkpoint_every_minutes, (int, float)) or not self.checkpoint_every_minutes >= 0:
+            raise ValueError(f"RunConfig.checkpoint_every_minutes must be a number >= 0 (0: off), "
+                             f"got {self.checkpoint_every_minutes!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"RunConfig.top_p must be in (0, 1], got {self.top_p}")
         if not self.refit_bucket_mb >= 0:

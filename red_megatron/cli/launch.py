@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--parallel", dest="sequential", action="store_false",
                        help="run sweep tasks at the same time (default on Slurm)")
     ap.add_argument("--detach", action="store_true", help="slurm: return once submitted")
+    ap.add_argument("--signal-before", type=int, default=None, metavar="SECONDS",
+                    help="slurm: SIGUSR1 to the training processes SECONDS before the time limit; they finish "
+                         "the step, save a checkpoint and exit (docs/RUNS.md)")
     ap.add_argument("--verbose", action="store_true", help="pass --verbose to every training task: library "
                     "log lines on the job's console too (default: <run-dir>/logs/library.log only)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands / sbatch scripts; launch nothing")
@@ -93,7 +96,7 @@ def plan(args) -> tuple[object, list, list[str], Path]:
         exclusive=args.exclusive, cpus_per_task=args.cpus_per_task, mem=args.mem, gres=args.gres,
         container_mounts=tuple(m for m in args.container_mounts.split(",") if m),
         code_dir=args.code_dir, ssh_host=args.ssh_host, remote_job_dir=args.remote_job_dir, env=env,
-        sequential=args.sequential, detach=args.detach,
+        sequential=args.sequential, detach=args.detach, signal_before=args.signal_before,
     )
     base = resolve_run_config(args.recipe, args.config, list(args.overrides))
     run_dir = Path(args.run_dir or base.run_dir)

@@ -12,6 +12,9 @@ the command line's overrides are applied on it, then the config is validated onc
 tokenizer, safetensors headers), the chat template, the reward's verify_fn and the layout against
 the world size are checked. ``--check`` stops there: it reads config.json (no weights), prints a
 summary of the resolved layout and exits 0. A refusal is one line on stderr and exit code 2.
+
+SIGINT (Ctrl-C), SIGTERM and SIGUSR1 stop the run after the current step: it saves a checkpoint, prints
+one line and exits with code 3; the same command resumes it (docs/RUNS.md).
 """
 from __future__ import annotations
 
@@ -131,8 +134,15 @@ def _main(argv: list[str]) -> int:
                                                   lib_log)
     from red_megatron.trainer import train
 
+    from red_megatron.run_control import EXIT_INTERRUPTED, RunInterrupted
+
     t0 = time.time()
-    final = train(cfg)
+    try:
+        final = train(cfg)
+    except RunInterrupted as e:
+        if rank == 0:
+            print(f"red-train: {e}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     if int(os.environ.get("RANK", "0")) == 0:
         keep = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         print(json.dumps({"run_dir": cfg.run_dir, "seconds": round(time.time() - t0, 1), **keep}, indent=1))

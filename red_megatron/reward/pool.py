@@ -58,6 +58,12 @@ def resolve_callable(path: str) -> Callable[..., Any]:
 def _worker_main(conn, fn_path: str, init_path: str | None = None, init_args: tuple = ()) -> None:
     """Worker loop: import the verifier (and run its initializer) once, say ready, then answer
     tasks until told to stop."""
+    import signal
+
+    # Ctrl-C, and torchrun's or Slurm's stop signal, reach the whole process group: the trainer decides when
+    # to stop and closes the pool (which kills with SIGKILL; a worker whose parent died reads EOF and leaves)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     fn = resolve_callable(fn_path)
     if init_path is not None:
         resolve_callable(init_path)(*init_args)
