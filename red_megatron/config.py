@@ -27,16 +27,16 @@ class EvalRunConfig:
     """The evaluation at the end of a run (and of the preset study): the paper's protocol."""
 
     data_path: str | None = None  # None: no evaluation; a parquet/JSONL in the eval schema
-    schema: str = "openr1"
+    schema: str = "openr1"  # the eval file's layout: 'openr1' or 'problem_answer', as data.schema
     protocol: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass(kw_only=True)
 class RunConfig:
-    name: str = "red"
-    run_dir: str = "runs/red"
+    name: str = "red"  # the run's label in logs, plots and the launcher's job names
+    run_dir: str = "runs/red"  # where metrics.jsonl, checkpoints/, logs/, run_config.json and hf/ go (docs/RUNS.md)
     model_dir: str  # the initial policy: an HF directory (config.json, safetensors, tokenizer)
-    seed: int = 0
+    seed: int = 0  # megatron's RNG and the rollout sampling seeds derive from it (the data order: data.seed)
     steps: int = 10  # optimiser steps (one per rollout batch, RED_SPEC step 7)
     top_p: float = 1.0  # rollout nucleus; the paper samples at top_p 1
     checkpoint_every: int = 0  # 0: only at the end
@@ -51,6 +51,7 @@ class RunConfig:
     # Debugging and layout parity: write each step's rollouts (all replicas) to a directory, or train on
     # rollouts recorded so, at any layout, instead of sampling (the engine is still refit every step).
     record_experience_dir: str | None = None
+    # train on the rollouts record_experience_dir wrote (same steps), at any layout
     replay_experience_dir: str | None = None
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     data: DataConfig

@@ -34,7 +34,7 @@ AUTO_LINES = 100  # log_every=0: at most ~this many plain lines a run (every ste
 
 @dataclass(kw_only=True)
 class MetricsConfig:
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard events to run_dir/tensorboard
     wandb_project: str | None = None  # W&B only when asked for and installed (WANDB_MODE=offline works)
     progress: bool = True  # the console view: a bar on a terminal, plain lines elsewhere
     # plain lines (stdout not a terminal): one every log_every steps and at the last one;

@@ -60,9 +60,12 @@ def _worker_main(conn, fn_path: str, init_path: str | None = None, init_args: tu
     tasks until told to stop."""
     import signal
 
-    # Ctrl-C, and torchrun's or Slurm's stop signal, reach the whole process group: the trainer decides when
-    # to stop and closes the pool (which kills with SIGKILL; a worker whose parent died reads EOF and leaves)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    # The trainer decides when to stop, then closes the pool: a worker leaves the trainer's process group, which
+    # Ctrl-C and torchrun's stop (a SIGTERM to the group) reach, and ignores Slurm's pre-timeout SIGUSR1 (sent to
+    # every process of the job step). SIGTERM to the worker itself keeps its default: multiprocessing ends daemon
+    # workers with it at exit. A worker whose trainer died reads EOF and leaves.
+    os.setsid()
+    for sig in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
     fn = resolve_callable(fn_path)
     if init_path is not None:
@@ -71,7 +74,7 @@ def _worker_main(conn, fn_path: str, init_path: str | None = None, init_args: tu
     while True:
         try:
             msg = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, OSError, KeyboardInterrupt):  # the parent closed the pipe, or died
             return
         if msg is None:
             return
