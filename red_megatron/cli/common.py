@@ -37,8 +37,11 @@ class Parser(argparse.ArgumentParser):
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     ap = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from red_megatron import __version__
+
     ap.add_argument("--debug", action="store_true",
                     help="print the traceback of a refusal too (also: RED_DEBUG=1)")
+    ap.add_argument("--version", action="version", version=f"{prog} (red-megatron) {__version__}")
     return ap
 
 
