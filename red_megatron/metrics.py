@@ -65,11 +65,12 @@ def format_duration(seconds: float) -> str:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """``reward=0.412 acc=0.391 ...``: the PROGRESS_KEYS present in ``metrics``."""
+    """``reward=0.412 acc=0.391 ...``: the PROGRESS_KEYS present in ``metrics``; a NaN is absent (grpo has no
+    offline samples, so no H_sft)."""
     parts = []
     for key, label, fmt in PROGRESS_KEYS:
         v = metrics.get(key)
-        if isinstance(v, (int, float)) or hasattr(v, "item"):
+        if (isinstance(v, (int, float)) or hasattr(v, "item")) and math.isfinite(float(v)):
             parts.append(f"{label}={format(float(v), fmt)}")
     return " ".join(parts)
 

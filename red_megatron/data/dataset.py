@@ -57,7 +57,9 @@ class DataConfig:
     # None or "tokenizer": the tokenizer's own; a name of chat.NAMED_TEMPLATES (qwen25_math, luffy);
     # a path ending in .jinja (the file is read); or a literal Jinja template (containing "{{")
     chat_template: str | None = None
-    require_trace: bool = True  # training needs the offline trace; evaluation does not
+    # the offline trace column: None = what the preset needs (a training run: red, sft, luffy... read it; grpo
+    # and the other online-only presets read prompt/answer files as they are; elsewhere: required)
+    require_trace: bool | None = None
     max_prompt_tokens: int = 1024  # longest templated prompt; a longer one is refused or dropped (too_long_prompt)
     max_response_tokens: int = 8192  # the trace, EOS included, is cut to this many tokens
     too_long_prompt: str = "error"  # "error": fail naming the row; "drop": skip, count and warn
@@ -156,7 +158,7 @@ def read_records(cfg: DataConfig) -> list[RawRecord]:
         keys.append(cfg.prompt_key)
     else:
         keys.append(cfg.problem_key)
-    if cfg.require_trace:
+    if cfg.require_trace is not False:
         keys.append(cfg.target_field)
     default_source = cfg.default_data_source or Path(cfg.path).stem
     out: list[RawRecord] = []
@@ -188,7 +190,8 @@ def _record(cfg: DataConfig, row: int, line: int | None, rec: dict, default_sour
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
         messages.append({"role": "user", "content": cfg.prompt_template.replace("{problem}", problem)})
     gold = parse_gold(get_field(rec, cfg.answer_field), loc, cfg.answer_field)
-    trace = parse_trace(get_field(rec, cfg.target_field), loc, cfg.target_field) if cfg.require_trace else None
+    trace = parse_trace(get_field(rec, cfg.target_field), loc, cfg.target_field) \
+        if cfg.require_trace is not False else None
     src = get_field(rec, cfg.data_source_key)
     if src is None or src is MISSING:  # absent: the file's name
         src = default_source
