@@ -24,11 +24,22 @@ from red_megatron.rollout.config import RolloutConfig
 
 @dataclass(kw_only=True)
 class EvalRunConfig:
-    """The evaluation at the end of a run (and of the preset study): the paper's protocol."""
+    """The evaluation during a run (eval.every), of the preset study and of red-eval: the paper's protocol."""
 
     data_path: str | None = None  # None: no evaluation; a parquet/JSONL in the eval schema
     schema: str = "openr1"  # the eval file's layout: 'openr1' or 'problem_answer', as data.schema
+    # N: evaluate every N steps and after the last one with the run's engine, into run_dir/eval (0: off)
+    every: int = 0
+    periodic_limit: int | None = None  # unique problems of the evaluations before the last (None: the protocol's)
     protocol: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 0:
+            raise ValueError(f"eval.every must be an int >= 0 (0: no evaluation in training), got {self.every!r}")
+        if self.every and self.data_path is None:
+            raise ValueError(f"eval.every={self.every} needs eval.data_path (the file to evaluate on)")
+        if self.periodic_limit is not None and (not isinstance(self.periodic_limit, int) or self.periodic_limit < 1):
+            raise ValueError(f"eval.periodic_limit must be an int >= 1 or None, got {self.periodic_limit!r}")
 
 
 @dataclass(kw_only=True)

@@ -146,6 +146,17 @@ class _Run:
             self.engine = RolloutEngine(cfg.model_dir, cfg.rollout)
             self.refit_plan = RefitPlan.for_engine(self.engine, self.policy.hf_weight_specs(),
                                                    bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
+        self.evaluator = None
+        if cfg.eval.every:
+            from red_megatron.eval.in_training import TrainingEval
+
+            if not self.preset.online or self.remote is not None or cfg.rollout.tp_infer != 1 or \
+                    (g.rank == 0 and self.engine is None):
+                raise ValueError(f"eval.every={cfg.eval.every} evaluates with rank 0's own engine: it needs an "
+                                 f"online preset (not {cfg.algo.preset!r}), rollout.placement='colocated' and "
+                                 f"rollout.tp_infer=1 (use red-eval on the exported checkpoints otherwise)")
+            self.evaluator = TrainingEval(cfg, tokenizer=self.tokenizer, engine=self.engine, scorer=self.scorer,
+                                          enabled=g.rank == 0)
         self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0)
         self.step = 0
         self.skipped_steps = 0
@@ -402,6 +413,8 @@ class _Run:
                     raise RunInterrupted(self.stop.received or "a signal on another rank", self.step, self.steps,
                                          self.cfg.checkpoint_dir)
                 last = self.red_step()
+                if self.evaluator is not None and self.evaluator.due(self.step, self.steps):
+                    last.update(self.evaluator.run(self.step, self.steps))
                 self.logger.log(self.step, last)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.steps:
                     self._save()
