@@ -65,7 +65,8 @@ def _file_recipe(path: str, fn_name: str):
     spec.loader.exec_module(module)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        names = sorted(k for k, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == module.__name__)
+        names = sorted(k for k, v in vars(module).items()
+                       if callable(v) and getattr(v, "__module__", "") == module.__name__)
         raise ValueError(f"no function {fn_name!r} in recipe file {path}: expected one of {names} "
                          f"(--recipe {path}:NAME)")
     cfg = fn()

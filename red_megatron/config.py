@@ -51,11 +51,14 @@ class RunConfig:
     steps: int = 10  # optimiser steps (one per rollout batch, RED_SPEC step 7)
     top_p: float = 1.0  # rollout nucleus; the paper samples at top_p 1
     checkpoint_every: int = 0  # 0: only at the end
-    # also save when this many minutes passed since the last save (0: off); with checkpoint_every, whichever comes first
+    # also save when this many minutes passed since the last save (0: off); with checkpoint_every,
+    # whichever comes first
     checkpoint_every_minutes: float = 0.0
-    # continue from run_dir/checkpoints/latest when it exists; a changed schedule (lr, steps, warm-up, decay) applies from there
+    # continue from run_dir/checkpoints/latest when it exists; a changed schedule (lr, steps, warm-up,
+    # decay) applies from there
     resume: bool = True
-    overwrite: bool = False  # resume=false in a run_dir holding another run's checkpoints/metrics: delete them (else refused)
+    # resume=false in a run_dir holding another run's checkpoints/metrics: delete them first (else refused)
+    overwrite: bool = False
     export_hf: bool = True  # write the final policy as an HF directory (run_dir/hf)
     refit_bucket_mb: float = 256.0  # bytes a refit bucket holds before it is handed to the engine
     use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps

@@ -15,7 +15,8 @@ from red_megatron.config import save_run_config
 from tests.test_cli import run_train
 
 OVERRIDES = ["steps=7", "policy.lr=0.0001", "policy.warmup_steps=2", "algo.preset=grpo", "data.require_trace=false",
-             "metrics.log_every=3", "rollout.lm_head_fp32=true", "policy.lm_head_fp32=true", "eval.protocol.samples_per_row=2"]
+             "metrics.log_every=3", "rollout.lm_head_fp32=true", "policy.lm_head_fp32=true",
+             "eval.protocol.samples_per_row=2"]
 YAML = """\
 # the same run as OVERRIDES, nested and dotted keys mixed
 steps: 7
