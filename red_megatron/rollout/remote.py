@@ -24,6 +24,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -186,6 +187,9 @@ def main(argv=None) -> int:
     p.add_argument("--rollout-json", required=True, help="the RolloutConfig fields, as JSON")
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     args = p.parse_args(argv)
+    # Slurm's pre-timeout SIGUSR1 (red-launch --signal-before) reaches every process of the job step; the
+    # trainer stops after its step and then closes the engines (vLLM's own processes inherit the ignore)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"[engine {args.index}] %(levelname)s %(message)s")
     return serve(args)
 
