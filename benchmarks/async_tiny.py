@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     for name, overrides in RUNS.items():
         run = work / name.replace(" ", "_").replace("=", "")
         cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--recipe", "tiny_cpu", "--run-dir", str(run),
-               "metrics.progress=false", "export_hf=false", "resume=false", f"steps={args.steps}", *overrides]
+               "metrics.progress=false", "export_hf=false", "resume=false", "overwrite=true", f"steps={args.steps}",
+               *overrides]
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=3600)

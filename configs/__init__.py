@@ -9,6 +9,9 @@ The command line (scripts/train.py, scripts/launch.py) only overrides single fie
 - ``qwen25_7b``: Qwen2.5-7B, TP=2, vLLM TP=2, one or more 8×H100 nodes;
 - ``qwen25_32b``: Qwen2.5-32B, TP=8 × PP=2, vLLM TP=4, two or more 8×H100 nodes;
 - ``qwen25_7b_16k`` / ``qwen25_32b_16k``: the same at 16k-token responses with context parallelism 2.
+
+A recipe of one's own needs no edit here: ``--recipe path/to/my_recipes.py:name`` calls the function
+``name`` of that file (default ``recipe``), which returns a RunConfig like the ones above.
 """
 from __future__ import annotations
 
@@ -32,12 +35,44 @@ RECIPES: dict[str, Callable] = {
 
 
 def get_recipe(name: str):
-    """The RunConfig of recipe ``name``; an unknown name is a ValueError listing the valid ones."""
+    """The RunConfig of recipe ``name`` (or of ``FILE.py[:function]``); an unknown name is a ValueError
+    listing the valid ones."""
+    file, _, fn_name = name.partition(":") if ".py" in name else (name, "", "")
+    if file.endswith(".py"):
+        return _file_recipe(file, fn_name or "recipe")
     try:
         fn = RECIPES[name]
     except KeyError:
-        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}") from None
+        hint = (f" (a config file such as {name} goes in --config)"
+                if name.endswith((".json", ".yaml", ".yml")) else "")
+        raise ValueError(f"unknown recipe {name!r}{hint}; valid recipes: {', '.join(RECIPES)}, or "
+                         f"FILE.py[:function]") from None
     return fn()
+
+
+def _file_recipe(path: str, fn_name: str):
+    """A user's recipe: function ``fn_name`` of the Python file ``path`` (anywhere on disk)."""
+    import importlib.util
+    from pathlib import Path
+
+    from red_megatron.config import RunConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"no recipe file at --recipe {path}: expected an existing .py file")
+    spec = importlib.util.spec_from_file_location(f"red_user_recipe_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        names = sorted(k for k, v in vars(module).items()
+                       if callable(v) and getattr(v, "__module__", "") == module.__name__)
+        raise ValueError(f"no function {fn_name!r} in recipe file {path}: expected one of {names} "
+                         f"(--recipe {path}:NAME)")
+    cfg = fn()
+    if not isinstance(cfg, RunConfig):
+        raise ValueError(f"recipe {path}:{fn_name} returned {type(cfg).__name__}: expected a RunConfig")
+    return cfg
 
 
 __all__ = ["RECIPES", "get_recipe"]

@@ -24,29 +24,48 @@ from red_megatron.rollout.config import RolloutConfig
 
 @dataclass(kw_only=True)
 class EvalRunConfig:
-    """The evaluation at the end of a run (and of the preset study): the paper's protocol."""
+    """The evaluation during a run (eval.every), of the preset study and of red-eval: the paper's protocol."""
 
     data_path: str | None = None  # None: no evaluation; a parquet/JSONL in the eval schema
-    schema: str = "openr1"
+    schema: str = "openr1"  # the eval file's layout: 'openr1' or 'problem_answer', as data.schema
+    # N: evaluate every N steps and after the last one with the run's engine, into run_dir/eval (0: off)
+    every: int = 0
+    periodic_limit: int | None = None  # unique problems of the evaluations before the last (None: the protocol's)
     protocol: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 0:
+            raise ValueError(f"eval.every must be an int >= 0 (0: no evaluation in training), got {self.every!r}")
+        if self.every and self.data_path is None:
+            raise ValueError(f"eval.every={self.every} needs eval.data_path (the file to evaluate on)")
+        if self.periodic_limit is not None and (not isinstance(self.periodic_limit, int) or self.periodic_limit < 1):
+            raise ValueError(f"eval.periodic_limit must be an int >= 1 or None, got {self.periodic_limit!r}")
 
 
 @dataclass(kw_only=True)
 class RunConfig:
-    name: str = "red"
-    run_dir: str = "runs/red"
+    name: str = "red"  # the run's label in logs, plots and the launcher's job names
+    run_dir: str = "runs/red"  # where metrics.jsonl, checkpoints/, logs/, run_config.json and hf/ go (docs/RUNS.md)
     model_dir: str  # the initial policy: an HF directory (config.json, safetensors, tokenizer)
-    seed: int = 0
+    seed: int = 0  # megatron's RNG and the rollout sampling seeds derive from it (the data order: data.seed)
     steps: int = 10  # optimiser steps (one per rollout batch, RED_SPEC step 7)
     top_p: float = 1.0  # rollout nucleus; the paper samples at top_p 1
     checkpoint_every: int = 0  # 0: only at the end
-    resume: bool = True  # continue from run_dir/checkpoints/latest when it exists
+    # also save when this many minutes passed since the last save (0: off); with checkpoint_every,
+    # whichever comes first
+    checkpoint_every_minutes: float = 0.0
+    # continue from run_dir/checkpoints/latest when it exists; a changed schedule (lr, steps, warm-up,
+    # decay) applies from there
+    resume: bool = True
+    # resume=false in a run_dir holding another run's checkpoints/metrics: delete them first (else refused)
+    overwrite: bool = False
     export_hf: bool = True  # write the final policy as an HF directory (run_dir/hf)
     refit_bucket_mb: float = 256.0  # bytes a refit bucket holds before it is handed to the engine
     use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps
     # Debugging and layout parity: write each step's rollouts (all replicas) to a directory, or train on
     # rollouts recorded so, at any layout, instead of sampling (the engine is still refit every step).
     record_experience_dir: str | None = None
+    # train on the rollouts record_experience_dir wrote (same steps), at any layout
     replay_experience_dir: str | None = None
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     data: DataConfig
@@ -62,6 +81,9 @@ class RunConfig:
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"RunConfig.checkpoint_every must be an int >= 0 (0: at the end only), "
                              f"got {self.checkpoint_every!r}")
+        if not isinstance(self.checkpoint_every_minutes, (int, float)) or not self.checkpoint_every_minutes >= 0:
+            raise ValueError(f"RunConfig.checkpoint_every_minutes must be a number >= 0 (0: off), "
+                             f"got {self.checkpoint_every_minutes!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"RunConfig.top_p must be in (0, 1], got {self.top_p}")
         if not self.refit_bucket_mb >= 0:

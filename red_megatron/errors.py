@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 DEBUG_ENV = "RED_DEBUG"
 EXIT_REFUSED = 2
+EXIT_KILLED_BY_SIGINT = 130  # the shell's code for a process ended by Ctrl-C
 
 
 class UserError(ValueError):
@@ -96,4 +97,10 @@ def run_cli(fn: Callable[[list[str]], int | None], argv: Sequence[str] | None = 
         rc = fn(args)
     except refusal_types() as e:
         return report(e, debug=debug)
+    except KeyboardInterrupt:  # Ctrl-C outside a run's steps (a run stops itself: exit 3, red_megatron.run_control)
+        if debug:
+            raise
+        if is_rank0():
+            print("error: interrupted", file=sys.stderr, flush=True)
+        return EXIT_KILLED_BY_SIGINT
     return 0 if rc is None else int(rc)

@@ -34,7 +34,7 @@ AUTO_LINES = 100  # log_every=0: at most ~this many plain lines a run (every ste
 
 @dataclass(kw_only=True)
 class MetricsConfig:
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard events to run_dir/tensorboard
     wandb_project: str | None = None  # W&B only when asked for and installed (WANDB_MODE=offline works)
     progress: bool = True  # the console view: a bar on a terminal, plain lines elsewhere
     # plain lines (stdout not a terminal): one every log_every steps and at the last one;
@@ -65,11 +65,12 @@ def format_duration(seconds: float) -> str:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """``reward=0.412 acc=0.391 ...``: the PROGRESS_KEYS present in ``metrics``."""
+    """``reward=0.412 acc=0.391 ...``: the PROGRESS_KEYS present in ``metrics``; a NaN is absent (grpo has no
+    offline samples, so no H_sft)."""
     parts = []
     for key, label, fmt in PROGRESS_KEYS:
         v = metrics.get(key)
-        if isinstance(v, (int, float)) or hasattr(v, "item"):
+        if (isinstance(v, (int, float)) or hasattr(v, "item")) and math.isfinite(float(v)):
             parts.append(f"{label}={format(float(v), fmt)}")
     return " ".join(parts)
 
@@ -90,11 +91,12 @@ class MetricsLogger:
     """Writes one JSON line per step to ``run_dir/metrics.jsonl`` (appending on resume).
 
     ``tty``: whether the console is a terminal (default: ``sys.stdout.isatty()``); ``stream``: where
-    the plain lines go (default: stdout).
+    the plain lines go (default: stdout); ``width``: the terminal's columns for the bar (default: the
+    terminal's own, 200 on a ``stream``).
     """
 
     def __init__(self, run_dir: str | Path, cfg: MetricsConfig, *, total_steps: int, enabled: bool = True,
-                 tty: bool | None = None, stream=None):
+                 tty: bool | None = None, stream=None, width: int | None = None):
         self.cfg, self.total_steps, self.enabled = cfg, total_steps, enabled
         self.run_dir = Path(run_dir)
         self._tb = self._wandb = self._progress = None
@@ -122,12 +124,18 @@ class MetricsLogger:
             if is_tty:
                 from rich.console import Console
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+                from rich.table import Column
 
-                console = Console(file=stream, force_terminal=True, width=200) if stream is not None else None
-                self._progress = Progress(TextColumn("[bold]RED"), BarColumn(),
+                console = Console(file=stream, force_terminal=True, width=width or 200) if stream is not None else \
+                    Console(width=width) if width else None
+                # the step, elapsed and ETA keep their width; the metrics take what is left and end in "…"
+                # (an 80-column terminal dropped the step count and times for them)
+                metrics_col = Column(no_wrap=True, overflow="ellipsis", ratio=1)
+                self._progress = Progress(TextColumn("[bold]RED"), BarColumn(bar_width=12),
                                           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                          TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                                          transient=False, console=console)
+                                          TextColumn("ETA"), TimeRemainingColumn(),
+                                          TextColumn("{task.description}", table_column=metrics_col),
+                                          transient=False, console=console, expand=True)
                 self._task = self._progress.add_task("", total=total_steps)
                 self._progress.start()
             else:

@@ -9,7 +9,10 @@ overrides never matters (``rollout.tp_infer=2 rollout.executor=external_launcher
 are the same command line).
 
 ``config_from_dict`` rebuilds a nested config from ``dataclasses.asdict`` output (a run dir's
-``run_config.json``), every field parsed by its annotation.
+``run_config.json``), every field parsed by its annotation. ``read_config_file`` reads a YAML or JSON
+config file (``red-train --config FILE``) into ``(key, value)`` items that ``apply_overrides`` takes
+beside the command line's strings: the same dotted fields, values already typed by the file's
+parser and checked against the annotations here (PyYAML parses; the typing stays this module's).
 """
 from __future__ import annotations
 
@@ -75,8 +78,52 @@ def _parse(value: str, tp: Any, field: str) -> Any:
     raise ValueError(f"{field}: fields of type {tp} cannot be set from the command line")
 
 
-def _set(cfg: Any, path: list[str], value: str, full: str) -> Any:
-    """A copy of ``cfg`` with the field at ``path`` set, WITHOUT running any ``__post_init__``."""
+def _coerce(value: Any, tp: Any, field: str) -> Any:
+    """A value a config file typed (YAML/JSON: bool, int, float, list, null) checked against ``tp``;
+    strings go through the command line's parser (PyYAML reads ``1e-4`` as a string)."""
+    if isinstance(value, str):
+        return _parse(value, tp, field)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, field)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and any(type(a) is type(value) for a in allowed):
+            return value
+        raise ValueError(f"{field}={value!r}: expected one of {list(allowed)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{field}={value!r}: expected a list")
+        inner = typing.get_args(tp)
+        inner_t = inner[0] if inner else Any
+        parsed = [_coerce(v, inner_t, field) for v in value]
+        return tuple(parsed) if origin is tuple else parsed
+    expected = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+    if tp is bool and isinstance(value, bool) or tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in expected:
+        raise ValueError(f"{field}={value!r}: expected {expected[tp]}")
+    if tp is Any or (tp is dict or origin is dict) and isinstance(value, dict):
+        return value
+    raise ValueError(f"{field}={value!r}: expected {tp}")
+
+
+def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
+    """A copy of ``cfg`` with the field at ``path`` set, WITHOUT running any ``__post_init__``.
+    ``value``: a command-line string, or a value a config file typed."""
     if not dataclasses.is_dataclass(cfg):
         raise ValueError(f"{full}: {'.'.join(path)} is not a config section")
     fields = {f.name: f for f in dataclasses.fields(cfg)}
@@ -87,7 +134,7 @@ def _set(cfg: Any, path: list[str], value: str, full: str) -> Any:
     if len(path) == 1:
         if dataclasses.is_dataclass(getattr(cfg, name)):
             raise ValueError(f"{full}: {name} is a section; set one of its fields, e.g. {name}.<field>=...")
-        new = _parse(value, hints[name], full.split("=", 1)[0])
+        new = _coerce(value, hints[name], full.split("=", 1)[0])
     else:
         new = _set(getattr(cfg, name), path[1:], value, full)
     out = copy.copy(cfg)  # a shallow copy: no __init__, no validation yet
@@ -104,18 +151,25 @@ def _validate(cfg: Any, touched: dict) -> Any:
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if k in init})
 
 
-def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+def apply_overrides(cfg: Any, overrides: list) -> Any:
     """Return a copy of ``cfg`` with every ``dotted.field=value`` applied, then validated once.
 
-    The result does not depend on the order of ``overrides`` (a field given twice: the last wins).
+    An item is a command-line string ``dotted.field=value`` or a config file's ``(dotted.field, value,
+    label)`` (``read_config_file``; label names the file in errors). The result does not depend on
+    the order of ``overrides`` (a field given twice: the last wins).
     """
     touched: dict = {}
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected dotted.field=value")
-        key, value = item.split("=", 1)
+        if isinstance(item, tuple):
+            key, value, label = item
+            full = f"{key} (in {label})"
+        else:
+            if "=" not in item:
+                raise ValueError(f"override {item!r}: expected dotted.field=value")
+            key, value = item.split("=", 1)
+            value, full = value.strip(), item
         path = key.strip().split(".")
-        cfg = _set(cfg, path, value.strip(), item)
+        cfg = _set(cfg, path, value, full)
         node = touched
         for part in path:
             node = node.setdefault(part, {})
@@ -125,16 +179,11 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
 def _from_value(value: Any, tp: Any, field: str) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return config_from_dict(tp, value, prefix=field + ".")
-    if value is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin in (tuple, list) and isinstance(value, (list, tuple)):
-        return tuple(value) if origin is tuple else list(value)
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return config_from_dict(arg, value, prefix=field + ".")
-    return value
+    return _coerce(value, tp, field)
 
 
 def config_from_dict(cls: type, data: dict, *, prefix: str = "") -> Any:
@@ -151,3 +200,52 @@ def config_from_dict(cls: type, data: dict, *, prefix: str = "") -> Any:
 
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def flatten_config(data: dict, cfg: Any, *, label: str, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """A config file's mapping as ``(dotted.field, value, label)`` items for ``apply_overrides``: nested
+    sections (``policy: {lr: 1e-4}``) and dotted keys (``policy.lr: 1e-4``) alike, leaves typed."""
+    out = []
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{label}: key {key!r} is not a field name")
+        path = prefix + key
+        head, _, rest = key.partition(".")
+        sub = getattr(cfg, head, None) if dataclasses.is_dataclass(cfg) else None
+        if rest and dataclasses.is_dataclass(sub):
+            out += flatten_config({rest: value}, sub, label=label, prefix=prefix + head + ".")
+        elif isinstance(value, dict) and dataclasses.is_dataclass(sub):
+            out += flatten_config(value, sub, label=label, prefix=path + ".")
+        else:
+            out.append((path, value, label))
+    return out
+
+
+def read_config_file(path) -> tuple[dict, bool]:
+    """``(mapping, whole)`` from a YAML (.yaml/.yml) or JSON (.json) config file. ``whole``: the file is a
+    run dir's ``run_config.json`` (its ``config`` holds every field, so it replays that run by itself)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"no config file at --config {path}: expected an existing .yaml, .yml or .json file")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"bad YAML in {path}: {' '.join(str(e).split())}") from None
+    elif p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"bad JSON in {path}: {e}") from None
+    else:
+        raise ValueError(f"config file {path}: expected a .yaml, .yml or .json file")
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of section.field: value, got {type(data).__name__}")
+    whole = isinstance(data.get("config"), dict) and "effective" in data
+    return (data["config"] if whole else data), whole

@@ -50,10 +50,16 @@ def _timed(times: dict[str, float], stage: str, timeline=None, step: int = 0):
 
 def train(cfg: RunConfig) -> dict:
     """Run ``cfg`` to the end (resuming when a checkpoint exists); returns the final metrics."""
+    from red_megatron.run_control import StopSignals, prepare_run_dir, run_dir_lock
+
     preset = get_preset(cfg.algo.preset)
     if isinstance(preset, StagedPreset):
         return _train_stages(cfg, preset)
-    return _Run(cfg).run()
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with run_dir_lock(cfg.run_dir, enabled=rank0):
+        prepare_run_dir(cfg.run_dir, resume=cfg.resume, overwrite=cfg.overwrite, rank0=rank0)
+        with StopSignals() as stop:
+            return _Run(cfg, stop=stop).run()
 
 
 def _train_stages(cfg: RunConfig, preset: StagedPreset) -> dict:
@@ -68,8 +74,10 @@ def _train_stages(cfg: RunConfig, preset: StagedPreset) -> dict:
 
 
 class _Run:
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, stop=None):
         from transformers import AutoTokenizer
+
+        from red_megatron.run_control import StopSignals
 
         from red_megatron.data.dataset import load_dataset
         from red_megatron.data.loader import PromptLoader
@@ -77,13 +85,17 @@ class _Run:
         from red_megatron.reward.scorer import RewardScorer
 
         self.cfg = cfg
+        self.stop = stop if stop is not None else StopSignals()  # not entered: never set
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else \
             int(os.environ.get("WORLD_SIZE", "1"))
         check_world(cfg, world)  # the validator: before any model or engine is built
         self.preset = get_preset(cfg.algo.preset)
         self.objective = build_objective(cfg.algo)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
-        self.dataset = load_dataset(cfg.data, self.tokenizer)
+        # an online-only preset (grpo) trains on prompt/answer files without traces
+        data_cfg = cfg.data if cfg.data.require_trace is not None else \
+            dataclasses.replace(cfg.data, require_trace=self.preset.with_offline)
+        self.dataset = load_dataset(data_cfg, self.tokenizer)
         # A preset may bring its own schedule (sft: lr 5e-5, 3 epochs); studies that compare presets
         # at equal budget turn that off (use_preset_schedule=false) and keep the run's lr and steps.
         own = cfg.use_preset_schedule
@@ -91,6 +103,11 @@ class _Run:
         self.steps = cfg.steps if epochs is None else epochs * (len(self.dataset) // cfg.data.global_batch_size)
         lr = self.preset.lr if own and self.preset.lr is not None else cfg.policy.lr
         policy_cfg = dataclasses.replace(cfg.policy, lr=lr, lr_decay_steps=max(self.steps, cfg.policy.warmup_steps + 1))
+        # what a resume compares with the checkpoint's: the schedule applies anew, the batch cannot change
+        self.schedule = {"steps": self.steps, "policy.lr": lr, "policy.warmup_steps": policy_cfg.warmup_steps,
+                         "policy.lr_decay_steps": policy_cfg.lr_decay_steps, "policy.min_lr_ratio": policy_cfg.min_lr_ratio,
+                         "data.global_batch_size": cfg.data.global_batch_size}
+        self.resumed: dict = {}
         self.policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed, loss=self.objective.params)
         self.groups = g = self.policy.groups
         self.loader = PromptLoader(self.dataset, cfg.data, dp_rank=g.dp_rank, dp_world_size=g.dp_size)
@@ -113,18 +130,30 @@ class _Run:
                      "gives π_old and the entropies", cfg.algo.preset)
         self.rollout = build_rollout(cfg, groups=g, policy=self.policy, preset=self.preset, loader=self.loader,
                                      tokenizer=self.tokenizer, scorer=self.scorer, steps=self.steps)
+        self.evaluator = None
+        if cfg.eval.every:
+            from red_megatron.eval.in_training import TrainingEval
+
+            engine = self.rollout.local_engine
+            if not self.preset.online or cfg.rollout.placement != "colocated" or cfg.rollout.tp_infer != 1 or \
+                    (g.rank == 0 and engine is None):
+                raise ValueError(f"eval.every={cfg.eval.every} evaluates with rank 0's own engine: it needs an "
+                                 f"online preset (not {cfg.algo.preset!r}), rollout.placement='colocated' and "
+                                 f"rollout.tp_infer=1 (use red-eval on the exported checkpoints otherwise)")
+            self.evaluator = TrainingEval(cfg, tokenizer=self.tokenizer, engine=engine, scorer=self.scorer,
+                                          enabled=g.rank == 0)
         self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0)
         self.step = 0
         self.skipped_steps = 0
         self._saved_step = None  # the step of the checkpoint on disk that holds the current state
         self._maybe_resume()  # may refuse (another preset's checkpoint): then run_config.json stays as it was
         if g.rank == 0:
-            save_run_config(cfg, cfg.run_dir, steps=self.steps, lr=lr)
+            save_run_config(cfg, cfg.run_dir, steps=self.steps, lr=lr, **self.resumed)
 
     # --- checkpoints --------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
         return {"step": self.step, "loader": self.rollout.loader_state(self.step), "objective": self.objective.state_dict(),
-                "skipped_steps": self.skipped_steps, "preset": self.cfg.algo.preset}
+                "skipped_steps": self.skipped_steps, "preset": self.cfg.algo.preset, "schedule": self.schedule}
 
     def _maybe_resume(self) -> None:
         if not self.cfg.resume:
@@ -135,12 +164,29 @@ class _Run:
         if state["preset"] != self.cfg.algo.preset:
             raise ValueError(f"{self.cfg.checkpoint_dir}: the checkpoint is of preset {state['preset']!r}, this run "
                              f"is algo.preset={self.cfg.algo.preset!r}; use another run_dir or resume=false")
+        self._check_schedule(state.get("schedule") or {}, int(state["step"]))
         self.step, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
         self.rollout.resume(self.step, state["loader"])
         self.objective.load_state_dict(state["objective"])
         self._saved_step = self.step
         self._refit(version=self.step)  # the engine must sample from the resumed weights
         log.info("resumed %s at step %d", self.cfg.checkpoint_dir, self.step)
+
+    def _check_schedule(self, saved: dict, step: int) -> None:
+        """A resume with another schedule applies it from the next update (the scheduler loads only its update
+        count), and says so; another batch size cannot resume the data position: refused."""
+        changed = {k: [saved[k], v] for k, v in self.schedule.items() if k in saved and saved[k] != v}
+        if "data.global_batch_size" in changed:
+            old, new = changed["data.global_batch_size"]
+            raise ValueError(f"data.global_batch_size={new} differs from the checkpoint's {old} in "
+                             f"{self.cfg.checkpoint_dir}: the data position cannot resume at another batch size; "
+                             f"keep {old}, or start afresh (resume=false overwrite=true, or another run_dir)")
+        self.resumed = {"resumed_at_step": step, **({"schedule_changed": changed} if changed else {})}
+        # the optimizer's state carries each param group's peak lr: the run's replaces the checkpoint's
+        self.policy.set_peak_lr(self.schedule["policy.lr"])
+        if changed and self.groups.rank == 0:
+            log.info("resume at step %d with another schedule than the checkpoint's, applied from update %d: %s",
+                     step, step + 1, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
 
     def _save(self) -> None:
         self.policy.save_checkpoint(self.cfg.checkpoint_dir, self.step, self._trainer_state())
@@ -246,14 +292,40 @@ class _Run:
         d = torch.cat(diffs)
         return {"rollout/logp_gap_max": float(d.max()), "rollout/logp_gap_mean": float(d.mean())}
 
+    def _stop_or_due(self, last_save: float) -> tuple[bool, bool]:
+        """(a stop signal arrived, the timed checkpoint is due), agreed by every rank: a signal reaches the
+        ranks at different moments, and each must stop (or save) after the same step."""
+        minutes = self.cfg.checkpoint_every_minutes
+        flags = torch.tensor([float(self.stop.received is not None),
+                              float(bool(minutes) and time.monotonic() - last_save >= 60 * minutes)])
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            moved = flags.to(self.groups.device)
+            torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.MAX)
+            flags = moved.cpu()
+        return bool(flags[0]), bool(flags[1])
+
     def run(self) -> dict:
+        from red_megatron.run_control import RunInterrupted
+
         last: dict = {}
+        last_save = time.monotonic()
         try:
             while self.step < self.steps:
+                stop, due = self._stop_or_due(last_save)
+                if stop or due:
+                    if self._saved_step != self.step and self.step > 0:
+                        self._save()
+                    last_save = time.monotonic()
+                if stop:
+                    raise RunInterrupted(self.stop.received or "a signal on another rank", self.step, self.steps,
+                                         self.cfg.checkpoint_dir)
                 last = self.red_step()
+                if self.evaluator is not None and self.evaluator.due(self.step, self.steps):
+                    last.update(self.evaluator.run(self.step, self.steps))
                 self.logger.log(self.step, last)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.steps:
                     self._save()
+                    last_save = time.monotonic()
             self.rollout.finish()  # the last refit's failure, if any, is not lost
             if self._saved_step != self.step:  # nothing changed since the checkpoint it resumed from: keep it
                 self._save()

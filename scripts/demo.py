@@ -38,6 +38,10 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the last demo run instead of starting over")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides of the tiny_cpu recipe")
     args = ap.parse_args(argv)
+    for flag, value, least in (("--steps", args.steps, 1), ("--base-steps", args.base_steps, 0)):
+        if value is not None and value < least:
+            print(f"error: bad {flag}={value} in demo.py: expected an int >= {least}", file=sys.stderr)
+            return 2
     # A demo prints its own story; library chatter (vLLM's INFO lines, deprecation notes) stays out.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     t0 = time.time()
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
     from red_megatron.metrics import setup_run_logging
 
     setup_run_logging(run_dir)  # library lines and warnings to run_dir/logs/library.log
-    overrides = [f"run_dir={run_dir}"] + ([f"steps={args.steps}"] if args.steps else [])
+    overrides = [f"run_dir={run_dir}"] + ([f"steps={args.steps}"] if args.steps is not None else [])
     cfg = apply_overrides(get_recipe("tiny_cpu_study"), overrides + list(args.overrides))  # makes the assets once
     init_ckpt, eval_data = Path(cfg.model_dir), cfg.eval.data_path
     ckpt = init_ckpt

@@ -37,7 +37,10 @@ sys.path.insert(0, str(REPO))
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="red-study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    from red_megatron import __version__
+
     ap.add_argument("--debug", action="store_true", help="print the traceback of a refusal too (also: RED_DEBUG=1)")
+    ap.add_argument("--version", action="version", version=f"red-study (red-megatron) {__version__}")
     ap.add_argument("--recipe", default="tiny_cpu_study")
     ap.add_argument("--out", default=str(REPO / "runs" / "preset_study"))
     ap.add_argument("--presets", default="all", help="comma-separated preset names, or 'all' (RED_SPEC order)")

@@ -132,3 +132,25 @@ def test_check_mode_takes_overrides_in_any_order(tmp_path, tiny_ckpt_dir, monkey
                                   "--check"])
         assert rc == 0, err
         assert "vLLM tp_infer=2 (external_launcher executor" in out
+
+
+def test_every_entry_point_answers_version(capsys):
+    import importlib
+
+    from red_megatron import __version__
+
+    for c in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            importlib.import_module(f"red_megatron.cli.{c}").main(["--version"])
+        assert e.value.code == 0, c
+        assert capsys.readouterr().out == f"red-{c} (red-megatron) {__version__}\n", c
+
+
+def test_demo_refuses_a_run_of_no_steps(capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from demo import main as demo_main
+
+    for argv, msg in ((["--steps", "0"], "bad --steps=0 in demo.py: expected an int >= 1"),
+                      (["--base-steps", "-1"], "bad --base-steps=-1 in demo.py: expected an int >= 0")):
+        assert demo_main(argv) == 2  # before any asset, model or engine is made
+        assert capsys.readouterr().err == f"error: {msg}\n"

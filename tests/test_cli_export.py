@@ -65,6 +65,9 @@ def test_export_a_checkpoint_step_to_an_hf_dir(tmp_path, tiny_ckpt_dir):
     p = _run([sys.executable, "-m", "red_megatron.cli.export", str(run_dir), "--step", "3", "--out", str(out)])
     assert p.returncode == 0, p.stderr[-3000:]
     assert "step 3" in p.stdout and str(out) in p.stdout
+    # a quiet console: one line; megatron's warnings went to the run dir's library log (19 lines before)
+    assert p.stdout.count("\n") == 1 and p.stderr == "", p.stderr[-2000:]
+    assert (run_dir / "logs" / "library.log").is_file()
     base, got = load_file(str(tiny_ckpt_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(got) == set(base)
     for k in base:

@@ -77,3 +77,11 @@ def test_tests_find_external_data_through_the_variable():
         if re.search(r"[\"']/work/shared", text):
             offenders.append(f.name)
     assert not offenders, f"hard-coded /work/shared paths (use tests.conftest.shared_data_dir / RED_SHARED_DATA): {offenders}"
+
+
+def test_every_config_field_is_described():
+    from red_megatron.cli.config_doc import undocumented_fields
+
+    missing = undocumented_fields()
+    assert not missing, (f"config fields without a description in docs/CONFIG.md: {missing}; add a `# ...` comment "
+                         f"beside (or above) the field, or an entry in its class docstring")

@@ -312,3 +312,27 @@ def test_help_text_slurm_example_passes_the_checks():
     argv = shlex.split(m.group(1).replace("\\\n", " "))[1:]
     spec, tasks, _, run_dir = cli_launch.plan(cli_launch.build_parser().parse_args(argv))
     assert spec.host_path(str(run_dir)) == "/lustre/runs/red7b" and spec.exclusive and spec.mem == "0"
+
+
+def test_slurm_pre_timeout_signal(tmp_path):
+    """--signal-before N: sbatch --signal=USR1@N, and torchrun started with SIGUSR1 ignored, so the signal (which
+    Slurm sends to every process of the step) stops the ranks after their step and checkpoint, not torchrun."""
+    from red_megatron.launch.nemo import USR1_IGNORED_TORCHRUN
+
+    rc, out, err = _main(["--recipe", "qwen25_7b", *slurm_2n(tmp_path), "--run-dir", str(tmp_path / "r"), "--dry-run",
+                          "--signal-before", "300"])
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines.count("#SBATCH --signal=USR1@300") == 1, out
+    (srun,) = [ln for ln in lines if ln.startswith("srun ")]
+    assert f" {USR1_IGNORED_TORCHRUN} --rdzv-backend c10d " in srun and srun.count("torchrun") == 2, srun
+    rc, _, err = _main(["--recipe", "tiny_cpu", "--nproc", "1", "--dry-run", "--signal-before", "300"])
+    assert rc == 2 and "--signal-before needs --executor slurm" in err
+    # the wrapper's effect: the launched process ignores SIGUSR1; a rank's own handler still receives it
+    code = ("import os, signal\nfrom red_megatron.run_control import StopSignals\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\nprint('survived', flush=True)\n"
+            "with StopSignals() as s:\n    os.kill(os.getpid(), signal.SIGUSR1)\nprint(s.received)\n")
+    wrapper = USR1_IGNORED_TORCHRUN.replace("exec torchrun", "exec").rsplit(" ", 1)[0]
+    p = subprocess.run(["bash", "-c", wrapper.split("'")[1], "x", sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0 and p.stdout.split() == ["survived", "SIGUSR1"], p.stderr

@@ -283,3 +283,19 @@ def test_terminal_bar_shows_the_same_keys(tmp_path):
     for _, label, _ in PROGRESS_KEYS:
         assert f"{label}=" in text, (label, text[-500:])
     assert "2/2" in text and "ETA" in text
+
+
+def test_terminal_bar_keeps_step_and_times_at_80_columns(tmp_path):
+    import io
+    import re
+
+    from red_megatron.metrics import PROGRESS_KEYS
+
+    out = io.StringIO()
+    logger = MetricsLogger(tmp_path, MetricsConfig(tensorboard=False), total_steps=200, tty=True, stream=out, width=80)
+    logger.log(30, {key: 0.25 for key, _, _ in PROGRESS_KEYS})
+    logger.close()
+    last = out.getvalue().replace("\x1b[2K", "").split("\r")[-1].splitlines()[0]
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
+    assert len(plain) <= 80 and re.search(r"30/200 \d+:\d\d:\d\d ETA ", plain), plain
+    assert "reward=0.250" in plain and plain.endswith("…"), plain  # the metrics give way, first ones kept

@@ -86,3 +86,15 @@ def test_fp32_lm_head_on_one_side_only_warns(tmp_path):
         warnings.simplefilter("error")
         both = apply_overrides(base, ["policy.lm_head_fp32=true", "rollout.lm_head_fp32=true"])
     assert both.policy.lm_head_fp32 and both.rollout.lm_head_fp32
+
+
+def test_eval_in_training_fields(tmp_path):
+    from red_megatron.config import EvalRunConfig
+
+    with pytest.raises(ValueError, match=r"eval.every=2 needs eval.data_path"):
+        EvalRunConfig(every=2)
+    with pytest.raises(ValueError, match=r"eval.every must be an int >= 0"):
+        apply_overrides(_cfg(tmp_path), ["eval.every=-1"])
+    cfg = apply_overrides(_cfg(tmp_path), ["eval.data_path=e.parquet", "eval.every=5", "eval.periodic_limit=8",
+                                            "eval.protocol.max_tokens=32"])
+    assert (cfg.eval.every, cfg.eval.periodic_limit) == (5, 8)

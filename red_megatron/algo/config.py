@@ -15,6 +15,7 @@ from red_megatron.algo.token_terms import AGGREGATIONS
 
 @dataclass(kw_only=True)
 class AlgoConfig:
+    # the algorithm, one row of the paper's Table 2: red, grpo, sft, luffy, ... (red_megatron/algo/presets.py)
     preset: str = "red"
     num_online: int = 7  # G online samples per prompt (the group has G+1 with the trace)
     temperature: float = 1.0  # sampling temperature = the temperature of logp/entropy in the loss
@@ -23,7 +24,7 @@ class AlgoConfig:
     rbar_source: Literal["online", "all"] = "online"  # r̄ from the G online samples, or all G+1
     offline_reward: Literal["verify", "assume_one"] = "verify"  # score the trace, or assume 1
     eps_lo: float = 0.2  # clip(r, 1 − eps_lo, 1 + eps_hi); eps_hi > eps_lo is clip-higher
-    eps_hi: float = 0.2
+    eps_hi: float = 0.2  # upper clip of the ratio, 1 + eps_hi (DAPO's clip-higher: 0.28)
     aggregation: Literal["sequence_mean", "token_mean", "constant"] | None = None  # None: preset's
     loss_constant: float | None = None  # C for aggregation='constant' (e.g. the max response length)
     luffy_gamma: float = 0.1  # f(π) = π/(π + γ)

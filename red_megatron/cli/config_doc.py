@@ -26,8 +26,29 @@ a recipe changes many of them (`red-train --recipe NAME --check` prints the reso
 """
 
 
+_DOC_ENTRY = re.compile(r"^(?P<ind>\s*)(?:- )?(?:``(?P<a>\w+)``[^:]*|(?P<b>\w+)):\s+(?P<c>.*)$")
+
+
+def _docstring_entries(cls, names: set[str]) -> dict[str, str]:
+    """{field: text} from the class docstring's ``name: text`` / ``- ``name``: text`` entries (a field
+    documented there rather than beside itself); an entry runs on over its more indented lines."""
+    out, current, indent = {}, None, 0
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        m = _DOC_ENTRY.match(line)
+        name = m and (m.group("a") or m.group("b"))
+        if name in names:
+            current, indent = name, len(m.group("ind"))
+            out[name] = m.group("c").strip()
+        elif current and line.strip() and len(line) - len(line.lstrip()) > indent:
+            out[current] += " " + line.strip()
+        else:
+            current = None
+    return out
+
+
 def _comments(cls) -> dict[str, str]:
-    """{field: its comment}: the trailing ``# ...`` on its line, else the ``#`` lines just above it."""
+    """{field: its comment}: the trailing ``# ...`` on its line, else the ``#`` lines just above it, else
+    its entry in the class docstring."""
     try:
         src = inspect.getsource(cls).splitlines()
     except (OSError, TypeError):
@@ -43,7 +64,29 @@ def _comments(cls) -> dict[str, str]:
         if m and m.group(1) in names and m.group(1) not in out:
             out[m.group(1)] = (m.group("c") or " ".join(above)).strip()
         above = []
+    for name, text in _docstring_entries(cls, names).items():
+        if not out.get(name):
+            out[name] = text
     return out
+
+
+def undocumented_fields() -> list[str]:
+    """The dotted names of the RunConfig fields the reference gives no meaning for."""
+    from red_megatron.config import RunConfig
+
+    missing, todo = [], [(RunConfig, "")]
+    while todo:
+        cls, prefix = todo.pop(0)
+        notes = _comments(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if dataclasses.is_dataclass(hints.get(f.name)):
+                todo.append((hints[f.name], f"{prefix}{f.name}."))
+            elif not notes.get(f.name):
+                missing.append(prefix + f.name)
+    return missing
 
 
 def _type_name(tp) -> str:

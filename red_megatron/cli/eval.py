@@ -15,7 +15,6 @@ table.md under --out. Every option of the groups data, protocol and engine can a
 """
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -66,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-num-seqs", type=int, default=256)
     g.add_argument("--reward-workers", type=int, default=4)
     g.add_argument("--reward-timeout", type=float, default=10.0)
+    ap.add_argument("--verbose", action="store_true",
+                    help="show the libraries' log lines and warnings here (default: <out>/logs/library.log)")
     ap.add_argument("overrides", nargs="*", metavar="section.option=value",
                     help=f"options of the groups {', '.join(SECTIONS)} as overrides, e.g. protocol.temperature=0.6")
     return ap
@@ -75,7 +76,6 @@ def _main(argv: list[str]) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     args = apply_namespace_overrides(ap, args, args.overrides, SECTIONS)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from red_megatron.eval import load_records, markdown_table, protocol_note
 
     if args.table:
@@ -98,6 +98,9 @@ def _main(argv: list[str]) -> int:
     check_model_dir(model, field="--model")
     name = args.name or model.name
     out = Path(args.out) if args.out else model / "eval"
+    from red_megatron.metrics import setup_run_logging
+
+    setup_run_logging(out, verbose=args.verbose)  # vLLM's and megatron's lines to <out>/logs/library.log
     tok = load_tokenizer(model)
     dcfg = DataConfig(path=args.data, schema=args.schema, prompt_key=args.prompt_key, problem_key=args.problem_key,
                       answer_key=args.answer_key, data_source_key=args.data_source_key,

@@ -15,6 +15,7 @@ the TP/PP given as overrides; no optimizer state is read.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def build_parser():
     ap.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the newest complete one)")
     ap.add_argument("--out", default=None, help="the HF directory to write (default: <run_dir>/hf_step_<N>)")
     ap.add_argument("--list", action="store_true", help="list the run dir's checkpoint steps and exit")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show the libraries' log lines and warnings here (default: <run_dir>/logs/library.log)")
     add_overrides(ap, "the run's saved config (run_config.json)")
     return ap
 
@@ -99,6 +102,9 @@ def _main(argv: list[str]) -> int:
     from red_megatron.cli.checks import check_model_dir
 
     check_model_dir(cfg.model_dir, need_chat_template=False)
+    from red_megatron.metrics import setup_run_logging
+
+    setup_run_logging(run_dir, verbose=args.verbose, rank=int(os.environ.get("RANK", "0")))  # before megatron
     from red_megatron.policy import MegatronPolicy
 
     policy_cfg = dataclasses.replace(cfg.policy, use_distributed_optimizer=False)

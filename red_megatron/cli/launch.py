@@ -23,13 +23,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from red_megatron.cli.common import add_overrides, parser
+from red_megatron.cli.common import add_overrides, add_recipe_args, parser, resolve_run_config
 from red_megatron.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = parser("red-launch", __doc__)
-    ap.add_argument("--recipe", required=True, help="a recipe name from configs/ (configs.RECIPES)")
+    add_recipe_args(ap)  # --config FILE: read here and by the job, at the same path
     ap.add_argument("--run-dir", default=None, help="the run directory (default: the recipe's run_dir); "
                     "sweep tasks get <run-dir>/<label>")
     ap.add_argument("--name", default=None, help="experiment title (default: the recipe's name)")
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--parallel", dest="sequential", action="store_false",
                        help="run sweep tasks at the same time (default on Slurm)")
     ap.add_argument("--detach", action="store_true", help="slurm: return once submitted")
+    ap.add_argument("--signal-before", type=int, default=None, metavar="SECONDS",
+                    help="slurm: SIGUSR1 to the training processes SECONDS before the time limit; they finish "
+                         "the step, save a checkpoint and exit (docs/RUNS.md)")
     ap.add_argument("--verbose", action="store_true", help="pass --verbose to every training task: library "
                     "log lines on the job's console too (default: <run-dir>/logs/library.log only)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands / sbatch scripts; launch nothing")
@@ -75,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan(args) -> tuple[object, list, list[str], Path]:
     """Validate everything that can be validated here; return (spec, tasks, notes, run_dir)."""
-    from configs import get_recipe
     from red_megatron.launch import LaunchSpec, check_launch, parse_sweeps
     from red_megatron.launch.check import engine_devices_for, external_engine_overrides
     from red_megatron.launch.nemo import Task
@@ -94,9 +96,9 @@ def plan(args) -> tuple[object, list, list[str], Path]:
         exclusive=args.exclusive, cpus_per_task=args.cpus_per_task, mem=args.mem, gres=args.gres,
         container_mounts=tuple(m for m in args.container_mounts.split(",") if m),
         code_dir=args.code_dir, ssh_host=args.ssh_host, remote_job_dir=args.remote_job_dir, env=env,
-        sequential=args.sequential, detach=args.detach,
+        sequential=args.sequential, detach=args.detach, signal_before=args.signal_before,
     )
-    base = apply_overrides(get_recipe(args.recipe), list(args.overrides))
+    base = resolve_run_config(args.recipe, args.config, list(args.overrides))
     run_dir = Path(args.run_dir or base.run_dir)
     points = parse_sweeps(args.sweep)
     tasks, notes = [], []
@@ -113,11 +115,21 @@ def plan(args) -> tuple[object, list, list[str], Path]:
             raise ValueError(f"task {label}: {e}" if len(points) > 1 else str(e)) from None
         engines = cfg.rollout.num_engines // spec.nodes if cfg.rollout.engine_launch == "external" and \
             cfg.rollout.placement == "disaggregated" and spec.executor == "slurm" else 0
-        tasks.append(Task(name=label, args=["--recipe", args.recipe, "--run-dir", str(task_dir),
+        given = ["--recipe", args.recipe] if args.recipe else []
+        if args.config:  # the job reads the file too: locally from any working directory
+            given += ["--config", str(Path(args.config).resolve()) if spec.executor == "local" else args.config]
+        tasks.append(Task(name=label, args=[*given, "--run-dir", str(task_dir),
                                             *(["--verbose"] if args.verbose else []),
                                             *args.overrides, *sweep_overrides, *placed],
                           engines_per_node=engines, engine_tp=cfg.rollout.tp_infer, run_dir=str(task_dir)))
     return spec, tasks, sorted(set(notes)), run_dir
+
+
+def base_name(args) -> str:
+    from pathlib import PurePath
+
+    return args.recipe and PurePath(args.recipe.split(":")[0]).stem or \
+        (PurePath(args.config).stem if args.config else "tiny_cpu")
 
 
 def _main(argv: list[str]) -> int:
@@ -132,7 +144,7 @@ def _main(argv: list[str]) -> int:
 
     home = nemo.set_nemorun_home(nemo.launcher_run_dir(spec, run_dir) / "nemo_run")
     script = nemo.train_script_path(spec, args.script)
-    title = args.name or f"{args.recipe}"
+    title = args.name or base_name(args)
     if args.dry_run:
         print(nemo.render_dry_run(title, spec, tasks, script, home))
         return 0

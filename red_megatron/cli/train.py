@@ -3,13 +3,18 @@
   red-train --recipe tiny_cpu steps=2                          # one process (the CPU demo's recipe)
   torchrun --nproc-per-node 8 scripts/train.py --recipe qwen25_math_1p5b model_dir=... data.path=...
   red-train --recipe qwen25_7b model_dir=/ckpt/Qwen2.5-7B --world-size 16 --check   # validate only
+  red-train --config my_run.yaml policy.lr=1e-5          # a config file (YAML/JSON), then overrides
+  red-train --config runs/x/run_config.json              # replay a run exactly as it was resolved
 
 A torchrun target (reads RANK / WORLD_SIZE / LOCAL_RANK); alone it runs as a one-process world.
-The recipe (configs/) gives the whole config; every override is applied, then the config is
-validated once (order never matters). Before megatron or vLLM start, the model dir (config.json,
+The recipe (configs/, or FILE.py[:function]) gives the whole config; a --config file's fields and then
+the command line's overrides are applied on it, then the config is validated once (order never matters). Before megatron or vLLM start, the model dir (config.json,
 tokenizer, safetensors headers), the chat template, the reward's verify_fn and the layout against
 the world size are checked. ``--check`` stops there: it reads config.json (no weights), prints a
 summary of the resolved layout and exits 0. A refusal is one line on stderr and exit code 2.
+
+SIGINT (Ctrl-C), SIGTERM and SIGUSR1 stop the run after the current step: it saves a checkpoint, prints
+one line and exits with code 3; the same command resumes it (docs/RUNS.md).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from red_megatron.cli.common import add_overrides, parser, world_size
+from red_megatron.cli.common import add_overrides, add_recipe_args, parser, resolve_run_config, world_size
 from red_megatron.errors import UserError, run_cli
 
 
@@ -37,10 +42,8 @@ class _HelpConfig(argparse.Action):
 
 
 def build_parser():
-    from configs import RECIPES
-
     ap = parser("red-train", __doc__)
-    ap.add_argument("--recipe", default="tiny_cpu", help=f"one of {sorted(RECIPES)}")
+    add_recipe_args(ap)
     ap.add_argument("--run-dir", default=None, help="where metrics, checkpoints and plots go (overrides run_dir)")
     ap.add_argument("--check", action="store_true",
                     help="resolve and validate the config against the model's config.json and the world size, "
@@ -64,12 +67,8 @@ def parse_config(argv=None):
 
 
 def _resolve(args):
-    from configs import get_recipe
-    from red_megatron.overrides import apply_overrides
-
-    cfg = get_recipe(args.recipe)
     overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
-    return apply_overrides(cfg, overrides)
+    return resolve_run_config(args.recipe, args.config, overrides)
 
 
 def preflight(cfg, *, weights: bool = True) -> tuple[object, list[str]]:
@@ -135,8 +134,15 @@ def _main(argv: list[str]) -> int:
                                                   lib_log)
     from red_megatron.trainer import train
 
+    from red_megatron.run_control import EXIT_INTERRUPTED, RunInterrupted
+
     t0 = time.time()
-    final = train(cfg)
+    try:
+        final = train(cfg)
+    except RunInterrupted as e:
+        if rank == 0:
+            print(f"red-train: {e}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     if int(os.environ.get("RANK", "0")) == 0:
         keep = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         print(json.dumps({"run_dir": cfg.run_dir, "seconds": round(time.time() - t0, 1), **keep}, indent=1))

@@ -39,14 +39,17 @@ _SCHEMA_DEFAULTS = {  # (answer_key, target_key)
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the data is, how it is laid out, the length limits and the epoch order."""
-    path: str
+    path: str  # the training file: .parquet or .jsonl rows in data.schema's layout (README, Data formats)
+    # row layout: 'openr1' (chat prompt, reward_model.ground_truth, target trace) or 'problem_answer'
     schema: str = "openr1"
     prompt_key: str = "prompt"  # openr1: chat messages
     problem_key: str = "problem"  # problem_answer: the question text
     # None: the schema's own (openr1: reward_model.ground_truth / target; problem_answer: answer /
     # solution), resolved when read (answer_field / target_field), so data.schema=... alone switches both
     answer_key: str | None = None
+    # the offline trace's column; None: the schema's (openr1: target; problem_answer: solution)
     target_key: str | None = None
+    # the column naming each row's benchmark/source (metrics and eval tables group by it)
     data_source_key: str = "data_source"
     default_data_source: str | None = None  # None: the file's stem, for rows without a data_source
     prompt_template: str = "{problem}"  # problem_answer: the user turn; may add an instruction
@@ -54,8 +57,10 @@ class DataConfig:
     # None or "tokenizer": the tokenizer's own; a name of chat.NAMED_TEMPLATES (qwen25_math, luffy);
     # a path ending in .jinja (the file is read); or a literal Jinja template (containing "{{")
     chat_template: str | None = None
-    require_trace: bool = True  # training needs the offline trace; evaluation does not
-    max_prompt_tokens: int = 1024
+    # the offline trace column: None = what the preset needs (a training run: red, sft, luffy... read it; grpo
+    # and the other online-only presets read prompt/answer files as they are; elsewhere: required)
+    require_trace: bool | None = None
+    max_prompt_tokens: int = 1024  # longest templated prompt; a longer one is refused or dropped (too_long_prompt)
     max_response_tokens: int = 8192  # the trace, EOS included, is cut to this many tokens
     too_long_prompt: str = "error"  # "error": fail naming the row; "drop": skip, count and warn
     eos_token: str | None = None  # None: the tokenizer's eos_token
@@ -65,8 +70,8 @@ class DataConfig:
     answer_check_workers: int = 0  # >0: check in that many processes (46k rows take minutes in one)
     limit: int | None = None  # read only the first N rows (after validation of those rows)
     global_batch_size: int = 64  # prompts per step, over all DP ranks
-    shuffle: bool = True
-    seed: int = 0
+    shuffle: bool = True  # shuffle the order every epoch (seeded by data.seed and the epoch)
+    seed: int = 0  # the data order's seed
 
     def __post_init__(self):
         if self.schema not in SCHEMAS:
@@ -153,7 +158,7 @@ def read_records(cfg: DataConfig) -> list[RawRecord]:
         keys.append(cfg.prompt_key)
     else:
         keys.append(cfg.problem_key)
-    if cfg.require_trace:
+    if cfg.require_trace is not False:
         keys.append(cfg.target_field)
     default_source = cfg.default_data_source or Path(cfg.path).stem
     out: list[RawRecord] = []
@@ -185,7 +190,8 @@ def _record(cfg: DataConfig, row: int, line: int | None, rec: dict, default_sour
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
         messages.append({"role": "user", "content": cfg.prompt_template.replace("{problem}", problem)})
     gold = parse_gold(get_field(rec, cfg.answer_field), loc, cfg.answer_field)
-    trace = parse_trace(get_field(rec, cfg.target_field), loc, cfg.target_field) if cfg.require_trace else None
+    trace = parse_trace(get_field(rec, cfg.target_field), loc, cfg.target_field) \
+        if cfg.require_trace is not False else None
     src = get_field(rec, cfg.data_source_key)
     if src is None or src is MISSING:  # absent: the file's name
         src = default_source

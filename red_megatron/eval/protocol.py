@@ -56,9 +56,9 @@ def benchmark_name(data_source: str) -> str:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    temperature: float = 0.6
-    max_tokens: int = 8192
-    seed: int = 0
+    temperature: float = 0.6  # sampling temperature of the evaluation (the paper: 0.6)
+    max_tokens: int = 8192  # longest generated answer, in tokens
+    seed: int = 0  # sampling seed (each row's seed derives from it)
     limit: int | None = None  # unique problems in all (first ones, file order)
     per_source_limit: int | None = None  # unique problems per benchmark
     max_repeats: int | None = None  # rows kept per problem (e.g. 4 of the 32 AIME repeats on a CPU)

@@ -28,6 +28,10 @@ _NEMO_HEAD_IP = re.compile(r'^(?P<var>\w+)=\$\(srun --nodes=1 --ntasks=1 -w "\$h
                            re.MULTILINE)
 HEAD_NODE_LINE = '{var}=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)'
 _NEMO_WORKDIR = re.compile(r" --container-workdir /nemo_run/code(?= .*--container-workdir=)")
+# With sbatch --signal=USR1@N Slurm signals every process of the step, torchrun too, which SIGUSR1 would kill
+# (its default action) and the step's end would then kill the ranks mid-save: torchrun starts with SIGUSR1
+# ignored (an ignored signal stays ignored across exec), its ranks install their own handler (run_control.py).
+USR1_IGNORED_TORCHRUN = """bash -c 'trap "" USR1; exec torchrun "$@"' torchrun"""
 
 
 def finalize_sbatch(script: str) -> str:
@@ -39,8 +43,13 @@ def finalize_sbatch(script: str) -> str:
       step running ``hostname --ip-address`` (which may print several addresses, or a loopback one).
     """
     script = _NEMO_HEAD_IP.sub(lambda m: HEAD_NODE_LINE.format(var=m.group("var")), script)
-    return "\n".join(_NEMO_WORKDIR.sub("", line) if line.startswith("srun ") else line
-                     for line in script.split("\n"))
+    usr1 = re.search(r"^#SBATCH --signal=USR1@", script, re.MULTILINE) is not None
+
+    def srun(line: str) -> str:
+        line = _NEMO_WORKDIR.sub("", line)
+        return line.replace(" torchrun ", f" {USR1_IGNORED_TORCHRUN} ", 1) if usr1 else line
+
+    return "\n".join(srun(line) if line.startswith("srun ") else line for line in script.split("\n"))
 
 
 def _install_sbatch_fixes() -> None:
@@ -157,6 +166,7 @@ def build_executor(spec: LaunchSpec, nemorun_home: Path, title: str = "red-megat
         cpus_per_task=spec.cpus_per_task,
         mem=spec.mem,
         gres=spec.gres,
+        signal=f"USR1@{spec.signal_before}" if spec.signal_before else None,
     )
 
 

@@ -41,6 +41,9 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     sequential: bool | None = None  # None: sequential locally (one machine), parallel on Slurm
     detach: bool = False  # slurm: return after sbatch instead of waiting for the job
+    # slurm: SIGUSR1 to the training processes this many seconds before the time limit (sbatch --signal):
+    # they finish the step, save a checkpoint and exit 3 (docs/RUNS.md); None: only Slurm's SIGTERM at the limit
+    signal_before: int | None = None
 
     def __post_init__(self) -> None:
         if self.executor not in ("local", "slurm"):
@@ -88,6 +91,12 @@ class LaunchSpec:
                             ("--mem", self.mem), ("--gres", self.gres)):
                 if v:
                     raise ValueError(f"{flag} is a Slurm resource: it needs --executor slurm")
+        if self.signal_before is not None:
+            if self.executor != "slurm":
+                raise ValueError("--signal-before needs --executor slurm (locally, send the run SIGTERM or SIGINT)")
+            if not (isinstance(self.signal_before, int) and 1 <= self.signal_before <= 65535):
+                raise ValueError(f"--signal-before must be an int of seconds in [1, 65535] (sbatch --signal's "
+                                 f"range), got {self.signal_before!r}")
         if self.detach and self.executor != "slurm":
             raise ValueError("--detach is only supported with --executor slurm")
 

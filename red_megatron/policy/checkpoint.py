@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import signal
 import threading
 import warnings
 from dataclasses import dataclass
@@ -223,6 +224,10 @@ def prestart_writer() -> None:
         return
 
     def run():
+        # The helper inherits this thread's signal mask: torchrun stops a worker by signalling its process
+        # group, and the helper must outlive the stop signal to write the checkpoint the trainer then saves
+        # (the main thread, which does not block them, still receives the signals).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
         try:
             queue = start()
             # The helper imports torch's checkpoint classes when it first unpickles a write result

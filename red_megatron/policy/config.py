@@ -15,8 +15,8 @@ CKPT_SHARDING = ("dp_reshardable", "fully_reshardable")
 
 @dataclass(kw_only=True)
 class PolicyConfig:
-    tp: int = 1
-    pp: int = 1
+    tp: int = 1  # megatron tensor parallelism (divides the attention and KV heads)
+    pp: int = 1  # megatron pipeline parallelism (divides the layers)
     cp: int = 1  # context parallelism: each sequence split over cp ranks (2·cp load-balanced chunks)
     # megatron's sequence parallelism (norms on sequence shards, activations / TP); None: on iff tp > 1
     sequence_parallel: bool | None = None
@@ -36,17 +36,18 @@ class PolicyConfig:
     min_lr_ratio: float = 0.1  # cosine decays to min_lr_ratio · lr
     warmup_steps: int = 0  # linear warmup updates
     lr_decay_steps: int = 1000  # updates from 0 to the end of the cosine (set to the run's steps)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.95  # AdamW beta2
+    adam_eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (0 in the paper)
     clip_grad: float = 1.0  # global grad-norm clip; 0 disables clipping
+    # shard the fp32 main params and optimizer state over DP (megatron's distributed optimizer)
     use_distributed_optimizer: bool = True
     loss_impl: str = "auto"  # 'kernel' (Triton), 'reference' (PyTorch), 'auto' = kernel iff CUDA
     grad_in_forward: bool = True  # Triton kernel only: dL/dlogits written in place into the logits buffer in the forward (no extra [T, V] tensor)
     checkpoint_sharding: str = "dp_reshardable"  # 'fully_reshardable' to resume the optimizer at another TP/PP
     keep_last_checkpoints: int = 2  # 0 keeps all
-    seed: int = 1234
+    seed: int = 1234  # model-parallel RNG seed when the caller gives none (a training run passes its own seed)
 
     @property
     def use_sequence_parallel(self) -> bool:

@@ -76,7 +76,9 @@ def build_scheduler(optimizer, s: OptimSettings):
                                    lr_warmup_steps=s.warmup_steps, lr_decay_steps=s.lr_decay_steps,
                                    lr_decay_style="cosine", start_wd=s.weight_decay, end_wd=s.weight_decay,
                                    wd_incr_steps=max(1, s.lr_decay_steps), wd_incr_style="constant",
-                                   use_checkpoint_opt_param_scheduler=True, override_opt_param_scheduler=False)
+                                   # a resume applies the run's schedule, not the checkpoint's (lr, warm-up, decay):
+                                   # only the update count comes from the checkpoint (issue 28)
+                                   use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True)
 
 
 def zero_grads(ddp_chunks: list, optimizer) -> None:

@@ -58,6 +58,15 @@ def resolve_callable(path: str) -> Callable[..., Any]:
 def _worker_main(conn, fn_path: str, init_path: str | None = None, init_args: tuple = ()) -> None:
     """Worker loop: import the verifier (and run its initializer) once, say ready, then answer
     tasks until told to stop."""
+    import signal
+
+    # The trainer decides when to stop, then closes the pool: a worker leaves the trainer's process group, which
+    # Ctrl-C and torchrun's stop (a SIGTERM to the group) reach, and ignores Slurm's pre-timeout SIGUSR1 (sent to
+    # every process of the job step). SIGTERM to the worker itself keeps its default: multiprocessing ends daemon
+    # workers with it at exit. A worker whose trainer died reads EOF and leaves.
+    os.setsid()
+    for sig in (signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     fn = resolve_callable(fn_path)
     if init_path is not None:
         resolve_callable(init_path)(*init_args)
@@ -65,7 +74,7 @@ def _worker_main(conn, fn_path: str, init_path: str | None = None, init_args: tu
     while True:
         try:
             msg = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, OSError, KeyboardInterrupt):  # the parent closed the pipe, or died
             return
         if msg is None:
             return

@@ -42,18 +42,19 @@ class RewardConfig:
         worker and its full timeout_s, and a fresh worker serves the queue (None: the queue waits
         for it), so answers that hang without looking slow cannot starve the rest of a step.
     """
-    num_workers: int = 2
+    num_workers: int = 2  # verifier processes (math-verify runs in them, under timeouts)
     timeout_s: float = 10.0
     step_timeout_s: float | None = None
     typical_answer_s: float = 0.25  # per-answer budget in the default step deadline (measured: ~0.01-0.05 s)
     patience_s: float | None = 1.0
     rel_tol: float = 1e-9
+    # how verifier processes start: 'forkserver' or 'spawn' (fork is unsafe with torch threads)
     start_method: str = "forkserver"
-    exact_match_fast_path: bool = True
+    exact_match_fast_path: bool = True  # score an answer equal to the gold after normalisation without math-verify
     # "module:function" run in the workers: (pred, gold, timeout_s) -> (bool, reason).
     # Swappable so tests can inject hangs and crashes; the product never changes it.
     verify_fn: str = "red_megatron.reward.verify:verify_answer"
-    startup_timeout_s: float = 120.0
+    startup_timeout_s: float = 120.0  # the longest a verifier process may take to start and import
 
     def step_deadline_s(self, num_answers: int) -> float:
         """The deadline of one ``score`` call that sends ``num_answers`` to the workers."""

@@ -29,6 +29,10 @@ class ColocatedRollout(Rollout):
             self.refit_plan = RefitPlan.for_engine(self.engine, policy.hf_weight_specs(),
                                                    bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
 
+    @property
+    def local_engine(self):
+        return self.engine
+
     def take(self, step: int) -> Experience:
         return self.experience(self.loader.next_batch(), step)
 

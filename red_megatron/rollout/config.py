@@ -43,15 +43,15 @@ class RolloutConfig:
     """
 
     tp_infer: int = 1
-    gpu_memory_utilization: float = 0.5
-    max_model_len: int = 1024
-    dtype: str = "bfloat16"
-    enforce_eager: bool = True
-    seed: int = 0
+    gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU memory (weights + KV cache); ignored on the CPU
+    max_model_len: int = 1024  # vLLM's context window: at least data.max_prompt_tokens + data.max_response_tokens
+    dtype: str = "bfloat16"  # the engine's weights and activations (float32 on the CPU recipe)
+    enforce_eager: bool = True  # no CUDA graphs (faster start, slower decode)
+    seed: int = 0  # vLLM's engine seed (each request is seeded from the run's seed and step as well)
     enable_sleep_mode: bool = False
-    enable_prefix_caching: bool = True
-    executor: str = "uni"
-    max_num_seqs: int = 256
+    enable_prefix_caching: bool = True  # vLLM's prefix cache: the G samples of a prompt share its KV blocks
+    executor: str = "uni"  # 'uni' (in-process, tp_infer=1) or 'external_launcher' (one engine shard a torchrun rank)
+    max_num_seqs: int = 256  # sequences vLLM decodes at once (and, on the CPU, what sizes its KV cache)
     # tokens vLLM schedules in one step; None: vLLM's default
     max_num_batched_tokens: int | None = None
     logprobs_mode: str = "processed_logprobs"

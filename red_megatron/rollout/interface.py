@@ -32,6 +32,7 @@ from red_megatron.experience import Experience
 
 class Rollout(ABC):
     timeline = None  # a run timeline (rollout/timeline.py) where the implementation keeps one
+    local_engine = None  # an engine in this process that others may use between steps (evaluation), if any
 
     @abstractmethod
     def take(self, step: int) -> Experience:

@@ -30,6 +30,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -257,6 +258,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.join and not (args.address and args.model_dir and args.rollout_json):
         p.error("either --join DIR or all of --address, --model-dir and --rollout-json")
+    # Slurm's pre-timeout SIGUSR1 (red-launch --signal-before) reaches every process of the job step; the
+    # trainer stops after its step and then closes the engines (vLLM's own processes inherit the ignore)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"[engine {args.index}] %(levelname)s %(message)s")
     return serve(args)
 

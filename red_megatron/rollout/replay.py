@@ -26,6 +26,10 @@ class _Wrapper(Rollout):
         self.inner = inner
         self.timeline = inner.timeline
 
+    @property
+    def local_engine(self):
+        return self.inner.local_engine
+
     def refit(self, stream, version: int, step: int) -> dict:
         return self.inner.refit(stream, version, step)
 

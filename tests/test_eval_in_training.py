@@ -1,0 +1,43 @@
+"""eval.every (issue 28, item 4): the run evaluates itself on eval.data_path with its own engine every N steps
+and after the last one, logs eval/* with the step's metrics and writes a table a row a step into run_dir/eval,
+without changing what it trains."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from red_megatron.metrics import read_metrics
+from tests.procs import run_in_session
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def _train(run_dir, *overrides):
+    cmd = [sys.executable, "-m", "red_megatron.cli.train", "--recipe", "tiny_cpu", "--run-dir", str(run_dir),
+           "steps=2", "export_hf=false", "metrics.progress=false", *overrides]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    rc, out, err = run_in_session(cmd, timeout=600, what="red-train", env=env, cwd=REPO)
+    assert rc == 0, err[-4000:]
+    return err
+
+
+def test_eval_every_writes_its_table_and_leaves_training_alone(tmp_path):
+    err = _train(tmp_path / "eval", "eval.every=1", "eval.periodic_limit=2", "eval.protocol.limit=4",
+                 "eval.protocol.max_tokens=16")
+    assert "eval at step 1: Avg." in err and "eval at step 2: Avg." in err
+    recs = read_metrics(tmp_path / "eval")
+    assert all(0.0 <= r["eval/acc"] <= 100.0 and r["eval/len"] > 0 for r in recs)
+    assert all("eval/synthetic_copy/acc" in r for r in recs)
+    table = (tmp_path / "eval" / "eval" / "table.md").read_text()
+    assert "| step 1 |" in table and "| step 2 |" in table
+    assert "over 2 problems" in table and "over 4 problems" in table  # the periodic subset, then the whole
+    assert sorted(p.name for p in (tmp_path / "eval" / "eval").glob("step_*")) == ["step_00000001", "step_00000002"]
+    _train(tmp_path / "plain")
+    plain = read_metrics(tmp_path / "plain")
+    for key in ("optim/loss", "optim/grad_norm", "reward/mean", "entropy/h_rl"):
+        assert [r[key] for r in recs] == [r[key] for r in plain], f"{key}: evaluating changed the training"
+    assert not any(k.startswith("eval/") for k in plain[-1])
