@@ -17,7 +17,7 @@ from red_megatron.algo.presets import preset_stages
 from red_megatron.data.dataset import DataConfig
 from red_megatron.eval.protocol import EvalConfig
 from red_megatron.metrics import MetricsConfig
-from red_megatron.policy.config import PolicyConfig
+from red_megatron.policy.config import PolicyConfig, check_expert_grid
 from red_megatron.reward.scorer import RewardConfig
 from red_megatron.rollout.config import RolloutConfig
 
@@ -105,6 +105,7 @@ def check_layout(cfg: RunConfig, world_size: int) -> int:
         what = f"policy.tp={tp} × policy.pp={pp}" + (f" × policy.cp={cp}" if cp > 1 else "")
         raise ValueError(f"{what} must divide the world size {world_size}")
     dp = world_size // (tp * pp * cp)
+    check_expert_grid(world_size, tp=tp, pp=pp, ep=cfg.policy.ep)
     if cfg.data.global_batch_size % dp != 0:
         raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
                          f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp}"
@@ -131,6 +132,7 @@ def check_checkpoint(cfg: RunConfig) -> None:
     hf = read_hf_config(cfg.model_dir)
     hf.check_megatron_tp(cfg.policy.tp)
     hf.check_pp(cfg.policy.pp)
+    hf.check_ep(cfg.policy.ep)
     online = any(s.online for s in preset_stages(cfg.algo.preset))
     if online:
         hf.check_vllm_tp(cfg.rollout.tp_infer)

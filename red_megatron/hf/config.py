@@ -102,13 +102,19 @@ class HFModelConfig:
 
     # --- what a layout may do with these heads and layers (the one statement of each rule) ---------
     def check_megatron_tp(self, tp: int, field: str = "policy.tp") -> None:
-        """Megatron shards q heads and KV groups: TP must divide both."""
-        for name, n in (("num_attention_heads", self.num_heads), ("num_key_value_heads", self.num_kv_heads)):
+        """Megatron shards q heads and KV groups (and each expert's matrices, expert-TP = TP): TP divides them."""
+        sizes = [("num_attention_heads", self.num_heads), ("num_key_value_heads", self.num_kv_heads)]
+        if self.is_moe:
+            sizes.append(("moe_intermediate_size", self.moe_intermediate_size))
+        for name, n in sizes:
             if n % tp != 0:
                 raise ValueError(f"{field}={tp} must divide the checkpoint's {name}={n}")
 
     def check_vllm_tp(self, tp_infer: int, field: str = "rollout.tp_infer") -> None:
         check_vllm_tp(self.num_heads, self.num_kv_heads, tp_infer, field)
+        if self.is_moe and self.moe_intermediate_size % tp_infer != 0:  # vLLM's fused MoE splits each expert
+            raise ValueError(f"{field}={tp_infer} must divide the checkpoint's moe_intermediate_size="
+                             f"{self.moe_intermediate_size}")
 
     def check_ep(self, ep: int, field: str = "policy.ep") -> None:
         """Expert parallelism splits the routed experts evenly over the EP ranks (a dense model takes ep=1)."""

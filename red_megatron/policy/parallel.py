@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from red_megatron.policy import compat
+from red_megatron.policy.config import check_expert_grid
 
 
 @dataclass(kw_only=True)
@@ -200,7 +201,7 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, *, cp: int =
     world = dist.get_world_size()
     if world % (cfg.tp * cfg.cp * cfg.pp) != 0:
         raise ValueError(f"world_size {world} is not a multiple of tp*cp*pp = {cfg.tp}*{cfg.cp}*{cfg.pp}")
-    check_expert_grid(world, tp=cfg.tp, pp=cfg.pp, cp=cfg.cp, ep=cfg.ep)
+    check_expert_grid(world, tp=cfg.tp, pp=cfg.pp, ep=cfg.ep)
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
@@ -218,20 +219,6 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, *, cp: int =
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
     _current = _read_groups()
     return _current
-
-
-def check_expert_grid(world: int, *, tp: int, pp: int, cp: int, ep: int, field: str = "policy.ep") -> None:
-    """The one statement of the expert-parallel layout rules (the run validator calls it too).
-
-    megatron-core lays the experts out on a second grid over the same ranks: expert-TP (= tp) × EP ×
-    expert-DP × PP, so tp·ep·pp must divide the world (EP ranks are taken from the data- and
-    context-parallel ranks of one pipeline stage)."""
-    if ep == 1:
-        return
-    if world % (tp * ep * pp) != 0:  # the same as: ep divides dp·cp = world / (tp·pp)
-        raise ValueError(f"{field}={ep} × policy.tp={tp} × policy.pp={pp} must divide the world size {world}: "
-                         f"the experts are split over the data- and context-parallel ranks (dp × cp = "
-                         f"{world // (tp * pp) if world % (tp * pp) == 0 else 'not an integer'})")
 
 
 def current() -> ParallelGroups:

@@ -59,10 +59,10 @@ class MegatronPolicy:
 
         if not chunks:
             raise ValueError("MegatronPolicy needs at least one model chunk")
-        if (groups.tp_size, groups.pp_size, groups.cp_size) != (cfg.tp, cfg.pp, cfg.cp):
+        if (groups.tp_size, groups.pp_size, groups.cp_size, groups.ep_size) != (cfg.tp, cfg.pp, cfg.cp, cfg.ep):
             raise ValueError(f"the model-parallel groups are tp={groups.tp_size} pp={groups.pp_size} "
-                             f"cp={groups.cp_size}, PolicyConfig asks for policy.tp={cfg.tp} policy.pp={cfg.pp} "
-                             f"policy.cp={cfg.cp}")
+                             f"cp={groups.cp_size} ep={groups.ep_size}, PolicyConfig asks for policy.tp={cfg.tp} "
+                             f"policy.pp={cfg.pp} policy.cp={cfg.cp} policy.ep={cfg.ep}")
         # the layout of the chunks as built (from_hf builds them from cfg.use_sequence_parallel)
         self.sequence_parallel = bool(get_model_config(chunks[0]).sequence_parallel)
         self.groups = groups
@@ -105,12 +105,14 @@ class MegatronPolicy:
         if parallel.is_initialized():  # e.g. a test's worker pool initialised the groups already
             groups = parallel.current()
         else:
-            groups = parallel.init_model_parallel(tp=cfg.tp, pp=cfg.pp, cp=cfg.cp,
+            groups = parallel.init_model_parallel(tp=cfg.tp, pp=cfg.pp, cp=cfg.cp, ep=cfg.ep,
                                                   seed=cfg.seed if seed is None else seed)
         hf = read_hf_config(hf_dir)
         chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype],
                                    options=model.ModelOptions(sequence_parallel=cfg.use_sequence_parallel),
-                                   lm_head_fp32=cfg.lm_head_fp32)
+                                   lm_head_fp32=cfg.lm_head_fp32,
+                                   moe=model.MoEOptions(aux_loss_coeff=cfg.moe_aux_loss_coeff,
+                                                        router_fp32=cfg.moe_router_fp32))
         convert.load_hf_weights(chunks, hf_dir, groups=groups)
         return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
                    pad_id=hf.pad_token_id, loss=loss)
