@@ -47,3 +47,71 @@ def moe_export_worker(ckpt: str, out_dir: str, tp: int, ep: int):
         export_hf(chunks, ckpt, out_dir, groups=groups)
         specs = hf_weight_specs(chunks)
     return [n for n, _, _ in specs]
+
+
+def hf_routing(ckpt: str, sequences: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """transformers' routing of each sequence in the one format [tokens, layers, topk] (-1 on dense layers),
+    and its log-probs of tokens 1.. (the reference "engine" of the replay tests)."""
+    from transformers import AutoModelForCausalLM
+
+    from red_megatron.hf.config import read_hf_config
+
+    hf = read_hf_config(ckpt)
+    m = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager").eval()
+    routes, logps = [], []
+    with torch.no_grad():
+        for seq in sequences:
+            out = m(input_ids=seq[None], output_router_logits=True)
+            r = torch.full((seq.numel(), hf.num_layers, hf.moe_top_k), -1, dtype=torch.int16)
+            moe_ids = [i for i, is_moe in enumerate(hf.moe_layers) if is_moe]
+            for layer, logits in zip(moe_ids, out.router_logits):
+                r[:, layer] = torch.softmax(logits.float(), -1).topk(hf.moe_top_k, dim=-1).indices.to(torch.int16)
+            routes.append(r)
+            lp = torch.log_softmax(out.logits[0, :-1].float(), -1)
+            logps.append(lp.gather(1, seq[1:, None].long())[:, 0])
+    return routes, logps
+
+
+def perturb_router(src: str, dst: str, scale: float, seed: int = 0) -> str:
+    """A copy of ``src`` whose routers (mlp.gate.weight) get N(0, scale·std) noise: a trainer/engine
+    mismatch confined to the routing decision."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    sd = load_file(f"{src}/model.safetensors")
+    g = torch.Generator().manual_seed(seed)
+    for k, v in sd.items():
+        if k.endswith("mlp.gate.weight"):
+            sd[k] = v + torch.randn(v.shape, generator=g) * v.std() * scale
+    save_file(sd, f"{dst}/model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def replay_worker(ckpt: str, ep: int, sequences: list[torch.Tensor], prompt_lens: list[int], routings: dict):
+    """Old-policy log-probs of the sequences with live routing and with each routing of ``routings``
+    (name -> per-sequence routing), then one update with the first routing replayed: returns the log-probs,
+    whether the routers' weights moved, and the expert-load metrics."""
+    from red_megatron.algo.contract import TokenTerms
+    from red_megatron.policy.config import PolicyConfig
+    from red_megatron.policy.moe import routers
+    from red_megatron.policy.policy import MegatronPolicy
+
+    cfg = PolicyConfig(ep=ep, dtype="float32", lr=1e-2, micro_batch_tokens=64, use_distributed_optimizer=False,
+                       loss_impl="reference")
+    with megatron_parallel(ep=ep) as groups:
+        policy = MegatronPolicy.from_hf(ckpt, cfg)
+        batch = policy.step_batch(sequences, prompt_lens)
+        out = {"live": policy.logprobs_and_entropy(batch)[0]}
+        for name, r in routings.items():
+            out[name] = policy.logprobs_and_entropy(batch, routing=r)[0]
+        before = [r.weight.detach().clone() for _, r in routers(policy.chunks)]
+        N = batch.num_tokens
+        terms = TokenTerms(kind_N=torch.zeros(N, dtype=torch.long), adv_N=torch.ones(N), rbar_N=torch.zeros(N),
+                           w_N=torch.ones(N), weight_N=torch.full((N,), 1.0 / N))
+        upd = policy.train_step(batch, terms=terms, logp_old_N=out["live"], routing=next(iter(routings.values())))
+        moved = [float((r.weight.detach() - b).abs().max()) for (_, r), b in zip(routers(policy.chunks), before)]
+        out.update(router_moved=moved, moe_metrics={k: v for k, v in upd.items() if k.startswith("moe/")},
+                   after=policy.logprobs_and_entropy(batch)[0])
+    return out

@@ -147,6 +147,22 @@ class ExpertLoad:
             self.counts[slot] += routing_map.detach().sum(dim=0).to("cpu", torch.float64)
         return hook
 
+    def reduce(self, groups, *, sequence_parallel: bool) -> "ExpertLoad":
+        """Sum the counts over the ranks that saw different tokens: data × context parallel, and the TP ranks
+        under sequence parallelism (each routes its slice of the sequence). Pipeline stages keep their own
+        layers (rank 0 reports the first stage's)."""
+        import torch.distributed as dist
+
+        spans = [(groups.dp_cp_group, groups.dp_size * groups.cp_size)]
+        if sequence_parallel:
+            spans.append((groups.tp_group, groups.tp_size))
+        for group, size in spans:
+            if size > 1:
+                moved = self.counts.to(groups.device)
+                dist.all_reduce(moved, group=group)
+                self.counts = moved.cpu()
+        return self
+
     def metrics(self, prefix: str = "moe/") -> dict[str, float]:
         out = {}
         if not self.layers:

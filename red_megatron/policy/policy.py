@@ -164,18 +164,25 @@ class MegatronPolicy:
         return StepBatch(sequences=seqs, micro_batches=tuple(mb.to(self.groups.device) for mb in self.micro_batches(seqs)))
 
     # --- passes --------------------------------------------------------------------------------------
-    def logprobs_and_entropy(self, tokens, prompt_lens=None, temperature: float | None = None
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprobs_and_entropy(self, tokens, prompt_lens=None, temperature: float | None = None, *,
+                             routing: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logp_N, entropy_N) fp32 on the CPU, no grad (old-policy pass). ``tokens``: a StepBatch or
-        sequences with ``prompt_lens``; ``temperature``: the loss's (``self.loss``) unless given."""
+        sequences with ``prompt_lens``; ``temperature``: the loss's (``self.loss``) unless given.
+        ``routing``: per sequence, the experts to replay in the MoE layers (policy/routing_replay.py)."""
         batch = self.step_batch(tokens, prompt_lens)
         temperature = self.loss.temperature if temperature is None else float(temperature)
-        logp, ent = logprob_pass(self.ddp, batch, groups=self.groups, vocab_size=self.vocab_size,
-                                 temperature=temperature, logprob_entropy=self._logprob_entropy)
+        with self._replay(batch, routing):
+            logp, ent = logprob_pass(self.ddp, batch, groups=self.groups, vocab_size=self.vocab_size,
+                                     temperature=temperature, logprob_entropy=self._logprob_entropy)
         return logp.cpu(), ent.cpu()
 
+    def _replay(self, batch, routing):
+        from red_megatron.policy.routing_replay import replay
+
+        return replay(self.ddp, batch, routing, groups=self.groups, sequence_parallel=self.sequence_parallel)
+
     def train_step(self, tokens, prompt_lens=None, terms=None, logp_old_N: torch.Tensor | None = None, *,
-                   ref_logp_N: torch.Tensor | None = None) -> dict[str, float]:
+                   ref_logp_N: torch.Tensor | None = None, routing: list | None = None) -> dict[str, float]:
         """One optimiser update on the RED loss of this batch (all micro-batches), with ``self.loss``.
 
         ``tokens``: the StepBatch of the old-policy pass (or sequences with ``prompt_lens``).
@@ -188,6 +195,8 @@ class MegatronPolicy:
         when the loss or grad norm was NaN/Inf: weights, optimizer state and schedule are left
         untouched), micro_batches, seconds; with ``logp_old_N=None`` also ``token_outputs``: the
         forward's (logp_N, entropy_N), fp32 on the CPU in N order, as ``logprobs_and_entropy`` returns.
+        An MoE model also returns ``moe/...`` expert-load metrics (policy/moe.py ``ExpertLoad``, over the
+        DP replicas) and replays ``routing`` (per sequence) in its routed layers when given.
         """
         t0 = time.perf_counter()
         if terms is None:
@@ -201,14 +210,19 @@ class MegatronPolicy:
                              f"got {terms.num_tokens}")
         zero_grads(self.ddp, self.optimizer)
         on_policy = logp_old_N is None
-        stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
-                           vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
-                           grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy)
+        from red_megatron.policy.moe import ExpertLoad
+
+        with self._replay(batch, routing), ExpertLoad(self.chunks) as load:
+            stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
+                               vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
+                               grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy)
         step = optimizer_step(self.optimizer, self.scheduler, clip_grad=self.cfg.clip_grad,
                               loss_finite=stats["loss_finite"])
         out = {"loss": stats["loss"], "grad_norm": step["grad_norm"], "lr": step["lr"],
                "clip_frac": stats["clip_frac"], "skipped": step["skipped"],
                "micro_batches": float(len(batch.micro_batches)), "seconds": time.perf_counter() - t0}
+        if load.layers:
+            out.update(load.reduce(self.groups, sequence_parallel=self.sequence_parallel).metrics())
         if on_policy:
             out["token_outputs"] = (stats["logp_N"].cpu(), stats["entropy_N"].cpu())
         return out
