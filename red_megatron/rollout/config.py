@@ -61,6 +61,9 @@ class RolloutConfig:
     # sampled log-probs and the trainer's differ less (docs/ASYNC.md); no effect on an fp32 engine
     lm_head_fp32: bool = False
     engine_devices: str | None = None  # disaggregated: "6,7": engine i sees device i of the list only (None: inherit)
+    # MoE: each sample comes back with the experts it was routed to ([tokens, layers, topk], rollout/routing.py),
+    # for algo.routing_replay='rollout'; needs enable_prefix_caching=false (a cached prefix is never run)
+    return_routing: bool = False
 
     def __post_init__(self) -> None:
         if self.tp_infer < 1:
@@ -101,6 +104,9 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.lm_head_fp32 must be a bool (true/false), got {self.lm_head_fp32!r}")
         if not isinstance(self.refit_fast_path, bool):
             raise ValueError(f"RolloutConfig.refit_fast_path must be a bool (true/false), got {self.refit_fast_path!r}")
+        if self.return_routing and self.enable_prefix_caching:
+            raise ValueError("RolloutConfig.return_routing=true needs enable_prefix_caching=false: a cached prompt "
+                             "prefix is never run, so its tokens would have no routing to replay")
         if self.engine_devices is not None:
             ids = [d.strip() for d in str(self.engine_devices).split(",")]
             if not all(d.isdigit() for d in ids) or len(ids) != self.num_engines:
