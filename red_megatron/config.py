@@ -85,6 +85,12 @@ class RunConfig:
             warnings.warn(f"{on}.lm_head_fp32=true but {off}.lm_head_fp32=false: only one side computes its logits "
                           f"in fp32, so the train/inference log-prob gap it is meant to close stays; set both",
                           stacklevel=2)
+        if self.algo.routing_replay == "rollout" and not self.rollout.return_routing:
+            raise ValueError("algo.routing_replay='rollout' needs rollout.return_routing=true (and "
+                             "rollout.enable_prefix_caching=false): the engine must return each sample's experts")
+        if self.algo.routing_replay == "rollout" and self.rollout.placement == "disaggregated":
+            raise ValueError("algo.routing_replay='rollout' is implemented for rollout.placement='colocated' only "
+                             "(the disaggregated engines do not send routing yet)")
         if self.eval.data_path is not None and self.eval.protocol.max_tokens + self.data.max_prompt_tokens > \
                 self.rollout.max_model_len:
             raise ValueError(f"eval.protocol.max_tokens={self.eval.protocol.max_tokens} + data.max_prompt_tokens="
@@ -133,6 +139,9 @@ def check_checkpoint(cfg: RunConfig) -> None:
     hf.check_megatron_tp(cfg.policy.tp)
     hf.check_pp(cfg.policy.pp)
     hf.check_ep(cfg.policy.ep)
+    if (cfg.algo.routing_replay == "rollout" or cfg.rollout.return_routing) and not hf.is_moe:
+        raise ValueError(f"algo.routing_replay / rollout.return_routing need a mixture-of-experts checkpoint; "
+                         f"{cfg.model_dir} is {hf.architecture}")
     online = any(s.online for s in preset_stages(cfg.algo.preset))
     if online:
         hf.check_vllm_tp(cfg.rollout.tp_infer)

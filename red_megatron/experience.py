@@ -33,6 +33,9 @@ class Experience:
     # [B] the policy version (optimiser steps) that generated each sample, -1 for traces; empty when
     # not tracked (docs/ASYNC.md: with rollout.max_staleness k, a trained sample is at most k behind)
     policy_version: list[int] = field(default_factory=list)
+    # [B] each online sample's experts ([tokens, layers, topk], rollout/routing.py), None for traces; empty
+    # when the engine returns no routing (dense models, rollout.return_routing off)
+    routed_experts: list = field(default_factory=list)
 
     @property
     def response_len_B(self) -> torch.Tensor:
@@ -55,7 +58,8 @@ class Experience:
                 rewards_B=self.rewards_B[sel], engine_logp=pick(self.engine_logp),
                 finish_reasons=pick(self.finish_reasons),
                 reward_reasons=pick(self.reward_reasons) if self.reward_reasons else [], num_prompts=n,
-                traces_truncated=truncated, policy_version=pick(self.policy_version) if self.policy_version else []))
+                traces_truncated=truncated, policy_version=pick(self.policy_version) if self.policy_version else [],
+                routed_experts=pick(self.routed_experts) if self.routed_experts else []))
             lo += n
         return parts
 
@@ -75,7 +79,8 @@ def merge_experience(parts: Sequence[Experience]) -> Experience:
         is_offline_B=torch.cat([p.is_offline_B for p in parts]), rewards_B=torch.cat([p.rewards_B for p in parts]),
         engine_logp=cat("engine_logp"), finish_reasons=cat("finish_reasons"), reward_reasons=cat("reward_reasons"),
         num_prompts=sum(p.num_prompts for p in parts), traces_truncated=sum(p.traces_truncated for p in parts),
-        policy_version=cat("policy_version") if all(getattr(p, "policy_version", None) for p in parts) else [])
+        policy_version=cat("policy_version") if all(getattr(p, "policy_version", None) for p in parts) else [],
+        routed_experts=cat("routed_experts") if all(getattr(p, "routed_experts", None) for p in parts) else [])
 
 
 GenerateFn = Callable[..., list]  # RolloutEngine.generate's signature
@@ -104,7 +109,7 @@ def collect_experience(
             raise ValueError("collect_experience: num_online > 0 needs a rollout engine")
         online = generate([ex.prompt_ids for ex in examples], n=num_online, temperature=temperature, top_p=top_p,
                           max_tokens=max_response_tokens, seed=seed)
-    prompt_ids, response_ids, group, offline, engine_logp, finish, golds = [], [], [], [], [], [], []
+    prompt_ids, response_ids, group, offline, engine_logp, finish, golds, routed = [], [], [], [], [], [], [], []
     truncated = 0
     for g, ex in enumerate(examples):
         for s in (online[g] if online else []):
@@ -116,6 +121,7 @@ def collect_experience(
             group.append(g)
             offline.append(False)
             engine_logp.append(s_lp)
+            routed.append(getattr(s, "routed_experts", None))
             finish.append(s.finish_reason)
             golds.append(ex.gold)
         if with_offline:
@@ -127,6 +133,7 @@ def collect_experience(
             group.append(g)
             offline.append(True)
             engine_logp.append(None)
+            routed.append(None)
             finish.append("offline")
             golds.append(ex.gold)
             truncated += int(ex.trace_truncated)
@@ -136,5 +143,6 @@ def collect_experience(
         group_id_B=torch.tensor(group, dtype=torch.int64), is_offline_B=torch.tensor(offline, dtype=torch.bool),
         rewards_B=torch.tensor(rewards, dtype=torch.float32), engine_logp=engine_logp, finish_reasons=finish,
         reward_reasons=list(getattr(stats, "reasons", [])), num_prompts=len(examples), traces_truncated=truncated,
+        routed_experts=routed if any(r is not None for r in routed) else [],
     )
 

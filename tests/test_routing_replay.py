@@ -7,6 +7,7 @@ one format [tokens, layers, topk].
   silently off, i.e. if the routers ignored the indices;
 - a trainer whose routers are perturbed (noise on mlp.gate.weight) against the unperturbed engine: with the
   engine's routing replayed its log-probs are closer to the engine's than with its own routing;
+- a sequence without routing (an offline trace) routes live while the others replay, in one pass;
 - the update replays too: gradients still reach the routers (the gate probabilities of the replayed experts
   come from the router's logits), and expert-load metrics come back.
 """
@@ -44,8 +45,9 @@ def test_replay_bites_and_closes_a_routing_mismatch(dist2, dirs):
     engine_routing, engine_logp = hf_routing(base, seqs)
     own_routing, _ = hf_routing(perturbed, seqs)
     shifted = [torch.where(r >= 0, (r + 1) % 4, r) for r in engine_routing]
+    mixed = [None] + engine_routing[1:]  # sequence 0 as an offline trace: no engine routing, routed live
     outs = dist2.run(replay_worker, perturbed, 2, seqs, plens,
-                     {"engine": engine_routing, "own": own_routing, "shifted": shifted})
+                     {"engine": engine_routing, "own": own_routing, "shifted": shifted, "mixed": mixed})
     o = outs[0]
     ref = _resp(engine_logp, plens)
     flipped = sum(int((a != b).any(-1).sum()) for a, b in zip(engine_routing, own_routing))
@@ -55,6 +57,8 @@ def test_replay_bites_and_closes_a_routing_mismatch(dist2, dirs):
     gap_live = (o["live"] - ref).abs()
     gap_replay = (o["engine"] - ref).abs()
     assert gap_replay.max() < gap_live.max() and gap_replay.mean() < gap_live.mean(), (gap_replay, gap_live)
+    n0 = len(seqs[0]) - plens[0]
+    assert torch.equal(o["mixed"][:n0], o["live"][:n0]) and torch.equal(o["mixed"][n0:], o["engine"][n0:])
     # both ranks (EP peers, each with the same batch) agree
     assert torch.equal(outs[1]["engine"], o["engine"])
     # the update with replay: the routers learn and expert loads are reported

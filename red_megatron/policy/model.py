@@ -28,7 +28,7 @@ import torch
 
 from red_megatron.policy import compat
 from red_megatron.hf.config import HFModelConfig, read_hf_config, rope_inv_freq
-from red_megatron.policy.moe import MoEOptions, decoder_block_spec, detach_from_global_replay_list, moe_config_kwargs
+from red_megatron.policy.moe import MoEOptions, decoder_block_spec, moe_config_kwargs
 
 _ATTENTION = ("auto", "te", "sdpa", "local")
 _RECOMPUTE = (None, "full", "selective")
@@ -233,7 +233,9 @@ def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
     model.rotary_pos_emb.inv_freq = rope_inv_freq(hf).to(device)
     model.hf_config = hf  # the converter and exporter read it back from the chunk
     if hf.is_moe:
-        detach_from_global_replay_list([model])
+        from red_megatron.policy.routing_replay import install_slots
+
+        install_slots([model])
     return [model]
 
 

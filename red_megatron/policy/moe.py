@@ -12,8 +12,8 @@ What makes megatron-core's MoE layer compute what transformers' ``Qwen3MoeSparse
 
 RL settings (docs/MOE.md has the reasons): the router's logits and top-k in fp32
 (``moe_router_dtype='fp32'``) and the load-balancing auxiliary loss off unless ``aux_loss_coeff > 0``.
-Every router carries a megatron ``RouterReplay`` (``policy/routing_replay.py`` drives it per router, never
-through megatron's class-wide list, which would mix several models of one process).
+Every router carries the project's replay slot (``policy/routing_replay.py``) where megatron would hold its
+``RouterReplay`` (whose class-wide list of instances would mix several models of one process).
 
 Token dispatch: "allgather" on the CPU (gloo: the "alltoall" dispatcher's ``all_to_all_single`` call with
 split sizes fails there), "alltoall" with CUDA. Expert-tensor parallelism equals the policy's TP.
@@ -67,7 +67,7 @@ def moe_config_kwargs(hf: HFModelConfig, *, ep: int, moe: MoEOptions | None) -> 
         moe_router_pre_softmax=not hf.norm_topk_prob, moe_router_dtype="fp32" if moe.router_fp32 else None,
         moe_router_load_balancing_type="aux_loss" if aux else "none", moe_aux_loss_coeff=moe.aux_loss_coeff,
         moe_token_dispatcher_type=dispatcher, moe_grouped_gemm=False, moe_permute_fusion=False,
-        moe_router_fusion=False, moe_enable_routing_replay=True, expert_model_parallel_size=ep,
+        moe_router_fusion=False, expert_model_parallel_size=ep,
     )
 
 
@@ -107,28 +107,24 @@ def routers(chunks) -> list:
     return out
 
 
-def detach_from_global_replay_list(chunks) -> None:
-    """megatron appends every RouterReplay to one class-wide list; the project drives each router's own
-    instance, so this model's are taken off that list (a process building several models keeps none alive)."""
-    from megatron.core.transformer.moe.router_replay import RouterReplay
-
-    mine = {id(r.router_replay) for _, r in routers(chunks) if r.router_replay is not None}
-    RouterReplay.global_router_replay_instances[:] = [
-        r for r in RouterReplay.global_router_replay_instances if id(r) not in mine]
-
-
 class ExpertLoad:
     """Tokens routed to each expert of each routed layer, counted by forward hooks on the routers.
 
-    ``with ExpertLoad(chunks) as load: <passes>``, then ``load.metrics()``: per layer ``max/mean`` of the
-    tokens per expert (1.0 = perfectly balanced) and the overall maximum; summed over the DP and EP ranks by
-    the caller when wanted (``counts`` is [routed layers, experts] on this rank)."""
+    ``with ExpertLoad(chunks) as load: <passes>``, then ``load.reduce(groups, ...).metrics()``: per layer
+    ``max/mean`` of the tokens per expert (1.0 = perfectly balanced) and the mean tokens an expert got, the
+    overall maximum, and the switch load-balancing loss megatron's aux loss would add, over the step's tokens
+    (``moe/balance_loss``: E/(k·T²)·Σ_e tokens_e·Σ_t p_te summed over layers, 1.0 per layer when balanced;
+    ``moe/aux_loss`` = coeff × that when the auxiliary loss is on). It is a metric: the RED loss
+    (optim/loss) never includes it; megatron adds the auxiliary loss's gradient in the backward itself."""
 
-    def __init__(self, chunks):
+    def __init__(self, chunks, aux_loss_coeff: float = 0.0):
         self._routers = routers(chunks)
         self.layers = [i for i, _ in self._routers]
         n_exp = self._routers[0][1].config.num_moe_experts if self._routers else 0
+        self.topk = self._routers[0][1].topk if self._routers else 0
+        self.aux_loss_coeff = float(aux_loss_coeff)
         self.counts = torch.zeros(len(self._routers), n_exp, dtype=torch.float64)
+        self.prob_sums = torch.zeros(len(self._routers), n_exp, dtype=torch.float64)
         self._handles = []
 
     def __enter__(self) -> "ExpertLoad":
@@ -142,9 +138,13 @@ class ExpertLoad:
         self._handles = []
 
     def _hook(self, slot: int):
-        def hook(_module, _inputs, output):
-            routing_map = output[1]  # [tokens, experts] bool
-            self.counts[slot] += routing_map.detach().sum(dim=0).to("cpu", torch.float64)
+        def hook(module, inputs, output):
+            with torch.no_grad():
+                routing_map = output[1]  # [tokens, experts] bool
+                self.counts[slot] += routing_map.sum(dim=0).to("cpu", torch.float64)
+                x = inputs[0].reshape(-1, module.weight.shape[1]).float()
+                scores = torch.softmax(x @ module.weight.float().t(), dim=-1)  # the router's softmax, all experts
+                self.prob_sums[slot] += scores.sum(dim=0).to("cpu", torch.float64)
         return hook
 
     def reduce(self, groups, *, sequence_parallel: bool) -> "ExpertLoad":
@@ -158,9 +158,9 @@ class ExpertLoad:
             spans.append((groups.tp_group, groups.tp_size))
         for group, size in spans:
             if size > 1:
-                moved = self.counts.to(groups.device)
+                moved = torch.stack([self.counts, self.prob_sums]).to(groups.device)
                 dist.all_reduce(moved, group=group)
-                self.counts = moved.cpu()
+                self.counts, self.prob_sums = moved.cpu().unbind(0)
         return self
 
     def metrics(self, prefix: str = "moe/") -> dict[str, float]:
@@ -173,4 +173,10 @@ class ExpertLoad:
             out[f"{prefix}load_max_over_mean/layer{layer}"] = float(r)
             out[f"{prefix}tokens_per_expert/layer{layer}"] = float(m)
         out[f"{prefix}load_max_over_mean"] = float(ratio.max())
+        tokens = (self.counts.sum(dim=1) / max(self.topk, 1)).clamp_min(1.0)  # T per layer
+        E = self.counts.shape[1]
+        balance = E / (self.topk * tokens ** 2) * (self.counts * self.prob_sums).sum(dim=1)
+        out[f"{prefix}balance_loss"] = float(balance.sum())
+        if self.aux_loss_coeff > 0:
+            out[f"{prefix}aux_loss"] = self.aux_loss_coeff * float(balance.sum())
         return out

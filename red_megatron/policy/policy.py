@@ -212,7 +212,7 @@ class MegatronPolicy:
         on_policy = logp_old_N is None
         from red_megatron.policy.moe import ExpertLoad
 
-        with self._replay(batch, routing), ExpertLoad(self.chunks) as load:
+        with self._replay(batch, routing), ExpertLoad(self.chunks, self.cfg.moe_aux_loss_coeff) as load:
             stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
                                vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
                                grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy)
