@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from configs import get_recipe
 from red_megatron.config import check_world
@@ -99,3 +100,36 @@ def test_check_mode_validates_qwen3_30b_a3b(tmp_path, tiny_ckpt_dir, monkeypatch
     rc, out, err = run_train(["--recipe", "qwen3_30b_a3b", f"model_dir={ckpt}", "policy.ep=3", "data.global_batch_size=48", "--check",
                               "--world-size", "48"])
     assert rc == 2 and "policy.ep=3" in err and "Traceback" not in err, err
+
+
+def test_step_routing_never_lets_replay_go_silently_off():
+    from red_megatron.policy.routing_replay import step_routing
+
+    r = torch.zeros(6, 3, 2, dtype=torch.int16)
+    offline = torch.tensor([False, False, True])
+    assert step_routing("none", [r, r, None], offline) is None
+    assert step_routing("rollout", [r, r, None], offline) == [r, r, None]
+    with pytest.raises(ValueError, match=r"online sample\(s\) \[1\] have no routing"):
+        step_routing("rollout", [r, None, None], offline)
+    with pytest.raises(ValueError, match="carries routing for 0 of 3 samples"):
+        step_routing("rollout", [], offline)  # an engine without rollout.return_routing
+
+
+def test_routing_travels_in_the_experience_and_the_config_refuses_replay_without_it(tmp_path):
+    from red_megatron.experience import Experience, merge_experience
+
+    r = [torch.full((5, 3, 2), i, dtype=torch.int16) for i in range(4)]
+    exp = Experience(prompt_ids=[[1]] * 4, response_ids=[[2, 3]] * 4, group_id_B=torch.tensor([0, 0, 1, 1]),
+                     is_offline_B=torch.zeros(4, dtype=torch.bool), rewards_B=torch.zeros(4),
+                     engine_logp=[[0.0, 0.0]] * 4, finish_reasons=["stop"] * 4, num_prompts=2, routed_experts=r)
+    parts = exp.split([1, 1], [0, 0])
+    assert [int(x[0, 0, 0]) for x in parts[1].routed_experts] == [2, 3]
+    assert all(torch.equal(a, b) for a, b in zip(merge_experience(parts).routed_experts, r))
+    cfg, _ = _recipe(tmp_path)
+    with pytest.raises(ValueError, match="rollout.return_routing=true"):
+        apply_overrides(cfg, ["algo.routing_replay=rollout"])
+    with pytest.raises(ValueError, match="enable_prefix_caching=false"):
+        apply_overrides(cfg, ["algo.routing_replay=rollout", "rollout.return_routing=true"])
+    ok = apply_overrides(cfg, ["algo.routing_replay=rollout", "rollout.return_routing=true",
+                               "rollout.enable_prefix_caching=false"])
+    check_world(ok, 16)
