@@ -155,3 +155,37 @@ def logprob_worker(ckpt: str, ep: int, seqs: list[torch.Tensor], prompt_lens: li
         if routing is not None:
             out["replay"] = policy.logprobs_and_entropy(batch, routing=routing)[0]
     return out
+
+
+def checkpoint_resume_worker(ckpt: str, ep: int, root: str, seqs: list[torch.Tensor]):
+    """Two updates straight, against one update + save + a fresh policy that resumes + one update: the
+    losses, grad norms and weights of the second update (EP=``ep``, distributed optimizer)."""
+    from red_megatron.algo.contract import TokenTerms
+    from red_megatron.policy.config import PolicyConfig
+    from red_megatron.policy.policy import MegatronPolicy
+
+    cfg = PolicyConfig(ep=ep, dtype="float32", lr=1e-2, micro_batch_tokens=128, loss_impl="reference")
+
+    def step(policy):
+        batch = policy.step_batch(seqs, [4] * len(seqs))
+        N = batch.num_tokens
+        terms = TokenTerms(kind_N=torch.full((N,), 3, dtype=torch.long), adv_N=torch.ones(N), rbar_N=torch.zeros(N),
+                           w_N=torch.ones(N), weight_N=torch.full((N,), 1.0 / N))
+        return policy.train_step(batch, terms=terms, logp_old_N=policy.logprobs_and_entropy(batch)[0])
+
+    def weights(policy):
+        return {k: v.detach().clone() for k, v in policy.chunks[0].named_parameters()}
+
+    with megatron_parallel(ep=ep):
+        a = MegatronPolicy.from_hf(ckpt, cfg)
+        step(a)
+        a.save_checkpoint(root, 1, {"step": 1})
+        straight = step(a)
+        wa = weights(a)
+    with megatron_parallel(ep=ep):
+        b = MegatronPolicy.from_hf(ckpt, cfg)
+        state = b.load_latest_checkpoint(root)
+        resumed = step(b)
+        wb = weights(b)
+    return {"straight": (straight["loss"], straight["grad_norm"]), "resumed": (resumed["loss"], resumed["grad_norm"]),
+            "state": state, "max_weight_diff": max(float((wa[k] - wb[k]).abs().max()) for k in wa)}
