@@ -189,3 +189,25 @@ def checkpoint_resume_worker(ckpt: str, ep: int, root: str, seqs: list[torch.Ten
         wb = weights(b)
     return {"straight": (straight["loss"], straight["grad_norm"]), "resumed": (resumed["loss"], resumed["grad_norm"]),
             "state": state, "max_weight_diff": max(float((wa[k] - wb[k]).abs().max()) for k in wa)}
+
+
+def uneven_dp_worker(ckpt: str, ep: int, seqs_per_rank: list[list[torch.Tensor]]):
+    """Each DP rank its own batch (different lengths and micro-batch counts) at EP=``ep``: old log-probs and
+    one update; returns this rank's log-probs and loss."""
+    import torch.distributed as dist
+
+    from red_megatron.algo.contract import TokenTerms
+    from red_megatron.policy.config import PolicyConfig
+    from red_megatron.policy.policy import MegatronPolicy
+
+    seqs = seqs_per_rank[dist.get_rank()]
+    cfg = PolicyConfig(ep=ep, dtype="float32", lr=1e-2, micro_batch_tokens=40, loss_impl="reference")
+    with megatron_parallel(ep=ep):
+        policy = MegatronPolicy.from_hf(ckpt, cfg)
+        batch = policy.step_batch(seqs, [4] * len(seqs))
+        logp = policy.logprobs_and_entropy(batch)[0]
+        N = batch.num_tokens
+        terms = TokenTerms(kind_N=torch.full((N,), 3, dtype=torch.long), adv_N=torch.ones(N), rbar_N=torch.zeros(N),
+                           w_N=torch.ones(N), weight_N=torch.full((N,), 1.0 / N))
+        upd = policy.train_step(batch, terms=terms, logp_old_N=logp)
+    return {"logp": logp, "loss": upd["loss"], "micro_batches": len(batch.micro_batches)}

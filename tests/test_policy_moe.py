@@ -80,3 +80,20 @@ def test_moe_checkpoint_resume_is_bit_exact_at_ep2(dist2, moe_dir, tmp_path):
     for o in dist2.run(checkpoint_resume_worker, moe_dir, 2, str(tmp_path / "ckpt"), seqs):
         assert o["state"] == {"step": 1}
         assert o["resumed"] == o["straight"] and o["max_weight_diff"] == 0.0, o
+
+
+def test_ep2_with_different_batches_on_the_dp_ranks(dist2, moe_dir):
+    """EP peers are DP ranks with their own data: different sequence lengths and micro-batch counts are
+    padded to equal shapes (megatron's allgather dispatcher gathers equal shapes; every forward is collective
+    over the EP group). Each rank's log-probs equal transformers' for its own sequences."""
+    from tests.moe_helpers import hf_routing, uneven_dp_worker
+
+    g = torch.Generator().manual_seed(2)
+    per_rank = [[torch.randint(3, 1000, (int(n),), generator=g) for n in lens] for lens in ([12, 30, 17], [9])]
+    outs = dist2.run(uneven_dp_worker, moe_dir, 2, per_rank)
+    # a 40-token budget plans 2 micro-batches on rank 0 and 1 on rank 1: rank 1 runs a padding-only second one
+    assert outs[0]["micro_batches"] == outs[1]["micro_batches"] == 2
+    for seqs, o in zip(per_rank, outs):
+        _, ref = hf_routing(moe_dir, seqs)
+        want = torch.cat([lp[3:] for lp in ref])
+        assert (o["logp"] - want).abs().max() <= 1e-5 and o["loss"] == o["loss"]

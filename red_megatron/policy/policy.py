@@ -150,7 +150,30 @@ class MegatronPolicy:
         if g.cp_size > 1 or sp:
             mbs = [localize_micro_batch(mb, cp_rank=g.cp_rank, cp_size=g.cp_size, tp_multiple=g.tp_size if sp else 1,
                                         pad_id=self.pad_id) for mb in mbs]
+        if g.ep_size > 1:
+            mbs = self._equalize_over_experts(mbs)
         return mbs
+
+    def _equalize_over_experts(self, mbs: list) -> list:
+        """Expert-parallel peers (other DP ranks) run every MoE layer's dispatch together: the same number of
+        micro-batches, and (megatron's allgather dispatcher gathers equal shapes) the same tokens in each.
+        Shorter ones get a padding-only sequence, missing ones are padding only (no loss, no log-probs)."""
+        import torch.distributed as dist
+
+        g = self.groups
+        if not self.cfg.pack_sequences:
+            raise ValueError("policy.ep > 1 needs policy.pack_sequences=true (expert-parallel peers need equal "
+                             "micro-batch shapes)")
+        lengths = [int(mb.tokens_BS.shape[1]) for mb in mbs]
+        counts = torch.tensor([len(mbs)], dtype=torch.long, device=g.device)
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=g.ep_group)
+        n = int(counts.item())
+        mine = torch.zeros(n, dtype=torch.long, device=g.device)
+        mine[:len(lengths)] = torch.tensor(lengths, dtype=torch.long, device=g.device)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=g.ep_group)
+        from red_megatron.policy.batching import pad_packed
+
+        return [pad_packed(mbs[i] if i < len(mbs) else None, int(mine[i]), self.pad_id) for i in range(n)]
 
     def step_batch(self, tokens, prompt_lens=None) -> StepBatch:
         """The step's batch: sequences, this rank's micro-batch plan and its tensors on the device,
