@@ -65,13 +65,14 @@ def _scenario(pool, ckpt: str, engine_dir: str, dtype: str, prompts, n: int, max
             elp.append(torch.tensor(s.logprobs, dtype=torch.float64))
     elp = torch.cat(elp)
     t = pool.submit(_trainer_logp, ckpt, seqs, plens, routing if moe else None).result()
-    row = {"engine_dtype": dtype, "tokens": int(elp.numel()), "gap_without_replay": _stats((t["live"].double() - elp).abs())}
+    row = {"engine_dtype": dtype, "tokens": int(elp.numel()),
+           "gap_without_replay": _stats((t["live"].double() - elp).abs())}
     if moe:
         row["gap_with_replay"] = _stats((t["replay"].double() - elp).abs())
         rows = sum(int(r.shape[0]) - 1 for r in routing)
         own = pool.submit(_own_routing, ckpt, seqs).result()
-        row["routing_rows_differing"] = sum(int((r[:-1].sort(-1).values != h[:-1].sort(-1).values).any(-1).any(-1).sum())
-                                            for r, h in zip(routing, own))
+        differ = [(r[:-1].sort(-1).values != h[:-1].sort(-1).values).any(-1).any(-1) for r, h in zip(routing, own)]
+        row["routing_rows_differing"] = sum(int(d.sum()) for d in differ)
         row["routing_rows"] = rows
     return row
 
