@@ -211,3 +211,24 @@ def uneven_dp_worker(ckpt: str, ep: int, seqs_per_rank: list[list[torch.Tensor]]
                            w_N=torch.ones(N), weight_N=torch.full((N,), 1.0 / N))
         upd = policy.train_step(batch, terms=terms, logp_old_N=logp)
     return {"logp": logp, "loss": upd["loss"], "micro_batches": len(batch.micro_batches)}
+
+
+def aux_loss_worker(ckpt: str, coeffs: list[float], seqs: list[torch.Tensor]):
+    """One update per auxiliary-loss coefficient, from the same weights and batch: (loss, grad_norm, moe metrics)."""
+    from red_megatron.algo.contract import TokenTerms
+    from red_megatron.policy.config import PolicyConfig
+    from red_megatron.policy.policy import MegatronPolicy
+
+    out = []
+    for coeff in coeffs:
+        cfg = PolicyConfig(dtype="float32", lr=1e-2, micro_batch_tokens=128, loss_impl="reference",
+                           moe_aux_loss_coeff=coeff, use_distributed_optimizer=False)
+        with megatron_parallel():
+            policy = MegatronPolicy.from_hf(ckpt, cfg)
+            batch = policy.step_batch(seqs, [4] * len(seqs))
+            N = batch.num_tokens
+            terms = TokenTerms(kind_N=torch.full((N,), 3, dtype=torch.long), adv_N=torch.ones(N),
+                               rbar_N=torch.zeros(N), w_N=torch.ones(N), weight_N=torch.full((N,), 1.0 / N))
+            upd = policy.train_step(batch, terms=terms, logp_old_N=policy.logprobs_and_entropy(batch)[0])
+            out.append((upd["loss"], upd["grad_norm"], {k: v for k, v in upd.items() if k.startswith("moe/")}))
+    return out

@@ -65,3 +65,15 @@ def test_replay_bites_and_closes_a_routing_mismatch(dist2, dirs):
     assert all(m > 0 for m in o["router_moved"]), o["router_moved"]
     assert not torch.equal(o["after"], o["live"])
     assert o["moe_metrics"]["moe/load_max_over_mean"] >= 1.0 and "moe/tokens_per_expert/layer1" in o["moe_metrics"]
+
+
+def test_aux_loss_is_off_by_default_and_logged_beside_the_red_loss(dist2, dirs):
+    """moe_aux_loss_coeff=0 (the default) adds no gradient; > 0 adds megatron's switch aux-loss gradient while
+    the RED loss (optim/loss) stays the same number, and its value is reported as moe/aux_loss."""
+    from tests.moe_helpers import aux_loss_worker
+
+    seqs, _ = _batch()
+    (l0, g0, m0), (l1, g1, m1) = dist2.run(aux_loss_worker, dirs[0], [0.0, 0.5], seqs)[0]
+    assert "moe/aux_loss" not in m0 and m0["moe/balance_loss"] > 0
+    assert l1 == l0 and g1 != g0, (l0, l1, g0, g1)
+    assert m1["moe/aux_loss"] == pytest.approx(0.5 * m1["moe/balance_loss"])
