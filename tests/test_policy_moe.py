@@ -97,3 +97,16 @@ def test_ep2_with_different_batches_on_the_dp_ranks(dist2, moe_dir):
         _, ref = hf_routing(moe_dir, seqs)
         want = torch.cat([lp[3:] for lp in ref])
         assert (o["logp"] - want).abs().max() <= 1e-5 and o["loss"] == o["loss"]
+
+
+def test_dense_qwen3_tp2_with_sequence_parallelism(dist2, tmp_path):
+    """Qwen3's q/k norms under sequence parallelism (the policy's default at TP > 1): torch's fallback norm
+    refused to build ("sequence parallel not supported by torch LayerNorm") before the project's norm took
+    those slots too; the logits equal transformers'."""
+    from tests.policy_model_helpers import make_tiny
+
+    ckpt = str(make_tiny("qwen3", tmp_path))
+    tokens = _tokens(1000)
+    ref = hf_logits(ckpt, tokens)
+    for o in dist2.run(moe_logits_worker, ckpt, 2, 1, tokens, True):
+        assert (o["logits"][..., :ref.shape[-1]] - ref).abs().max().item() <= TOL
