@@ -8,7 +8,8 @@ The command line (scripts/train.py, scripts/launch.py) only overrides single fie
 - ``qwen25_math_1p5b``: Qwen2.5-Math-1.5B with the paper's hyper-parameters, one 8×H100 node;
 - ``qwen25_7b``: Qwen2.5-7B, TP=2, vLLM TP=2, one or more 8×H100 nodes;
 - ``qwen25_32b``: Qwen2.5-32B, TP=8 × PP=2, vLLM TP=4, two or more 8×H100 nodes;
-- ``qwen25_7b_16k`` / ``qwen25_32b_16k``: the same at 16k-token responses with context parallelism 2.
+- ``qwen25_7b_16k`` / ``qwen25_32b_16k``: the same at 16k-token responses with context parallelism 2;
+- ``qwen3_30b_a3b``: Qwen3-30B-A3B (mixture of experts), EP=8 × PP=2, vLLM TP=4, two or four 8×H100 nodes.
 
 A recipe of one's own needs no edit here: ``--recipe path/to/my_recipes.py:name`` calls the function
 ``name`` of that file (default ``recipe``), which returns a RunConfig like the ones above.
@@ -19,6 +20,7 @@ from typing import Callable
 
 from configs.chain_cpu import chain_cpu_base, chain_cpu_study
 from configs.qwen25 import qwen25_7b, qwen25_7b_16k, qwen25_32b, qwen25_32b_16k, qwen25_math_1p5b
+from configs.qwen3_moe import qwen3_30b_a3b
 from configs.tiny_cpu import tiny_cpu, tiny_cpu_study
 
 RECIPES: dict[str, Callable] = {
@@ -31,6 +33,7 @@ RECIPES: dict[str, Callable] = {
     "qwen25_32b": qwen25_32b,
     "qwen25_7b_16k": qwen25_7b_16k,
     "qwen25_32b_16k": qwen25_32b_16k,
+    "qwen3_30b_a3b": qwen3_30b_a3b,
 }
 
 

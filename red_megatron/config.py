@@ -17,7 +17,7 @@ from red_megatron.algo.presets import preset_stages
 from red_megatron.data.dataset import DataConfig
 from red_megatron.eval.protocol import EvalConfig
 from red_megatron.metrics import MetricsConfig
-from red_megatron.policy.config import PolicyConfig
+from red_megatron.policy.config import PolicyConfig, check_expert_grid
 from red_megatron.reward.scorer import RewardConfig
 from red_megatron.rollout.config import RolloutConfig
 
@@ -107,6 +107,12 @@ class RunConfig:
             warnings.warn(f"{on}.lm_head_fp32=true but {off}.lm_head_fp32=false: only one side computes its logits "
                           f"in fp32, so the train/inference log-prob gap it is meant to close stays; set both",
                           stacklevel=2)
+        if self.algo.routing_replay == "rollout" and not self.rollout.return_routing:
+            raise ValueError("algo.routing_replay='rollout' needs rollout.return_routing=true (and "
+                             "rollout.enable_prefix_caching=false): the engine must return each sample's experts")
+        if self.algo.routing_replay == "rollout" and self.rollout.placement == "disaggregated":
+            raise ValueError("algo.routing_replay='rollout' is implemented for rollout.placement='colocated' only "
+                             "(the disaggregated engines do not send routing yet)")
         if self.eval.data_path is not None and self.eval.protocol.max_tokens + self.data.max_prompt_tokens > \
                 self.rollout.max_model_len:
             raise ValueError(f"eval.protocol.max_tokens={self.eval.protocol.max_tokens} + data.max_prompt_tokens="
@@ -127,6 +133,7 @@ def check_layout(cfg: RunConfig, world_size: int) -> int:
         what = f"policy.tp={tp} × policy.pp={pp}" + (f" × policy.cp={cp}" if cp > 1 else "")
         raise ValueError(f"{what} must divide the world size {world_size}")
     dp = world_size // (tp * pp * cp)
+    check_expert_grid(world_size, tp=tp, pp=pp, ep=cfg.policy.ep)
     if cfg.data.global_batch_size % dp != 0:
         raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} (prompts per step) must be divisible "
                          f"by the data-parallel size {dp} (world {world_size} / tp {tp} / pp {pp}"
@@ -156,6 +163,10 @@ def check_checkpoint(cfg: RunConfig) -> None:
     hf = read_hf_config(cfg.model_dir)
     hf.check_megatron_tp(cfg.policy.tp)
     hf.check_pp(cfg.policy.pp)
+    hf.check_ep(cfg.policy.ep)
+    if (cfg.algo.routing_replay == "rollout" or cfg.rollout.return_routing) and not hf.is_moe:
+        raise ValueError(f"algo.routing_replay / rollout.return_routing need a mixture-of-experts checkpoint; "
+                         f"{cfg.model_dir} is {hf.architecture}")
     online = any(s.online for s in preset_stages(cfg.algo.preset))
     if online:
         hf.check_vllm_tp(cfg.rollout.tp_infer)

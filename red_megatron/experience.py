@@ -44,6 +44,9 @@ class Experience:
     # [B] partial rollouts: the version that produced each token (None for traces); policy_version is then the
     # oldest of them. Empty when every sample came from one version.
     token_versions: list[list[int] | None] = field(default_factory=list)
+    # [B] each online sample's experts ([tokens, layers, topk], rollout/routing.py), None for traces; empty
+    # when the engine returns no routing (dense models, rollout.return_routing off)
+    routed_experts: list = field(default_factory=list)
 
     @property
     def response_len_B(self) -> torch.Tensor:
@@ -69,7 +72,8 @@ class Experience:
                 golds=pick(self.golds) if self.golds else [],
                 prompt_index=pick(self.prompt_index) if self.prompt_index else [], num_prompts=n,
                 traces_truncated=truncated, policy_version=pick(self.policy_version) if self.policy_version else [],
-                token_versions=pick(self.token_versions) if self.token_versions else []))
+                token_versions=pick(self.token_versions) if self.token_versions else [],
+                routed_experts=pick(self.routed_experts) if self.routed_experts else []))
             lo += n
         return parts
 
@@ -92,7 +96,8 @@ def merge_experience(parts: Sequence[Experience]) -> Experience:
         prompt_index=cat("prompt_index") if all(p.prompt_index for p in parts) else [],
         num_prompts=sum(p.num_prompts for p in parts), traces_truncated=sum(p.traces_truncated for p in parts),
         policy_version=cat("policy_version") if all(getattr(p, "policy_version", None) for p in parts) else [],
-        token_versions=cat("token_versions") if all(getattr(p, "token_versions", None) for p in parts) else [])
+        token_versions=cat("token_versions") if all(getattr(p, "token_versions", None) for p in parts) else [],
+        routed_experts=cat("routed_experts") if all(getattr(p, "routed_experts", None) for p in parts) else [])
 
 
 ScoreFn = Callable[[list[str], list[str]], tuple[list[float], object]]  # RewardScorer.score
@@ -113,6 +118,7 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
     prompt_ids, response_ids, group, offline, engine_logp, finish, golds = [], [], [], [], [], [], []
     index: list[int] = []
     token_versions: list[list[int] | None] = []
+    routed: list = []
     truncated = 0
     for g, ex in enumerate(examples):
         for s in (online[g] if online else []):
@@ -123,6 +129,7 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
             group.append(g)
             offline.append(False)
             engine_logp.append(list(s.logprobs))
+            routed.append(getattr(s, "routed_experts", None))
             finish.append(s.finish_reason)
             golds.append(ex.gold)
             index.append(ex.index)
@@ -136,6 +143,7 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
             group.append(g)
             offline.append(True)
             engine_logp.append(None)
+            routed.append(None)
             finish.append("offline")
             golds.append(ex.gold)
             index.append(ex.index)
@@ -151,7 +159,8 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
         group_id_B=torch.tensor(group, dtype=torch.int64), is_offline_B=torch.tensor(offline, dtype=torch.bool),
         rewards_B=torch.zeros(len(response_ids), dtype=torch.float32), engine_logp=engine_logp,
         finish_reasons=finish, golds=golds, prompt_index=index, num_prompts=len(examples), traces_truncated=truncated,
-        policy_version=versions, token_versions=token_versions if per_token else [])
+        policy_version=versions, token_versions=token_versions if per_token else [],
+        routed_experts=routed if any(r is not None for r in routed) else [])
 
 
 def score_experience(exp: Experience, *, score: ScoreFn, decode: Callable[[list[int]], str]) -> Experience:

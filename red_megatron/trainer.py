@@ -31,6 +31,7 @@ from red_megatron.algo import build_objective, entropy_partial_sums, entropy_sta
 from red_megatron.algo.presets import StagedPreset, get_preset
 from red_megatron.config import RunConfig, check_world, save_run_config
 from red_megatron.experience import Experience
+from red_megatron.policy.routing_replay import step_routing
 from red_megatron.metrics import MetricsLogger
 from red_megatron.rollout.interface import build_rollout
 
@@ -210,8 +211,9 @@ class _Run:
         with _timed(times, "old_logprobs", tl, self.step):
             batch = self.policy.step_batch(tokens, prompt_lens)  # planned once, used by both passes
             logp_old_N = entropy_N = stats = None
+            routing = step_routing(cfg.algo.routing_replay, exp.routed_experts, exp.is_offline_B)
             if self.old_pass:
-                logp_old_N, entropy_N = self.policy.logprobs_and_entropy(batch)
+                logp_old_N, entropy_N = self.policy.logprobs_and_entropy(batch, routing=routing)
         if self.old_pass:  # RED part I: entropies over the global batch (every DP rank's samples), then w
             stats = self._entropy_stats(entropy_N, exp)
         w = obj.offline_weight(stats)  # without the pass: no regulator, so w is fixed_w or 1
@@ -223,7 +225,7 @@ class _Run:
         if self.off_policy:
             terms, off_metrics = self._off_policy_terms(exp, terms, logp_old_N)
         with _timed(times, "train", tl, self.step):
-            upd = self.policy.train_step(batch, terms=terms, logp_old_N=logp_old_N)
+            upd = self.policy.train_step(batch, terms=terms, logp_old_N=logp_old_N, routing=routing)
         if not self.old_pass:  # the same numbers the pass would have given, from the update's forward
             logp_old_N, entropy_N = upd.pop("token_outputs")
             stats = self._entropy_stats(entropy_N, exp)

@@ -81,11 +81,11 @@ class DistPool:
 
 
 @contextlib.contextmanager
-def megatron_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, cp: int = 1):
+def megatron_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, cp: int = 1, ep: int = 1):
     """Initialise megatron's model-parallel state on the pool's gloo group, then tear it down."""
     from red_megatron.policy.parallel import destroy_model_parallel, init_model_parallel
 
-    groups = init_model_parallel(tp=tp, pp=pp, seed=seed, cp=cp)
+    groups = init_model_parallel(tp=tp, pp=pp, seed=seed, cp=cp, ep=ep)
     try:
         yield groups
     finally:

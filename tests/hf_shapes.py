@@ -23,3 +23,13 @@ def qwen25_config(name: str, **overrides) -> dict:
     return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6,
             "use_sliding_window": False, "attention_dropout": 0.0, "torch_dtype": "bfloat16", **SHAPES[name],
             **overrides}
+
+
+# Qwen3-30B-A3B's config.json (Hugging Face hub): 48 layers, all routed; 128 experts of 768, top-8.
+QWEN3_30B_A3B = dict(
+    architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", hidden_act="silu", rms_norm_eps=1e-6,
+    hidden_size=2048, intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+    head_dim=128, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True,
+    decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=0.001, vocab_size=151936,
+    max_position_embeddings=40960, rope_theta=1e6, tie_word_embeddings=False, attention_bias=False,
+    use_sliding_window=False, attention_dropout=0.0, torch_dtype="bfloat16")

@@ -9,22 +9,22 @@ import pytest
 from configs import RECIPES, get_recipe
 from red_megatron.launch import LaunchSpec, check_launch
 from red_megatron.overrides import apply_overrides
-from tests.hf_shapes import qwen25_config
+from tests.hf_shapes import QWEN3_30B_A3B, qwen25_config
 
 # the public Qwen2.5 checkpoints' config.json (heads, KV heads, layers, positions)
 QWEN25 = {"qwen25_math_1p5b": qwen25_config("Qwen2.5-Math-1.5B"), "qwen25_7b": qwen25_config("Qwen2.5-7B"),
           "qwen25_32b": qwen25_config("Qwen2.5-32B"), "qwen25_7b_16k": qwen25_config("Qwen2.5-7B"),
-          "qwen25_32b_16k": qwen25_config("Qwen2.5-32B")}
+          "qwen25_32b_16k": qwen25_config("Qwen2.5-32B"), "qwen3_30b_a3b": QWEN3_30B_A3B}
 # the job's paths are inside these mounts (the launcher refuses a run dir / model / data outside them)
 MOUNTS = lambda tmp: (f"{tmp}:{tmp}", "/lustre/runs:/runs", "/lustre/data:/data", "/lustre/models:/models")  # noqa: E731
 # the node counts each recipe is meant for (8×H100 nodes)
 NODES = {"qwen25_math_1p5b": (1, 2), "qwen25_7b": (1, 2, 4, 8), "qwen25_32b": (2, 4, 8), "qwen25_7b_16k": (1, 2, 4),
-         "qwen25_32b_16k": (4, 8)}
+         "qwen25_32b_16k": (4, 8), "qwen3_30b_a3b": (2, 4)}
 
 
 def test_registry_and_unknown_name():
     assert set(RECIPES) == {"tiny_cpu", "tiny_cpu_study", "chain_cpu_base", "chain_cpu_study", "qwen25_math_1p5b", "qwen25_7b", "qwen25_32b",
-                            "qwen25_7b_16k", "qwen25_32b_16k"}
+                            "qwen25_7b_16k", "qwen25_32b_16k", "qwen3_30b_a3b"}
     with pytest.raises(ValueError) as e:
         get_recipe("qwen3_moe")
     assert all(name in str(e.value) for name in RECIPES)

@@ -44,8 +44,13 @@ class AlgoConfig:
     # entropy rule needs this step's entropies before the update, no off-policy weight needs π_old): the
     # update takes the ratio's denominator, and the logged entropies, from its own forward. 'always': run it.
     old_logprobs: Literal["auto", "always"] = "auto"
+    # MoE policies: 'rollout' replays in the old-policy pass and the update the experts the engine routed each
+    # sampled token to (needs rollout.return_routing; offline traces route live); 'none': the trainer routes
+    routing_replay: Literal["none", "rollout"] = "none"
 
     def __post_init__(self) -> None:
+        if self.routing_replay not in ("none", "rollout"):
+            raise ValueError(f"AlgoConfig.routing_replay={self.routing_replay!r}; expected 'none' or 'rollout'")
         if self.preset not in PRESETS:
             raise ValueError(f"AlgoConfig.preset={self.preset!r}; valid presets: {', '.join(PRESETS)}")
         if not (isinstance(self.num_online, int) and self.num_online >= 1):

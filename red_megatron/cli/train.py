@@ -95,6 +95,10 @@ def summary(cfg, world: int, hf, notes: list[str]) -> str:
 
     tp, pp = cfg.policy.tp, cfg.policy.pp
     dp = world // (tp * pp)
+    ep = cfg.policy.ep
+    moe = (f"; {hf.num_experts} experts top-{hf.moe_top_k} in {sum(hf.moe_layers)} of {hf.num_layers} layers, "
+           f"{hf.num_active_params() / 1e9:.2f}B active, EP {ep} ({hf.num_experts // ep} experts an EP rank)"
+           ) if hf.is_moe else ""
     r = cfg.rollout
     online = any(s.online for s in preset_stages(cfg.algo.preset))
     engines = (f"vLLM tp_infer={r.tp_infer} ({r.executor} executor, {world // r.tp_infer} engine(s)), "
@@ -104,7 +108,7 @@ def summary(cfg, world: int, hf, notes: list[str]) -> str:
             f"{hf.num_params() / 1e9:.2f}B from {cfg.model_dir} ({hf.num_layers} layers, {hf.num_heads} heads / "
             f"{hf.num_kv_heads} KV heads, vocab {hf.vocab_size}, {hf.max_position_embeddings} positions); world "
             f"{world} = TP {tp} x PP {pp} x DP {dp} ({hf.num_layers // pp} layers a stage, "
-            f"{hf.num_heads // tp} heads a TP rank, padded vocab {hf.padded_vocab_size(tp)}); {engines}; "
+            f"{hf.num_heads // tp} heads a TP rank, padded vocab {hf.padded_vocab_size(tp)}{moe}); {engines}; "
             f"{cfg.data.global_batch_size} prompts a step ({cfg.data.global_batch_size // dp} a DP rank) x "
             f"(G={g} online + 1 offline), prompts <= {cfg.data.max_prompt_tokens} and responses <= "
             f"{cfg.data.max_response_tokens} tokens, micro_batch_tokens {cfg.policy.micro_batch_tokens}, "

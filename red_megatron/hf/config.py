@@ -7,7 +7,9 @@ model of ``model.py`` would compute differently from transformers: a ``ValueErro
 field, the value found and what is supported.
 
 Supported: Qwen2 / Qwen2.5 (incl. Math; tied or untied embeddings; QKV bias), Llama 3.x
-(``rope_scaling`` of type ``llama3``, or none), Qwen3 (per-head q/k RMSNorm). No megatron import
+(``rope_scaling`` of type ``llama3``, or none), Qwen3 (per-head q/k RMSNorm), Qwen3-MoE (Qwen3's
+attention; routed experts with a softmax top-k router, ``norm_topk_prob``, dense layers chosen by
+``mlp_only_layers`` / ``decoder_sparse_step``; no shared experts). No megatron import
 here (nor vllm): the run validator, the policy, the rollout engine and the benchmarks all read
 checkpoints through this package.
 """
@@ -25,8 +27,9 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "LlamaForCausalLM": "llama",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
-_MODEL_TYPES = {"qwen2": "qwen2", "llama": "llama", "qwen3": "qwen3"}
+_MODEL_TYPES = {"qwen2": "qwen2", "llama": "llama", "qwen3": "qwen3", "qwen3_moe": "qwen3_moe"}
 _ROPE_TYPES = ("default", "llama3")
 
 
@@ -34,7 +37,7 @@ _ROPE_TYPES = ("default", "llama3")
 class HFModelConfig:
     """Everything the Megatron model and the weight converter need, in HF's terms."""
 
-    family: str  # "qwen2" | "llama" | "qwen3"
+    family: str  # "qwen2" | "llama" | "qwen3" | "qwen3_moe"
     architecture: str
     vocab_size: int
     hidden_size: int
@@ -50,6 +53,13 @@ class HFModelConfig:
     tie_word_embeddings: bool
     qkv_bias: bool
     qk_norm: bool
+    # mixture of experts (num_experts == 0: dense). moe_layers[i]: layer i is routed (else a dense MLP of
+    # intermediate_size); each expert is a SwiGLU MLP of moe_intermediate_size.
+    num_experts: int = 0
+    moe_top_k: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True  # the top-k probabilities renormalised to sum to 1
+    moe_layers: tuple[bool, ...] = ()
     raw: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +73,19 @@ class HFModelConfig:
                              f"num_attention_heads ({self.num_heads})")
         if not self.rms_norm_eps > 0:
             raise ValueError(f"config.json: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if self.num_experts:
+            if not 1 <= self.moe_top_k <= self.num_experts:
+                raise ValueError(f"config.json: num_experts_per_tok must be in [1, num_experts={self.num_experts}], "
+                                 f"got {self.moe_top_k!r}")
+            if not isinstance(self.moe_intermediate_size, int) or self.moe_intermediate_size < 1:
+                raise ValueError(f"config.json: moe_intermediate_size must be a positive int, "
+                                 f"got {self.moe_intermediate_size!r}")
+            if len(self.moe_layers) != self.num_layers:
+                raise ValueError(f"moe_layers has {len(self.moe_layers)} entries for {self.num_layers} layers")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0 and any(self.moe_layers)
 
     @property
     def q_size(self) -> int:
@@ -79,13 +102,29 @@ class HFModelConfig:
 
     # --- what a layout may do with these heads and layers (the one statement of each rule) ---------
     def check_megatron_tp(self, tp: int, field: str = "policy.tp") -> None:
-        """Megatron shards q heads and KV groups: TP must divide both."""
-        for name, n in (("num_attention_heads", self.num_heads), ("num_key_value_heads", self.num_kv_heads)):
+        """Megatron shards q heads and KV groups (and each expert's matrices, expert-TP = TP): TP divides them."""
+        sizes = [("num_attention_heads", self.num_heads), ("num_key_value_heads", self.num_kv_heads)]
+        if self.is_moe:
+            sizes.append(("moe_intermediate_size", self.moe_intermediate_size))
+        for name, n in sizes:
             if n % tp != 0:
                 raise ValueError(f"{field}={tp} must divide the checkpoint's {name}={n}")
 
     def check_vllm_tp(self, tp_infer: int, field: str = "rollout.tp_infer") -> None:
         check_vllm_tp(self.num_heads, self.num_kv_heads, tp_infer, field)
+        if self.is_moe and self.moe_intermediate_size % tp_infer != 0:  # vLLM's fused MoE splits each expert
+            raise ValueError(f"{field}={tp_infer} must divide the checkpoint's moe_intermediate_size="
+                             f"{self.moe_intermediate_size}")
+
+    def check_ep(self, ep: int, field: str = "policy.ep") -> None:
+        """Expert parallelism splits the routed experts evenly over the EP ranks (a dense model takes ep=1)."""
+        if ep == 1:
+            return
+        if not self.is_moe:
+            raise ValueError(f"{field}={ep} needs a mixture-of-experts checkpoint; {self.architecture} has no "
+                             f"routed experts (use {field}=1)")
+        if self.num_experts % ep != 0:
+            raise ValueError(f"{field}={ep} must divide the checkpoint's num_experts={self.num_experts}")
 
     def check_pp(self, pp: int, field: str = "policy.pp") -> None:
         if self.num_layers % pp != 0:
@@ -104,9 +143,18 @@ class HFModelConfig:
             attn += self.q_size + 2 * self.kv_size
         if self.qk_norm:
             attn += 2 * self.head_dim
-        mlp = 3 * h * self.intermediate_size
+        dense = 3 * h * self.intermediate_size
+        routed = self.num_experts * 3 * h * self.moe_intermediate_size + self.num_experts * h  # experts + router
+        mlp = sum(routed if m else dense for m in self.moe_layers) if self.num_experts else L * dense
         emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return emb + L * (attn + mlp + 2 * h) + h
+        return emb + L * (attn + 2 * h) + mlp + h
+
+    def num_active_params(self) -> int:
+        """Parameters one token uses: the top-k experts of each routed layer, not all of them."""
+        if not self.num_experts:
+            return self.num_params()
+        idle = (self.num_experts - self.moe_top_k) * 3 * self.hidden_size * self.moe_intermediate_size
+        return self.num_params() - idle * sum(self.moe_layers)
 
 
 def check_vllm_tp(num_heads: int, num_kv_heads: int, tp_infer: int, field: str = "rollout.tp_infer") -> None:
@@ -201,7 +249,7 @@ def read_hf_config(src) -> HFModelConfig:
         _require(d["rope_parameters"], "partial_rotary_factor", lambda v: float(v) == 1.0,
                  "rope_parameters: only full-head RoPE")
     _require(d, "pretraining_tp", lambda v: int(v) == 1, "only pretraining_tp=1")
-    if family in ("llama", "qwen3"):
+    if family in ("llama", "qwen3", "qwen3_moe"):
         # Megatron's add_qkv_bias has no o_proj bias: attention_bias (q,k,v AND o) cannot be mapped.
         _require(d, "attention_bias", lambda v: v is False, "q/k/v/o biases are not implemented for this family")
     theta, scaling = _rope(d)
@@ -218,8 +266,30 @@ def read_hf_config(src) -> HFModelConfig:
         rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
         max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-        qkv_bias=family == "qwen2", qk_norm=family == "qwen3", raw=d,
+        qkv_bias=family == "qwen2", qk_norm=family in ("qwen3", "qwen3_moe"), raw=d,
+        **(_moe_fields(d) if family == "qwen3_moe" else {}),
     )
+
+
+def _moe_fields(d: dict) -> dict:
+    """Qwen3-MoE's routing fields; a layer is routed unless listed in mlp_only_layers or off the sparse step
+    (transformers' and vLLM's rule)."""
+    for key in ("num_experts", "num_experts_per_tok", "moe_intermediate_size"):
+        if key not in d:
+            raise ValueError(f"config.json: required field {key} is missing (Qwen3MoeForCausalLM)")
+    _require(d, "shared_expert_intermediate_size", lambda v: int(v) == 0, "shared experts are not implemented")
+    layers = int(d["num_hidden_layers"])
+    step = int(d.get("decoder_sparse_step") or 1)
+    if step < 1:
+        raise ValueError(f"config.json: decoder_sparse_step must be >= 1, got {step}")
+    dense = d.get("mlp_only_layers") or []
+    if not isinstance(dense, list) or not all(isinstance(i, int) and 0 <= i < layers for i in dense):
+        raise ValueError(f"config.json: mlp_only_layers must list layer indices in [0, {layers}), got {dense!r}")
+    experts = int(d["num_experts"])
+    moe = tuple(i not in dense and experts > 0 and (i + 1) % step == 0 for i in range(layers))
+    return dict(num_experts=experts, moe_top_k=int(d["num_experts_per_tok"]),
+                moe_intermediate_size=int(d["moe_intermediate_size"]),
+                norm_topk_prob=bool(d.get("norm_topk_prob", False)), moe_layers=moe)
 
 
 def rope_inv_freq(cfg: HFModelConfig) -> torch.Tensor:

@@ -208,3 +208,27 @@ def _build(batch: SequenceBatch, ids: list[int], offsets: list[int], *, pack: bo
     return MicroBatch(tokens_BS=tokens, position_ids_BS=pos, cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen),
                       logit_rows_M=torch.cat(rows).long(), target_M=torch.cat(targets).long(),
                       token_index_M=torch.cat(index).long(), seq_ids=list(ids))
+
+
+def pad_packed(mb: MicroBatch | None, length: int, pad_id: int = 0) -> MicroBatch:
+    """``mb`` (packed layout) with a trailing padding-only sequence up to ``length`` tokens; ``None`` gives a
+    micro-batch of padding only. Padding predicts nothing (no logit rows), so it changes no loss or log-prob:
+    it only gives expert-parallel peers equal shapes (policy.py, ``MegatronPolicy.micro_batches``)."""
+    if mb is None:
+        empty = torch.empty(0, dtype=torch.long)
+        mb = MicroBatch(tokens_BS=torch.empty(1, 0, dtype=torch.long), position_ids_BS=torch.empty(1, 0, dtype=torch.long),
+                        cu_seqlens=torch.zeros(1, dtype=torch.int32), max_seqlen=0, logit_rows_M=empty,
+                        target_M=empty, token_index_M=empty, seq_ids=[])
+    if mb.cu_seqlens is None:
+        raise ValueError("pad_packed: the micro-batch is not packed (expert parallelism needs policy.pack_sequences)")
+    n = int(mb.tokens_BS.shape[1])
+    if n > length:
+        raise ValueError(f"pad_packed: the micro-batch has {n} tokens > {length}")
+    if n == length:
+        return mb
+    extra = length - n
+    return dataclasses.replace(
+        mb, tokens_BS=torch.cat([mb.tokens_BS, torch.full((1, extra), pad_id, dtype=mb.tokens_BS.dtype)], dim=1),
+        position_ids_BS=torch.cat([mb.position_ids_BS, torch.arange(extra, dtype=torch.long).unsqueeze(0)], dim=1),
+        cu_seqlens=torch.cat([mb.cu_seqlens, torch.tensor([length], dtype=mb.cu_seqlens.dtype)]),
+        max_seqlen=max(int(mb.max_seqlen), extra), target_R=None)

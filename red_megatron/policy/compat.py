@@ -23,6 +23,11 @@ machine it installs, once per process:
    "CUDA" generator *is* the CPU default generator, so fork swaps the CPU generator state in
    and out. ``model_parallel_cuda_manual_seed`` then seeds per-TP-rank streams exactly as on GPU.
 
+Independently of CUDA, ``bind_missing_moe_names()`` fixes one megatron-core 0.16 bug: without
+transformer-engine, ``moe_utils`` never binds ``te_general_gemm`` (its TE import failed inside a
+``try``), so the MoE router raises ``NameError`` instead of taking its plain ``torch.mm`` path.
+Binding the name to None selects that path; 0.19 binds it itself (then nothing is changed).
+
 Only ever call ``enable()`` from ``red_megatron.policy`` (``parallel.init_model_parallel`` and
 ``model.build_model`` do); importing this module changes nothing by itself.
 """
@@ -34,7 +39,7 @@ import threading
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["enable", "is_active"]
+__all__ = ["bind_missing_moe_names", "enable", "is_active"]
 
 _lock = threading.Lock()
 _active = False
@@ -225,6 +230,14 @@ def _patch_autograd_backwards() -> None:
             fn = raw.__func__ if isinstance(raw, staticmethod) else raw
             if not getattr(fn, "_red_cpu_mode", False):
                 obj.backward = wrap(fn)
+
+
+def bind_missing_moe_names() -> None:
+    """Bind ``moe_utils.te_general_gemm = None`` where megatron-core left it unbound (0.16 without TE)."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
 
 
 def is_active() -> bool:

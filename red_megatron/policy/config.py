@@ -18,6 +18,10 @@ class PolicyConfig:
     tp: int = 1  # megatron tensor parallelism (divides the attention and KV heads)
     pp: int = 1  # megatron pipeline parallelism (divides the layers)
     cp: int = 1  # context parallelism: each sequence split over cp ranks (2·cp load-balanced chunks)
+    ep: int = 1  # expert parallelism (MoE checkpoints): the routed experts split over ep of the DP × CP ranks
+    # MoE in RL (docs/MOE.md): the load-balancing auxiliary loss off (0) unless set (logged as moe/aux_loss)
+    moe_aux_loss_coeff: float = 0.0
+    moe_router_fp32: bool = True  # MoE: router logits and top-k in fp32 (the routing the engine and trainer agree on)
     # megatron's sequence parallelism (norms on sequence shards, activations / TP); None: on iff tp > 1
     sequence_parallel: bool | None = None
     dtype: str = "bfloat16"  # parameters and activations; main params, grads and optimiser state are fp32
@@ -59,7 +63,12 @@ class PolicyConfig:
         if self.cp > 1 and not self.pack_sequences:
             raise ValueError(f"PolicyConfig.cp={self.cp} needs pack_sequences=true (context parallelism is "
                              f"implemented for packed THD micro-batches)")
-        for name in ("tp", "pp", "cp", "micro_batch_tokens", "lr_decay_steps"):
+        if self.ep > 1 and self.tp > 1 and self.sequence_parallel is False:
+            raise ValueError(f"PolicyConfig.ep={self.ep} with tp={self.tp} needs sequence_parallel (megatron-core "
+                             f"refuses expert and tensor parallelism without it); leave it unset or true")
+        if not self.moe_aux_loss_coeff >= 0:
+            raise ValueError(f"PolicyConfig.moe_aux_loss_coeff must be >= 0 (0: off), got {self.moe_aux_loss_coeff!r}")
+        for name in ("tp", "pp", "cp", "ep", "micro_batch_tokens", "lr_decay_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"PolicyConfig.{name} must be an int >= 1, got {v!r}")
@@ -98,3 +107,13 @@ class PolicyConfig:
     @property
     def min_lr(self) -> float:
         return self.lr * self.min_lr_ratio
+
+
+def check_expert_grid(world: int, *, tp: int, pp: int, ep: int, field: str = "policy.ep") -> None:
+    """The one statement of the expert-parallel layout rule (parallel.init_model_parallel and the run
+    validator call it): megatron-core lays the experts out on a second grid over the same ranks, expert-TP
+    (= tp) × EP × expert-DP × PP, so tp·ep·pp must divide the world, i.e. ep divides dp × cp."""
+    if ep > 1 and world % (tp * ep * pp) != 0:
+        dp_cp = f"{world // (tp * pp)}" if world % (tp * pp) == 0 else "not an integer"
+        raise ValueError(f"{field}={ep} × policy.tp={tp} × policy.pp={pp} must divide the world size {world}: "
+                         f"the experts are split over the data- and context-parallel ranks (dp × cp = {dp_cp})")

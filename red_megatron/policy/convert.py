@@ -1,4 +1,4 @@
-"""Hugging Face safetensors <-> Megatron GPTModel parameters, for any TP and PP.
+"""Hugging Face safetensors <-> Megatron GPTModel parameters, for any TP, PP and EP.
 
 One table (``weight_units``) lists, in HF order, every HF tensor group and the Megatron
 parameter it becomes. Everything else follows from it:
@@ -25,6 +25,11 @@ Megatron layouts (per TP rank r of n; G kv groups, q heads per group P, head dim
   padding rows are zero on import and dropped on export.
 With tied embeddings there is no ``lm_head.weight`` (as in the HF safetensors); under PP>1 the
 last stage's output-layer copy of the embedding is filled from ``model.embed_tokens.weight``.
+
+Qwen3-MoE's routed layers: ``mlp.gate.weight`` [E, h] is megatron's ``mlp.router.weight`` (replicated);
+expert e's gate/up/down (HF stores them per expert) are ``mlp.experts.local_experts.<j>.linear_fc1/fc2`` on
+the EP rank e // (E/EP), j = e mod (E/EP), TP-split like a dense MLP over the expert-tensor-parallel ranks.
+Streaming gathers an expert over expert-TP, then broadcasts it from its EP rank over the EP group.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ class WeightUnit:
     mnames: tuple[str, ...]  # candidate Megatron names (layer units: relative to decoder.layers.<i>.)
     hf_names: tuple[str, ...]
     hf_shapes: tuple[tuple[int, ...], ...]
+    expert: int | None = None  # routed expert index (global) for expert units
 
 
 def weight_units(hf: HFModelConfig) -> list[WeightUnit]:
@@ -80,6 +86,9 @@ def weight_units(hf: HFModelConfig) -> list[WeightUnit]:
                                 (a + "o_proj.weight",), ((h, q),)))
         units.append(WeightUnit("norm", "layer", g, ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"),
                                 (p + "post_attention_layernorm.weight",), ((h,),)))
+        if hf.num_experts and hf.moe_layers[g]:
+            units += _expert_units(hf, g)
+            continue
         units.append(WeightUnit("fc1", "layer", g, ("mlp.linear_fc1.weight",),
                                 (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), ((f, h), (f, h))))
         units.append(WeightUnit("row", "layer", g, ("mlp.linear_fc2.weight",), (p + "mlp.down_proj.weight",),
@@ -89,6 +98,31 @@ def weight_units(hf: HFModelConfig) -> list[WeightUnit]:
     if not hf.tie_word_embeddings:
         units.append(WeightUnit("vocab", "lm_head", None, ("output_layer.weight",), ("lm_head.weight",), ((V, h),)))
     return units
+
+
+def _expert_units(hf: HFModelConfig, g: int) -> list[WeightUnit]:
+    """A routed layer's router (kind "norm": replicated on every rank) and its experts, in HF order."""
+    h, fe, p = hf.hidden_size, hf.moe_intermediate_size, f"model.layers.{g}.mlp."
+    units = [WeightUnit("norm", "layer", g, ("mlp.router.weight",), (p + "gate.weight",), ((hf.num_experts, h),))]
+    for e in range(hf.num_experts):
+        x = f"{p}experts.{e}."
+        units.append(WeightUnit("fc1", "layer", g, ("mlp.experts.local_experts.{j}.linear_fc1.weight",),
+                                (x + "gate_proj.weight", x + "up_proj.weight"), ((fe, h), (fe, h)), expert=e))
+        units.append(WeightUnit("row", "layer", g, ("mlp.experts.local_experts.{j}.linear_fc2.weight",),
+                                (x + "down_proj.weight",), ((h, fe),), expert=e))
+    return units
+
+
+def _owner_ep(unit: WeightUnit, hf: HFModelConfig, ep: int) -> int | None:
+    """The EP rank holding ``unit``'s expert (None: not an expert tensor, on every EP rank)."""
+    return None if unit.expert is None else unit.expert // (hf.num_experts // ep)
+
+
+def _tp_of(unit: WeightUnit, groups) -> tuple[int, int, object]:
+    """(rank, size, group) of the tensor-parallel split ``unit`` lives in: expert-TP for experts."""
+    if unit.expert is not None:
+        return groups.etp_rank, groups.etp_size, groups.etp_group
+    return groups.tp_rank, groups.tp_size, groups.tp_group
 
 
 def _default_dtype() -> torch.dtype:
@@ -131,15 +165,23 @@ def _owner_stage(unit: WeightUnit, hf: HFModelConfig, pp: int) -> int:
     return pp - 1
 
 
-def _local_params(chunks, unit: WeightUnit, hf: HFModelConfig) -> list[tuple[str, torch.nn.Parameter]]:
-    """This rank's Megatron parameter(s) for ``unit`` (usually one; tied PP>1 embeddings: two)."""
+def _local_params(chunks, unit: WeightUnit, hf: HFModelConfig, groups=None) -> list[tuple[str, torch.nn.Parameter]]:
+    """This rank's Megatron parameter(s) for ``unit`` (usually one; tied PP>1 embeddings: two; an expert
+    of another EP rank: none)."""
     out = []
+    mnames = unit.mnames
+    if unit.expert is not None:
+        ep_size, ep_rank = (groups.ep_size, groups.ep_rank) if groups is not None else (1, 0)
+        per_rank = hf.num_experts // ep_size
+        if _owner_ep(unit, hf, ep_size) != ep_rank:
+            return out
+        mnames = tuple(m.format(j=unit.expert - ep_rank * per_rank) for m in mnames)
     for chunk in chunks:
         params = dict(chunk.named_parameters())
         if unit.where == "layer":
             for i, layer in enumerate(chunk.decoder.layers):
                 if layer.layer_number - 1 == unit.layer:
-                    name = _pick(params, [f"decoder.layers.{i}.{m}" for m in unit.mnames], unit)
+                    name = _pick(params, [f"decoder.layers.{i}.{m}" for m in mnames], unit)
                     out.append((name, params[name]))
         elif unit.where == "embed":
             if chunk.pre_process:
@@ -218,7 +260,7 @@ def _read_local(ckpt: _LazyCheckpoint, unit: WeightUnit, hf: HFModelConfig, r: i
         cols = unit.hf_shapes[0][1] // n
         return slices[0][:, r * cols:(r + 1) * cols]
     if unit.kind == "fc1":
-        rows = hf.intermediate_size // n
+        rows = unit.hf_shapes[0][0] // n
         return torch.cat([s[r * rows:(r + 1) * rows] for s in slices], dim=0)
     if unit.kind == "qkv":
         G, D = hf.num_kv_heads // n, hf.head_dim
@@ -251,12 +293,12 @@ def load_hf_weights(chunks, hf_dir, hf_config=None, *, groups) -> int:
     hf = _hf_of(chunks, hf_config if hf_config is not None else hf_dir)
     ckpt = _LazyCheckpoint(hf_dir)
     _check_names(ckpt, hf)
-    r, n = groups.tp_rank, groups.tp_size
     count = 0
     for unit in weight_units(hf):
-        targets = _local_params(chunks, unit, hf)
+        targets = _local_params(chunks, unit, hf, groups)
         if not targets:
             continue
+        r, n, _ = _tp_of(unit, groups)
         local = _read_local(ckpt, unit, hf, r, n)
         if local.is_floating_point() and not bool(torch.isfinite(local).all()):
             raise WeightMismatchError(f"non-finite values (NaN/Inf) in tensor {_first_nonfinite(ckpt, unit)} of "
@@ -305,11 +347,12 @@ def _full_from_parts(unit: WeightUnit, hf: HFModelConfig, parts: list[torch.Tens
     raise AssertionError(unit.kind)
 
 
-def _tp_gather(t: torch.Tensor, kind: str, groups) -> list[torch.Tensor]:
-    if groups.tp_size == 1 or kind == "norm":
+def _tp_gather(t: torch.Tensor, unit: WeightUnit, groups) -> list[torch.Tensor]:
+    _, n, group = _tp_of(unit, groups)
+    if n == 1 or unit.kind == "norm":
         return [t]
-    parts = [torch.empty_like(t) for _ in range(groups.tp_size)]
-    dist.all_gather(parts, t.contiguous(), group=groups.tp_group)
+    parts = [torch.empty_like(t) for _ in range(n)]
+    dist.all_gather(parts, t.contiguous(), group=group)
     return parts
 
 
@@ -327,17 +370,22 @@ def stream_hf_weights(model_chunks, hf_config=None, *, groups, dtype: torch.dtyp
     device = next(model_chunks[0].parameters()).device
     dtype = dtype or next(model_chunks[0].parameters()).dtype
     pp_group, pp_ranks = groups.pp_group, groups.pp_ranks
+    ep_ranks = tuple(dist.get_process_group_ranks(groups.ep_group)) if groups.ep_size > 1 else ()
     for unit in weight_units(hf):
         owner = _owner_stage(unit, hf, pp)
-        if owner == stage:
-            targets = _local_params(model_chunks, unit, hf)
+        ep_owner = _owner_ep(unit, hf, groups.ep_size)
+        if owner == stage and ep_owner in (None, groups.ep_rank):
+            targets = _local_params(model_chunks, unit, hf, groups)
             mname, param = targets[0]
             fulls = [t.to(dtype) for t in _full_from_parts(
-                unit, hf, _tp_gather(param.detach(), unit.kind, groups))]
+                unit, hf, _tp_gather(param.detach(), unit, groups))]
             for name, shape, t in zip(unit.hf_names, unit.hf_shapes, fulls):
                 assert tuple(t.shape) == tuple(shape), (name, tuple(t.shape), shape)
         else:
             fulls = [torch.empty(s, dtype=dtype, device=device) for s in unit.hf_shapes]
+        if owner == stage and ep_owner is not None and groups.ep_size > 1:
+            for t in fulls:  # the expert's EP rank hands it to the other EP ranks of this stage
+                dist.broadcast(t, src=ep_ranks[ep_owner], group=groups.ep_group)
         if pp > 1:
             for t in fulls:
                 dist.broadcast(t, src=pp_ranks[owner], group=pp_group)

@@ -1,4 +1,4 @@
-"""Megatron GPTModel chunks from a Hugging Face config.json (Qwen2/2.5, Llama 3.x, Qwen3).
+"""Megatron GPTModel chunks from a Hugging Face config.json (Qwen2/2.5, Llama 3.x, Qwen3, Qwen3-MoE).
 
 ``build_model(hf_dir_or_config, groups=, dtype=)`` returns this rank's model chunk(s) after
 ``parallel.init_model_parallel``: a list with one GPTModel (no virtual pipeline stages), whose
@@ -16,6 +16,7 @@ Mapping HF -> Megatron (what makes the logits equal transformers'):
 Layer spec: transformer-engine's when it imports (fused, fastest); otherwise megatron's local
 spec with its unfused core attention swapped for ``sdpa_attention.SDPAttention`` (flash/cuDNN on
 the GPU, exact math on the CPU, packed THD sequences). ``ModelOptions.attention`` forces one.
+Qwen3-MoE's routed layers are megatron-core MoE layers (policy/moe.py), sharded over ``groups.ep_size``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 
 from red_megatron.policy import compat
 from red_megatron.hf.config import HFModelConfig, read_hf_config, rope_inv_freq
+from red_megatron.policy.moe import MoEOptions, decoder_block_spec, moe_config_kwargs
 
 _ATTENTION = ("auto", "te", "sdpa", "local")
 _RECOMPUTE = (None, "full", "selective")
@@ -81,14 +83,29 @@ def resolve_attention(options: ModelOptions) -> str:
     return options.attention
 
 
-def layer_spec(hf: HFModelConfig, options: ModelOptions, *, layers_per_stage: int | None = None):
+def layer_spec(hf: HFModelConfig, options: ModelOptions, *, layers_per_stage: int | None = None,
+               first_layer: int = 0):
     """The transformer-layer ModuleSpec for ``hf`` (see the module docstring); with sequence
-    parallelism on the local spec, the block's submodules (the final norm is the block's)."""
+    parallelism on the local spec, or routed layers, the block's submodules (the final norm is the
+    block's) for the ``layers_per_stage`` layers from ``first_layer``."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
     impl = resolve_attention(options)
+    if hf.is_moe and layers_per_stage is None:
+        raise ValueError("layer_spec: a mixture-of-experts model needs layers_per_stage (one spec a layer)")
     if impl == "te":
-        return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=hf.qk_norm)
+        spec = specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=hf.qk_norm)
+        if not hf.is_moe:
+            return spec
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        moe_spec = specs.get_gpt_layer_with_transformer_engine_spec(num_experts=hf.num_experts, moe_grouped_gemm=False,
+                                                                    qk_layernorm=hf.qk_norm)
+        from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+        return TransformerBlockSubmodules(
+            layer_specs=[moe_spec if hf.moe_layers[i] else spec
+                         for i in range(first_layer, first_layer + layers_per_stage)], layer_norm=TENorm)
     spec = specs.get_gpt_layer_local_spec(qk_layernorm=hf.qk_norm, normalization="RMSNorm")
     if impl == "sdpa":
         from red_megatron.policy.sdpa_attention import sdpa_attention_class
@@ -101,19 +118,33 @@ def layer_spec(hf: HFModelConfig, options: ModelOptions, *, layers_per_stage: in
 
         spec.submodules.input_layernorm = ProjectRMSNorm
         spec.submodules.pre_mlp_layernorm = ProjectRMSNorm
+        if hf.qk_norm:  # Qwen3's per-head q/k norms: torch's fallback norm refuses SP configs too
+            spec.submodules.self_attention.submodules.q_layernorm = ProjectRMSNorm
+            spec.submodules.self_attention.submodules.k_layernorm = ProjectRMSNorm
         if layers_per_stage is None:
             raise ValueError("layer_spec: sequence parallelism needs layers_per_stage (the block spec is built)")
+        if hf.is_moe:
+            return decoder_block_spec(hf, spec, first_layer=first_layer, num_layers=layers_per_stage,
+                                      layer_norm=ProjectRMSNorm, qk_layernorm=hf.qk_norm)
         return TransformerBlockSubmodules(layer_specs=[spec] * layers_per_stage, layer_norm=ProjectRMSNorm)
+    if hf.is_moe:
+        from megatron.core.transformer.transformer_block import LayerNormImpl
+
+        return decoder_block_spec(hf, spec, first_layer=first_layer, num_layers=layers_per_stage,
+                                  layer_norm=LayerNormImpl, qk_layernorm=hf.qk_norm)
     return spec
 
 
 def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtype, options: ModelOptions,
-                       cp: int = 1):
+                       cp: int = 1, ep: int = 1, moe: MoEOptions | None = None):
     """Megatron TransformerConfig equivalent to ``hf``, validated against TP/PP."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    checks = {"num_attention_heads": hf.num_heads, "num_key_value_heads": hf.num_kv_heads,
-              "intermediate_size": hf.intermediate_size}
+    checks = {"num_attention_heads": hf.num_heads, "num_key_value_heads": hf.num_kv_heads}
+    if not hf.is_moe or not all(hf.moe_layers):  # a dense MLP somewhere
+        checks["intermediate_size"] = hf.intermediate_size
+    if hf.is_moe:
+        checks["moe_intermediate_size"] = hf.moe_intermediate_size
     for name, v in checks.items():
         if v % tp:
             raise ValueError(f"config.json: {name}={v} is not divisible by tp={tp}")
@@ -136,6 +167,7 @@ def transformer_config(hf: HFModelConfig, *, tp: int, pp: int, dtype: torch.dtyp
         use_cpu_initialization=not cuda, perform_initialization=options.init_weights,
         bias_activation_fusion=fused, bias_dropout_fusion=fused, masked_softmax_fusion=False,
         apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
+        **moe_config_kwargs(hf, ep=ep, moe=moe),
     )
     if options.recompute == "full":
         kw.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -198,18 +230,22 @@ def lm_head_weight(chunk) -> torch.Tensor:
 
 
 def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
-                options: ModelOptions | None = None, lm_head_fp32: bool = False) -> list:
+                options: ModelOptions | None = None, lm_head_fp32: bool = False,
+                moe: MoEOptions | None = None) -> list:
     """This rank's GPTModel chunk(s) for an HF config, in the layout of ``groups``
     (``parallel.init_model_parallel``'s result).
 
     dtype defaults to bfloat16 with CUDA and float32 on the CPU. Weights are random (or
     uninitialised with ``options.init_weights=False``); ``convert.load_hf_weights`` fills them.
     ``lm_head_fp32``: the last stage's LM head in fp32 (``fp32_lm_head``; nothing to do at fp32).
+    ``moe``: how routed layers train (policy/moe.py; ignored for a dense checkpoint).
     """
     from megatron.core.models.gpt import GPTModel
 
     compat.enable()
     hf = read_hf_config(hf_config_or_dir)
+    if hf.is_moe:
+        compat.bind_missing_moe_names()
     options = options or ModelOptions()
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -218,9 +254,12 @@ def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
         options = dataclasses.replace(options, attention="sdpa")
     if options.sequence_parallel and tp == 1:
         raise ValueError("sequence parallelism needs tensor parallelism: policy.sequence_parallel with policy.tp=1")
-    cfg = transformer_config(hf, tp=tp, pp=pp, dtype=dtype, options=options, cp=groups.cp_size)
+    cfg = transformer_config(hf, tp=tp, pp=pp, dtype=dtype, options=options, cp=groups.cp_size,
+                             ep=groups.ep_size, moe=moe)
+    per_stage = hf.num_layers // pp
+    spec = layer_spec(hf, options, layers_per_stage=per_stage, first_layer=groups.pp_rank * per_stage)
     model = GPTModel(
-        config=cfg, transformer_layer_spec=layer_spec(hf, options, layers_per_stage=hf.num_layers // pp), vocab_size=hf.padded_vocab_size(tp),
+        config=cfg, transformer_layer_spec=spec, vocab_size=hf.padded_vocab_size(tp),
         max_sequence_length=hf.max_position_embeddings, pre_process=groups.is_first_stage,
         post_process=groups.is_last_stage, parallel_output=True,
         share_embeddings_and_output_weights=hf.tie_word_embeddings, position_embedding_type="rope",
@@ -233,6 +272,10 @@ def build_model(hf_config_or_dir, *, groups, dtype: torch.dtype | None = None,
     # transformers' inv_freq (incl. llama3 scaling) so RoPE matches bit for bit
     model.rotary_pos_emb.inv_freq = rope_inv_freq(hf).to(device)
     model.hf_config = hf  # the converter and exporter read it back from the chunk
+    if hf.is_moe:
+        from red_megatron.policy.routing_replay import install_slots
+
+        install_slots([model])
     return [model]
 
 
@@ -244,5 +287,5 @@ def model_config_of(chunks) -> HFModelConfig:
     return hf
 
 
-__all__ = ["ModelOptions", "build_model", "fp32_lm_head", "hidden_lm_head", "lm_head_weight", "layer_spec",
-           "transformer_config", "read_hf_config", "have_transformer_engine", "model_config_of"]
+__all__ = ["ModelOptions", "MoEOptions", "build_model", "fp32_lm_head", "hidden_lm_head", "lm_head_weight",
+           "layer_spec", "transformer_config", "read_hf_config", "have_transformer_engine", "model_config_of"]

@@ -106,7 +106,10 @@ def optimizer_step(optimizer, scheduler, *, clip_grad: float, loss_finite: bool)
         return {"grad_norm": grad_norm, "lr": 0.0, "skipped": 1.0}
     scheduler.step(increment=1)  # the update below uses lr(k), k = updates so far + 1
     if clip_grad > 0.0:
-        params = optimizer.get_parameters()
+        # an MoE model's optimizer is megatron's ChainedOptimizer (expert and dense parameters reduce over
+        # different data-parallel groups): every part is clipped by the one global norm, as its step() does
+        parts = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+        params = [p for part in parts for p in part.get_parameters()]
         if params:
             clip_grad_by_total_norm_fp32(params, clip_grad, grad_norm,
                                          getattr(optimizer.config, "use_precision_aware_optimizer_no_fp8_or_ds_fp8",

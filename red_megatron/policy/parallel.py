@@ -1,6 +1,6 @@
 """Model-parallel state: the one place the project touches megatron's ``parallel_state``.
 
-``init_model_parallel(tp, pp, cp)`` initialises megatron's groups (megatron's own modules read
+``init_model_parallel(tp, pp, cp, ep=)`` initialises megatron's groups (megatron's own modules read
 them from its globals) and returns a frozen :class:`ParallelGroups`: every group, rank and size
 the project's code needs, read once. ``MegatronPolicy`` holds it and hands it to model
 building, HF import/export and streaming, checkpoints and the passes (ARCHITECTURE.md rule 4:
@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from red_megatron.policy import compat
+from red_megatron.policy.config import check_expert_grid
 
 
 @dataclass(kw_only=True)
@@ -26,10 +27,11 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     cp: int = 1
+    ep: int = 1  # expert parallelism: the routed experts split over ep ranks (expert-tensor parallel = tp)
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "cp"):
+        for name in ("tp", "pp", "cp", "ep"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"ParallelConfig.{name} must be an int >= 1, got {v!r}")
@@ -67,6 +69,14 @@ class ParallelGroups:
     mp_size: int
     mp_src: int  # global rank
     device: torch.device
+    # expert parallelism (megatron's expert grid: expert-TP × EP × expert-DP × PP over the same ranks):
+    # the ranks splitting the routed experts, and those splitting one expert's matrices (= TP here)
+    ep_group: object = None
+    ep_rank: int = 0
+    ep_size: int = 1
+    etp_group: object = None
+    etp_rank: int = 0
+    etp_size: int = 1
 
     @property
     def is_first_stage(self) -> bool:
@@ -94,8 +104,11 @@ class ParallelGroups:
         return self.tp_group if self.tp_size > 1 else None
 
     def layout(self) -> dict:
-        return {"tp": self.tp_size, "pp": self.pp_size, "cp": self.cp_size, "dp": self.dp_size,
-                "world": self.world_size}
+        out = {"tp": self.tp_size, "pp": self.pp_size, "cp": self.cp_size, "dp": self.dp_size,
+               "world": self.world_size}
+        if self.ep_size > 1:
+            out["ep"] = self.ep_size
+        return out
 
     # --- the trainer's few collectives ---------------------------------------------------------------
     def dp_all_reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -164,24 +177,31 @@ def _read_groups() -> ParallelGroups:
         dp_group=ps.get_data_parallel_group(), dp_rank=dp_rank,
         dp_size=ps.get_data_parallel_world_size(),
         dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True),
-        mp_group=mp_group, mp_size=mp_size, mp_src=mp_src, device=device)
+        mp_group=mp_group, mp_size=mp_size, mp_src=mp_src, device=device,
+        ep_group=ps.get_expert_model_parallel_group(), ep_rank=ps.get_expert_model_parallel_rank(),
+        ep_size=ps.get_expert_model_parallel_world_size(),
+        etp_group=ps.get_expert_tensor_parallel_group(), etp_rank=ps.get_expert_tensor_parallel_rank(),
+        etp_size=ps.get_expert_tensor_parallel_world_size())
 
 
-def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, *, cp: int = 1) -> ParallelGroups:
+def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, *, cp: int = 1, ep: int = 1) -> ParallelGroups:
     """Initialise megatron's TP/CP/PP/DP groups on the default process group, seed its RNGs, and
     return them as one frozen :class:`ParallelGroups`.
 
     Works inside an already-initialised default group (the tests' gloo pool, torchrun) and
     initialises one from the environment (RANK/WORLD_SIZE/MASTER_*) or as a 1-process group
-    otherwise. world_size must be a multiple of tp*cp*pp; the rest is data parallel.
+    otherwise. world_size must be a multiple of tp*cp*pp; the rest is data parallel. ``ep`` splits the
+    routed experts of an MoE model over ep ranks of the data-parallel (× context-parallel) ranks, with the
+    experts' matrices split over tp (megatron's expert grid needs world % (tp*ep*pp) == 0).
     """
     global _current
-    cfg = ParallelConfig(tp=tp, pp=pp, cp=cp, seed=seed)
+    cfg = ParallelConfig(tp=tp, pp=pp, cp=cp, ep=ep, seed=seed)
     compat.enable()
     _ensure_process_group()
     world = dist.get_world_size()
     if world % (cfg.tp * cfg.cp * cfg.pp) != 0:
         raise ValueError(f"world_size {world} is not a multiple of tp*cp*pp = {cfg.tp}*{cfg.cp}*{cfg.pp}")
+    check_expert_grid(world, tp=cfg.tp, pp=cfg.pp, ep=cfg.ep)
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
@@ -191,6 +211,8 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, *, cp: int =
         tensor_model_parallel_size=cfg.tp,
         pipeline_model_parallel_size=cfg.pp,
         context_parallel_size=cfg.cp,
+        expert_model_parallel_size=cfg.ep,
+        expert_tensor_parallel_size=cfg.tp,
         create_gloo_process_groups=not torch.cuda.is_available(),
     )
     torch.manual_seed(cfg.seed)

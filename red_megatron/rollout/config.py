@@ -79,6 +79,9 @@ class RolloutConfig:
     # partial: a sample whose oldest token would be more than max_staleness versions old when trained is 'regenerate'd
     # from its prompt, or kept with those tokens trained at weight 0 ('mask': needs algo.off_policy on)
     stale_samples: str = "regenerate"
+    # MoE: each sample comes back with the experts it was routed to ([tokens, layers, topk], rollout/routing.py),
+    # for algo.routing_replay='rollout'; needs enable_prefix_caching=false (a cached prefix is never run)
+    return_routing: bool = False
 
     def __post_init__(self) -> None:
         if self.tp_infer < 1:
@@ -129,6 +132,9 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.partial_chunk_tokens must be an int >= 1, got {self.partial_chunk_tokens!r}")
         if not isinstance(self.refit_fast_path, bool):
             raise ValueError(f"RolloutConfig.refit_fast_path must be a bool (true/false), got {self.refit_fast_path!r}")
+        if self.return_routing and self.enable_prefix_caching:
+            raise ValueError("RolloutConfig.return_routing=true needs enable_prefix_caching=false: a cached prompt "
+                             "prefix is never run, so its tokens would have no routing to replay")
         if self.engine_devices is not None:
             ids = [d.strip() for d in str(self.engine_devices).split(",")]
             want = self.num_engines * self.tp_infer

