@@ -147,6 +147,16 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
     one ValueError naming the fields."""
     check_layout(cfg, world_size)
     check_checkpoint(cfg)
+    check_resume(cfg)
+
+
+def check_resume(cfg: RunConfig) -> None:
+    """The checkpoint a resume would follow: a malformed ``latest`` (a directory, garbage, a missing
+    step) is refused here, never read as "no checkpoint" (a retrain from step 0 over the run's logs)."""
+    if cfg.resume and cfg.checkpoint_dir.is_dir():
+        from red_megatron.policy.checkpoint import resolve_checkpoint
+
+        resolve_checkpoint(cfg.checkpoint_dir)
 
 
 def save_run_config(cfg: RunConfig, run_dir, **effective) -> Path:

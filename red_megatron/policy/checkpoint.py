@@ -35,6 +35,7 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import re
 import shutil
 import threading
 import warnings
@@ -48,6 +49,7 @@ from red_megatron.errors import CheckpointError
 
 FORMAT_VERSION = 1
 LATEST = "latest"
+_STEP_NAME = re.compile(r"step_\d{8}")
 SHARDING_TYPES = ("dp_reshardable", "fully_reshardable")
 
 
@@ -319,17 +321,37 @@ def save_checkpoint(root, step: int, *, chunks: list, groups, optimizer=None, sc
 
 
 def resolve_checkpoint(path) -> Path | None:
-    """A checkpoint directory from a root (via ``latest``) or a checkpoint directory itself."""
+    """A checkpoint directory from a root (via ``latest``) or a checkpoint directory itself; None when
+    there is no ``latest`` at all (a fresh root, or a crash before the first save finished).
+
+    A ``latest`` that is there but malformed (a directory, bytes that are not ``step_NNNNNNNN``, a step
+    that is absent or incomplete) is a CheckpointError, never "no checkpoint": that would retrain from
+    step 0 and overwrite the run's logged steps."""
     p = Path(path)
     if (p / "meta.json").is_file():
         return p
     pointer = p / LATEST
-    if pointer.is_file():
-        target = p / pointer.read_text().strip()
-        if (target / "meta.json").is_file():
-            return target
-        raise FileNotFoundError(f"{pointer} names {target.name}, which has no meta.json (incomplete checkpoint)")
-    return None
+    if not (pointer.exists() or pointer.is_symlink()):
+        return None
+    if not pointer.is_file():
+        kind = "a directory" if pointer.is_dir() else "not a regular file"
+        raise CheckpointError(f"malformed checkpoint pointer in {pointer}: expected a file naming the newest "
+                              f"step_NNNNNNNN directory, found {kind}")
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        name = None
+    if name is None or not _STEP_NAME.fullmatch(name):
+        shown = "undecodable bytes" if name is None else repr(name[:40])
+        raise CheckpointError(f"malformed checkpoint pointer in {pointer}: expected 'step_NNNNNNNN' (8 digits), "
+                              f"found {shown}")
+    target = p / name
+    if not target.is_dir():
+        raise CheckpointError(f"missing checkpoint in {p}: {LATEST} names {name}, which is absent (expected "
+                              f"one of {sorted(x.name for x in p.glob('step_*') if x.is_dir()) or 'none'})")
+    if not (target / "meta.json").is_file():
+        raise CheckpointError(f"incomplete checkpoint in {target}: {LATEST} names it, but it has no meta.json")
+    return target
 
 
 # torch_dist's files beside the *.distcp shards that every megatron-core version writes; the rest
