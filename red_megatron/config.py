@@ -145,6 +145,9 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
     """The run validator: every rule that needs the launch (world size) or the checkpoint, applied
     once, before any model or engine is built (the rules on the config alone ran when it was made);
     one ValueError naming the fields."""
+    from red_megatron.config_values import check_values
+
+    check_values(cfg)
     check_layout(cfg, world_size)
     check_checkpoint(cfg)
     check_resume(cfg)

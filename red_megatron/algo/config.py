@@ -77,8 +77,8 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.off_policy={self.off_policy!r}; expected 'auto', 'none' or 'tis'")
         if self.old_logprobs not in ("auto", "always"):
             raise ValueError(f"AlgoConfig.old_logprobs={self.old_logprobs!r}; expected 'auto' or 'always'")
-        if not self.tis_cap > 0:
-            raise ValueError(f"AlgoConfig.tis_cap must be > 0, got {self.tis_cap}")
+        if not self.tis_cap >= 1:  # below 1 even an on-policy token (ratio 1) would be down-weighted
+            raise ValueError(f"AlgoConfig.tis_cap must be >= 1, got {self.tis_cap}")
         if not (isinstance(self.tis_max_nonfinite, (int, float)) and 0 <= self.tis_max_nonfinite <= 1):
             raise ValueError(f"AlgoConfig.tis_max_nonfinite must be a fraction in [0, 1], got {self.tis_max_nonfinite!r}")
         if self.tis_mask_bound is not None and not self.tis_mask_bound > 1:

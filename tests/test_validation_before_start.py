@@ -1,0 +1,76 @@
+"""Validation before anything starts (issue 29): what ``--check`` passed and the run then refused (or
+trained on): non-finite floats, negative seeds, ``algo.tis_cap < 1``, a hidden size the heads do not
+divide, a tokenizer with ids beyond config.json's vocab_size. One validator serves both: each case is
+refused by ``red-train --check`` with one line and exit 2."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_bad_inputs import _env, assert_refused, run_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+CASES = [
+    (["policy.lr=inf"], ["non-finite value in policy.lr=inf", "expected a finite number"]),
+    (["algo.temperature=inf"], ["non-finite value in algo.temperature=inf"]),
+    (["algo.temperature=nan"], ["temperature", "nan"]),  # NaN fails the section's own range check first
+    (["algo.tis_cap=inf"], ["non-finite value in algo.tis_cap=inf"]),
+    (["policy.clip_grad=nan"], ["clip_grad", "nan"]),
+    (["algo.tis_cap=0.5"], ["AlgoConfig.tis_cap must be >= 1"]),
+    (["seed=-1"], ["negative seed in seed=-1", "expected an int >= 0"]),
+]
+
+
+@pytest.mark.parametrize("extra,expected", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_check_refuses(tiny_ckpt_dir, extra, expected):
+    rc, out, err = run_main("train", ["--recipe", "tiny_cpu", f"model_dir={tiny_ckpt_dir}", "--check", *extra])
+    assert_refused(rc, err, *expected)
+    assert out == ""
+
+
+def _edit_config(d: Path, **changes) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_hidden_size_the_heads_do_not_divide(tmp_path, tiny_ckpt_dir):
+    d = tmp_path / "model"
+    shutil.copytree(tiny_ckpt_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("head_dim", None)
+    cfg["hidden_size"] = cfg["num_attention_heads"] * 8 + 1
+    (d / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = run_main("train", ["--recipe", "tiny_cpu", f"model_dir={d}", "--check"])
+    assert_refused(rc, err, "unsupported model in", str(d / "config.json"), "must be divisible by num_attention_heads")
+
+
+def test_tokenizer_ids_beyond_vocab_size_name_both_files(tmp_path, tiny_ckpt_dir):
+    d = tmp_path / "model"
+    shutil.copytree(tiny_ckpt_dir, d)
+    tok = json.loads((d / "tokenizer.json").read_text())
+    top = max(list(tok["model"]["vocab"].values()) + [t["id"] for t in tok.get("added_tokens", [])])
+    _edit_config(d, vocab_size=top)  # one id too few
+    rc, _, err = run_main("train", ["--recipe", "tiny_cpu", f"model_dir={d}", "--check"])
+    assert_refused(rc, err, "tokenizer ids beyond the model's vocabulary in", str(d), f"token id {top}",
+                   f"config.json has vocab_size={top}")
+    _edit_config(d, vocab_size=top + 1)
+    rc, out, err = run_main("train", ["--recipe", "tiny_cpu", f"model_dir={d}", "--check"])
+    assert rc == 0 and out.startswith("check OK"), err
+
+
+def test_infinite_lr_is_refused_before_the_run_starts(tmp_path, tiny_ckpt_dir):
+    """The issue's case as a real subprocess without --check: it trained to exit 0 and exported NaN."""
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "red_megatron.cli.train", "--recipe", "tiny_cpu",
+                        f"model_dir={tiny_ckpt_dir}", "--run-dir", str(run), "steps=1", "policy.lr=inf"],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr == "error: non-finite value in policy.lr=inf: expected a finite number\n", p.stderr[-2000:]
+    assert not (run / "hf").exists() and not (run / "checkpoints").exists()
