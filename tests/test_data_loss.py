@@ -164,3 +164,23 @@ def test_export_refuses_nonfinite_weights_and_leaves_nothing(tmp_path):
     assert not list(out.glob("*")), list(out.iterdir())
     ok = write_hf_directory(iter(tensors[:1] + tensors[3:]), {"architectures": ["X"]}, tmp_path / "ok")
     assert (ok / "model.safetensors").is_file() and (ok / "config.json").is_file()
+
+
+# --- a checkpoint of another model --------------------------------------------------------------------
+def test_checkpoint_of_another_shape_names_directory_and_tensor(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    from red_megatron.policy.checkpoint import check_model_shapes
+
+    ckpt = tmp_path / "step_00000001"
+    dcp.save({"decoder.layers.mlp.weight": torch.zeros(2, 8, 4), "embedding.weight": torch.zeros(16, 4)},
+             storage_writer=dcp.FileSystemWriter(str(ckpt / "dist")), no_dist=True)
+    same = {"model": {"a": ShardedTensor.from_rank_offsets("decoder.layers.mlp.weight", torch.zeros(2, 8, 4))}}
+    check_model_shapes(ckpt, same)
+    vocab = ShardedTensor.from_rank_offsets("embedding.weight", torch.zeros(32, 4), allow_shape_mismatch=True)
+    check_model_shapes(ckpt, {"model": {"e": vocab}})  # a padded vocabulary may differ: megatron handles it
+    other = {"model": {"a": ShardedTensor.from_rank_offsets("decoder.layers.mlp.weight", torch.zeros(2, 8, 6))}}
+    with pytest.raises(CheckpointError, match=r"model shape mismatch in .*step_00000001: tensor "
+                                              r"decoder.layers.mlp.weight is \[2, 8, 4\] there, \[2, 8, 6\]"):
+        check_model_shapes(ckpt, other)

@@ -74,3 +74,32 @@ def test_infinite_lr_is_refused_before_the_run_starts(tmp_path, tiny_ckpt_dir):
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr == "error: non-finite value in policy.lr=inf: expected a finite number\n", p.stderr[-2000:]
     assert not (run / "hf").exists() and not (run / "checkpoints").exists()
+
+
+def _trace_rows(path: Path, traces: list[str]) -> None:
+    rows = [{"data_source": "t", "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+             "reward_model": {"ground_truth": str(i + 1)}, "target": [{"role": "assistant", "content": t}]}
+            for i, t in enumerate(traces)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_bad_traces_are_reported_and_refused_past_the_threshold(tmp_path, tiny_ckpt_dir):
+    from red_megatron.data.dataset import DataConfig, RedDataset
+    from red_megatron.data.records import DataError
+    from red_megatron.data.chat import load_tokenizer
+
+    # rows 0-5 right (the gold, another form of it), 6-7 without a box, 8 the wrong answer, 9 \boxed{2}: right
+    traces = [f"So \\boxed{{{i + 1}}}." for i in range(5)] + ["So \\boxed{6.0}.", "It is 7.", "It is 8",
+                                                              "So \\boxed{10}.", "So \\boxed{\\frac{20}{2}}."]
+    path = tmp_path / "d.jsonl"
+    _trace_rows(path, traces)
+    tok = load_tokenizer(str(tiny_ckpt_dir))
+    ds = RedDataset.load(DataConfig(path=str(path), max_bad_trace_fraction=0.3), tok)
+    q = ds.stats.trace_quality
+    assert (q.traces, q.no_answer_rows, q.wrong_answer_rows) == (10, [6, 7], [8])
+    with pytest.raises(DataError, match=r"d.jsonl: 2 of 10 offline traces have no \\boxed\{\} final answer "
+                                        r"\(first rows \[6, 7\]\) and 1 box an answer that is not the gold "
+                                        r"\(first rows \[8\]\): 30.0% bad, over data.max_bad_trace_fraction=0.2"):
+        RedDataset.load(DataConfig(path=str(path), max_bad_trace_fraction=0.2), tok)
+    with pytest.raises(ValueError, match="max_bad_trace_fraction"):
+        DataConfig(path=str(path), max_bad_trace_fraction=1.5)

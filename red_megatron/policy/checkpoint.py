@@ -418,6 +418,36 @@ def _check_dist_files(dist_dir: Path) -> None:
         raise CheckpointError(f"truncated checkpoint part in {common}: expected a complete torch.save archive")
 
 
+def _sharded_tensors(tree):
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    if isinstance(tree, ShardedTensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from _sharded_tensors(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _sharded_tensors(v)
+
+
+def check_model_shapes(ckpt: Path, sharded_sd: dict) -> None:
+    """Each model tensor's global shape against the one the checkpoint saved (dist/.metadata), so a
+    checkpoint of another model is one line naming the directory and the tensor, not megatron's
+    traceback. Tensors megatron lets differ (the padded vocabulary: ``allow_shape_mismatch``) are skipped."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(ckpt / "dist")).read_metadata().state_dict_metadata
+    for st in _sharded_tensors(sharded_sd):
+        meta = saved.get(st.key)
+        if meta is None or getattr(st, "allow_shape_mismatch", False) or not hasattr(meta, "size"):
+            continue
+        if tuple(meta.size) != tuple(st.global_shape):
+            raise CheckpointError(f"model shape mismatch in {ckpt}: tensor {st.key} is {list(meta.size)} there, "
+                                  f"{list(st.global_shape)} in this run's model: expected a checkpoint of this "
+                                  f"model (another model_dir, or another run_dir)")
+
+
 def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=None, load_optimizer: bool = True,
                     load_rng: bool = True) -> LoadInfo:
     """Collective. Loads weights into ``chunks`` (any TP/PP); optimizer + scheduler when given and
@@ -440,6 +470,7 @@ def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=Non
                          f"with sharding_type='fully_reshardable'")
 
     sd = _model_sharded_state_dict(chunks)
+    check_model_shapes(ckpt, sd)
     if want_opt:
         init_optimizer_state(optimizer)
         sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=True,
