@@ -103,3 +103,19 @@ def test_bad_traces_are_reported_and_refused_past_the_threshold(tmp_path, tiny_c
         RedDataset.load(DataConfig(path=str(path), max_bad_trace_fraction=0.2), tok)
     with pytest.raises(ValueError, match="max_bad_trace_fraction"):
         DataConfig(path=str(path), max_bad_trace_fraction=1.5)
+
+
+def test_a_refusal_after_start_up_is_one_line(tmp_path, tiny_ckpt_dir):
+    """The run's data is read after the logging is set up: its refusal is still the only stderr line
+    (the run used to print an INFO line about the library log first)."""
+    path = tmp_path / "traces.jsonl"
+    _trace_rows(path, ["So \\boxed{1}."] + ["No box here."] * 3)
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "red_megatron.cli.train", "--recipe", "tiny_cpu",
+                        f"model_dir={tiny_ckpt_dir}", "--run-dir", str(run), "steps=1", f"data.path={path}",
+                        "data.max_bad_trace_fraction=0.5"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: "), p.stderr[-2000:]
+    assert "3 of 4 offline traces have no \\boxed{} final answer (first rows [1, 2, 3])" in p.stderr
+    assert "library logs and warnings" in (run / "logs" / "library.log").read_text()
