@@ -135,8 +135,10 @@ def _main(argv: list[str]) -> int:
         # the one line on stderr, not the second
         logging.getLogger("red_run").info("library logs and warnings: %s (--verbose shows them on the console)",
                                           lib_log)
+    from red_megatron.reaper import start_reaper
     from red_megatron.trainer import train
 
+    start_reaper()  # kill -9 of this process must not leave its helper processes behind
     t0 = time.time()
     final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
