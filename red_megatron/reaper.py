@@ -99,12 +99,20 @@ def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
 
 def start_reaper(interval_s: float = INTERVAL_S) -> subprocess.Popen | None:
     """Watch this process from a separate one (see the module doc); None where /proc is absent."""
+    global _STARTED
     if not Path("/proc/self/stat").is_file():
         return None
+    if _STARTED is not None and _STARTED[0] == os.getpid():  # one reaper a process (train() may run twice)
+        return _STARTED[1]
     os.environ[TAG_ENV] = f"{os.getpid()}:{_table()[os.getpid()][1]}"
-    return subprocess.Popen([sys.executable, "-m", "red_megatron.reaper", str(os.getpid()), str(interval_s)],
+    proc = subprocess.Popen([sys.executable, "-m", "red_megatron.reaper", str(os.getpid()), str(interval_s)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)
+    _STARTED = (os.getpid(), proc)
+    return proc
+
+
+_STARTED: tuple[int, subprocess.Popen] | None = None
 
 
 if __name__ == "__main__":
