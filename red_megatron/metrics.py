@@ -92,11 +92,11 @@ def unit_bins_histogram(counts) -> dict[str, Any]:
 class MetricsLogger:
     """Writes one JSON line per step to ``run_dir/metrics.jsonl`` (appending on resume).
 
-    A step the file already holds is never written again: a resume replays the steps after its
-    checkpoint (bit-exact, so the record kept is the one the run logged first), and a run that lost
-    its checkpoint must not write over what was logged. ``resume=False`` (a fresh start in a used
-    run dir) moves an existing file aside to ``metrics.jsonl.prev<N>`` instead. A line torn by a
-    kill mid-write is cut off before appending.
+    The file is only appended to, never rewritten: a resume replays the steps after its checkpoint and
+    appends them (``read_metrics`` keeps a step's last record, the one the weights followed); a run
+    that would retrain from step 0 over logged steps is refused before it starts (config.check_resume).
+    ``resume=False`` (a fresh start in a used run dir) moves an existing file aside to
+    ``metrics.jsonl.prev<N>``. A line torn by a kill mid-write is cut off before appending.
 
     ``tty``: whether the console is a terminal (default: ``sys.stdout.isatty()``); ``stream``: where
     the plain lines go (default: stdout).
@@ -111,8 +111,7 @@ class MetricsLogger:
         self._t0, self._first_step = time.monotonic(), None
         self.every = cfg.log_every or max(1, math.ceil(total_steps / AUTO_LINES))
         self._lines = False
-        self.held_steps: set[int] = set()
-        self._told_held = False
+        self.held_steps: set[int] = set()  # the steps the file holds (read at start, then as logged)
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,15 +189,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, "time": time.time(), **{k: _jsonable(v) for k, v in metrics.items()}}
-        if step in self.held_steps:
-            if not self._told_held:
-                self._told_held = True
-                logging.getLogger(__name__).warning(
-                    "metrics.jsonl already holds step %d (logged before this resume): replayed steps are not "
-                    "written again", step)
-        else:
-            self._jsonl.write(json.dumps(record) + "\n")
-            self.held_steps.add(step)
+        self._jsonl.write(json.dumps(record) + "\n")
+        self.held_steps.add(step)
         if self._tb is not None:
             self._tb_write(step, metrics)
         if self._wandb is not None:
@@ -251,8 +243,7 @@ def _prepare_jsonl(path: Path, resume: bool) -> set[int]:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The metrics of a run, one dict per step (files written before the logger kept one record a step
-    may repeat a resumed run's steps: the last is kept)."""
+    """The metrics of a run, one dict per step; a resumed run's replayed steps keep the last record."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics.jsonl in this run directory")

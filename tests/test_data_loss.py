@@ -1,6 +1,7 @@
 """Data-loss guards (issue 29): a malformed ``latest`` is refused, never "no checkpoint";
-metrics.jsonl is never written twice for a step; non-finite behaviour log-probs are counted and
-refused past a threshold; an export refuses non-finite weights and leaves nothing behind."""
+metrics.jsonl is only appended to, and a start from step 0 over logged steps with saved checkpoints
+is refused; non-finite behaviour log-probs are counted and refused past a threshold; an export
+refuses non-finite weights and leaves nothing behind; a checkpoint of another model is named."""
 from __future__ import annotations
 
 import json
@@ -104,11 +105,21 @@ def _records(path: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["optim/loss"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
-def test_metrics_never_rewritten_for_held_steps(tmp_path):
+def test_metrics_are_appended_and_a_retrain_over_them_is_refused(tmp_path, tiny_ckpt_dir):
     _log(tmp_path, [1, 2, 3], 1.0)
-    _log(tmp_path, [2, 3, 4], 2.0)  # a resume from step 1 replays 2 and 3
-    _log(tmp_path, [1, 2], 3.0)  # a run that lost its checkpoint and retrained from 0
-    assert _records(tmp_path / "metrics.jsonl") == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0)]
+    _log(tmp_path, [2, 3, 4], 2.0)  # a resume from step 1 replays 2 and 3: appended, the old lines stay
+    assert _records(tmp_path / "metrics.jsonl") == [(1, 1.0), (2, 1.0), (3, 1.0), (2, 2.0), (3, 2.0), (4, 2.0)]
+    # saved checkpoints with no 'latest' at all beside logged steps: a start from 0 would retrain over them
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000002" / "meta.json").write_text("{}")
+    argv = ["--recipe", "tiny_cpu", f"model_dir={tiny_ckpt_dir}", "--run-dir", str(run), "--check"]
+    rc, out, err = run_main("train", argv)
+    assert rc == 0, err  # no metrics: the first save died before its pointer, a start from 0 loses nothing
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    rc, out, err = run_main("train", argv)
+    assert_refused(rc, err, "checkpoints without a pointer in", "step_00000002 is saved but there is no 'latest'",
+                   "metrics.jsonl holds logged steps")
 
 
 def test_metrics_torn_line_is_cut_and_fresh_start_moves_the_file_aside(tmp_path):

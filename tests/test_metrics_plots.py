@@ -17,18 +17,16 @@ def _fake_run(run_dir, steps=5, offset=0.0):
     logger.close()
 
 
-def test_jsonl_round_trip_and_resume_keeps_the_held_step(tmp_path):
+def test_jsonl_round_trip_and_resume_keeps_last(tmp_path):
     _fake_run(tmp_path, steps=3)
-    # a resumed run replays step 3 and goes on: the file keeps the record it holds (issue 29: never
-    # rewritten), so the replay is not written twice
+    # a resumed run re-logs step 3 and goes on: the reader keeps the newest record per step
     logger = MetricsLogger(tmp_path, MetricsConfig(progress=False, tensorboard=False), total_steps=4)
-    logger.log(3, {"red/w": 2.5})
-    logger.log(4, {"red/w": 3.0, "loss/policy": float("nan")})
+    logger.log(3, {"red/w": 2.5, "loss/policy": float("nan")})
+    logger.log(4, {"red/w": 3.0})
     logger.close()
     recs = read_metrics(tmp_path)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
-    assert recs[2]["red/w"] == 3.0 and recs[3]["loss/policy"] == "nan"
+    assert recs[2]["red/w"] == 2.5 and recs[2]["loss/policy"] == "nan"
     assert recs[0]["red/rbar_hist"] == [0.0, 0.5, 1.0]
     assert (tmp_path / "tensorboard").is_dir()
 
