@@ -44,7 +44,8 @@ from red_megatron.reward import RewardConfig, RewardScorer
 def main():
     spec = json.load(open(sys.argv[1]))
     out = {}
-    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
+    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"],
+                                   typical_answer_s=spec["typical_answer_s"])) as s:
         s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
         for name, (resps, golds) in spec["batches"].items():
             t0 = time.monotonic()
@@ -125,7 +126,8 @@ def score_after(spec: dict) -> dict:
     from red_megatron.reward import RewardConfig, RewardScorer
 
     out = {}
-    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
+    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"],
+                                   typical_answer_s=spec["typical_answer_s"])) as s:
         s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
         for name, (resps, golds) in spec["batches"].items():
             t0 = time.monotonic()
@@ -208,6 +210,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=10.0, help="RewardConfig.timeout_s for both sides")
+    ap.add_argument("--typical-answer-s", type=float, default=0.25,
+                    help="RewardConfig.typical_answer_s for both sides (the step deadline's per-answer budget): "
+                         "raise it on a loaded machine, where the deadline would cut answers and count them wrong")
     ap.add_argument("--before-rev", default="d741f23",
                     help="the commit whose red_megatron/reward is BEFORE (d741f23: main before issue 29; "
                          "the 2026-12-02 report used 5493a24, the commit before the grader)")
@@ -226,7 +231,7 @@ def main() -> None:
     corpus = corpus_rows()
     adv_resps = [f"\\boxed{{{a}}}" for a in ADVERSARIAL] + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
     adv_golds = ["5"] * len(ADVERSARIAL) + [g for _, g in ORDINARY]
-    spec = {"workers": args.workers, "timeout_s": args.timeout_s,
+    spec = {"workers": args.workers, "timeout_s": args.timeout_s, "typical_answer_s": args.typical_answer_s,
             "batches": {"pairs": ([f"So \\boxed{{{r[2]}}}." for r in rows], [r[1] for r in rows]),
                         "adversarial": (adv_resps, adv_golds),
                         "corpus": ([r["response"] for r in corpus], [r["gold"] for r in corpus])}}
@@ -238,7 +243,8 @@ def main() -> None:
                                          f"{os.cpu_count()} cores visible, 1-min load average "
                                          f"{load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
                                          "of the run: other jobs shared the cores)",
-           "workers": args.workers, "timeout_s": args.timeout_s, "before_rev": args.before_rev,
+           "workers": args.workers, "timeout_s": args.timeout_s, "typical_answer_s": args.typical_answer_s,
+           "before_rev": args.before_rev,
            "before": rates(rows, before["pairs"]["rewards"]), "after": rates(rows, after["pairs"]["rewards"]),
            "adversarial": {"answers": len(adv_resps), "adversarial": len(ADVERSARIAL),
                            "before_s": before["adversarial"]["seconds"], "after_s": after["adversarial"]["seconds"],
@@ -269,6 +275,7 @@ def write(res: dict, out: Path) -> None:
     pct = lambda a, b: f"{100.0 * a / b:.1f}% ({a}/{b})" if b else "-"
     lines = [f"# Grader: false accepts and false rejects, before and after ({res['date']})", "",
              f"Machine: {res['machine']}. RewardScorer with {res['workers']} workers, timeout_s {res['timeout_s']}, "
+             f"typical_answer_s {res.get('typical_answer_s', 0.25)}, "
              f"exact-match fast path on (the defaults). BEFORE: red_megatron/reward at {res['before_rev']}; "
              f"AFTER: this checkout. {res['pairs']} (gold, answer) pairs from every distinct gold of math_eval.parquet: "
              "right answers are the gold as a model writes it (verbatim, `$` stripped, no spaces, `\\frac` as `/`, "
