@@ -11,7 +11,7 @@ through RewardScorer as ``\\boxed{...}`` responses:
 Then the adversarial batch (answers that make sympy hang or crawl, plus ordinary ones),
 timed through both, and the pool's bound on answers that hang in the verifier itself.
 
-    .venv/bin/python benchmarks/grader_report.py [--workers 2] [--before-rev 5493a24]
+    .venv/bin/python benchmarks/grader_report.py [--workers 2] [--before-rev d741f23]
 Writes benchmarks/reports/grader_<date>.md and .json.
 """
 from __future__ import annotations
@@ -44,12 +44,13 @@ from red_megatron.reward import RewardConfig, RewardScorer
 def main():
     spec = json.load(open(sys.argv[1]))
     out = {}
-    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
+    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"],
+                                   typical_answer_s=spec["typical_answer_s"])) as s:
         s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
         for name, (resps, golds) in spec["batches"].items():
             t0 = time.monotonic()
-            rewards, _ = s.score(resps, golds)
-            out[name] = {"rewards": rewards, "seconds": time.monotonic() - t0}
+            rewards, stats = s.score(resps, golds)
+            out[name] = {"rewards": rewards, "seconds": time.monotonic() - t0, "stats": stats.as_dict()}
     json.dump(out, open(sys.argv[2], "w"))
 
 if __name__ == "__main__":  # the workers start with forkserver
@@ -69,14 +70,43 @@ def load_golds(path: Path) -> dict[str, list[str]]:
 
 
 def build_pairs(golds: dict[str, list[str]]):
-    from red_megatron.reward.selfcheck import gold_variants, near_misses
+    from red_megatron.reward.selfcheck import gold_variants, near_misses, number_perturbations
 
     rows = []  # (benchmark, gold, answer, expected, form)
     for bench, gs in golds.items():
         for g in gs:
             rows += [(bench, g, v, 1.0, name) for name, v in gold_variants(g).items()]
             rows += [(bench, g, v, 0.0, name) for name, v in near_misses(g).items()]
+            rows += [(bench, g, v, 0.0, f"{PERTURBED}{k}") for k, v in enumerate(number_perturbations(g))]
     return rows
+
+
+PERTURBED = "number_changed_"  # the form of a gold with its k-th number changed (selfcheck.number_perturbations)
+
+
+def corpus_rows() -> list[dict]:
+    path = ROOT / "tests" / "data" / "grading_corpus.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def perturbation_rates(rows, rewards) -> dict:
+    out = {}
+    for bench in BENCHMARKS:
+        sel = [(r, got) for r, got in zip(rows, rewards) if r[0] == bench and r[4].startswith(PERTURBED)]
+        out[bench] = {"perturbed": len(sel), "golds": len({r[1] for r, _ in sel}),
+                      "accepted": sum(got == 1.0 for _, got in sel),
+                      "accepted_pairs": [(r[1], r[2]) for r, got in sel if got == 1.0]}
+    return out
+
+
+def corpus_disagreements(corpus: list[dict], rewards) -> dict:
+    out: dict[str, dict] = {}
+    for r, got in zip(corpus, rewards):
+        d = out.setdefault(r["type"], {"rows": 0, "false_accept": 0, "false_reject": 0})
+        d["rows"] += 1
+        d["false_accept"] += r["expected"] == 0.0 and got == 1.0
+        d["false_reject"] += r["expected"] == 1.0 and got == 0.0
+    return out
 
 
 def score_before(rev: str, spec: dict) -> dict:
@@ -96,7 +126,8 @@ def score_after(spec: dict) -> dict:
     from red_megatron.reward import RewardConfig, RewardScorer
 
     out = {}
-    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"])) as s:
+    with RewardScorer(RewardConfig(num_workers=spec["workers"], timeout_s=spec["timeout_s"],
+                                   typical_answer_s=spec["typical_answer_s"])) as s:
         s.score(["\\boxed{1}"] * spec["workers"], ["1"] * spec["workers"])
         for name, (resps, golds) in spec["batches"].items():
             t0 = time.monotonic()
@@ -179,8 +210,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=10.0, help="RewardConfig.timeout_s for both sides")
-    ap.add_argument("--before-rev", default="5493a24", help="the commit whose red_megatron/reward is BEFORE")
-    ap.add_argument("--date", default="2026-12-02")
+    ap.add_argument("--typical-answer-s", type=float, default=0.25,
+                    help="RewardConfig.typical_answer_s for both sides (the step deadline's per-answer budget): "
+                         "raise it on a loaded machine, where the deadline would cut answers and count them wrong")
+    ap.add_argument("--before-rev", default="d741f23",
+                    help="the commit whose red_megatron/reward is BEFORE (d741f23: main before issue 29; "
+                         "the 2026-12-02 report used 5493a24, the commit before the grader)")
+    ap.add_argument("--date", default="2026-12-06")
     ap.add_argument("--machine", default="2-core CPU dev machine")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "reports"))
     ap.add_argument("--hangs-only", action="store_true",
@@ -190,12 +226,15 @@ def main() -> None:
         hangs_report(args)
         return
     data = Path(os.environ.get("RED_SHARED_DATA", ROOT.parent / "shared" / "data")) / "math_eval.parquet"
-    rows = build_pairs(load_golds(data))
+    golds = load_golds(data)
+    rows = build_pairs(golds)
+    corpus = corpus_rows()
     adv_resps = [f"\\boxed{{{a}}}" for a in ADVERSARIAL] + [f"\\boxed{{{p}}}" for p, _ in ORDINARY]
     adv_golds = ["5"] * len(ADVERSARIAL) + [g for _, g in ORDINARY]
-    spec = {"workers": args.workers, "timeout_s": args.timeout_s,
+    spec = {"workers": args.workers, "timeout_s": args.timeout_s, "typical_answer_s": args.typical_answer_s,
             "batches": {"pairs": ([f"So \\boxed{{{r[2]}}}." for r in rows], [r[1] for r in rows]),
-                        "adversarial": (adv_resps, adv_golds)}}
+                        "adversarial": (adv_resps, adv_golds),
+                        "corpus": ([r["response"] for r in corpus], [r["gold"] for r in corpus])}}
     t0, load0 = time.monotonic(), os.getloadavg()[0]
     after = score_after(spec)
     before = score_before(args.before_rev, spec)
@@ -204,13 +243,20 @@ def main() -> None:
                                          f"{os.cpu_count()} cores visible, 1-min load average "
                                          f"{load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
                                          "of the run: other jobs shared the cores)",
-           "workers": args.workers, "timeout_s": args.timeout_s, "before_rev": args.before_rev,
+           "workers": args.workers, "timeout_s": args.timeout_s, "typical_answer_s": args.typical_answer_s,
+           "before_rev": args.before_rev,
            "before": rates(rows, before["pairs"]["rewards"]), "after": rates(rows, after["pairs"]["rewards"]),
            "adversarial": {"answers": len(adv_resps), "adversarial": len(ADVERSARIAL),
                            "before_s": before["adversarial"]["seconds"], "after_s": after["adversarial"]["seconds"],
                            "before_ordinary_correct": sum(before["adversarial"]["rewards"][len(ADVERSARIAL):]),
                            "after_ordinary_correct": sum(after["adversarial"]["rewards"][len(ADVERSARIAL):]),
                            "after_stats": after["adversarial"]["stats"]},
+           "perturbation_before": perturbation_rates(rows, before["pairs"]["rewards"]),
+           "perturbation_after": perturbation_rates(rows, after["pairs"]["rewards"]),
+           "golds_without_numbers": sorted({g for gs in golds.values() for g in gs if not any(c.isdigit() for c in g)}),
+           "corpus_before": corpus_disagreements(corpus, before["corpus"]["rewards"]),
+           "corpus_after": corpus_disagreements(corpus, after["corpus"]["rewards"]), "corpus_rows": len(corpus),
+           "pair_stats": {"before": before["pairs"]["stats"], "after": after["pairs"]["stats"]},
            "hang_bound": bound, "pairs": len(rows), "report_seconds": time.monotonic() - t0,
            "after_errors": [r[:5] for r, got in zip(rows, after["pairs"]["rewards"]) if got != r[3]][:40]}
     write(res, Path(args.out))
@@ -229,12 +275,13 @@ def write(res: dict, out: Path) -> None:
     pct = lambda a, b: f"{100.0 * a / b:.1f}% ({a}/{b})" if b else "-"
     lines = [f"# Grader: false accepts and false rejects, before and after ({res['date']})", "",
              f"Machine: {res['machine']}. RewardScorer with {res['workers']} workers, timeout_s {res['timeout_s']}, "
+             f"typical_answer_s {res.get('typical_answer_s', 0.25)}, "
              f"exact-match fast path on (the defaults). BEFORE: red_megatron/reward at {res['before_rev']}; "
              f"AFTER: this checkout. {res['pairs']} (gold, answer) pairs from every distinct gold of math_eval.parquet: "
              "right answers are the gold as a model writes it (verbatim, `$` stripped, no spaces, `\\frac` as `/`, "
              "bmatrix for pmatrix), near misses are wrong by construction (last integer +1, sign flip, the last "
              "entry of a matrix/list alone, a list short of its last element, an equation's right side + 1, "
-             "a fraction rounded to 7 digits, `-1` for `-1./3`).", "",
+             "a fraction rounded to 7 digits, `-1` for `-1./3`, the gold with one of its numbers changed).", "",
              "| benchmark | golds | right | near misses | false reject BEFORE | false reject AFTER "
              "| false accept BEFORE | false accept AFTER |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for b in BENCHMARKS:
@@ -260,11 +307,50 @@ def write(res: dict, out: Path) -> None:
         lines.append(f"- {what}: {h['seconds']:.1f} s against a step deadline of {h['deadline_s']:.1f} s "
                      f"(timeout + 0.25 s x answers/workers); {h['ordinary_correct']:.0f}/24 ordinary answers "
                      f"scored 1, {h['timeouts']} timeouts, {h['cut_by_deadline']} cut by the deadline.")
+    ps = res["pair_stats"]
+    lines += ["", f"Timeouts among the pairs (an answer past its deadline scores 0, so a loaded machine shows as false "
+                  f"rejects): BEFORE {ps['before']['timeouts']}, AFTER {ps['after']['timeouts']}."]
+    lines += _perturbation_lines(res) + _corpus_lines(res)
     lines += ["",
               f"AFTER disagreements with the labels: {len(res['after_errors'])} (listed in the JSON). "
               f"Report wall time {res['report_seconds']:.0f} s."]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _perturbation_lines(res: dict) -> list[str]:
+    pb, pa = res["perturbation_before"], res["perturbation_after"]
+    lines = ["", "## Each gold with one number changed", "",
+             "Every distinct gold once per number in it, that number's last digit changed (+1 mod 10; "
+             "`selfcheck.number_perturbations`): each must score 0. These pairs are also in the near misses above.",
+             "", "| benchmark | golds with a number | perturbed golds | accepted BEFORE | accepted AFTER |",
+             "|---|---:|---:|---:|---:|"]
+    for b in BENCHMARKS:
+        lines.append(f"| {b} | {pa[b]['golds']} | {pa[b]['perturbed']} | {pb[b]['accepted']} | {pa[b]['accepted']} |")
+    accepted = [p for b in BENCHMARKS for p in pb[b]["accepted_pairs"]]
+    lines += ["", f"Accepted BEFORE ({len(accepted)}): " + "; ".join(f"`{g}` -> `{p}`" for g, p in accepted)]
+    left = [p for b in BENCHMARKS for p in pa[b]["accepted_pairs"]]
+    lines += ["", f"Accepted AFTER ({len(left)}): " + ("; ".join(f"`{g}` -> `{p}`" for g, p in left) or "none")]
+    nn = res["golds_without_numbers"]
+    lines += ["", f"Golds that cannot be perturbed this way ({len(nn)}): they hold no digit (a variable, an "
+              "expression in letters, an option letter, a word, a sentence), so there is no number to change: "
+              + ", ".join(f"`{g}`" for g in nn) + "."]
+    return lines
+
+
+def _corpus_lines(res: dict) -> list[str]:
+    cb, ca = res["corpus_before"], res["corpus_after"]
+    lines = ["", "## The labelled corpus by class", "",
+             f"tests/data/grading_corpus.jsonl ({res['corpus_rows']} rows, labelled by construction), scored "
+             "through RewardScorer; the classes where BEFORE or AFTER disagrees with a label:", "",
+             "| class | rows | false accept BEFORE | false accept AFTER | false reject BEFORE | false reject AFTER |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for k in sorted(ca):
+        b, a = cb[k], ca[k]
+        if b["false_accept"] or b["false_reject"] or a["false_accept"] or a["false_reject"]:
+            lines.append(f"| {k} | {a['rows']} | {b['false_accept']} | {a['false_accept']} | {b['false_reject']} "
+                         f"| {a['false_reject']} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -181,8 +181,32 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
     """The run validator: every rule that needs the launch (world size) or the checkpoint, applied
     once, before any model or engine is built (the rules on the config alone ran when it was made);
     one ValueError naming the fields."""
+    from red_megatron.config_values import check_values
+
+    check_values(cfg)
     check_layout(cfg, world_size)
     check_checkpoint(cfg)
+    check_resume(cfg)
+
+
+def check_resume(cfg: RunConfig) -> None:
+    """The checkpoint a resume would follow: a malformed ``latest`` (a directory, garbage, a missing
+    step) is refused here, never read as "no checkpoint" (a retrain from step 0 over the run's logs);
+    so are saved checkpoints without any ``latest`` beside logged metrics."""
+    root = cfg.checkpoint_dir
+    if not (cfg.resume and root.is_dir()):
+        return
+    from red_megatron.errors import CheckpointError
+    from red_megatron.policy.checkpoint import LATEST, resolve_checkpoint
+
+    if resolve_checkpoint(root) is not None:
+        return
+    saved = sorted(p.name for p in root.glob("step_*") if (p / "meta.json").is_file())
+    metrics = Path(cfg.run_dir) / "metrics.jsonl"
+    if saved and metrics.is_file() and metrics.stat().st_size > 0:
+        raise CheckpointError(f"checkpoints without a pointer in {root}: {saved[-1]} is saved but there is no "
+                              f"'{LATEST}', and {metrics} holds logged steps; a start from step 0 would retrain over "
+                              f"them: expected {root / LATEST} naming the step to resume from (or another run_dir)")
 
 
 def save_run_config(cfg: RunConfig, run_dir, **effective) -> Path:

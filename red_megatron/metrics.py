@@ -14,12 +14,15 @@ Both show the same keys (PROGRESS_KEYS), times in full (H:MM:SS).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from red_megatron.errors import UserError
 
 # The console view shows these, in this order, when present: (metric key, label, format).
 PROGRESS_KEYS = (("reward/mean", "reward", ".3f"), ("reward/online_accuracy", "acc", ".3f"),
@@ -90,13 +93,19 @@ def unit_bins_histogram(counts) -> dict[str, Any]:
 class MetricsLogger:
     """Writes one JSON line per step to ``run_dir/metrics.jsonl`` (appending on resume).
 
+    The file is only appended to, never rewritten: a resume replays the steps after its checkpoint and
+    appends them (``read_metrics`` keeps a step's last record, the one the weights followed); a run
+    that would retrain from step 0 over logged steps is refused before it starts (config.check_resume).
+    ``resume=False`` (a fresh start in a used run dir) moves an existing file aside to
+    ``metrics.jsonl.prev<N>``. A line torn by a kill mid-write is cut off before appending.
+
     ``tty``: whether the console is a terminal (default: ``sys.stdout.isatty()``); ``stream``: where
     the plain lines go (default: stdout); ``width``: the terminal's columns for the bar (default: the
     terminal's own, 200 on a ``stream``).
     """
 
     def __init__(self, run_dir: str | Path, cfg: MetricsConfig, *, total_steps: int, enabled: bool = True,
-                 tty: bool | None = None, stream=None, width: int | None = None):
+                 tty: bool | None = None, stream=None, width: int | None = None, resume: bool = True):
         self.cfg, self.total_steps, self.enabled = cfg, total_steps, enabled
         self.run_dir = Path(run_dir)
         self._tb = self._wandb = self._progress = None
@@ -104,9 +113,11 @@ class MetricsLogger:
         self._t0, self._first_step = time.monotonic(), None
         self.every = cfg.log_every or max(1, math.ceil(total_steps / AUTO_LINES))
         self._lines = False
+        self.held_steps: set[int] = set()  # the steps the file holds (read at start, then as logged)
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.held_steps = _prepare_jsonl(self.run_dir / "metrics.jsonl", resume)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -187,6 +198,7 @@ class MetricsLogger:
             return
         record = {"step": step, "time": time.time(), **{k: _jsonable(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
+        self.held_steps.add(step)
         if self._tb is not None:
             self._tb_write(step, metrics)
         if self._wandb is not None:
@@ -210,8 +222,36 @@ class MetricsLogger:
         self._jsonl.close()
 
 
+def _prepare_jsonl(path: Path, resume: bool) -> set[int]:
+    """The steps ``path`` holds (after cutting a torn last line); with ``resume=False`` the file is
+    moved aside first (to ``<name>.prev<N>``), so nothing logged is ever overwritten."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return set()
+    if not resume:
+        n = 1
+        while path.with_name(f"{path.name}.prev{n}").exists():
+            n += 1
+        path.rename(path.with_name(f"{path.name}.prev{n}"))
+        logging.getLogger(__name__).warning("resume=false: the earlier %s moved to %s.prev%d", path, path.name, n)
+        return set()
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):  # killed mid-write: the torn line would glue onto the next record
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+        data = data[:data.rfind(b"\n") + 1]
+    held = set()
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                held.add(int(json.loads(line)["step"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise UserError(f"unreadable line {n} in {path}: expected a JSON record with a 'step' "
+                                f"({type(e).__name__}); move the file aside to start a fresh log") from None
+    return held
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The metrics of a run, one dict per step; a resumed run's repeated steps keep the last."""
+    """The metrics of a run, one dict per step; a resumed run's replayed steps keep the last record."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics.jsonl in this run directory")

@@ -143,7 +143,8 @@ class _Run:
                                  f"rollout.tp_infer=1 (use red-eval on the exported checkpoints otherwise)")
             self.evaluator = TrainingEval(cfg, tokenizer=self.tokenizer, engine=engine, scorer=self.scorer,
                                           enabled=g.rank == 0)
-        self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0)
+        self.logger = MetricsLogger(cfg.run_dir, cfg.metrics, total_steps=self.steps, enabled=g.rank == 0,
+                                    resume=cfg.resume)
         self.step = 0
         self.skipped_steps = 0
         self._saved_step = None  # the step of the checkpoint on disk that holds the current state
@@ -258,7 +259,7 @@ class _Run:
 
     def _off_policy_terms(self, exp: Experience, terms, logp_old_N: torch.Tensor):
         """TIS: ρ = min(π_old/π_behaviour, C) on the online tokens (algo/off_policy.py), folded into the terms."""
-        from red_megatron.algo.off_policy import off_policy_metrics, truncated_is_weights
+        from red_megatron.algo.off_policy import check_nonfinite_behaviour, off_policy_metrics, truncated_is_weights
 
         a, g = self.cfg.algo, self.groups
         old = torch.split(logp_old_N.detach().double().cpu(), [len(r) for r in exp.response_ids])
@@ -271,7 +272,9 @@ class _Run:
             moved = maxes.to(g.device)
             torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.MAX, group=g.dp_group)
             maxes = moved.cpu()
-        metrics = off_policy_metrics(g.dp_all_reduce(w.sums), float(maxes[0]), float(maxes[1]))
+        sums = g.dp_all_reduce(w.sums)
+        check_nonfinite_behaviour(sums, a.tis_max_nonfinite, self.step + 1)  # every DP rank sees the same sums
+        metrics = off_policy_metrics(sums, float(maxes[0]), float(maxes[1]))
         rho = w.is_weight_N
         if exp.token_versions:  # partial rollouts: no token more than k versions old is trained (weight 0)
             from red_megatron.algo.off_policy import stale_tokens

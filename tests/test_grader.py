@@ -1,5 +1,5 @@
-"""The grader against a hand-labelled corpus, the false accepts of issue 16, and the gold
-self-check on the six benchmarks.
+"""The grader against a hand-labelled corpus, the false accepts of issues 16 and 29, the gold
+self-check on the six benchmarks, and each gold with one number changed (which must score 0).
 
 The corpus (tests/data/grading_corpus.jsonl, written by tests/data/grading_corpus_gen.py)
 is labelled by construction; every triple must agree, through RewardScorer's full path
@@ -13,7 +13,8 @@ import pytest
 
 from red_megatron.reward import RewardConfig, RewardScorer
 from red_megatron.reward.grader import GradeOptions, grade
-from red_megatron.reward.selfcheck import frac_to_slash, gold_variants, self_check
+from red_megatron.reward.selfcheck import frac_to_slash, gold_variants, number_perturbations, self_check
+from red_megatron.reward.units import canonical_unit
 from red_megatron.reward.verify import gold_parses, verify_answer
 from tests.conftest import shared_data_dir
 
@@ -30,7 +31,8 @@ def test_corpus_shape():
     assert sum(r["expected"] == 0.0 for r in rows) >= len(rows) / 3  # near misses
     kinds = Counter(r["type"] for r in rows)
     for k in ("matrix", "interval", "list", "tuple", "equation", "trailing_dot", "units", "text", "percent",
-              "multi", "rounding"):
+              "multi", "rounding", "derivative", "prime", "mixed_number", "set_tuple", "nested_box", "tex_space",
+              "gen_derivative", "gen_mixed", "gen_units", "gen_set_tuple", "gen_integer", "gen_base"):
         assert kinds[k] >= 4, (k, kinds)
 
 
@@ -129,3 +131,71 @@ def test_load_time_check_flags_exactly_the_unparseable_golds():
     assert sorted(flagged) == sorted(["$t(0,4]$", next(g for g in golds if "arbitrary integer" in g)]), flagged
     for bad in ("}{", "\\frac{", ""):
         assert not gold_parses(bad)
+
+
+# Each of these scored as marked on main before issue 29 (the opposite of ``expected``), found by an
+# adversarial user; whole responses, scored in one call through RewardScorer.
+ISSUE_29 = [  # (gold, response, expected)
+    (r"\frac{dy}{dx}=3x^2", r"\boxed{\frac{dy}{dx}=5x^2}", 0.0),
+    (r"\frac{dv}{dt}=-g", r"\boxed{\frac{dv}{dt}=g}", 0.0),
+    ("y'=2x", r"\boxed{y=2x}", 0.0),
+    ("2", r"\boxed{3 1/2}", 0.0),
+    (r"\frac{7}{2}", r"\boxed{3 1/2}", 1.0),
+    (r"12 \text{ cm}", r"\boxed{12 \text{ m}}", 0.0),
+    (r"15\mbox{ cm}^2", r"\boxed{15\mbox{ cm}^3}", 0.0),
+    ("(3,4)", r"\boxed{\{3,4\}}", 0.0),
+    ("5", r"\boxed{5.0000000001}", 0.0),
+    ("42", r"\boxed{\boxed{42} 41}", 0.0),
+    ("52_8", r"\boxed{52_9}", 0.0),
+    (r"\frac{9}{52}", r"\boxed{9/52\ }", 1.0),
+    (r"m_{p} c^{2}\left(\gamma^{2}-1\right) \sin ^{2} \theta",
+     r"\boxed{m_{p} c^{2}\left(\gamma^{2}-2\right) \sin ^{2} \theta}", 0.0),
+    (r"10\,080", r"\boxed{90}", 0.0),
+]
+
+
+def test_issue29_classes_through_the_scorer():
+    with RewardScorer(RewardConfig(num_workers=2, timeout_s=20.0)) as scorer:
+        rewards, stats = scorer.score([r for _, r, _ in ISSUE_29], [g for g, _, _ in ISSUE_29])
+    wrong = [(g, r, e, why) for (g, r, e), got, why in zip(ISSUE_29, rewards, stats.reasons) if got != e]
+    assert not wrong, wrong
+
+
+def test_units_compare_by_the_documented_equivalences():
+    assert canonical_unit(" square inches") == canonical_unit("in", 2) == "in^2"
+    assert canonical_unit("Cents") == canonical_unit("cent") != canonical_unit("dollars")
+    assert canonical_unit("cubic centimetres") == canonical_unit("cm", 3)
+    assert canonical_unit("degrees") == canonical_unit("deg") and canonical_unit("m") != canonical_unit("cm")
+    assert grade("120", r"1.2 \text{ m}")[0] is False  # no conversion: only the same unit, or none
+
+
+def _golds():
+    return list(dict.fromkeys(g for gs in _golds_by_benchmark().values() for g in gs))
+
+
+def ci_perturbations(golds: list[str]) -> list[tuple[str, str]]:
+    """One perturbation per gold (the number picked by a hash of the gold: the same on every run),
+    so CI grades ~1,000 pairs; benchmarks/grader_report.py grades every number of every gold."""
+    import zlib
+
+    out = []
+    for g in golds:
+        ps = number_perturbations(g)
+        if ps:
+            out.append((g, ps[zlib.crc32(g.encode()) % len(ps)]))
+    return out
+
+
+def test_each_gold_with_one_number_changed_is_rejected():
+    golds = _golds()
+    pairs = ci_perturbations(golds)
+    # the golds without a digit have no number to change: a variable, a word, an option letter
+    assert len(golds) - len(pairs) == sum(not any(c.isdigit() for c in g) for g in golds)
+    assert len(pairs) >= 1000
+    # ~21 s of CPU in all (the slowest pair 0.7 s); generous deadlines, so a loaded machine cannot
+    # turn a pair into a timeout (scored 0, and so passing for the wrong reason)
+    with RewardScorer(RewardConfig(num_workers=2, timeout_s=60.0, patience_s=None, typical_answer_s=1.0)) as scorer:
+        rewards, stats = scorer.score([f"\\boxed{{{p}}}" for _, p in pairs], [g for g, _ in pairs])
+    accepted = [pair for pair, got in zip(pairs, rewards) if got]
+    assert not accepted, accepted
+    assert stats.timeouts == stats.crashes == stats.errors == 0

@@ -57,6 +57,12 @@ def scorer():
     ("ok \\boxed{3} then truncated \\boxed{4", "3"),
     ("empty \\boxed{}", None),
     ("\\boxedtext{9}", None),
+    ("\\boxed{\\boxed{42} 41}", "\\boxed{42} 41"),  # the outermost last box, not the inner one
+    ("\\boxed{\\boxed{42}}", "42"),
+    ("\\boxed{1} and \\boxed{ \\fbox{2} }", "2"),
+    ("\\boxed{9/52\\ }", "9/52"),  # TeX spacing at the edges is not the answer
+    ("\\boxed{\\quad 7\\,}", "7"),
+    ("\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
 ])
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected

@@ -37,6 +37,9 @@ class AlgoConfig:
     off_policy: Literal["auto", "none", "tis"] = "auto"
     tis_cap: float = 2.0  # C of the truncated importance weight min(π_old/π_behaviour, C)
     tis_mask_bound: float | None = None  # mask samples whose geometric-mean ratio leaves [1/bound, bound]
+    # online tokens whose behaviour log-prob is NaN/inf get ρ = 0 and are counted; past this fraction of a
+    # step's online tokens the step is refused (the engine is broken, not unlucky)
+    tis_max_nonfinite: float = 1e-3
     # w held at this value every step instead of the preset's (1.0, or Eq. 9's): the `red_wconst` control
     # of STUDY_DESIGN §6.5 (red with w fixed at red's mean w). The regulator still logs ΔH^rl, ΔH^sft.
     fixed_w: float | None = None
@@ -80,8 +83,10 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.off_policy={self.off_policy!r}; expected 'auto', 'none' or 'tis'")
         if self.old_logprobs not in ("auto", "always"):
             raise ValueError(f"AlgoConfig.old_logprobs={self.old_logprobs!r}; expected 'auto' or 'always'")
-        if not self.tis_cap > 0:
-            raise ValueError(f"AlgoConfig.tis_cap must be > 0, got {self.tis_cap}")
+        if not self.tis_cap >= 1:  # below 1 even an on-policy token (ratio 1) would be down-weighted
+            raise ValueError(f"AlgoConfig.tis_cap must be >= 1, got {self.tis_cap}")
+        if not (isinstance(self.tis_max_nonfinite, (int, float)) and 0 <= self.tis_max_nonfinite <= 1):
+            raise ValueError(f"AlgoConfig.tis_max_nonfinite must be a fraction in [0, 1], got {self.tis_max_nonfinite!r}")
         if self.tis_mask_bound is not None and not self.tis_mask_bound > 1:
             raise ValueError(f"AlgoConfig.tis_mask_bound must be None or > 1, got {self.tis_mask_bound}")
         if self.fixed_w is not None and not (isinstance(self.fixed_w, (int, float)) and 0 < self.fixed_w < float("inf")):

@@ -16,6 +16,11 @@ exp(mean_t log(π_old/π_behaviour)) leaves [1/bound, bound]. Offline traces hav
 ρ = 1. ρ enters the contract as ``TokenTerms.is_weight_N`` (``TokenTerms.with_is_weight``).
 
 k3 estimates KL(π_behaviour ‖ π_old) from the behaviour's own samples: E[(q − 1) − log q], q = π_old/π_b.
+
+An online token whose behaviour log-prob is not finite (NaN, ±inf from a broken engine) has no
+ratio: its ρ is 0, it is left out of every statistic, and it is counted (``sums[5]``);
+:func:`check_nonfinite_behaviour` refuses the step when that count passes a fraction of the
+online tokens, so the tokens are never dropped silently.
 """
 from __future__ import annotations
 
@@ -29,8 +34,9 @@ class OffPolicyWeights:
     is_weight_N: torch.Tensor  # fp32 ρ per token (1 on offline tokens, 0 on masked samples' tokens)
     sample_masked_B: torch.Tensor  # bool: the sample's tokens were masked
     # sums for metrics over a distributed batch (reduce them, then off_policy_metrics): online tokens,
-    # Σρ, truncated tokens, masked samples, Σk3, and the largest untruncated ratio (reduce with max)
-    sums: torch.Tensor  # float64 [5]
+    # Σρ, truncated tokens, masked samples, Σk3, non-finite behaviour log-probs (online tokens with
+    # none: not in the other sums), and the largest untruncated ratio (reduce with max)
+    sums: torch.Tensor  # float64 [6]
     max_ratio: float
     max_weight: float  # the largest ρ (<= cap)
 
@@ -49,7 +55,9 @@ def truncated_is_weights(logp_old_N: torch.Tensor, logp_behaviour_N: torch.Tenso
                     ("sample_idx_N", sample_idx_N)):
         if t.shape != (n,):
             raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({n},) like logp_old_N")
-    online = ~is_offline_N.bool()
+    online_all = ~is_offline_N.bool()
+    nonfinite = online_all & ~torch.isfinite(logp_behaviour_N)
+    online = online_all & ~nonfinite  # the tokens with a ratio; the others get ρ = 0 below
     log_q = torch.where(online, logp_old_N.double() - logp_behaviour_N.double(), torch.zeros((), dtype=torch.float64))
     q = torch.exp(log_q)
     rho = torch.clamp(q, max=float(cap))
@@ -63,10 +71,11 @@ def truncated_is_weights(logp_old_N: torch.Tensor, logp_behaviour_N: torch.Tenso
         masked_B = (tokens_B > 0) & (mean_B.abs() > torch.log(torch.tensor(float(mask_bound), dtype=torch.float64)))
         rho = torch.where(masked_B[idx], torch.zeros((), dtype=torch.float64), rho)
     rho = torch.where(online, rho, torch.ones((), dtype=torch.float64))
+    rho = torch.where(nonfinite, torch.zeros((), dtype=torch.float64), rho)
     k3 = torch.where(online, (q - 1.0) - log_q, torch.zeros((), dtype=torch.float64))
     n_online = float(online.sum())
     sums = torch.tensor([n_online, float(rho[online].sum()), float(truncated.sum()), float(masked_B.sum()),
-                         float(k3.sum())], dtype=torch.float64)
+                         float(k3.sum()), float(nonfinite.sum())], dtype=torch.float64)
     max_ratio = float(q[online].max()) if n_online else 1.0
     max_weight = float(rho[online].max()) if n_online else 1.0
     return OffPolicyWeights(is_weight_N=rho.float(), sample_masked_B=masked_B, sums=sums, max_ratio=max_ratio,
@@ -79,7 +88,18 @@ def off_policy_metrics(sums: torch.Tensor, max_ratio: float, max_weight: float) 
     return {"offpolicy/is_weight_mean": float(sums[1]) / n, "offpolicy/is_weight_max": float(max_weight),
             "offpolicy/ratio_max": float(max_ratio),
             "offpolicy/truncated_fraction": float(sums[2]) / n, "offpolicy/masked_samples": float(sums[3]),
-            "offpolicy/kl_k3_behaviour_old": float(sums[4]) / n}
+            "offpolicy/kl_k3_behaviour_old": float(sums[4]) / n,
+            "offpolicy/nonfinite_behaviour_tokens": float(sums[5])}
+
+
+def check_nonfinite_behaviour(sums: torch.Tensor, max_fraction: float, step: int) -> None:
+    """Refuse a step whose (globally reduced) non-finite behaviour log-probs pass ``max_fraction`` of
+    its online tokens (``algo.tis_max_nonfinite``); below it they count in the metrics, with ρ = 0."""
+    bad, n = float(sums[5]), float(sums[0]) + float(sums[5])
+    if bad and bad > max_fraction * n:
+        raise ValueError(f"non-finite behaviour log-probs in step {step}: {bad:.0f} of {n:.0f} online tokens "
+                         f"({100 * bad / n:.3g}%), above algo.tis_max_nonfinite={max_fraction}: expected the "
+                         f"engine to return finite log-probs for the tokens it sampled")
 
 
 def stale_tokens(token_versions: list, response_lens: list[int], *, oldest: int) -> torch.Tensor:

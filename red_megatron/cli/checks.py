@@ -4,6 +4,7 @@ Each refuses with one ``UserError`` shaped ``<what> in <file/field>: <expected>`
 - ``check_model_dir``: the directory, its ``config.json`` (JSON and the supported architectures),
   the tokenizer files (and a chat template when none is configured), and, unless ``weights=False``,
   every safetensors file's header and length (a truncated shard is named without reading weights);
+  and that no token id the tokenizer holds reaches config.json's ``vocab_size``;
 - ``check_chat_template``: ``data.chat_template`` is None, a Jinja template, a ``.jinja`` file or a
   named template the data module knows; anything else (``hello``) would become every prompt;
 - ``check_verify_fn``: ``reward.verify_fn`` imports and is callable (not discovered at the first
@@ -93,13 +94,47 @@ def check_weights(model_dir: Path) -> int:
     return len(shards)
 
 
-def check_tokenizer_files(model_dir: Path, *, need_chat_template: bool) -> None:
+def _tokenizer_ids(model_dir: Path, tok: dict | None, tcfg: dict) -> tuple[int, str] | None:
+    """(largest token id, the file that holds it) over the vocabulary and the added tokens."""
+    best: tuple[int, str] | None = None
+
+    def see(ids, name):
+        nonlocal best
+        ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+        if ids and (best is None or max(ids) > best[0]):
+            best = (max(ids), name)
+
+    if tok is not None:
+        vocab = (tok.get("model") or {}).get("vocab")
+        see(vocab.values() if isinstance(vocab, dict) else [], "tokenizer.json")
+        see([t.get("id") for t in tok.get("added_tokens") or [] if isinstance(t, dict)], "tokenizer.json")
+    elif (model_dir / "vocab.json").is_file():
+        see(read_json_file(model_dir / "vocab.json", "tokenizer vocabulary").values(), "vocab.json")
+    decoder = tcfg.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        see([int(k) for k in decoder if str(k).isdigit()], "tokenizer_config.json")
+    return best
+
+
+def check_tokenizer_vocab(model_dir: Path, vocab_size: int, tok: dict | None, tcfg: dict) -> None:
+    """Every token id the tokenizer can produce must index the model's embedding (config.json's
+    vocab_size); a larger one fails deep inside vLLM or the embedding, naming neither file."""
+    top = _tokenizer_ids(model_dir, tok, tcfg)
+    if top is not None and top[0] >= vocab_size:
+        raise ModelDirError(f"tokenizer ids beyond the model's vocabulary in {model_dir}: {top[1]} has token id "
+                            f"{top[0]}, config.json has vocab_size={vocab_size}: expected every id < vocab_size")
+
+
+def check_tokenizer_files(model_dir: Path, *, need_chat_template: bool, vocab_size: int | None = None) -> None:
     if not any(all((model_dir / f).is_file() for f in fs) for fs in TOKENIZER_FILE_SETS):
         raise ModelDirError(f"missing tokenizer files in {model_dir}: expected tokenizer.json (or vocab.json + "
                             f"merges.txt, or tokenizer.model) and tokenizer_config.json")
     tcfg = read_json_file(model_dir / "tokenizer_config.json", "tokenizer config")
+    tok = None
     if (model_dir / "tokenizer.json").is_file():
-        read_json_file(model_dir / "tokenizer.json", "tokenizer")
+        tok = read_json_file(model_dir / "tokenizer.json", "tokenizer")
+    if vocab_size is not None:
+        check_tokenizer_vocab(model_dir, vocab_size, tok, tcfg)
     has_template = bool(tcfg.get("chat_template")) or (model_dir / "chat_template.jinja").is_file() or (
         model_dir / "chat_template.json").is_file()
     if need_chat_template and not has_template:
@@ -121,7 +156,7 @@ def check_model_dir(model_dir, *, field: str = "model_dir", weights: bool = True
     except (ValueError, KeyError, TypeError) as e:
         msg = str(e).removeprefix("config.json: ")
         raise ModelDirError(f"unsupported model in {p / 'config.json'}: {msg}") from None
-    check_tokenizer_files(p, need_chat_template=need_chat_template)
+    check_tokenizer_files(p, need_chat_template=need_chat_template, vocab_size=hf.vocab_size)
     if weights:
         check_weights(p)
     return hf

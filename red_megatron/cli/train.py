@@ -134,10 +134,14 @@ def _main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     lib_log = setup_run_logging(cfg.run_dir, verbose=args.verbose, rank=rank)
     if rank == 0 and not args.verbose:
-        logging.getLogger("red_megatron.cli").info("library logs and warnings: %s (--verbose shows them here)",
-                                                  lib_log)
+        # to the log file only (a logger the console filters out): a refusal later in the start-up must be
+        # the one line on stderr, not the second
+        logging.getLogger("red_run").info("library logs and warnings: %s (--verbose shows them on the console)",
+                                          lib_log)
+    from red_megatron.reaper import start_reaper
     from red_megatron.trainer import train
 
+    start_reaper()  # kill -9 of this process must not leave its helper processes behind
     from red_megatron.run_control import EXIT_INTERRUPTED, RunInterrupted
 
     t0 = time.time()

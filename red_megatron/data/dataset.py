@@ -68,6 +68,9 @@ class DataConfig:
     # and keep: the row can only score by identical string) or "off" (skip the ~5-30 ms/answer)
     answer_check: str = "error"
     answer_check_workers: int = 0  # >0: check in that many processes (46k rows take minutes in one)
+    # offline traces with no \boxed{} answer, or boxing another answer than the gold (graded unless
+    # answer_check='off'): counted and reported at load; past this fraction of the traces, refused
+    max_bad_trace_fraction: float = 1.0
     limit: int | None = None  # read only the first N rows (after validation of those rows)
     global_batch_size: int = 64  # prompts per step, over all DP ranks
     shuffle: bool = True  # shuffle the order every epoch (seeded by data.seed and the epoch)
@@ -91,6 +94,9 @@ class DataConfig:
         if self.max_response_tokens < 2:
             raise ValueError(f"DataConfig.max_response_tokens must be >= 2 (one token and EOS), "
                              f"got {self.max_response_tokens}")
+        if not isinstance(self.max_bad_trace_fraction, (int, float)) or not 0 <= self.max_bad_trace_fraction <= 1:
+            raise ValueError(f"DataConfig.max_bad_trace_fraction must be a fraction in [0, 1], "
+                             f"got {self.max_bad_trace_fraction!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"DataConfig.limit must be None or an int >= 1, got {self.limit!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -136,6 +142,7 @@ class LoadStats:
     unparseable_answer_rows: list[int] = field(default_factory=list)  # kept under answer_check="warn"
     traces_truncated: int = 0  # traces longer than max_response_tokens (EOS included)
     traces_cut_before_answer: list[int] = field(default_factory=list)  # rows whose cut loses the \boxed{} answer
+    trace_quality: Any = None  # data.trace_check.TraceQuality: traces with no answer / another answer
 
 
 def has_boxed_answer(text: str) -> bool:
@@ -254,6 +261,11 @@ class RedDataset:
         if cfg.answer_check != "off":
             stats.unparseable_answer_rows = check_answers_parse(records, cfg.path, cfg.answer_check,
                                                                  cfg.answer_check_workers)
+        if cfg.require_trace:
+            from red_megatron.data.trace_check import check_traces
+
+            stats.trace_quality = check_traces(records, cfg.path, cfg.max_bad_trace_fraction,
+                                               grade=cfg.answer_check != "off", workers=cfg.answer_check_workers)
         texts = [chat.render_prompt(tokenizer, r.messages, cfg.chat_template) for r in records]
         ids = chat.encode_text(tokenizer, texts)
         kept_records, kept_ids = [], []

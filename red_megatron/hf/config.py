@@ -255,6 +255,9 @@ def read_hf_config(src) -> HFModelConfig:
     theta, scaling = _rope(d)
     heads = int(d["num_attention_heads"])
     hidden = int(d["hidden_size"])
+    if not d.get("head_dim") and heads > 0 and hidden % heads:
+        raise ValueError(f"config.json: hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) "
+                         f"when head_dim is not given")
     head_dim = d.get("head_dim") or hidden // heads
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         if key not in d:

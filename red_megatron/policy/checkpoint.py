@@ -35,6 +35,7 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import re
 import shutil
 import signal
 import threading
@@ -49,6 +50,7 @@ from red_megatron.errors import CheckpointError
 
 FORMAT_VERSION = 1
 LATEST = "latest"
+_STEP_NAME = re.compile(r"step_\d{8}")
 SHARDING_TYPES = ("dp_reshardable", "fully_reshardable")
 
 
@@ -324,17 +326,37 @@ def save_checkpoint(root, step: int, *, chunks: list, groups, optimizer=None, sc
 
 
 def resolve_checkpoint(path) -> Path | None:
-    """A checkpoint directory from a root (via ``latest``) or a checkpoint directory itself."""
+    """A checkpoint directory from a root (via ``latest``) or a checkpoint directory itself; None when
+    there is no ``latest`` at all (a fresh root, or a crash before the first save finished).
+
+    A ``latest`` that is there but malformed (a directory, bytes that are not ``step_NNNNNNNN``, a step
+    that is absent or incomplete) is a CheckpointError, never "no checkpoint": that would retrain from
+    step 0 and overwrite the run's logged steps."""
     p = Path(path)
     if (p / "meta.json").is_file():
         return p
     pointer = p / LATEST
-    if pointer.is_file():
-        target = p / pointer.read_text().strip()
-        if (target / "meta.json").is_file():
-            return target
-        raise FileNotFoundError(f"{pointer} names {target.name}, which has no meta.json (incomplete checkpoint)")
-    return None
+    if not (pointer.exists() or pointer.is_symlink()):
+        return None
+    if not pointer.is_file():
+        kind = "a directory" if pointer.is_dir() else "not a regular file"
+        raise CheckpointError(f"malformed checkpoint pointer in {pointer}: expected a file naming the newest "
+                              f"step_NNNNNNNN directory, found {kind}")
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        name = None
+    if name is None or not _STEP_NAME.fullmatch(name):
+        shown = "undecodable bytes" if name is None else repr(name[:40])
+        raise CheckpointError(f"malformed checkpoint pointer in {pointer}: expected 'step_NNNNNNNN' (8 digits), "
+                              f"found {shown}")
+    target = p / name
+    if not target.is_dir():
+        raise CheckpointError(f"missing checkpoint in {p}: {LATEST} names {name}, which is absent (expected "
+                              f"one of {sorted(x.name for x in p.glob('step_*') if x.is_dir()) or 'none'})")
+    if not (target / "meta.json").is_file():
+        raise CheckpointError(f"incomplete checkpoint in {target}: {LATEST} names it, but it has no meta.json")
+    return target
 
 
 # torch_dist's files beside the *.distcp shards that every megatron-core version writes; the rest
@@ -401,6 +423,36 @@ def _check_dist_files(dist_dir: Path) -> None:
         raise CheckpointError(f"truncated checkpoint part in {common}: expected a complete torch.save archive")
 
 
+def _sharded_tensors(tree):
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    if isinstance(tree, ShardedTensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from _sharded_tensors(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _sharded_tensors(v)
+
+
+def check_model_shapes(ckpt: Path, sharded_sd: dict) -> None:
+    """Each model tensor's global shape against the one the checkpoint saved (dist/.metadata), so a
+    checkpoint of another model is one line naming the directory and the tensor, not megatron's
+    traceback. Tensors megatron lets differ (the padded vocabulary: ``allow_shape_mismatch``) are skipped."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(ckpt / "dist")).read_metadata().state_dict_metadata
+    for st in _sharded_tensors(sharded_sd):
+        meta = saved.get(st.key)
+        if meta is None or getattr(st, "allow_shape_mismatch", False) or not hasattr(meta, "size"):
+            continue
+        if tuple(meta.size) != tuple(st.global_shape):
+            raise CheckpointError(f"model shape mismatch in {ckpt}: tensor {st.key} is {list(meta.size)} there, "
+                                  f"{list(st.global_shape)} in this run's model: expected a checkpoint of this "
+                                  f"model (another model_dir, or another run_dir)")
+
+
 def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=None, load_optimizer: bool = True,
                     load_rng: bool = True) -> LoadInfo:
     """Collective. Loads weights into ``chunks`` (any TP/PP); optimizer + scheduler when given and
@@ -423,6 +475,7 @@ def load_checkpoint(path, *, chunks: list, groups, optimizer=None, scheduler=Non
                          f"with sharding_type='fully_reshardable'")
 
     sd = _model_sharded_state_dict(chunks)
+    check_model_shapes(ckpt, sd)
     if want_opt:
         init_optimizer_state(optimizer)
         sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=True,

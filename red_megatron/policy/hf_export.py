@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from red_megatron.errors import UserError
+
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json", ".tmp")
 
 
@@ -22,17 +24,27 @@ def write_hf_directory(named_tensors: Iterable[tuple[str, torch.Tensor]], raw_co
     """Consume ``named_tensors`` (always, so a collective stream stays in step); write if ``write``.
 
     config.json is ``raw_config`` with its dtype set to the tensors' dtype; every non-weight
-    file of ``src_dir`` (tokenizer, generation config, chat template, ...) is copied.
+    file of ``src_dir`` (tokenizer, generation config, chat template, ...) is copied. A tensor with a
+    NaN or inf is refused (UserError naming it) once the stream is consumed, and nothing is left.
     """
     out = Path(out_dir)
     writer = _ShardWriter(out, max_shard_bytes) if write else None
     saved_dtype = None
+    nonfinite: list[str] = []
     for name, t in named_tensors:
         if writer is not None:
-            saved_dtype = t.dtype
-            writer.add(name, t)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                nonfinite.append(name)  # keep consuming: the other ranks are still streaming
+            if not nonfinite:
+                saved_dtype = t.dtype
+                writer.add(name, t)
     if writer is None:
         return out
+    if nonfinite:
+        writer.discard()
+        more = f" (and {len(nonfinite) - 1} more tensors)" if len(nonfinite) > 1 else ""
+        raise UserError(f"non-finite weights in tensor {nonfinite[0]}{more} of the export to {out}: expected "
+                        f"finite values (nothing was written; the weights diverged, export an earlier checkpoint)")
     writer.close()
     cfg = dict(raw_config)
     if saved_dtype is not None:
@@ -72,6 +84,12 @@ class _ShardWriter:
         self._save(self.cur, str(tmp), metadata={"format": "pt"})
         self.files.append((tmp, list(self.cur), self.size))
         self.cur, self.size = {}, 0
+
+    def discard(self) -> None:
+        """Remove the shards written so far (a refused export leaves no half model behind)."""
+        for tmp, _, _ in self.files:
+            tmp.unlink(missing_ok=True)
+        self.cur, self.files = {}, []
 
     def close(self) -> None:
         if self.cur or not self.files:

@@ -46,7 +46,8 @@ class GradeOptions:
     rel_tol: two numbers are equal when ``|a - b| <= rel_tol * max(|a|, |b|)`` (or exactly
         equal). 1e-9 by default: a rounded decimal (``0.1730769`` for ``9/52``) is wrong,
         while ``3.14159265359`` for ``\\pi`` (11 digits) is right. 0 asks for exact equality
-        at ``precision`` digits.
+        at ``precision`` digits. An integer against a rational (a decimal is read as the
+        rational it spells) is always exact: ``5.0000000001`` is not ``5``.
     precision: decimal digits numbers are evaluated to before comparing.
     """
     rel_tol: float = 1e-9
@@ -101,6 +102,7 @@ def _parse_latex(latex: str):
     return _exact_decimals(expr)
 
 
+_JUXTAPOSED = re.compile(r"\d\s+\.?\d")
 _TOWER = re.compile(r"\d+(?:\s*\^\s*\{?\s*\(?\s*\d+)+")
 _FACT_OF_FACT = re.compile(r"!\s*[)}]\s*!")
 MAX_DIGITS = 100_000  # an integer with more digits than this is not an answer; sympy may hang building it
@@ -133,11 +135,25 @@ def parse_normalized(n: Normalized, timeout_s: int | None):
 
     if not n.latex:
         raise ValueError("empty answer")
+    if _JUXTAPOSED.search(n.latex):  # "42 41": the parser would add them; no reading of it is safe
+        raise ValueError(f"two numbers side by side in {n.latex!r:.60}")
     if too_big(n.latex):  # counted as a timeout: it is one, told in advance
         from math_verify.errors import TimeoutException
 
         raise TimeoutException(f"answer too large to evaluate (over {MAX_DIGITS} digits)")
-    return timeout(timeout_seconds=timeout_s)(_parse_latex)(n.latex)
+    expr = timeout(timeout_seconds=timeout_s)(_parse_latex)(n.latex)
+    if "infty" not in n.latex and _undefined(expr):  # a misread (\Gamma(-1)): it would equal any other misread
+        raise ValueError(f"{n.latex!r:.60} reads as an undefined value")
+    return expr
+
+
+def _undefined(expr) -> bool:
+    import sympy
+
+    try:
+        return bool(expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo))
+    except Exception:
+        return False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -176,8 +192,11 @@ def numbers_close(a, b, opts: GradeOptions) -> bool | None:
     try:
         if a == b:
             return True
-        if isinstance(a, sympy.Integer) and isinstance(b, sympy.Integer):
-            return False  # integers are written exactly: 11111111101 is not 11111111100
+        if (isinstance(a, sympy.Integer) and isinstance(b, sympy.Rational)) or \
+                (isinstance(b, sympy.Integer) and isinstance(a, sympy.Rational)):
+            # integers are exact: 11111111101 is not 11111111100, nor is 5.0000000001 (a decimal, read
+            # as the rational it spells) 5; the relative tolerance is for irrationals and rounded golds
+            return False
         av, bv = a.evalf(opts.precision), b.evalf(opts.precision)
         if not (av.is_number and bv.is_number) or av.has(sympy.nan, sympy.zoo) or bv.has(sympy.nan, sympy.zoo):
             return None
@@ -210,6 +229,13 @@ def _is_assignment(x) -> bool:
     import sympy
 
     return isinstance(x, sympy.Eq) and isinstance(x.lhs, (sympy.Symbol, sympy.Function, sympy.Indexed))
+
+
+def _is_differential(x) -> bool:
+    import sympy
+
+    return isinstance(x, sympy.Eq) and any(s.name.startswith(_DERIV_NAME) for s in x.free_symbols
+                                           if isinstance(s, sympy.Symbol))
 
 
 def _same_equation(g, p, opts: GradeOptions, timeout_s) -> bool:
@@ -249,6 +275,8 @@ def equal(g, p, opts: GradeOptions, timeout_s: int | None = 5) -> bool:
     if isinstance(g, sympy.Interval) and isinstance(p, sympy.Interval):
         return (g.left_open == p.left_open and g.right_open == p.right_open
                 and equal(g.start, p.start, opts, timeout_s) and equal(g.end, p.end, opts, timeout_s))
+    if _is_differential(g) and not isinstance(p, sympy.core.relational.Relational):
+        return False  # dM/dt = ... is a differential equation, not a value: its right side alone is not it
     if _is_assignment(g):
         if _is_assignment(p):
             return g.lhs == p.lhs and equal(g.rhs, p.rhs, opts, timeout_s)
@@ -279,6 +307,59 @@ def top_level_items(latex: str) -> int:
         else:
             cur += c
     return sum(2 if "\\pm" in x or "\\mp" in x else 1 for x in parts + [cur])  # 1\pm\sqrt{5}: two
+
+
+def wrapper(latex: str) -> str:
+    """How the whole answer is bracketed: ``set`` (``\\{1,2\\}``), ``paren`` (``(1,2)``, ``[1,2)``,
+    ``\\left(...\\right)``, one pair of brackets around everything) or ``bare`` (``1, 2``, ``(1,2),(3,4)``)."""
+    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])", "", latex).strip()
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return "set"
+    if not (s[:1] in "([" and s[-1:] in ")]") or not s:
+        return "bare"
+    depth = 0
+    for i, c in enumerate(s.replace("\\{", "((").replace("\\}", "))")):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if depth == 0 and i < len(s) - 1:
+            return "bare"  # (1,2),(3,4): the first bracket closes before the end
+    return "paren"
+
+
+def _inner_items(latex: str) -> int:
+    s = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", latex).strip()
+    return top_level_items(s[1:-1]) if wrapper(latex) == "paren" else top_level_items(s)
+
+
+def _brackets_differ(gn: Normalized, pn: Normalized) -> bool:
+    """A tuple or interval (``(3,4)``) is not answered by a set (``\\{3,4\\}``) or a bare list
+    (``3, 4``: unordered here), nor a set (``\\{1,2,3\\}``) by a tuple ``(1,2,3)``."""
+    g, p = wrapper(gn.latex), wrapper(pn.latex)
+    if g == "paren" and _inner_items(gn.latex) > 1:
+        return p != "paren"
+    if g == "set" and _inner_items(gn.latex) > 1:
+        return p == "paren"
+    return False
+
+
+_DERIV_NAME = "Derivative["
+
+
+def _opaque_derivatives(g, p):
+    """``g`` and ``p`` with each derivative replaced by one symbol per derivative: sympy evaluates
+    ``d y/d x`` of a plain symbol to 0, which made ``dy/dx = 5x^2`` the same equation as ``= 3x^2``."""
+    import sympy
+
+    atoms = set()
+    for x in (g, p):
+        try:
+            atoms |= x.atoms(sympy.Derivative)
+        except Exception:
+            pass
+    if not atoms:
+        return g, p
+    sub = {d: sympy.Symbol(f"{_DERIV_NAME}{sympy.srepr(d)}]") for d in atoms}
+    return g.xreplace(sub), p.xreplace(sub)
 
 
 def _percent_pairs(gn: Normalized, g, pn: Normalized, p):
@@ -313,6 +394,10 @@ def grade(pred: str, gold: str, opts: GradeOptions = GradeOptions(), timeout_s: 
     if gn.text is not None:
         return (True, CORRECT) if plain_text(pred) == gn.text else (False, WRONG)
     pn = normalize_answer(pred)
+    if (gn.unit and pn.unit and gn.unit != pn.unit) or (gn.bases and pn.bases and gn.bases != pn.bases):
+        return False, WRONG  # 12 m for 12 cm, 52_9 for 52_8; no unit (base) at all is judged on the number
+    if _brackets_differ(gn, pn):
+        return False, WRONG
     if pn.latex.replace(" ", "") == gn.latex.replace(" ", "") and pn.percent == gn.percent:
         return True, CORRECT
     try:
@@ -321,6 +406,7 @@ def grade(pred: str, gold: str, opts: GradeOptions = GradeOptions(), timeout_s: 
         raise
     except Exception:
         return False, PARSE_FAIL
+    g, p = _opaque_derivatives(g, p)
     n_gold, n_pred = top_level_items(gn.latex), top_level_items(pn.latex)
     if n_gold > 1 and n_pred != n_gold:
         return False, WRONG  # "16,3,1" for "16,3,1,1", "-2" for "-2,-2": a set would drop the repeats

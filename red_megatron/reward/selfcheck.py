@@ -137,3 +137,18 @@ def near_misses(gold: str) -> dict[str, str]:
         if len(r.split(".")[-1]) >= 6:  # a non-terminating decimal cut short, not its exact value
             out["rounded"] = r
     return out
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def number_perturbations(gold: str) -> list[str]:
+    """The gold once per number in it, with that number's last digit changed (``+1`` mod 10):
+    each is wrong by construction unless the number does not count (``0^{2}`` -> ``0^{3}``),
+    which the report lists. A number is a run of digits, with its decimals (``142.0``)."""
+    out = []
+    for m in _NUMBER.finditer(gold):
+        tok = m.group(0)
+        changed = tok[:-1] + str((int(tok[-1]) + 1) % 10)
+        out.append(gold[:m.start()] + changed + gold[m.end():])
+    return out

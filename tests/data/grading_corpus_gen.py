@@ -85,6 +85,39 @@ HAND = [
     ("base", "52_8", ["52_8", "52_{8}"], ["53_8"]),
     ("aime", "025", ["25", "025"], ["24", "250"]),
     ("amc", "142.0", ["142"], ["141", "14.2"]),
+    # issue 29's false accepts and false reject, as the issue found them
+    ("derivative", r"\frac{dy}{dx}=3x^2", [r"dy/dx = 3x^2", r"\frac{d y}{d x}=3 x^{2}"],
+     [r"\frac{dy}{dx}=5x^2", r"\frac{dy}{dt}=3x^2", "y=3x^2"]),
+    ("derivative", r"\frac{dv}{dt}=-g", [r"\frac{dv}{dt} = -g"], [r"\frac{dv}{dt}=g", r"\frac{dv}{dt}=-2g"]),
+    ("derivative", r"\frac{d x}{d t}=k x-a", [r"dx/dt = kx - a"], [r"\frac{dx}{dt}=kx+a", r"\frac{dx}{dt}=ax-k"]),
+    ("prime", "y'=2x", ["y' = 2x", r"y^{\prime}=2x"], ["y=2x", "y''=2x", "y'=3x"]),
+    ("prime", "f'(x)=6x-1", ["f'(x) = 6x - 1"], ["f(x)=6x-1", "f'(x)=6x+1"]),
+    ("mixed_number", r"\frac{7}{2}", ["3 1/2", r"3\frac{1}{2}", r"3\ 1/2"], ["31/2", "4/2"]),
+    ("mixed_number", "2", ["4/2"], ["3 1/2"]),
+    ("mixed_number", "3 1/2", ["7/2", r"\frac{7}{2}", "3.5"], ["31/2", "2"]),
+    ("units", r"12 \text{ cm}", ["12", r"12\text{ centimeters}", r"12 \mbox{cm}"], [r"12 \text{ m}", r"12 \text{ cm}^2", "13"]),
+    ("units", r"15\mbox{ cm}^2", [r"15 \text{ square cm}", "15", r"15 \text{ cm}^{2}"], [r"15\mbox{ cm}^3", r"15 \text{ m}^2"]),
+    ("units", r"90^\circ", [r"90 \text{ degrees}"], [r"90 \text{ radians}"]),
+    ("set_tuple", "(3,4)", ["(3, 4)", r"\left(3,4\right)"], [r"\{3,4\}", "3, 4", "(4,3)"]),
+    ("set_tuple", r"\{1,2,3\}", ["3, 2, 1", r"\{3,1,2\}"], ["(1,2,3)"]),
+    ("integer_exact", "5", ["5.0", "5.000"], ["5.0000000001", "4.9999999999"]),
+    ("integer_exact", "11111111100", ["11111111100.0"], ["11111111100.01"]),
+    ("base", "40_9", ["40_{9}", "40"], ["40_8", "41_9"]),
+    ("thousands", r"10\,080", ["10080", r"10\,080"], ["90", "1008"]),
+    ("gamma", r"m_{p} c^{2}\left(\gamma^{2}-1\right) \sin ^{2} \theta",
+     [r"m_p c^2 (\gamma^2 - 1) \sin^2\theta"], [r"m_{p} c^{2}\left(\gamma^{2}-2\right) \sin ^{2} \theta"]),
+]
+
+# Whole responses (not "So the answer is \boxed{...}."): which box is the answer, its spacing.
+RAW = [
+    ("nested_box", "42", r"So \boxed{\boxed{42} 41}.", False),
+    ("nested_box", "41", r"So \boxed{\boxed{42} 41}.", False),
+    ("nested_box", "42", r"So \boxed{\boxed{42}}.", True),
+    ("nested_box", "42", r"First \boxed{41}, then \boxed{ \boxed{42} }.", True),
+    ("tex_space", r"\frac{9}{52}", r"So \boxed{9/52\ }.", True),
+    ("tex_space", r"\frac{9}{52}", r"So \boxed{\,9/52\quad}.", True),
+    ("tex_space", "12", r"So \boxed{12\;}.", True),
+    ("tex_space", "12", r"So \boxed{\ 13\ }.", False),
 ]
 
 
@@ -137,7 +170,55 @@ def generated(rng: random.Random) -> list[tuple[str, str, str, bool]]:
         g = f"{var}={a}"
         out += [("gen_equation", g, str(a), True), ("gen_equation", g, f"{var} = {a}", True),
                 ("gen_equation", g, f"{var}={a + 1}", False), ("gen_equation", g, f"{var}={a} + 1", False)]
+    for _ in range(6):  # derivative equations: another right side, another variable, the function alone
+        a, b, k = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 4)
+        v, t = rng.choice([("y", "x"), ("v", "t"), ("N", "t")])
+        lhs = f"\\frac{{d{v}}}{{d{t}}}"
+        g = f"{lhs}={a}{t}^{k}"
+        out += [("gen_derivative", g, f"d{v}/d{t} = {a}{t}^{{{k}}}", True),
+                ("gen_derivative", g, f"{lhs}={a + b}{t}^{k}", False),
+                ("gen_derivative", g, f"{lhs}=-{a}{t}^{k}", False),
+                ("gen_derivative", g, f"\\frac{{d{v}}}{{ds}}={a}{t}^{k}", False),
+                ("gen_derivative", g, f"{v}={a}{t}^{k}", False)]
+    for _ in range(6):  # mixed numbers: a + b/c, never (a + b)/c, never the digits run together
+        c = rng.randint(3, 9)
+        a, b = rng.randint(1, 9), rng.randint(1, c - 1)
+        f = Fraction(a * c + b, c)
+        mixed = f"{a} {b}/{c}"
+        out += [("gen_mixed", _frac_tex(f), mixed, True),
+                ("gen_mixed", _frac_tex(f), f"{a}{b}/{c}", False)]
+        if Fraction(a + b, c) != f:
+            out.append(("gen_mixed", _frac_tex(Fraction(a + b, c)), mixed, False))
+    for _ in range(6):  # units: the same unit spelled otherwise, no unit, another unit, another power
+        n, (u, alias, other), k = rng.randint(2, 500), rng.choice(UNITS), rng.choice([1, 2, 3])
+        pw = "" if k == 1 else f"^{k}"
+        g = f"{n} \\text{{ {u}}}{pw}"
+        out += [("gen_units", g, str(n), True), ("gen_units", g, f"{n}\\mbox{{ {alias}}}{pw}", True),
+                ("gen_units", g, f"{n} \\text{{ {other}}}{pw}", False),
+                ("gen_units", g, f"{n} \\text{{ {u}}}^{k % 3 + 1}", False)]
+    for _ in range(6):  # ordered pairs vs sets and bare lists; sets vs tuples
+        xs = rng.sample(range(-9, 20), rng.randint(2, 3))
+        tup, st = "(" + ", ".join(map(str, xs)) + ")", "\\{" + ", ".join(map(str, xs)) + "\\}"
+        out += [("gen_set_tuple", tup, tup.replace(" ", ""), True), ("gen_set_tuple", tup, st, False),
+                ("gen_set_tuple", tup, ", ".join(map(str, xs)), False),
+                ("gen_set_tuple", tup, "(" + ", ".join(map(str, xs[::-1])) + ")", False),
+                ("gen_set_tuple", st, ", ".join(map(str, xs[::-1])), True), ("gen_set_tuple", st, tup, False)]
+    for _ in range(6):  # integer golds: a decimal with a nonzero fraction is wrong however close
+        n, k = rng.randint(1, 10 ** 6), rng.randint(8, 12)
+        out += [("gen_integer", str(n), f"{n}.{'0' * k}", True), ("gen_integer", str(n), f"{n}.{'0' * k}1", False),
+                ("gen_integer", str(n), f"{n - 1}.{'9' * k}", False)]
+    for _ in range(6):  # numerals with a base: another base, the digits alone
+        base = rng.randint(3, 9)
+        digits = "".join(str(rng.randint(0, base - 1)) for _ in range(rng.randint(2, 4))).lstrip("0") or "1"
+        g = f"{digits}_{{{base}}}"
+        out += [("gen_base", g, f"{digits}_{base}", True), ("gen_base", g, digits, True),
+                ("gen_base", g, f"{digits}_{{{base + 1}}}", False)]
     return out
+
+
+# (unit, another spelling of it, a different unit)
+UNITS = [("cm", "centimeters", "m"), ("inches", "in", "feet"), ("meters", "m", "km"), ("seconds", "s", "minutes"),
+         ("grams", "g", "kg"), ("cents", "cent", "dollars"), ("feet", "ft", "yards")]
 
 
 def main() -> None:
@@ -145,10 +226,10 @@ def main() -> None:
     for kind, gold, rights, misses in HAND:
         rows += [(kind, gold, r, True) for r in rights] + [(kind, gold, r, False) for r in misses]
     rows += generated(random.Random(0))
+    rows = [(kind, gold, f"So the answer is \\boxed{{{resp}}}.", ok) for kind, gold, resp, ok in rows] + RAW
     with OUT.open("w") as f:
         for kind, gold, resp, ok in rows:
-            f.write(json.dumps({"type": kind, "gold": gold, "response": f"So the answer is \\boxed{{{resp}}}.",
-                                "expected": 1.0 if ok else 0.0}) + "\n")
+            f.write(json.dumps({"type": kind, "gold": gold, "response": resp, "expected": 1.0 if ok else 0.0}) + "\n")
     n_miss = sum(not r[3] for r in rows)
     print(f"{OUT}: {len(rows)} triples, {n_miss} near misses")
 

@@ -1,0 +1,120 @@
+"""No orphans: a watchdog process that kills what a trainer started once the trainer is gone.
+
+A trainer starts helper processes it does not own the code of: megatron's checkpoint writer (a
+multiprocessing Manager, its resource tracker, a forked writer during a save), the verifier pool's
+fork server and workers, the rollout engines. ``kill -9`` of the trainer runs no cleanup, and those
+helpers were seen alive minutes later (about 1 GB a crash). Parent-death signals do not fit: the
+writer's Manager is started from a short-lived thread, and ``PR_SET_PDEATHSIG`` fires when that
+thread ends.
+
+:func:`start_reaper` tags this process's environment (``RED_REAPER_TAG=<pid>:<start time>``, which
+every helper started afterwards inherits, through spawn, forkserver or a plain subprocess) and starts
+``python -m red_megatron.reaper <pid>``: every ``interval_s`` it records the trainer's descendants (pid
+and start time, from /proc); when the trainer is gone it SIGKILLs each recorded process still running
+with the same start time (never a reused pid), every process carrying the tag (a helper started in
+the last interval, already handed to init), and the children of those, twice, then exits. Linux only
+(/proc); elsewhere it is not started.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+INTERVAL_S = 0.5  # a helper forked in the last interval before a kill is found only through its parent
+
+
+def _table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, start time in clock ticks) of every process."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+        out[int(d.name)] = (int(fields[1]), int(fields[19]))
+    return out
+
+
+def _descendants(table: dict[int, tuple[int, int]], roots: set[int]) -> dict[int, int]:
+    """pid -> start time of every process below ``roots`` in ``table``."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, list(roots)
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out[c] = table[c][1]
+                todo.append(c)
+    return out
+
+
+TAG_ENV = "RED_REAPER_TAG"
+
+
+def _tagged(tag: bytes, table: dict[int, tuple[int, int]]) -> dict[int, int]:
+    out = {}
+    for pid, (_, start) in table.items():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if tag in b"\0" + env:
+            out[pid] = start
+    return out
+
+
+def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
+    me = os.getpid()
+    start = _table().get(parent, (0, None))[1]
+    tag = f"\0{TAG_ENV}={parent}:{start}\0".encode()
+    known: dict[int, int] = {}
+    while True:
+        table = _table()
+        if parent not in table or table[parent][1] != start:
+            break
+        known = {p: t for p, t in _descendants(table, {parent}).items() if p != me}
+        time.sleep(interval_s)
+    for _ in range(2):  # a second pass for what the first pass's victims forked meanwhile
+        table = _table()
+        alive = {p: t for p, t in known.items() if p in table and table[p][1] == t}
+        alive.update(_tagged(tag, table))
+        alive.update(_descendants(table, set(alive)))
+        alive.pop(me, None)
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        known = alive
+        time.sleep(0.2)
+
+
+def start_reaper(interval_s: float = INTERVAL_S) -> subprocess.Popen | None:
+    """Watch this process from a separate one (see the module doc); None where /proc is absent."""
+    global _STARTED
+    if not Path("/proc/self/stat").is_file():
+        return None
+    if _STARTED is not None and _STARTED[0] == os.getpid():  # one reaper a process (train() may run twice)
+        return _STARTED[1]
+    os.environ[TAG_ENV] = f"{os.getpid()}:{_table()[os.getpid()][1]}"
+    proc = subprocess.Popen([sys.executable, "-m", "red_megatron.reaper", str(os.getpid()), str(interval_s)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
+    _STARTED = (os.getpid(), proc)
+    return proc
+
+
+_STARTED: tuple[int, subprocess.Popen] | None = None
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the trainer's group is the trainer's to handle
+    watch(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else INTERVAL_S)
