@@ -261,7 +261,7 @@ class RedDataset:
         if cfg.answer_check != "off":
             stats.unparseable_answer_rows = check_answers_parse(records, cfg.path, cfg.answer_check,
                                                                  cfg.answer_check_workers)
-        if cfg.require_trace:
+        if cfg.require_trace is not False:  # the traces were read: report (and bound) their quality
             from red_megatron.data.trace_check import check_traces
 
             stats.trace_quality = check_traces(records, cfg.path, cfg.max_bad_trace_fraction,
