@@ -43,6 +43,14 @@ class AlgoConfig:
     # entropy rule needs this step's entropies before the update, no off-policy weight needs π_old): the
     # update takes the ratio's denominator, and the logged entropies, from its own forward. 'always': run it.
     old_logprobs: Literal["auto", "always"] = "auto"
+    # rollout_dpo (algo/dpo.py): β of the DPO margin β·[(S_c − R_c) − (S_r − R_r)] against the frozen reference
+    dpo_beta: float = 0.1
+    # guided_fading (algo/guidance.py): a prompt carries a prefix of its trace (guidance_prefix of its tokens)
+    # with probability p(step) = guidance_p0·decay(step / (guidance_fade·steps)), 0 from that step on
+    guidance_p0: float = 1.0
+    guidance_fade: float = 0.5
+    guidance_decay: Literal["linear", "cosine"] = "linear"
+    guidance_prefix: float = 0.5
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -80,7 +88,20 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.tis_mask_bound must be None or > 1, got {self.tis_mask_bound}")
         if self.fixed_w is not None and not (isinstance(self.fixed_w, (int, float)) and 0 < self.fixed_w < float("inf")):
             raise ValueError(f"AlgoConfig.fixed_w must be None or a finite number > 0, got {self.fixed_w!r}")
+        if not (isinstance(self.dpo_beta, (int, float)) and 0 < self.dpo_beta < float("inf")):
+            raise ValueError(f"AlgoConfig.dpo_beta must be a finite number > 0, got {self.dpo_beta!r}")
+        if not 0 <= self.guidance_p0 <= 1:
+            raise ValueError(f"AlgoConfig.guidance_p0 must be in [0, 1], got {self.guidance_p0}")
+        if not 0 < self.guidance_fade <= 1:
+            raise ValueError(f"AlgoConfig.guidance_fade (fraction of the steps) must be in (0, 1], got {self.guidance_fade}")
+        if self.guidance_decay not in ("linear", "cosine"):
+            raise ValueError(f"AlgoConfig.guidance_decay={self.guidance_decay!r}; expected 'linear' or 'cosine'")
+        if not 0 < self.guidance_prefix <= 1:
+            raise ValueError(f"AlgoConfig.guidance_prefix (fraction of the trace) must be in (0, 1], got {self.guidance_prefix}")
         for stage in preset_stages(self.preset):
+            if stage.online_term == "dpo" and self.num_online < 2:
+                raise ValueError(f"AlgoConfig.num_online={self.num_online} with preset stage {stage.name!r}: a DPO pair "
+                                 "needs a correct and a wrong sample of the same prompt (num_online >= 2)")
             std = stage.std_normalize if self.std_normalize is None else self.std_normalize
             group = self.num_online * int(stage.online) + int(stage.with_offline)
             if stage.online and std and group < 2:
