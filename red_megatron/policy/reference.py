@@ -26,6 +26,12 @@ class FrozenReference:
         convert.load_hf_weights(self.chunks, hf_dir, groups=groups)
         for c in self.chunks:
             c.requires_grad_(False)
+        if groups.pp_size > 1:  # as MegatronPolicy sets on its own chunks: packed micro-batches differ in length
+            from megatron.core.utils import get_model_config
+
+            mcfg = get_model_config(self.chunks[0])
+            mcfg.variable_seq_lengths = True
+            mcfg.pipeline_dtype = mcfg.pipeline_dtype or dtype
         self.groups, self.vocab_size, self.temperature = groups, int(vocab_size), float(temperature)
         self._logprob_entropy = logprob_entropy
 
