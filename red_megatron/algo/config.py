@@ -45,12 +45,12 @@ class AlgoConfig:
     old_logprobs: Literal["auto", "always"] = "auto"
     # rollout_dpo (algo/dpo.py): β of the DPO margin β·[(S_c − R_c) − (S_r − R_r)] against the frozen reference
     dpo_beta: float = 0.1
-    # guided_fading (algo/guidance.py): a prompt carries a prefix of its trace (guidance_prefix of its tokens)
-    # with probability p(step) = guidance_p0·decay(step / (guidance_fade·steps)), 0 from that step on
+    # guided_fading (algo/guidance.py): a prompt carries a prefix of its trace with probability
+    # p(step) = guidance_p0·decay(step / (guidance_fade·steps)), 0 from that step on
     guidance_p0: float = 1.0
-    guidance_fade: float = 0.5
-    guidance_decay: Literal["linear", "cosine"] = "linear"
-    guidance_prefix: float = 0.5
+    guidance_fade: float = 0.5  # the fraction of the run's steps after which no prompt is guided
+    guidance_decay: Literal["linear", "cosine"] = "linear"  # decay(x) = 1 − x, or (1 + cos πx)/2
+    guidance_prefix: float = 0.5  # the fraction of the trace's tokens given (at most what data.max_prompt_tokens leaves)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

