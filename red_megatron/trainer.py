@@ -104,7 +104,9 @@ class _Run:
         prestart_writer()
         a = cfg.algo  # decoupled PPO with truncated IS weights: on at k >= 1 unless algo.off_policy='none'
         stale = cfg.rollout.placement == "disaggregated" and cfg.rollout.max_staleness > 0
-        self.off_policy = self.preset.online and (a.off_policy == "tis" or (a.off_policy == "auto" and stale))
+        # (not for DPO pairs: their coefficients come from the current weights, no behaviour-policy ratio)
+        self.off_policy = self.preset.online and self.preset.online_term == "clip" and \
+            (a.off_policy == "tis" or (a.off_policy == "auto" and stale))
         # The no-grad old-policy pass is exactly redundant when nothing needs its numbers before the update:
         # one update per batch makes π_old the weights the update's own forward reads (algo.old_logprobs).
         self.old_pass = a.old_logprobs == "always" or self.objective.regulator is not None or self.off_policy
@@ -178,8 +180,8 @@ class _Run:
             with _timed(times, "ref_logprobs", tl, self.step):
                 ref_logp_N = self.reference.logprobs(batch)
         # Advantages, r̄ and the per-token kinds/weights, normalised by the global counts.
-        counts = torch.tensor([float(response_len_B.sum()), obj.num_pairs(exp.rewards_B, exp.group_id_B, exp.is_offline_B)],
-                              dtype=torch.float64)
+        n_pairs_local = obj.num_pairs(exp.rewards_B, exp.group_id_B, exp.is_offline_B)  # DPO pairs; 0 otherwise
+        counts = torch.tensor([float(response_len_B.sum()), float(n_pairs_local)], dtype=torch.float64)
         n_tokens, n_pairs = (int(x) for x in g.dp_all_reduce(counts).tolist())
         terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
                                                num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens,
