@@ -149,12 +149,15 @@ def test_guidance_schedule():
 def test_guidance_prefix_is_part_of_the_prompt_and_fits_its_room():
     trace = list(range(100, 111)) + [2]  # 11 body tokens + EOS
     assert guidance_prefix(trace, 0.5, room=100) == list(range(100, 105))
-    assert guidance_prefix(trace, 1.0, room=3) == [100, 101, 102]  # capped by data.max_prompt_tokens
+    assert guidance_prefix(trace, 1.0, room=3) == [100, 101, 102]
     assert guidance_prefix([2], 1.0, room=5) == []  # never the EOS
     sched = GuidanceSchedule(p0=1.0, fade=0.5, decay="linear", prefix_fraction=0.5, total_steps=4, seed=0,
-                             max_prompt_tokens=10)
+                             max_response_tokens=10)
     ids, k = sched.guide([1, 2, 3], trace, step=0, index=7)
     assert ids == [1, 2, 3, 100, 101, 102, 103, 104] and k == 5
+    short = GuidanceSchedule(p0=1.0, fade=0.5, decay="linear", prefix_fraction=1.0, total_steps=4, seed=0,
+                             max_response_tokens=4)  # the continuation keeps at least one token of the limit
+    assert short.guide([1], trace, step=0, index=7) == ([1, 100, 101, 102], 3)
     assert sched.guide([1, 2, 3], trace, step=2, index=7) == ([1, 2, 3], 0)  # faded out at 0.5 of 4 steps
     with pytest.raises(ValueError, match=r"row 4 .*\(field 'target'\)"):
         sched.guide([1], None, step=0, index=0, where="row 4 (x)")

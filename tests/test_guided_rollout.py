@@ -24,11 +24,14 @@ def _decode(ids):
 
 def _experience(p0: float):
     sched = GuidanceSchedule(p0=p0, fade=1.0, decay="linear", prefix_fraction=1.0, total_steps=4, seed=0,
-                             max_prompt_tokens=8)
-    sampling = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=0, guidance=sched)
+                             max_response_tokens=8)
+    sampling = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_tokens=8, seed=0, guidance=sched)
     examples = [Example(index=i, row=i, data_source="t", messages=[], prompt_ids=[5, 6, 7], gold="7",
                         trace_ids=[20, 21, 22, 2]) for i in range(2)]
     flat, glen = sampling.prompts(examples, batch=0)
+    # the guidance takes its length of the response limit: prompt + guidance + continuation <= prompt + limit
+    assert sampling.engine_args([ex.prompt_ids for ex in flat], batch=0, replica=0,
+                                guidance_len=glen)["max_tokens"] == ([8 - k for k in glen] if any(glen) else 8)
     online = [[RolloutSample(token_ids=[30, 31, 2], logprobs=[-1.0] * 3, finish_reason="stop"),  # wrong
                RolloutSample(token_ids=[20, 21, 22, 2], logprobs=[-1.0] * 4, finish_reason="stop")]  # right
               for _ in examples]

@@ -48,4 +48,6 @@ def test_guided_fading_guides_then_fades(tmp_path):
     _train(tmp_path, "algo.preset=guided_fading", "export_hf=false")
     first, second = read_metrics(tmp_path)
     assert (first["guide/p"], first["guide/guided_fraction"]) == (1.0, 1.0) and first["guide/prefix_tokens"] > 0
+    # each guided continuation had the response limit (32) less its guidance: mean length <= 32 - mean guidance
+    assert first["response/online_mean_length"] <= 32 - first["guide/prefix_tokens"]
     assert (second["guide/p"], second["guide/guided_fraction"]) == (0.0, 0.0)

@@ -50,7 +50,7 @@ class AlgoConfig:
     guidance_p0: float = 1.0
     guidance_fade: float = 0.5  # the fraction of the run's steps after which no prompt is guided
     guidance_decay: Literal["linear", "cosine"] = "linear"  # decay(x) = 1 − x, or (1 + cos πx)/2
-    guidance_prefix: float = 0.5  # the fraction of the trace's tokens given (at most what data.max_prompt_tokens leaves)
+    guidance_prefix: float = 0.5  # the fraction of the trace's tokens given (they take as much of the response limit)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

@@ -55,13 +55,15 @@ class GuidanceSchedule:
     prefix_fraction: float
     total_steps: int
     seed: int
-    max_prompt_tokens: int  # a guided prompt stays within the window the run was sized for
+    # the response limit: the guidance is the start of a solution and takes part of it (the continuation gets
+    # the rest, at least one token), so a guided sequence is no longer than an unguided one
+    max_response_tokens: int
 
     @classmethod
     def from_run(cls, cfg, steps: int) -> "GuidanceSchedule":
         a = cfg.algo
         return cls(p0=a.guidance_p0, fade=a.guidance_fade, decay=a.guidance_decay, prefix_fraction=a.guidance_prefix,
-                   total_steps=steps, seed=cfg.seed, max_prompt_tokens=cfg.data.max_prompt_tokens)
+                   total_steps=steps, seed=cfg.seed, max_response_tokens=cfg.data.max_response_tokens)
 
     def probability(self, step: int) -> float:
         return guidance_probability(step, self.total_steps, p0=self.p0, fade=self.fade, decay=self.decay)
@@ -74,7 +76,7 @@ class GuidanceSchedule:
         if trace_ids is None:
             raise ValueError(f"{where}: guided_fading gives a prefix of the prompt's trace, but this row has none "
                              f"(field 'target')")
-        prefix = guidance_prefix(trace_ids, self.prefix_fraction, self.max_prompt_tokens - len(prompt_ids))
+        prefix = guidance_prefix(trace_ids, self.prefix_fraction, self.max_response_tokens - 1)
         return list(prompt_ids) + prefix, len(prefix)
 
 

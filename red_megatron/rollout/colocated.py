@@ -56,7 +56,7 @@ class ColocatedRollout(Rollout):
                 # not depend on the layout
                 first = plan.served_replicas[0] if plan.served_replicas else g.dp_rank
                 samples = self.engine.generate(**self.sampling.engine_args(
-                    [ex.prompt_ids for ex in flat], batch=step, replica=first))
+                    [ex.prompt_ids for ex in flat], batch=step, replica=first, guidance_len=guidance_len))
             both = assemble_experience(flat, samples, with_offline=self.with_offline,
                                        guidance_len=guidance_len if self.sampling.guidance is not None else None)
             # Ranks of the engine that are no replica's source only join its collective: they skip verification.

@@ -48,7 +48,12 @@ class SamplingConfig:
     def seed_for(self, batch: int, replica: int) -> int:
         return self.seed * 1_000_003 + batch * 7919 + replica
 
-    def engine_args(self, prompt_ids: list, *, batch: int, replica: int) -> dict:
-        """Keyword arguments of ``RolloutEngine.generate`` for these prompts."""
+    def engine_args(self, prompt_ids: list, *, batch: int, replica: int, guidance_len: list[int] | None = None) -> dict:
+        """Keyword arguments of ``RolloutEngine.generate`` for these prompts. ``guidance_len`` (from :meth:`prompts`):
+        a guided prompt's guidance is the start of its solution, so it takes that much of the response limit and
+        every sequence stays within the window the run was sized for."""
+        limit = self.max_tokens
+        if guidance_len is not None and any(guidance_len):
+            limit = [self.max_tokens - k for k in guidance_len]
         return dict(prompt_ids=prompt_ids, n=self.n, temperature=self.temperature, top_p=self.top_p,
-                    max_tokens=self.max_tokens, seed=self.seed_for(batch, replica))
+                    max_tokens=limit, seed=self.seed_for(batch, replica))
