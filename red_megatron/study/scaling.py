@@ -146,7 +146,7 @@ def summary(spec: ScalingSpec) -> dict:
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two commands on disjoint presets may share a size
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
