@@ -151,6 +151,10 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_summary(spec: ScalingSpec, s: dict) -> None:
+    _write_json(Path(spec.out) / "scaling.json", s)
+
+
 def run_scaling(spec: ScalingSpec, *, phase: str = "all", log=print,
                 runner: Callable[..., list] = run_study) -> dict:
     """Run the missing cells, size by size (lr grid, then main); returns :func:`summary`. ``phase``: 'lr'
@@ -161,7 +165,7 @@ def run_scaling(spec: ScalingSpec, *, phase: str = "all", log=print,
 
     def save() -> dict:
         s = summary(spec)
-        _write_json(Path(spec.out) / "scaling.json", s)
+        write_summary(spec, s)
         return s
 
     for size in spec.bases:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--check", action="store_true", help="validate every run of the plan (config.json only), then stop")
     ap.add_argument("--world-size", type=int, default=None, help="with --check: the job's world size")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="rewrite scaling.json from the finished cells of --presets, run nothing")
     ap.add_argument("overrides", nargs="*", help="section.field=value overrides of every training run")
     return ap
 
@@ -164,7 +166,7 @@ def check_plan(spec: ScalingSpec, world: int) -> list[str]:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    real = args.check or args.dry_run
+    real = args.check or args.dry_run or args.summary_only
     bases = resolve_bases(args.sizes, base_seed=args.base_seed, base_steps=args.base_steps,
                           allow_failed_gate=args.allow_failed_gate or real, gated=not real)
     spec = _spec(args, bases)
@@ -180,6 +182,14 @@ def main(argv: list[str]) -> int:
         for r in plan_rows(spec):
             lr = r["lr"] if isinstance(r["lr"], str) else f"{r['lr']:g}"
             print(f"{r['size']:>6} {r['phase']:<5} {r['config']:<16} lr {lr:<8} seeds {r['seeds']}")
+        return 0
+    if args.summary_only:
+        from red_megatron.study.scaling import summary, write_summary
+
+        s = summary(spec)
+        write_summary(spec, s)
+        print(json.dumps({size: {"lr_choice": v["lr_choice"], "lr_curve": v["lr_curve"]} for size, v in s["sizes"].items()},
+                         indent=1))
         return 0
     s = run_scaling(spec, phase=args.phase)
     print(f"[scaling] summary: {spec.out / 'scaling.json'} ({len(s['sizes'])} sizes)")
