@@ -97,6 +97,9 @@ def test_phase_lr_stops_before_the_seeds_and_main_needs_the_grid(tmp_path):
 def test_choose_lr_ties_and_unfinished():
     assert choose_lr({"x0.5": {"acc": 50}, "x1": {"acc": 50}, "x2": {"acc": 50}}) == 1.0
     assert choose_lr({"x0.5": {"acc": 50}, "x2": {"acc": 50}}) == 0.5
+    # red's measured curve on chain_val (docs/STUDY.md): 2x is 0.13 points above 1x, a tie within one seed's noise
+    assert choose_lr({"x0.5": {"acc": 62.89}, "x1": {"acc": 93.92}, "x2": {"acc": 94.05}}) == 1.0
+    assert choose_lr({"x0.5": {"acc": 62.89}, "x1": {"acc": 92.9}, "x2": {"acc": 94.05}}) == 2.0
     assert choose_lr({"x0.5": {"acc": 50}, "x1": None}) is None
 
 

@@ -4,8 +4,8 @@ Per size (its own base, which must pass the §6.4 gate; docs/STUDY.md) the study
 
 1. **lr grid** (the fair protocol): every tuned preset trains at ``lr × m`` for each multiplier m of the
    grid (default ½×, 1×, 2× of today's study lr) with one seed (``lr_seed``), evaluated on
-   ``chain_val``; its lr is the multiplier of the best held-out accuracy (ties: the one nearest 1×, then
-   the lower). The grid's cells are the lr-sensitivity curve of each preset (accuracy and the
+   ``chain_val``; its lr is the multiplier of the best held-out accuracy (within LR_TIE_POINTS of the best
+   counts as a tie; ties go to the one nearest 1×, then the lower). The grid's cells are the lr-sensitivity curve of each preset (accuracy and the
    truncated-response rate, the collapse signature, against lr).
 2. **main**: every preset runs its seeds at its own choice, evaluated on ``chain_test``. ``red_wconst``
    has no lr of its own: it is red's control and runs beside red, at red's lr.
@@ -119,12 +119,17 @@ def lr_table(spec: ScalingSpec, size: str) -> dict[str, dict[str, dict | None]]:
     return {p: {f"x{m:g}": cell_result(s.out, p, spec.lr_seed) for m, s in lr_phase(spec, size)} for p in spec.tuned}
 
 
-def choose_lr(curve: dict[str, dict | None]) -> float | None:
-    """The multiplier of the best accuracy (ties: nearest 1×, then the lower); None until every cell is done."""
+LR_TIE_POINTS = 1.0  # accuracies this close to the best count as ties: one seed's noise picks no lr
+
+
+def choose_lr(curve: dict[str, dict | None], tie_points: float = LR_TIE_POINTS) -> float | None:
+    """The multiplier of the best accuracy, where every multiplier within ``tie_points`` of the best ties and
+    a tie goes to the one nearest 1×, then the lower; None until every cell is done."""
     if not curve or any(v is None for v in curve.values()):
         return None
     mults = [(float(k[1:]), v["acc"]) for k, v in curve.items()]
-    return min(mults, key=lambda ma: (-ma[1], abs(ma[0] - 1.0), ma[0]))[0]
+    best = max(a for _, a in mults)
+    return min((m for m, a in mults if a >= best - tie_points), key=lambda m: (abs(m - 1.0), m))
 
 
 def summary(spec: ScalingSpec) -> dict:
@@ -180,7 +185,9 @@ def run_scaling(spec: ScalingSpec, *, phase: str = "all", log=print,
                 raise ValueError(f"size {size}: the lr grid is not finished for {missing}; run --phase lr first")
             log(f"[scaling] size {size}: lr grid unfinished for {missing} (failed cells?): no main phase")
             continue
-        _write_json(Path(spec.out) / size / "lr_choice.json", {p: spec.lr * m for p, m in choice.items()})
+        path = Path(spec.out) / size / "lr_choice.json"  # merged: commands on preset subsets add their choices
+        known = json.loads(path.read_text()) if path.exists() else {}
+        _write_json(path, {**known, **{p: spec.lr * m for p, m in choice.items()}})
         if phase == "lr":
             continue
         for p, s in main_phase(spec, size, choice):
