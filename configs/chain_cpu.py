@@ -93,22 +93,23 @@ def chain_data(task=None, root: Path | None = None) -> dict[str, Path]:
     return {s: d / f"chain_{s}.parquet" for s in SPLITS}
 
 
-def chain_init(base_seed: int = 0, root: Path | None = None) -> Path:
-    """Make (once) and return the random-init checkpoint of the chain shape for ``base_seed``."""
+def chain_init(base_seed: int = 0, root: Path | None = None, shape: str = "chain") -> Path:
+    """Make (once) and return the random-init checkpoint of ``shape`` (a chain-vocabulary shape of
+    tiny_checkpoint.SHAPES: chain, or the scaling study's chain_s / chain_l) for ``base_seed``."""
     from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
-    ckpt = shape_config("chain", seed=base_seed)
+    ckpt = shape_config(shape, seed=base_seed)
     d = Path(root or assets_root()) / f"chain_init_{_key({'ckpt': dataclasses.asdict(ckpt), 'corpus': 'chain'})}"
     return _atomic_dir(d, lambda tmp: make_tiny_checkpoint(ckpt, tmp, corpus="chain"))
 
 
-def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, overrides=()) -> dict:
-    """Everything that decides the base: the problems of the pretrain split, the init, the SFT schedule,
-    and any extra ``section.field=value`` overrides of the build (a smoke test's smaller batch)."""
+def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, overrides=(), shape: str = "chain") -> dict:
+    """Everything that decides the base: the problems of the pretrain split, the init (its shape), the SFT
+    schedule, and any extra ``section.field=value`` overrides of the build (a smoke test's smaller batch)."""
     from red_megatron.data.tiny_checkpoint import shape_config
 
     task = task or base_task()
-    return {"task_problems": task.problem_fields(), "ckpt": dataclasses.asdict(shape_config("chain", seed=base_seed)),
+    return {"task_problems": task.problem_fields(), "ckpt": dataclasses.asdict(shape_config(shape, seed=base_seed)),
             "corpus": "chain", "base_seed": base_seed, "steps": steps, "global_batch_size": BASE_BATCH,
             "lr": BASE_LR, "schedule": "constant", "adam": [0.9, 0.95], "weight_decay": 0.0, "clip_grad": 1.0,
             "dtype": "float32", "max_prompt_tokens": PROMPT_TOKENS, "max_response_tokens": RESPONSE_TOKENS,
@@ -116,19 +117,20 @@ def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, override
 
 
 def base_dir(base_seed: int = 0, steps: int = BASE_STEPS, task=None, root: Path | None = None,
-             overrides=()) -> Path:
+             overrides=(), shape: str = "chain") -> Path:
     """Where the base of these inputs is (or will be) cached: hf/, gate.json, gate.md, inputs.json, run/."""
-    return Path(root or assets_root()) / f"chain_base_{_key(base_inputs(base_seed, steps, task, overrides))}"
+    return Path(root or assets_root()) / f"chain_base_{_key(base_inputs(base_seed, steps, task, overrides, shape))}"
 
 
 def chain_base(base_seed: int = 0, steps: int = BASE_STEPS, task=None, root: Path | None = None, *,
-               overrides=(), allow_failed_gate: bool = False) -> Path:
+               overrides=(), allow_failed_gate: bool = False, shape: str = "chain") -> Path:
     """The cached base's HF directory, only once its gate report exists (and passed, unless allowed)."""
-    d = base_dir(base_seed, steps, task, root, overrides)
+    d = base_dir(base_seed, steps, task, root, overrides, shape)
     gate = d / "gate.json"
     if not gate.exists():
         raise FileNotFoundError(f"no chain base at {d} (no gate.json); build it first: python "
-                                f"scripts/build_chain_base.py --base-seed {base_seed} --steps {steps}")
+                                f"scripts/build_chain_base.py --base-seed {base_seed} --steps {steps}"
+                                + (f" --shape {shape}" if shape != "chain" else ""))
     report = json.loads(gate.read_text())
     if not report["passed"] and not allow_failed_gate:
         raise ValueError(f"the chain base {d} failed its gate ({d / 'gate.md'}); STUDY_DESIGN §6.4: change only "

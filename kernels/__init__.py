@@ -19,7 +19,8 @@ from kernels.red_loss import logprob_entropy, red_loss
 from kernels.red_loss_reference import logprob_entropy as reference_logprob_entropy
 from kernels.red_loss_reference import red_loss_reference
 
-ONLINE, OFFLINE_SHIFT, OFFLINE_LUFFY, NLL = TokenKind  # the algorithm's members by name (no new codes)
+ONLINE, OFFLINE_SHIFT, OFFLINE_LUFFY, NLL, DPO = TokenKind  # the algorithm's members by name (no new codes)
 
-__all__ = ["red_loss", "logprob_entropy", "lm_head_red_loss", "lm_head_logprob_entropy", "red_loss_reference", "reference_logprob_entropy", "RedLossOutput",
-           "TokenKind", "ONLINE", "OFFLINE_SHIFT", "OFFLINE_LUFFY", "NLL", "KINDS"]
+__all__ = ["red_loss", "logprob_entropy", "lm_head_red_loss", "lm_head_logprob_entropy", "red_loss_reference",
+           "reference_logprob_entropy", "RedLossOutput", "TokenKind", "ONLINE", "OFFLINE_SHIFT", "OFFLINE_LUFFY", "NLL",
+           "DPO", "KINDS"]

@@ -143,7 +143,8 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
                   N, inv_temp, eps_lo, eps_hi, log_gamma, ent_coef, kl_coef,
                   TP: tl.constexpr, COMPUTE_LOSS: tl.constexpr, HAS_KL: tl.constexpr, OLD_IS_LOGP: tl.constexpr,
                   BLOCK_T: tl.constexpr,
-                  ONLINE: tl.constexpr, SHIFT: tl.constexpr, LUFFY: tl.constexpr, NLL: tl.constexpr):  # TokenKind
+                  ONLINE: tl.constexpr, SHIFT: tl.constexpr, LUFFY: tl.constexpr, NLL: tl.constexpr,
+                  DPO: tl.constexpr):  # TokenKind
     offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     msk = offs < N
     NEG_INF = float("-inf")
@@ -203,10 +204,11 @@ def _token_kernel(stats_ptr,      # [TP, N, 4] fp32 gathered per-rank tuples (m,
         f = 1.0 / (1.0 + tl.exp(log_gamma - logp))
         t_lf = f * A
         g_lf = f * (1.0 - f) * A
+        # DPO: A·logp, A the sequence's coefficient (the pair loss linearised: algo/dpo.py); d/dlogp = A.
         term = tl.where(kind == ONLINE, t_on, tl.where(kind == SHIFT, t_sh, tl.where(kind == LUFFY, t_lf,
-                        tl.where(kind == NLL, logp, float("nan")))))
+                        tl.where(kind == NLL, logp, tl.where(kind == DPO, A * logp, float("nan"))))))
         dterm = tl.where(kind == ONLINE, g_on, tl.where(kind == SHIFT, t_sh, tl.where(kind == LUFFY, g_lf,
-                         tl.where(kind == NLL, 1.0, float("nan")))))
+                         tl.where(kind == NLL, 1.0, tl.where(kind == DPO, A, float("nan"))))))
         contrib = -wt * w * term - ent_coef * wt * ent
         dlogp = -wt * w * dterm
         if HAS_KL:
@@ -320,7 +322,8 @@ def _token_math(stats_TN4, *, temperature, per_token=None, eps_lo=_D.eps_lo, eps
             HAS_KL=per_token is not None and kl_coef != 0.0,
             OLD_IS_LOGP=per_token is not None and per_token["logp_old_N"] is None, BLOCK_T=bt,
             ONLINE=int(TokenKind.ONLINE),
-            SHIFT=int(TokenKind.OFFLINE_SHIFT), LUFFY=int(TokenKind.OFFLINE_LUFFY), NLL=int(TokenKind.NLL))
+            SHIFT=int(TokenKind.OFFLINE_SHIFT), LUFFY=int(TokenKind.OFFLINE_LUFFY), NLL=int(TokenKind.NLL),
+            DPO=int(TokenKind.DPO))
     res = {nm: outs[nm] for nm in names[:k]}
     if k == 9:
         res["clip_online"] = buf[7:9]

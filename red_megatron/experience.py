@@ -47,6 +47,9 @@ class Experience:
     # [B] each online sample's experts ([tokens, layers, topk], rollout/routing.py), None for traces; empty
     # when the engine returns no routing (dense models, rollout.return_routing off)
     routed_experts: list = field(default_factory=list)
+    # [B] guided_fading: the guidance tokens at the end of the sample's prompt_ids (0: unguided, the sample's
+    # `guided` flag is guidance_len > 0); they are prompt, never trained on nor scored. Empty without guidance.
+    guidance_len: list[int] = field(default_factory=list)
 
     @property
     def response_len_B(self) -> torch.Tensor:
@@ -73,7 +76,8 @@ class Experience:
                 prompt_index=pick(self.prompt_index) if self.prompt_index else [], num_prompts=n,
                 traces_truncated=truncated, policy_version=pick(self.policy_version) if self.policy_version else [],
                 token_versions=pick(self.token_versions) if self.token_versions else [],
-                routed_experts=pick(self.routed_experts) if self.routed_experts else []))
+                routed_experts=pick(self.routed_experts) if self.routed_experts else [],
+                guidance_len=pick(self.guidance_len) if self.guidance_len else []))
             lo += n
         return parts
 
@@ -97,19 +101,22 @@ def merge_experience(parts: Sequence[Experience]) -> Experience:
         num_prompts=sum(p.num_prompts for p in parts), traces_truncated=sum(p.traces_truncated for p in parts),
         policy_version=cat("policy_version") if all(getattr(p, "policy_version", None) for p in parts) else [],
         token_versions=cat("token_versions") if all(getattr(p, "token_versions", None) for p in parts) else [],
-        routed_experts=cat("routed_experts") if all(getattr(p, "routed_experts", None) for p in parts) else [])
+        routed_experts=cat("routed_experts") if all(getattr(p, "routed_experts", None) for p in parts) else [],
+        guidance_len=cat("guidance_len") if all(getattr(p, "guidance_len", None) for p in parts) else [])
 
 
 ScoreFn = Callable[[list[str], list[str]], tuple[list[float], object]]  # RewardScorer.score
 
 
 def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[RolloutSample]], *,
-                        with_offline: bool, policy_version: int | None = None) -> Experience:
+                        with_offline: bool, policy_version: int | None = None,
+                        guidance_len: Sequence[int] | None = None) -> Experience:
     """Prompts + their online samples (``online[g]``: prompt g's G samples, or ``[]`` for none) + the
     offline traces, in group order; unscored (rewards 0 until :func:`score_experience`).
 
     ``policy_version``: the version that generated the online samples (traces get -1), or None when
-    versions are not tracked.
+    versions are not tracked. ``guidance_len[g]``: guidance tokens at the end of prompt g's prompt_ids
+    (guided_fading; None: no guidance in this run).
     """
     if not examples:
         raise ValueError("assemble_experience: no prompts in this step's batch")
@@ -117,6 +124,7 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
         raise ValueError(f"assemble_experience: {len(online)} groups of samples for {len(examples)} prompts")
     prompt_ids, response_ids, group, offline, engine_logp, finish, golds = [], [], [], [], [], [], []
     index: list[int] = []
+    glen: list[int] = []
     token_versions: list[list[int] | None] = []
     routed: list = []
     truncated = 0
@@ -133,6 +141,7 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
             finish.append(s.finish_reason)
             golds.append(ex.gold)
             index.append(ex.index)
+            glen.append(guidance_len[g] if guidance_len is not None else 0)
             token_versions.append(None if s.versions is None else list(s.versions))
         if with_offline:
             if ex.trace_ids is None:
@@ -147,6 +156,7 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
             finish.append("offline")
             golds.append(ex.gold)
             index.append(ex.index)
+            glen.append(0)
             token_versions.append(None)
             truncated += int(ex.trace_truncated)
     per_token = any(v is not None for v in token_versions)
@@ -160,7 +170,8 @@ def assemble_experience(examples: Sequence[Example], online: Sequence[Sequence[R
         rewards_B=torch.zeros(len(response_ids), dtype=torch.float32), engine_logp=engine_logp,
         finish_reasons=finish, golds=golds, prompt_index=index, num_prompts=len(examples), traces_truncated=truncated,
         policy_version=versions, token_versions=token_versions if per_token else [],
-        routed_experts=routed if any(r is not None for r in routed) else [])
+        routed_experts=routed if any(r is not None for r in routed) else [],
+        guidance_len=glen if guidance_len is not None else [])
 
 
 def score_experience(exp: Experience, *, score: ScoreFn, decode: Callable[[list[int]], str]) -> Experience:

@@ -122,10 +122,16 @@ class _Run:
         prestart_writer()
         a = cfg.algo  # decoupled PPO with truncated IS weights: on at k >= 1 unless algo.off_policy='none'
         stale = cfg.rollout.placement == "disaggregated" and cfg.rollout.max_staleness > 0
-        self.off_policy = self.preset.online and (a.off_policy == "tis" or (a.off_policy == "auto" and stale))
+        # (not for DPO pairs: their coefficients come from the current weights, no behaviour-policy ratio)
+        self.off_policy = self.preset.online and self.preset.online_term == "clip" and \
+            (a.off_policy == "tis" or (a.off_policy == "auto" and stale))
         # The no-grad old-policy pass is exactly redundant when nothing needs its numbers before the update:
         # one update per batch makes π_old the weights the update's own forward reads (algo.old_logprobs).
         self.old_pass = a.old_logprobs == "always" or self.objective.regulator is not None or self.off_policy
+        # Rollout DPO: the frozen policy of the stage's start (model_dir, also on resume) scores every sample,
+        # and the pair margins need the policy's own log-probs before the update
+        self.reference = self.policy.frozen_reference() if self.objective.needs_reference else None
+        self.old_pass = self.old_pass or self.reference is not None
         if not self.old_pass:
             log.info("old-policy pass skipped (%s: no entropy rule, no off-policy weight): the update's forward "
                      "gives π_old and the entropies", cfg.algo.preset)
@@ -218,10 +224,17 @@ class _Run:
         if self.old_pass:  # RED part I: entropies over the global batch (every DP rank's samples), then w
             stats = self._entropy_stats(entropy_N, exp)
         w = obj.offline_weight(stats)  # without the pass: no regulator, so w is fixed_w or 1
+        ref_logp_N = None
+        if self.reference is not None:
+            with _timed(times, "ref_logprobs", tl, self.step):
+                ref_logp_N = self.reference.logprobs(batch)
         # Advantages, r̄ and the per-token kinds/weights, normalised by the global counts.
-        n_tokens = int(g.dp_all_reduce(torch.tensor([float(response_len_B.sum())], dtype=torch.float64)).item())
+        n_pairs_local = obj.num_pairs(exp.rewards_B, exp.group_id_B, exp.is_offline_B)  # DPO pairs; 0 otherwise
+        counts = torch.tensor([float(response_len_B.sum()), float(n_pairs_local)], dtype=torch.float64)
+        n_tokens, n_pairs = (int(x) for x in g.dp_all_reduce(counts).tolist())
         terms, rbar_G, adv_B = obj.token_terms(exp.rewards_B, exp.group_id_B, exp.is_offline_B, response_len_B, w=w,
-                                               num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens)
+                                               num_prompts=cfg.data.global_batch_size, total_tokens=n_tokens,
+                                               logp_N=logp_old_N, ref_logp_N=ref_logp_N, num_pairs=n_pairs)
         off_metrics = {}
         if self.off_policy:
             terms, off_metrics = self._off_policy_terms(exp, terms, logp_old_N)
@@ -243,6 +256,7 @@ class _Run:
         m.update({f"optim/{k}": v for k, v in upd.items()})
         m.update(self._gap_metrics(exp, logp_old_N))
         m.update(off_metrics)
+        m.update(obj.last_metrics)
         m.update(refit_metrics)
         m.update(times)
         m.update(self.rollout.step_metrics(since))

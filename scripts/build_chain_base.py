@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pretrain-k-probs", default=None,
                     help='the base\'s pretrain mix as JSON {k: p} (§6.4 allows changing the k=4/5 mass); '
                          'default: configs/chain_cpu.py BASE_K_PROBS')
+    ap.add_argument("--shape", default="chain", help="the model size: chain (1.77M), chain_s (0.48M), chain_l (6.97M)")
     ap.add_argument("--regate", action="store_true", help="re-check the gate of an already built base")
     ap.add_argument("--report", default=None, help="also write the gate report here (markdown)")
     ap.add_argument("overrides", nargs="*", help="extra section.field=value for the SFT run (part of the cache key)")
@@ -52,14 +53,14 @@ def _env() -> dict:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
-def train_base(d: Path, base_seed: int, steps: int, overrides: list[str], task) -> dict:
+def train_base(d: Path, base_seed: int, steps: int, overrides: list[str], task, shape: str = "chain") -> dict:
     """SFT on chain_pretrain through scripts/train.py; the exported policy is moved to d/hf."""
     from configs.chain_cpu import chain_data, chain_init
 
     run = d / "run"
     run.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--recipe", "chain_cpu_base", "--run-dir", str(run),
-           f"model_dir={chain_init(base_seed)}", f"data.path={chain_data(task)['pretrain']}", f"seed={base_seed}",
+           f"model_dir={chain_init(base_seed, shape=shape)}", f"data.path={chain_data(task)['pretrain']}", f"seed={base_seed}",
            f"data.seed={base_seed}", f"steps={steps}", f"policy.lr_decay_steps={steps}", *overrides]
     t0 = time.time()
     with open(run / "train.log", "a") as log:
@@ -93,9 +94,15 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"--pretrain-k-probs: {e}", file=sys.stderr)
         return 1
-    d = base_dir(args.base_seed, args.steps, task, overrides=args.overrides)
+    from red_megatron.data.tiny_checkpoint import SHAPES
+
+    if args.shape not in SHAPES or not args.shape.startswith("chain"):
+        print(f"--shape {args.shape!r}: expected one of {', '.join(s for s in SHAPES if s.startswith('chain'))}",
+              file=sys.stderr)
+        return 1
+    d = base_dir(args.base_seed, args.steps, task, overrides=args.overrides, shape=args.shape)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "inputs.json").write_text(json.dumps(base_inputs(args.base_seed, args.steps, task, args.overrides),
+    (d / "inputs.json").write_text(json.dumps(base_inputs(args.base_seed, args.steps, task, args.overrides, args.shape),
                                               indent=1, default=str) + "\n")
     t0 = time.time()
     if (d / "gate.json").exists() and not args.regate:
@@ -106,12 +113,12 @@ def main(argv=None) -> int:
             (d / "train.json").exists() else None
         if train is None:
             print(f"[chain_base] SFT {args.steps} steps (base_seed {args.base_seed}) -> {d}", flush=True)
-            train = train_base(d, args.base_seed, args.steps, args.overrides, task)
+            train = train_base(d, args.base_seed, args.steps, args.overrides, task, args.shape)
             (d / "train.json").write_text(json.dumps(train, indent=1) + "\n")
         print(f"[chain_base] gate on chain_val ({args.gate_samples} samples at T=1)", flush=True)
         meta = {"date": datetime.date.today().isoformat(), "device": f"CPU ({os.cpu_count()} cores, "
                 f"{platform.machine()}), one thread a process", "base": str(d / "hf"), "base_seed": args.base_seed,
-                "sft_steps": args.steps,
+                "sft_steps": args.steps, "shape": args.shape,
                 "pretrain_k_probs": task.pretrain_k_probs, **train}
         rep = run_gate(d / "hf", chain_data()["val"], samples=args.gate_samples, per_k_limit=args.gate_per_k,
                        seed=args.base_seed, meta=meta)

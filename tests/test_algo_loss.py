@@ -19,7 +19,8 @@ from red_megatron.algo import (
     sample_mean_entropy,
 )
 
-ON, SHIFT, LUFFY, NLL = (int(k) for k in TokenKind)
+ON, SHIFT, LUFFY, NLL = (int(TokenKind.ONLINE), int(TokenKind.OFFLINE_SHIFT), int(TokenKind.OFFLINE_LUFFY),
+                         int(TokenKind.NLL))
 
 
 def _loss(logp, kind, adv=None, *, logp_old=None, rbar=None, w=None, weight=None, **kw):

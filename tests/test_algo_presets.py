@@ -110,7 +110,7 @@ def test_sft_then_grpo_runs_sft_then_grpo():
 
 def test_table_rows():
     assert set(PRESETS) == {"sft", "grpo", "sft_then_grpo", "mixpolicy", "onpolicy_offline", "luffy",
-                            "red_entropy", "red_shift", "red"}
+                            "red_entropy", "red_shift", "red", "rollout_dpo", "guided_fading", "phi4_recipe"}
     assert isinstance(get_preset("sft_then_grpo"), StagedPreset)
     row = {n: (p.online, p.offline_term, p.pi_offline, p.weight_rule) for n, p in PRESETS.items() if isinstance(p, Preset)}
     assert row["red"] == (True, "shift", "accuracy", "entropy")

@@ -63,7 +63,7 @@ def test_presets_kinds_map_onto_kernel_kinds():
     """The algo's TokenKind values are the kernel's kind codes."""
     from red_megatron.algo import TokenKind
 
-    from kernels import NLL, OFFLINE_LUFFY, OFFLINE_SHIFT, ONLINE
+    from kernels import DPO, NLL, OFFLINE_LUFFY, OFFLINE_SHIFT, ONLINE
     assert (int(TokenKind.ONLINE), int(TokenKind.OFFLINE_SHIFT), int(TokenKind.OFFLINE_LUFFY),
-            int(TokenKind.NLL)) == (ONLINE, OFFLINE_SHIFT, OFFLINE_LUFFY, NLL)
+            int(TokenKind.NLL), int(TokenKind.DPO)) == (ONLINE, OFFLINE_SHIFT, OFFLINE_LUFFY, NLL, DPO)
     assert DEVICE in ("cpu", "cuda")

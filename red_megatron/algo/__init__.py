@@ -23,7 +23,8 @@ Equation numbers are the paper's as RED_SPEC.md cites them (Eq. 9, 10, 11); step
           loss.red_token_loss                                          Eq. 10 (the objective)
           min(r·Â, clip(r)·Â) online, w·r^offline·Â offline (unclipped), NLL, entropy, k3 KL.
           metrics.step_metrics: the per-step curves of RED_SPEC.md.
-  Table 2 presets.PRESETS / get_preset / preset_stages: the nine rows, declarative.
+  Table 2 presets.PRESETS / get_preset / preset_stages: the nine rows, declarative, and the other
+          small-reasoner recipes: dpo (Rollout DPO pairs, TokenKind.DPO), guidance (the fading schedule).
           config.AlgoConfig: the options; objective.build_objective: preset -> functions, once.
 
 Only torch is imported here: no process groups, no megatron, no vllm. kernels/ imports

@@ -50,6 +50,14 @@ class AlgoConfig:
     # MoE policies: 'rollout' replays in the old-policy pass and the update the experts the engine routed each
     # sampled token to (needs rollout.return_routing; offline traces route live); 'none': the trainer routes
     routing_replay: Literal["none", "rollout"] = "none"
+    # rollout_dpo (algo/dpo.py): β of the DPO margin β·[(S_c − R_c) − (S_r − R_r)] against the frozen reference
+    dpo_beta: float = 0.1
+    # guided_fading (algo/guidance.py): a prompt carries a prefix of its trace with probability
+    # p(step) = guidance_p0·decay(step / (guidance_fade·steps)), 0 from that step on
+    guidance_p0: float = 1.0
+    guidance_fade: float = 0.5  # the fraction of the run's steps after which no prompt is guided
+    guidance_decay: Literal["linear", "cosine"] = "linear"  # decay(x) = 1 − x, or (1 + cos πx)/2
+    guidance_prefix: float = 0.5  # the fraction of the trace's tokens given (they take as much of the response limit)
 
     def __post_init__(self) -> None:
         if self.routing_replay not in ("none", "rollout"):
@@ -91,7 +99,20 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.tis_mask_bound must be None or > 1, got {self.tis_mask_bound}")
         if self.fixed_w is not None and not (isinstance(self.fixed_w, (int, float)) and 0 < self.fixed_w < float("inf")):
             raise ValueError(f"AlgoConfig.fixed_w must be None or a finite number > 0, got {self.fixed_w!r}")
+        if not (isinstance(self.dpo_beta, (int, float)) and 0 < self.dpo_beta < float("inf")):
+            raise ValueError(f"AlgoConfig.dpo_beta must be a finite number > 0, got {self.dpo_beta!r}")
+        if not 0 <= self.guidance_p0 <= 1:
+            raise ValueError(f"AlgoConfig.guidance_p0 must be in [0, 1], got {self.guidance_p0}")
+        if not 0 < self.guidance_fade <= 1:
+            raise ValueError(f"AlgoConfig.guidance_fade (fraction of the steps) must be in (0, 1], got {self.guidance_fade}")
+        if self.guidance_decay not in ("linear", "cosine"):
+            raise ValueError(f"AlgoConfig.guidance_decay={self.guidance_decay!r}; expected 'linear' or 'cosine'")
+        if not 0 < self.guidance_prefix <= 1:
+            raise ValueError(f"AlgoConfig.guidance_prefix (fraction of the trace) must be in (0, 1], got {self.guidance_prefix}")
         for stage in preset_stages(self.preset):
+            if stage.online_term == "dpo" and self.num_online < 2:
+                raise ValueError(f"AlgoConfig.num_online={self.num_online} with preset stage {stage.name!r}: a DPO pair "
+                                 "needs a correct and a wrong sample of the same prompt (num_online >= 2)")
             std = stage.std_normalize if self.std_normalize is None else self.std_normalize
             group = self.num_online * int(stage.online) + int(stage.with_offline)
             if stage.online and std and group < 2:

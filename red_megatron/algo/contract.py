@@ -4,7 +4,7 @@ docs/KERNEL_CONTRACT.md is the prose; this module is the one definition. It impo
 so the kernels (kernels/red_loss.py and its reference) import it too: the kind codes, the
 defaults of the scalars and the row fills exist once.
 
-    TokenKind    the four per-token terms of Eq. 10 (int codes the Triton kernel compares with)
+    TokenKind    the per-token terms: Eq. 10's four and Rollout DPO's (int codes the Triton kernel compares with)
     LossParams   frozen, validated scalars: temperature, ε_lo, ε_hi, γ, entropy and KL coefficients;
                  built once by objective.build_objective, handed to the policy at construction
     TokenTerms   frozen per-token bundle over N response tokens: its fields are the contract's
@@ -27,6 +27,7 @@ class TokenKind(enum.IntEnum):
     OFFLINE_SHIFT = 1  # r^offline·Â,  r^offline = π / (sg(π) + (1 − sg(π))·r̄)   (unclipped)
     OFFLINE_LUFFY = 2  # f(π)·Â,  f(π) = π / (π + γ)                             (unclipped)
     NLL = 3  # log π (the sft preset)
+    DPO = 4  # Â·log π, Â = −∂L_DPO/∂(Σ_t log π) of the token's sequence (algo/dpo.py; unclipped)
 
 
 KINDS: tuple[int, ...] = tuple(int(k) for k in TokenKind)

@@ -12,6 +12,8 @@ Every normaliser lives in weight_N (token_terms.py), so the loss is one weighted
     term(OFFLINE_SHIFT) = r^offline·Â   (policy_shift.shift_ratio, unclipped)
     term(OFFLINE_LUFFY) = π/(π + γ)·Â   (policy_shift.luffy_ratio, unclipped)
     term(NLL)           = logp
+    term(DPO)           = Â·logp        (Â: the sequence's DPO coefficient, algo/dpo.py: the pair loss
+                                          linearised at the current weights, so its gradient is exact)
 
 This is the only place the formula is written in PyTorch. kernels/red_loss_reference.py is the
 logits side (log-prob + entropy from vocab-parallel logits) composed with ``red_token_loss``; the
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from red_megatron.algo.contract import DEFAULT_PARAMS as _D
-from red_megatron.algo.contract import TokenKind
+from red_megatron.algo.contract import KINDS, TokenKind
 from red_megatron.algo.policy_shift import luffy_ratio, shift_ratio
 
 
@@ -87,8 +89,9 @@ def red_token_loss(
         raise ValueError(f"kl_coef={kl_coef} needs ref_logp_N (the reference policy's log-probs)")
     if entropy_coef != 0.0 and entropy_N is None:
         raise ValueError(f"entropy_coef={entropy_coef} needs entropy_N")
-    if kind_N.numel() and (int(kind_N.min()) < 0 or int(kind_N.max()) > int(TokenKind.NLL)):
-        raise ValueError(f"kind_N values must be in 0..3 (TokenKind), got range [{int(kind_N.min())}, {int(kind_N.max())}]")
+    if kind_N.numel() and (int(kind_N.min()) < 0 or int(kind_N.max()) > max(KINDS)):
+        raise ValueError(f"kind_N values must be in 0..{max(KINDS)} (TokenKind), got range "
+                         f"[{int(kind_N.min())}, {int(kind_N.max())}]")
     dt = logp_N.dtype
     kind = kind_N.long()
     # weight <= 0 marks padding: such tokens contribute 0 and get no gradient, whatever the other
@@ -110,7 +113,8 @@ def red_token_loss(
     luffy_term = luffy_ratio(logp, luffy_gamma) * adv
     term = torch.where(is_on, online_term,
                        torch.where(kind == TokenKind.OFFLINE_SHIFT, shift_term,
-                                   torch.where(kind == TokenKind.OFFLINE_LUFFY, luffy_term, logp)))
+                                   torch.where(kind == TokenKind.OFFLINE_LUFFY, luffy_term,
+                                               torch.where(kind == TokenKind.DPO, adv * logp, logp))))
     policy_N = -weight * w * term
     per_token = policy_N
     ent_N = kl_N = None

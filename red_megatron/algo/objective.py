@@ -10,6 +10,7 @@ The loop calls these same methods for every preset; what differs was chosen here
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,7 @@ import torch
 from red_megatron.algo.advantages import group_advantages
 from red_megatron.algo.config import AlgoConfig
 from red_megatron.algo.contract import LossParams, TokenKind, TokenTerms
+from red_megatron.algo.dpo import build_pairs, dpo_token_terms
 from red_megatron.algo.entropy import EntropyRegulator, EntropyStats
 from red_megatron.algo.loss import TokenLossOutput, red_token_loss
 from red_megatron.algo.policy_shift import group_accuracy
@@ -53,6 +55,18 @@ class RedObjective:
     params: LossParams  # the loss's scalars, frozen and validated (temperature included)
     assume_offline_correct: bool = False
     fixed_w: float | None = None  # AlgoConfig.fixed_w: w held constant (the regulator, if any, still updates)
+    dpo_beta: float | None = None  # set for online_term='dpo': the pairs' DPO loss replaces the surrogate
+    # metrics of the last token_terms call that only it can measure (DPO pairs); {} for the other presets
+    last_metrics: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Does token_terms need the frozen reference's log-probs (and the policy's, before the update)?"""
+        return self.dpo_beta is not None
+
+    def num_pairs(self, rewards_B: torch.Tensor, group_id_B: torch.Tensor, is_offline_B: torch.Tensor) -> int:
+        """This batch's DPO pairs (0 for presets without them): the caller sums it over DP ranks."""
+        return 0 if self.dpo_beta is None else int(build_pairs(rewards_B, group_id_B, is_offline_B).chosen_P.numel())
 
     def rewards(self, rewards_B: torch.Tensor, is_offline_B: torch.Tensor) -> torch.Tensor:
         """The rewards the algorithm uses: the trace's own score, or 1 (offline_reward='assume_one')."""
@@ -78,12 +92,26 @@ class RedObjective:
         w: float = 1.0,
         num_prompts: int | None = None,
         total_tokens: int | None = None,
+        logp_N: torch.Tensor | None = None,
+        ref_logp_N: torch.Tensor | None = None,
+        num_pairs: int | None = None,
     ) -> tuple[TokenTerms, torch.Tensor | None, torch.Tensor]:
         """(TokenTerms, r̄_G or None, Â_B) for a batch of whole groups.
 
-        num_prompts / total_tokens: the global counts when the batch is one DP rank's share.
+        num_prompts / total_tokens / num_pairs: the global counts when the batch is one DP rank's share.
+        logp_N / ref_logp_N: the policy's (no-grad pass) and the frozen reference's log-probs, read only
+        where ``needs_reference`` (DPO: Â_B is then each sample's DPO coefficient).
         """
         rewards_B = self.rewards(rewards_B, is_offline_B)
+        self.last_metrics = {}
+        if self.dpo_beta is not None:
+            if logp_N is None or ref_logp_N is None:
+                raise ValueError(f"preset {self.preset.name}: DPO needs logp_N and ref_logp_N (policy and reference)")
+            terms, self.last_metrics = dpo_token_terms(
+                logp_N=logp_N, ref_logp_N=ref_logp_N, response_len_B=response_len_B, beta=self.dpo_beta,
+                pairs=build_pairs(rewards_B, group_id_B, is_offline_B), num_pairs=num_pairs)
+            adv_B = torch.zeros(group_id_B.numel()).index_add(0, terms.sample_idx_N, terms.adv_N) / response_len_B
+            return terms, None, adv_B
         adv_B = self.advantages(rewards_B, group_id_B)
         rbar_G = None if self.rbar is None else self.rbar(rewards_B, group_id_B, is_offline_B)
         terms = build_token_terms(
@@ -154,4 +182,5 @@ def build_objective(cfg: AlgoConfig, stage: Preset | None = None) -> RedObjectiv
                           luffy_gamma=cfg.luffy_gamma, entropy_coef=cfg.entropy_coef, kl_coef=cfg.kl_coef),
         assume_offline_correct=cfg.offline_reward == "assume_one",
         fixed_w=cfg.fixed_w,
+        dpo_beta=cfg.dpo_beta if stage.online_term == "dpo" else None,
     )

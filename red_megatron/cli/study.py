@@ -3,7 +3,8 @@
 The study drives scripts/train.py and scripts/eval.py of a clone (one process per run) and writes
 its report under benchmarks/reports/, so it runs from a clone of the repository (an editable
 install); its options are those of scripts/preset_study.py (``red-study --help``), with
-``section.field=value`` overrides applied to every run.
+``section.field=value`` overrides applied to every run. With ``--sizes`` it is the scaling study over
+model sizes with the fair-lr protocol (red_megatron/study/scaling_cli.py: ``red-study --sizes s --help``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def load_study():
 
 
 def _main(argv: list[str]) -> int:
+    if any(a == "--sizes" or a.startswith("--sizes=") for a in argv):  # the scaling study (study/scaling_cli.py)
+        from red_megatron.study.scaling_cli import main as scaling_main
+
+        return scaling_main(argv)
     return load_study().main(argv)
 
 

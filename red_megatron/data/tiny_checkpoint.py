@@ -46,9 +46,14 @@ CORPORA = ("synthetic", "chain")
 SHAPES = {  # named shapes: TinyCheckpointConfig fields (the default shape is the dataclass's)
     "default": {},
     "chain": dict(hidden=192, layers=4, heads=6, kv_heads=2, head_dim=32, intermediate=512, vocab_size=512,
-                  max_position=512),
+                  max_position=512),  # 1.77M parameters
     "moe": dict(arch="qwen3_moe", layers=3, experts=4, top_k=2, moe_intermediate=64, mlp_only_layers=(0,),
                 max_position=512),
+    # the scaling study's other sizes (red_megatron/study/scaling.py): the chain vocabulary, head_dim 32 (vLLM-CPU)
+    "chain_s": dict(hidden=128, layers=2, heads=4, kv_heads=2, head_dim=32, intermediate=320, vocab_size=512,
+                    max_position=512),  # 0.48M
+    "chain_l": dict(hidden=320, layers=6, heads=10, kv_heads=2, head_dim=32, intermediate=896, vocab_size=512,
+                    max_position=512),  # 6.97M
 }
 
 CHAT_TEMPLATE = (

@@ -262,6 +262,18 @@ class MegatronPolicy:
             out["token_outputs"] = (stats["logp_N"].cpu(), stats["entropy_N"].cpu())
         return out
 
+    def frozen_reference(self):
+        """A no-grad copy of the weights this policy was built from (``hf_dir``), in its layout: the frozen
+        reference of Rollout DPO (policy/reference.py)."""
+        from red_megatron.policy.reference import FrozenReference
+
+        if self.hf_dir is None:
+            raise ValueError("frozen_reference: this policy was not built from an HF directory (from_hf)")
+        return FrozenReference(self.hf_dir, groups=self.groups, dtype=_DTYPES[self.cfg.dtype],
+                               vocab_size=self.vocab_size, temperature=self.loss.temperature,
+                               logprob_entropy=self._logprob_entropy, sequence_parallel=self.sequence_parallel,
+                               lm_head_fp32=self.cfg.lm_head_fp32)
+
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, root, step: int, trainer_state: dict | None = None) -> Path:
         return save_checkpoint(root, step, chunks=self.ddp, groups=self.groups, optimizer=self.optimizer,

@@ -34,7 +34,16 @@ class ColocatedRollout(Rollout):
         return self.engine
 
     def take(self, step: int) -> Experience:
-        return self.experience(self.loader.next_batch(), step)
+        exp = self.experience(self.loader.next_batch(), step)
+        if self.sampling.guidance is not None:
+            from red_megatron.algo.guidance import guidance_metrics
+
+            self._guide_metrics = guidance_metrics(self.sampling.guidance.probability(step), exp.guidance_len,
+                                                   exp.rewards_B, exp.is_offline_B)
+        return exp
+
+    def step_metrics(self, since: float) -> dict:
+        return dict(getattr(self, "_guide_metrics", {}))
 
     def experience(self, examples: list, step: int) -> Experience:
         """This replica's experience of ``examples`` (its prompts of batch ``step``) on every rank."""
@@ -42,15 +51,18 @@ class ColocatedRollout(Rollout):
         exp = None
         if plan.generates or (not online and g.is_mp_src):
             batches = gather_prompts(plan, g.dp_rank, examples) if online else [examples]
-            flat = [ex for b in batches for ex in b]
+            # guided_fading: a guided prompt ends with its guidance, so the engine continues it and the policy
+            # trains on the continuation only (the guidance is prompt: no logp, no reward)
+            flat, guidance_len = self.sampling.prompts([ex for b in batches for ex in b], batch=step)
             samples = []
             if online:
                 # seeded by the first replica served: with one replica per engine, a replica's samples do
                 # not depend on the layout
                 first = plan.served_replicas[0] if plan.served_replicas else g.dp_rank
                 samples = self.engine.generate(**self.sampling.engine_args(
-                    [ex.prompt_ids for ex in flat], batch=step, replica=first))
-            both = assemble_experience(flat, samples, with_offline=self.with_offline)
+                    [ex.prompt_ids for ex in flat], batch=step, replica=first, guidance_len=guidance_len))
+            both = assemble_experience(flat, samples, with_offline=self.with_offline,
+                                       guidance_len=guidance_len if self.sampling.guidance is not None else None)
             # Ranks of the engine that are no replica's source only join its collective: they skip verification.
             if g.is_mp_src:
                 both = score_experience(both, score=self.scorer.score, decode=self._decode)

@@ -260,9 +260,10 @@ class RolloutEngine:
 
     # --- generation --------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 1.0,
-                 top_p: float = 1.0, max_tokens: int = 256, seed: int | None = None,
+                 top_p: float = 1.0, max_tokens: int | Sequence[int] = 256, seed: int | None = None,
                  stop_token_ids: Sequence[int] | None = None) -> list[list[RolloutSample]]:
         """``n`` samples per prompt; ``seed`` makes the whole call reproducible (per-prompt seeds derive from it).
+        ``max_tokens``: one limit, or one per prompt (a guided prompt's guidance takes part of its budget).
 
         With ``tp_infer > 1`` this is collective over vLLM's TP group, and every rank of the group
         must pass the same prompts and arguments (vLLM computes rank 0's batch on all of them);
@@ -271,11 +272,14 @@ class RolloutEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if n < 1 or max_tokens < 1:
+        limits = [int(max_tokens)] * len(prompt_ids) if isinstance(max_tokens, int) else [int(m) for m in max_tokens]
+        if len(limits) != len(prompt_ids):
+            raise ValueError(f"generate: {len(limits)} max_tokens for {len(prompt_ids)} prompts")
+        if n < 1 or any(m < 1 for m in limits):
             raise ValueError(f"generate: n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
         self._check_awake()
         prompts, params = [], []
-        for i, ids in enumerate(prompt_ids):
+        for i, (ids, max_tokens) in enumerate(zip(prompt_ids, limits)):
             ids = [int(t) for t in ids]
             if not ids:
                 raise ValueError(f"generate: prompt {i} is empty")
@@ -289,7 +293,7 @@ class RolloutEngine:
                                          logprobs=0, stop_token_ids=list(stop_token_ids or []),
                                          detokenize=False))
         self._check_same_across_tp("generate", [list(map(int, p)) for p in prompt_ids],
-                                   (n, temperature, top_p, max_tokens, seed, list(stop_token_ids or [])))
+                                   (n, temperature, top_p, limits, seed, list(stop_token_ids or [])))
         outs = self._generate_with_routing(prompts, params) if self._routing is not None else \
             self.llm.generate(prompts, params, use_tqdm=False)
         result = []

@@ -69,7 +69,16 @@ def build_rollout(cfg, *, groups, policy, preset, loader, tokenizer, scorer, ste
     from red_megatron.rollout.sampling import SamplingConfig
 
     online = preset.online
-    sampling = SamplingConfig.from_run(cfg, online=online)
+    guidance = None
+    if getattr(preset, "guidance", False):
+        from red_megatron.algo.guidance import GuidanceSchedule
+
+        if cfg.rollout.placement != "colocated" or cfg.replay_experience_dir is not None:
+            raise ValueError(f"algo.preset={cfg.algo.preset}: the guidance is built into the colocated rollout's "
+                             f"prompts; rollout.placement={cfg.rollout.placement!r} / replay_experience_dir do not "
+                             f"apply it (use rollout.placement=colocated)")
+        guidance = GuidanceSchedule.from_run(cfg, steps)
+    sampling = SamplingConfig.from_run(cfg, online=online, guidance=guidance)
     common = dict(groups=groups, loader=loader, sampling=sampling, with_offline=preset.with_offline,
                   tokenizer=tokenizer, scorer=scorer)
     if cfg.rollout.placement == "disaggregated" and online:

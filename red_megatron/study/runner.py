@@ -50,6 +50,7 @@ class StudySpec:
     nproc: int = 1
     dtype: str = "float32"
     max_prompt_tokens: int = 32
+    include_base: bool = True  # also evaluate the base (a study split in several parts evaluates it once)
 
     def validate(self) -> None:
         from red_megatron.algo.presets import PRESETS
@@ -210,7 +211,7 @@ def run_study(spec: StudySpec, on_progress=None, log=print) -> list[dict]:
     """Run every missing (config, seed), ``spec.parallel`` at a time; ``on_progress()`` after each cell."""
     spec.validate()
     guard_same_study(spec)
-    cells = [("base", s) for s in spec.seeds] + [(c, s) for s in spec.seeds for c in spec.configs]
+    cells = [("base", s) for s in spec.seeds if spec.include_base] + [(c, s) for s in spec.seeds for c in spec.configs]
     # red before everything else of its seed, red_wconst last (it needs red's mean w)
     cells.sort(key=lambda cs: (cs[0] == "red_wconst", cs[1], cs[0] not in ("base", "red")))
     futures: dict[tuple[str, int], Future] = {}

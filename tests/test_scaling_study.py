@@ -1,0 +1,184 @@
+"""The scaling study's harness (red_megatron/study/scaling.py, ``red-study --sizes``).
+
+Fast: the fair-lr protocol and resumability with a stand-in cell runner that writes what the chain study's
+cells write (markers last, eval samples); the command line's refusals; ``--check`` of the GPU plan on
+config-only Qwen2.5 0.5B/1.5B/3B/7B directories. Slow: a real smoke (tiniest chain shape, 2 steps a
+cell, one lr point, sft) through the trainer and the eval, rerun to show finished cells are skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from red_megatron.study.runner import cell_dir
+from red_megatron.study.scaling import ScalingSpec, choose_lr, plan_rows, run_scaling
+from tests.test_cli import write_shaped_model
+
+REPO = Path(__file__).resolve().parents[1]
+# a preset's held-out accuracy (%) at lr multiplier m: red peaks at 2x, sft at 0.5x, grpo is flat (tie -> 1x)
+ACC = {"red": {0.5: 40, 1.0: 60, 2.0: 70}, "sft": {0.5: 50, 1.0: 45, 2.0: 10}, "grpo": {0.5: 30, 1.0: 30, 2.0: 30}}
+
+
+class FakeRunner:
+    """run_study's contract: every (config, seed) of the spec without its eval marker is trained and evaluated,
+    the markers written last; on_progress after each cell."""
+
+    def __init__(self):
+        self.done: list[tuple[str, str, int, float]] = []
+
+    def __call__(self, spec, on_progress=None, log=print):
+        lr = float(next(o for o in spec.overrides if o.startswith("policy.lr=")).split("=")[1])
+        mult = lr / 3e-4
+        for seed in spec.seeds:
+            for c in (["base"] if spec.include_base else []) + spec.configs:
+                d = cell_dir(spec.out, c, seed)
+                if (d / "eval.done.json").exists():
+                    continue
+                acc = 20 if c == "base" else ACC.get(c, {1.0: 50}).get(round(mult, 3), 0) + seed
+                (d / "eval").mkdir(parents=True, exist_ok=True)
+                rows = [{"reward": float(i < acc), "truncated": c == "sft" and mult == 2.0} for i in range(100)]
+                (d / "eval" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                (d / "train.done.json").write_text("{}")
+                (d / "eval.done.json").write_text("{}")
+                self.done.append((str(Path(spec.out).relative_to(self.root)), c, seed, lr))
+                if on_progress:
+                    on_progress()
+        return []
+
+
+def _spec(tmp_path, presets=("red", "red_wconst", "sft", "grpo"), sizes=("s", "m")):
+    return ScalingSpec(out=tmp_path / "out", bases={s: tmp_path / s for s in sizes}, presets=list(presets),
+                       seeds=[0, 1, 2], lr=3e-4, val_data=tmp_path / "val.parquet", test_data=tmp_path / "test.parquet")
+
+
+def test_fair_lr_protocol_then_seeds_at_each_presets_choice_and_resume(tmp_path):
+    spec, run = _spec(tmp_path), FakeRunner()
+    run.root = spec.out
+    s = run_scaling(spec, runner=run, log=lambda *_: None)
+    for size in ("s", "m"):
+        got = s["sizes"][size]
+        assert got["lr_choice"] == {"red": 2.0, "sft": 0.5, "grpo": 1.0}
+        assert got["lr"]["red"] == pytest.approx(6e-4) and got["lr"]["sft"] == pytest.approx(1.5e-4)
+        assert got["lr_curve"]["sft"]["x2"] == {"acc": 10.0, "trunc": 100.0, "samples": 100}  # the collapse rate
+        assert json.loads((spec.out / size / "lr_choice.json").read_text())["red"] == pytest.approx(6e-4)
+        assert set(got["main"]) == {"base", "red", "red_wconst", "sft", "grpo"}
+        assert got["main"]["red"]["2"]["acc"] == 72.0  # seed 2 at red's own lr (2x)
+    lr_cells = [d for d in run.done if "/lr/" in d[0]]
+    # the grid: 3 tuned presets x 3 lrs, one seed, base once per size on val; red_wconst has no grid
+    assert len(lr_cells) == 2 * (3 * 3 + 1) and {d[2] for d in lr_cells} == {0}
+    assert not any(d[1] == "red_wconst" for d in lr_cells)
+    wconst = [d for d in run.done if d[1] == "red_wconst"]
+    assert len(wconst) == 6 and all(d[3] == pytest.approx(6e-4) for d in wconst)  # at red's lr, beside red
+    assert json.loads((spec.out / "scaling.json").read_text())["sizes"]["m"]["lr_choice"]["sft"] == 0.5
+    n = len(run.done)
+    run_scaling(spec, runner=run, log=lambda *_: None)
+    assert len(run.done) == n  # a rerun skips every finished cell
+
+
+def test_phase_lr_stops_before_the_seeds_and_main_needs_the_grid(tmp_path):
+    spec, run = _spec(tmp_path, presets=("red", "sft"), sizes=("m",)), FakeRunner()
+    run.root = spec.out
+    with pytest.raises(ValueError, match="lr grid is not finished"):
+        run_scaling(spec, phase="main", runner=run, log=lambda *_: None)
+    run_scaling(spec, phase="lr", runner=run, log=lambda *_: None)
+    assert all("/lr/" in d[0] for d in run.done) and not (spec.out / "m" / "main").exists()
+    run_scaling(spec, phase="main", runner=run, log=lambda *_: None)
+    assert any("/main/" in d[0] for d in run.done)
+
+
+def test_choose_lr_ties_and_unfinished():
+    assert choose_lr({"x0.5": {"acc": 50}, "x1": {"acc": 50}, "x2": {"acc": 50}}) == 1.0
+    assert choose_lr({"x0.5": {"acc": 50}, "x2": {"acc": 50}}) == 0.5
+    # red's measured curve on chain_val (docs/STUDY.md): 2x is 0.13 points above 1x, a tie within one seed's noise
+    assert choose_lr({"x0.5": {"acc": 62.89}, "x1": {"acc": 93.92}, "x2": {"acc": 94.05}}) == 1.0
+    assert choose_lr({"x0.5": {"acc": 62.89}, "x1": {"acc": 92.9}, "x2": {"acc": 94.05}}) == 2.0
+    assert choose_lr({"x0.5": {"acc": 50}, "x1": None}) is None
+
+
+def test_plan_and_validation(tmp_path):
+    rows = plan_rows(_spec(tmp_path, sizes=("m",)))
+    assert sum(r["phase"] == "lr" for r in rows) == 9 and sum(r["phase"] == "main" for r in rows) == 4
+    for presets, match in ((("red_wconst",), "needs red"), (("nosuch",), "unknown"), (("red", "frozen_w"), "frozen_w")):
+        with pytest.raises(ValueError, match=match):
+            _spec(tmp_path, presets=presets).validate()
+    with pytest.raises(ValueError, match="lr-mults"):
+        dataclasses.replace(_spec(tmp_path), lr_mults=(1.0, 1.0)).validate()
+
+
+def _study(argv: list[str]) -> tuple[int, str, str]:
+    from red_megatron.cli.study import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_gpu_plan_check_on_qwen25_sizes(tmp_path, tiny_ckpt_dir, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    names = {"0.5b": "Qwen2.5-0.5B", "1.5b": "Qwen2.5-1.5B", "3b": "Qwen2.5-3B", "7b": "Qwen2.5-7B"}
+    sizes = ",".join(f"{k}={write_shaped_model(tmp_path / v, tiny_ckpt_dir, v)}" for k, v in names.items())
+    common = ["--sizes", sizes, "--recipe", "qwen25_7b", "--val-data", "/d/val.parquet", "--test-data",
+              "/d/test.parquet", "--out", str(tmp_path / "plan")]
+    rc, out, err = _study([*common, "--world-size", "16", "--check"])
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines[:4]] == ["size 0.5b", "size 1.5b", "size 3b", "size 7b"]
+    assert "24 layers, hidden 896" in lines[0] and "28 layers, hidden 3584" in lines[3]
+    assert lines[-1].startswith("check OK: 116 runs planned") and "of 2e-06" in lines[-1]  # the recipe's lr
+    rc, _, err = _study([*common, "--world-size", "6", "--check"])  # TP 2: DP 3 does not divide 64 prompts
+    assert rc == 2 and "size 0.5b" in err and "divisible" in err and err.count("\n") == 1
+    rc, out, _ = _study([*common, "--dry-run", "--presets", "red,sft_then_grpo", "--seeds", "0,1"])
+    assert rc == 0 and len(out.strip().splitlines()) == 4 * (2 * 3 + 2)
+    assert not (tmp_path / "plan").exists()  # neither mode writes anything
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--sizes", "xl"], ["unknown size 'xl'"]),
+    (["--sizes", "m=/nonexistent"], ["not an HF checkpoint directory"]),
+    (["--sizes", "s,s"], ["given twice"]),
+])
+def test_bad_sizes_are_refused_in_one_line(argv, words):
+    rc, _, err = _study(argv)
+    assert rc == 2 and err.count("\n") == 1 and all(w in err for w in words), err
+
+
+def test_a_base_without_a_passed_gate_is_refused(tmp_path, tiny_ckpt_dir):
+    rc, _, err = _study(["--sizes", f"t={tiny_ckpt_dir}", "--out", str(tmp_path)])
+    assert rc == 2 and "no gate report" in err and "--allow-failed-gate" in err
+    (tiny_ckpt_dir.parent / "gate.json").write_text(json.dumps({"passed": False}))
+    try:
+        rc, _, err = _study(["--sizes", f"t={tiny_ckpt_dir}", "--out", str(tmp_path)])
+        assert rc == 2 and "failed its gate" in err
+    finally:
+        (tiny_ckpt_dir.parent / "gate.json").unlink()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_scaling_smoke_real_cells(tmp_path):
+    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+
+    base = make_tiny_checkpoint(dataclasses.replace(shape_config("chain_s", seed=0), layers=1), tmp_path / "b" / "hf",
+                                corpus="chain")
+    cmd = [sys.executable, "-m", "red_megatron.cli.study", "--sizes", f"t={base}", "--presets", "sft", "--seeds", "0",
+           "--lr-mults", "1", "--steps", "2", "--eval-samples", "1", "--eval-limit", "1", "--parallel", "1",
+           "--out", str(tmp_path / "out"), "--allow-failed-gate", "data.global_batch_size=2"]
+    env = {**os.environ, "RED_ASSETS": str(tmp_path / "assets"), "PYTHONPATH": str(REPO)}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "scaling.json").read_text())["sizes"]["t"]
+    assert s["lr_choice"] == {"sft": 1.0} and s["lr_curve"]["sft"]["x1"]["samples"] == 3  # 1 problem a band
+    assert set(s["main"]) == {"base", "sft"} and s["main"]["sft"]["0"] is not None
+    cfg = json.loads((tmp_path / "out/t/main/sft/seed0/sft/run/run_config.json").read_text())["config"]
+    assert cfg["steps"] == 2 and cfg["policy"]["lr"] == pytest.approx(3e-4)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and ": training" not in again.stdout and ": eval" not in again.stdout
