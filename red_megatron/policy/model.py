@@ -200,7 +200,8 @@ def hidden_lm_head(layer) -> None:
                                                         gather_from_sequence_parallel_region)
 
     group = getattr(layer, "tp_group", None)
-    tp = group.size() if group is not None else _tp_size()
+    # the layer's own TP size (its config): megatron's global model-parallel state is read in policy/parallel.py only
+    tp = group.size() if group is not None else int(layer.config.tensor_model_parallel_size)
 
     def forward_hidden(input_, weight=None, runtime_gather_output=None):
         del weight, runtime_gather_output
@@ -211,12 +212,6 @@ def hidden_lm_head(layer) -> None:
         return input_, None
 
     layer.forward = forward_hidden
-
-
-def _tp_size() -> int:
-    from megatron.core import parallel_state
-
-    return parallel_state.get_tensor_model_parallel_world_size()
 
 
 def lm_head_weight(chunk) -> torch.Tensor:
