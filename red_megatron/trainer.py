@@ -95,7 +95,7 @@ class _Run:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
         # an online-only preset (grpo) trains on prompt/answer files without traces
         data_cfg = cfg.data if cfg.data.require_trace is not None else \
-            dataclasses.replace(cfg.data, require_trace=self.preset.with_offline)
+            dataclasses.replace(cfg.data, require_trace=self.preset.reads_traces)
         self.dataset = load_dataset(data_cfg, self.tokenizer)
         # A preset may bring its own schedule (sft: lr 5e-5, 3 epochs); studies that compare presets
         # at equal budget turn that off (use_preset_schedule=false) and keep the run's lr and steps.

@@ -190,6 +190,7 @@ def run_logging(monkeypatch):
     monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    logging.captureWarnings(False)  # an earlier test may have left it on: then setup_run_logging would not take over
     yield root
     logging.captureWarnings(False)
     for h in list(root.handlers):

@@ -51,6 +51,11 @@ class Preset:
     online_term: OnlineTerm = "clip"  # the clipped surrogate with Â, or DPO on (correct, wrong) pairs
     guidance: bool = False  # prompts may carry a fading prefix of their trace (guided_fading)
 
+    @property
+    def reads_traces(self) -> bool:
+        """The preset needs the data's offline trace column (for its offline samples, or its guidance)."""
+        return self.offline_term != "none" or self.guidance
+
     def __post_init__(self) -> None:
         if not self.online and self.offline_term == "none":
             raise ValueError(f"preset {self.name}: needs online samples or an offline term")
