@@ -42,6 +42,20 @@ def _trainer_logp(ckpt: str, seqs, plens, routing):
     return out
 
 
+def engine_samples(engine, prompts, **generate_kw):
+    """(sequences, prompt lengths, routing per sample, the engine's log-probs of every sampled token) of one
+    generate call at T=1 (shared with tests/test_rollout_moe.py)."""
+    outs = engine.generate(prompts, temperature=1.0, **generate_kw)
+    seqs, plens, routing, engine_lp = [], [], [], []
+    for p, o in zip(prompts, outs):
+        for s in o:
+            seqs.append(torch.tensor(p + s.token_ids))
+            plens.append(len(p))
+            routing.append(s.routed_experts)
+            engine_lp.append(torch.tensor(s.logprobs, dtype=torch.float64))
+    return seqs, plens, routing, torch.cat(engine_lp)
+
+
 def _stats(d: torch.Tensor) -> dict:
     return {"max": float(d.max()), "mean": float(d.mean()), "p99": float(d.quantile(0.99))}
 
@@ -53,17 +67,9 @@ def _scenario(pool, ckpt: str, engine_dir: str, dtype: str, prompts, n: int, max
     eng = RolloutEngine(engine_dir, RolloutConfig(dtype=dtype, max_model_len=256, max_num_seqs=64,
                                                   return_routing=moe, enable_prefix_caching=not moe))
     try:
-        outs = eng.generate(prompts, n=n, max_tokens=max_tokens, seed=7, temperature=1.0)
+        seqs, plens, routing, elp = engine_samples(eng, prompts, n=n, max_tokens=max_tokens, seed=7)
     finally:
         eng.close()
-    seqs, plens, routing, elp = [], [], [], []
-    for p, o in zip(prompts, outs):
-        for s in o:
-            seqs.append(torch.tensor(p + s.token_ids))
-            plens.append(len(p))
-            routing.append(s.routed_experts)
-            elp.append(torch.tensor(s.logprobs, dtype=torch.float64))
-    elp = torch.cat(elp)
     t = pool.submit(_trainer_logp, ckpt, seqs, plens, routing if moe else None).result()
     row = {"engine_dtype": dtype, "tokens": int(elp.numel()),
            "gap_without_replay": _stats((t["live"].double() - elp).abs())}

@@ -24,21 +24,26 @@ import typing
 from typing import Any
 
 
+def _union(value: Any, tp: Any, field: str, convert, is_null: bool) -> Any:
+    """``value`` as the first member of the union ``tp`` that ``convert`` accepts (None where it is null)."""
+    args = typing.get_args(tp)
+    if is_null and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return convert(value, arg, field)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError("; ".join(errors))
+
+
 def _parse(value: str, tp: Any, field: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value.lower() in ("none", "null") and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _parse(value, arg, field)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError("; ".join(errors))
+        return _union(value, tp, field, _parse, value.lower() in ("none", "null"))
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         for a in allowed:
@@ -85,18 +90,7 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
         return _parse(value, tp, field)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, field)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError("; ".join(errors))
+        return _union(value, tp, field, _coerce, value is None)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value in allowed and any(type(a) is type(value) for a in allowed):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.test_kernel_lm_head_loss import TOL, make_head, rel, run_ref
+from tests.test_kernel_red_loss_tp import counting_all_gathers
 
 pytestmark = [pytest.mark.dist,
               pytest.mark.skipif(torch.cuda.is_available(), reason="CPU/gloo test (Triton interpreter)")]
@@ -35,15 +36,7 @@ def _tp_worker(backend, dtype, vocab_size, opts, seed, ties):
     shard = w[rank * vl:(rank + 1) * vl].contiguous()
     kw = dict(vocab_start=rank * vl, vocab_size=vocab_size, temperature=temp, group=dist.group.WORLD,
               backend=backend, chunk_tokens=10, **{k: v for k, v in opts.items() if k != "temperature"})
-    calls = []
-    orig = rl.dist.all_gather_into_tensor
-
-    def counting(*a, **k):
-        calls.append(1)
-        return orig(*a, **k)
-
-    rl.dist.all_gather_into_tensor = counting
-    try:
+    with counting_all_gathers(rl) as calls:
         hx, wx = h.clone().requires_grad_(), shard.clone().requires_grad_()
         out = lm_head_red_loss(hx, wx, target, **per, **kw)
         n_fwd = len(calls)
@@ -52,8 +45,6 @@ def _tp_worker(backend, dtype, vocab_size, opts, seed, ties):
         lp, ent = lm_head_logprob_entropy(h, shard, target, **{k: kw[k] for k in (
             "vocab_start", "vocab_size", "temperature", "group", "backend", "chunk_tokens")})
         n_lp = len(calls) - n_fwd - n_bwd
-    finally:
-        rl.dist.all_gather_into_tensor = orig
     return dict(loss=float(out.loss.detach()), logp=out.logp_N, ent=out.entropy_N.detach(),
                 clip=float(out.clip_frac), gh=gh, gw=gw, lp=lp, lp_ent=ent, calls=(n_fwd, n_bwd, n_lp))
 

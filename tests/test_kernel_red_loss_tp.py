@@ -8,6 +8,8 @@ the backward, the reference's own all-gather path, and a rank whose shard is all
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -22,6 +24,23 @@ pytestmark = [
 
 V = 1000  # global (padded) vocabulary; each rank holds 500 columns
 
+
+
+@contextlib.contextmanager
+def counting_all_gathers(mod):
+    """A list that grows by one at each ``mod.dist.all_gather_into_tensor`` call inside the block."""
+    calls = []
+    orig = mod.dist.all_gather_into_tensor
+
+    def counting(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    mod.dist.all_gather_into_tensor = counting
+    try:
+        yield calls
+    finally:
+        mod.dist.all_gather_into_tensor = orig
 
 def _tp_worker(dtype, vocab_size, opts, seed):
     """Runs on each rank: kernel and TP reference on this rank's shard; returns CPU tensors."""
@@ -40,23 +59,13 @@ def _tp_worker(dtype, vocab_size, opts, seed):
     kw = base_kw(vocab_size, **opts)
     kw["vocab_start"] = rank * vl
 
-    calls = []
-    orig = mod.dist.all_gather_into_tensor
-
-    def counting(*a, **k):
-        calls.append(1)
-        return orig(*a, **k)
-
-    mod.dist.all_gather_into_tensor = counting
-    try:
+    with counting_all_gathers(mod) as calls:
         x = shard.clone().requires_grad_()
         out = red_loss(x, target, **{k: v for k, v in per.items() if k != "ref_logp_N" or opts.get("kl_coef")},
                        group=dist.group.WORLD, **kw)
         n_fwd = len(calls)
         (g,) = torch.autograd.grad(out.loss, x)
         n_bwd = len(calls) - n_fwd
-    finally:
-        mod.dist.all_gather_into_tensor = orig
     # the reference's own TP path (all-gather of the shards), float64
     xr = shard.double().requires_grad_()
     p64 = {k: (t.double() if t.dtype.is_floating_point else t) for k, t in per.items()}

@@ -50,15 +50,14 @@ def engine(dirs):
 
 
 def _samples(engine, n=4, max_tokens=12, seed=0):
-    outs = engine.generate(PROMPTS, n=n, max_tokens=max_tokens, seed=seed, temperature=1.0)
-    seqs, plens, routing, engine_lp = [], [], [], []
-    for p, o in zip(PROMPTS, outs):
-        for s in o:
-            seqs.append(torch.tensor(p + s.token_ids))
-            plens.append(len(p))
-            routing.append(s.routed_experts)
-            engine_lp.append(torch.tensor(s.logprobs, dtype=torch.float64))
-    return seqs, plens, routing, torch.cat(engine_lp)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_replay_gap.py"
+    spec = importlib.util.spec_from_file_location("moe_replay_gap", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.engine_samples(engine, PROMPTS, n=n, max_tokens=max_tokens, seed=seed)
 
 
 def _load_dir(engine, d):
