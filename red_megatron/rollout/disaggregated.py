@@ -134,29 +134,34 @@ class DisaggregatedRollout(Rollout):
             self._failed = exc
             raise
 
-    def _generate(self, batch: int, replicas: list[list]) -> dict:
-        """Driver thread: the batch's prompts spread over the engines (contiguous shares), one call each."""
-        flat = [ex for rep in replicas for ex in rep]
-        samples: list = []
-        if self.sampling.n > 0:
-            shares = [s for s in _split(len(flat), len(self.pool.engines)) if s > 0]
-            per, lo = [], 0
-            for e, n in enumerate(shares):  # engine e's seed is replica e's in the colocated loop
-                per.append(self.sampling.engine_args([ex.prompt_ids for ex in flat[lo:lo + n]], batch=batch,
-                                                     replica=e))
+    def _call_engines(self, op: str, items: list, args_of, step: int) -> list[tuple[list, dict]]:
+        """Driver thread: ``items`` spread over the engines in contiguous shares, ``op`` called once on each
+        engine with ``args_of(share, engine index)``; (share, reply) per engine that got items. ``step``: the
+        timeline's label for the engines' busy intervals."""
+        shares, lo = [], 0
+        for n in _split(len(items), len(self.pool.engines)):
+            if n > 0:
+                shares.append(items[lo:lo + n])
                 lo += n
-            t0 = time.perf_counter()
-            replies = self.pool.call_all("generate", per)
-            t1 = time.perf_counter()
-            for e, rep in enumerate(replies):
-                self.timeline.add(f"engine {e}", "rollout", t1 - rep["seconds"], t1, batch)
-                samples += [[RolloutSample(token_ids=list(t), logprobs=list(lp), finish_reason=f) for t, lp, f in p]
-                            for p in rep["samples"]]
-            versions = {rep["version"] for rep in replies}
-            assert len(versions) == 1, f"engines at different versions {versions}"
-            version = versions.pop()
-        else:
-            version, t0, t1 = self.version, 0.0, 0.0
+        replies = self.pool.call_all(op, [args_of(share, e) for e, share in enumerate(shares)])
+        t1 = time.perf_counter()
+        for e, rep in enumerate(replies):
+            self.timeline.add(f"engine {e}", "rollout", t1 - rep["seconds"], t1, step)
+        return list(zip(shares, replies))
+
+    def _generate(self, batch: int, replicas: list[list]) -> dict:
+        """Driver thread: the batch's prompts spread over the engines, one call each; engine e is seeded as
+        replica e is in the colocated loop."""
+        flat = [ex for rep in replicas for ex in rep]
+        t0 = time.perf_counter()
+        done = self._call_engines("generate", flat, lambda share, e: self.sampling.engine_args(
+            [ex.prompt_ids for ex in share], batch=batch, replica=e), step=batch)
+        t1 = time.perf_counter()
+        samples = [[RolloutSample(token_ids=list(t), logprobs=list(lp), finish_reason=f) for t, lp, f in p]
+                   for _, rep in done for p in rep["samples"]]
+        versions = {rep["version"] for _, rep in done}
+        assert len(versions) == 1, f"engines at different versions {versions}"
+        version = versions.pop()
         return {"replicas": replicas, "samples": samples, "version": version, "wait_from": t0, "seconds": t1 - t0}
 
     def _take(self, batch: int, step: int) -> tuple[Experience, dict]:

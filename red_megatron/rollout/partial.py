@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 from red_megatron.experience import Experience, assemble_experience, score_experience
-from red_megatron.rollout.disaggregated import DisaggregatedRollout, _split
+from red_megatron.rollout.disaggregated import DisaggregatedRollout
 from red_megatron.rollout.engine import RolloutSample
 
 log = logging.getLogger("red_megatron.rollout.partial")
@@ -280,23 +280,13 @@ class PartialRollout(DisaggregatedRollout):
             reqs.append((gr.example.prompt_ids + s.tokens, min(self.chunk, sp.max_tokens - len(s.tokens)),
                          # a sample's segments and restarts each draw from a seed of their own
                          sp.seed_for(gr.draw * sp.n + j, s.restarts) * 101 + s.segments))
-        shares = [n for n in _split(len(reqs), len(self.pool.engines)) if n > 0]
-        per, lo = [], 0
-        for n in shares:
-            part = reqs[lo:lo + n]
-            per.append(dict(prefixes=[r[0] for r in part], max_tokens=[r[1] for r in part],
-                            seeds=[r[2] for r in part], temperature=sp.temperature, top_p=sp.top_p))
-            lo += n
-        replies = self.pool.call_all("extend", per)
-        t1 = time.perf_counter()
-        outs = []
-        for e, rep in enumerate(replies):
-            self.timeline.add(f"engine {e}", "rollout", t1 - rep["seconds"], t1, self.engine_version)
-            outs += rep["samples"]
+        replies = self._call_engines("extend", reqs, lambda share, e: dict(
+            prefixes=[r[0] for r in share], max_tokens=[r[1] for r in share], seeds=[r[2] for r in share],
+            temperature=sp.temperature, top_p=sp.top_p), step=self.engine_version)
+        outs = [(out, rep["version"]) for _, rep in replies for out in rep["samples"]]
         with self._cond:
             self._counts["segments"] += 1
-            versions = [r["version"] for r, n in zip(replies, shares) for _ in range(n)]
-            for (gr, j), (toks, lps, finish), rep_version in zip(work, outs, versions, strict=True):
+            for (gr, j), ((toks, lps, finish), rep_version) in zip(work, outs, strict=True):
                 s = gr.samples[j]
                 s.tokens += list(toks)
                 s.logp += list(lps)
