@@ -14,10 +14,19 @@ and start time, from /proc); when the trainer is gone it SIGKILLs each recorded 
 with the same start time (never a reused pid), every process carrying the tag (a helper started in
 the last interval, already handed to init), and the children of those, twice, then exits. Linux only
 (/proc); elsewhere it is not started.
+
+The tag is seen only in processes that exec'd after it was set: /proc/<pid>/environ shows the
+environment a process was exec'd with, and a plain ``fork`` (the checkpoint writer of a save) keeps the
+trainer's. Such a child forked after the last look is found by what it shares with the trainer: the
+same command line and the same exec environment, started at or after that look (a run relaunched
+with the same command starts after the reaper acted; torchrun's other ranks differ in their
+environment). The trainer's death is seen at once through a pidfd where the kernel has one, so the
+window of that last rule is one interval at most.
 """
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -71,21 +80,61 @@ def _tagged(tag: bytes, table: dict[int, tuple[int, int]]) -> dict[int, int]:
     return out
 
 
+def _ticks_now() -> float:
+    """Clock ticks since boot, the unit of /proc's start times."""
+    return float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK")
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+def _forked_clones(parent_exec: tuple[bytes | None, bytes | None], since: float,
+                   table: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """Processes with the trainer's command line and exec environment started at or after ``since``."""
+    if None in parent_exec:
+        return {}
+    out = {}
+    for pid, (_, start) in table.items():
+        if start + 1 >= since and (_read(f"/proc/{pid}/cmdline"), _read(f"/proc/{pid}/environ")) == parent_exec:
+            out[pid] = start
+    return out
+
+
+def _death_waiter(parent: int):
+    """A function sleeping up to its argument in seconds, returning early once ``parent`` exits."""
+    try:
+        fd = os.pidfd_open(parent)
+    except (AttributeError, OSError):  # an old kernel: poll /proc every interval instead
+        return time.sleep
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return lambda seconds: poller.poll(seconds * 1000.0)
+
+
 def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
     me = os.getpid()
     start = _table().get(parent, (0, None))[1]
     tag = f"\0{TAG_ENV}={parent}:{start}\0".encode()
+    parent_exec = (_read(f"/proc/{parent}/cmdline"), _read(f"/proc/{parent}/environ"))
+    wait = _death_waiter(parent)
     known: dict[int, int] = {}
+    looked_at = _ticks_now()
     while True:
+        now = _ticks_now()
         table = _table()
         if parent not in table or table[parent][1] != start:
             break
-        known = {p: t for p, t in _descendants(table, {parent}).items() if p != me}
-        time.sleep(interval_s)
+        known, looked_at = {p: t for p, t in _descendants(table, {parent}).items() if p != me}, now
+        wait(interval_s)
     for _ in range(2):  # a second pass for what the first pass's victims forked meanwhile
         table = _table()
         alive = {p: t for p, t in known.items() if p in table and table[p][1] == t}
         alive.update(_tagged(tag, table))
+        alive.update(_forked_clones(parent_exec, looked_at, table))
         alive.update(_descendants(table, set(alive)))
         alive.pop(me, None)
         for pid in alive:
