@@ -99,7 +99,7 @@ def chain_init(base_seed: int = 0, root: Path | None = None, shape: str = "chain
     from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     ckpt = shape_config(shape, seed=base_seed)
-    d = Path(root or assets_root()) / f"chain_init_{_key({'ckpt': dataclasses.asdict(ckpt), 'corpus': 'chain'})}"
+    d = Path(root or assets_root()) / f"chain_init_{_key({'ckpt': ckpt.key_fields(), 'corpus': 'chain'})}"
     return _atomic_dir(d, lambda tmp: make_tiny_checkpoint(ckpt, tmp, corpus="chain"))
 
 
@@ -109,7 +109,7 @@ def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, override
     from red_megatron.data.tiny_checkpoint import shape_config
 
     task = task or base_task()
-    return {"task_problems": task.problem_fields(), "ckpt": dataclasses.asdict(shape_config(shape, seed=base_seed)),
+    return {"task_problems": task.problem_fields(), "ckpt": shape_config(shape, seed=base_seed).key_fields(),
             "corpus": "chain", "base_seed": base_seed, "steps": steps, "global_batch_size": BASE_BATCH,
             "lr": BASE_LR, "schedule": "constant", "adam": [0.9, 0.95], "weight_decay": 0.0, "clip_grad": 1.0,
             "dtype": "float32", "max_prompt_tokens": PROMPT_TOKENS, "max_response_tokens": RESPONSE_TOKENS,
