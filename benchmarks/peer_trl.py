@@ -278,7 +278,7 @@ def summarize(run: dict, stages: tuple[str, ...]) -> dict:
 def make_assets(sizes: list[str]) -> tuple[dict[str, Path], Path]:
     sys.path.insert(0, str(ROOT))
     from configs.tiny_cpu import assets_root, tiny_assets
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     a = tiny_assets()
     models = {}

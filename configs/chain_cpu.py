@@ -50,7 +50,7 @@ BASE_K_PROBS = {1: 0.31, 2: 0.31, 3: 0.368, 4: 0.012, 5: 0.0}
 
 def base_task(pretrain_k_probs=None):
     """The task whose pretrain split trains the base: the CPU knobs with ``pretrain_k_probs`` (default BASE_K_PROBS)."""
-    from red_megatron.data.chain import ChainTaskConfig
+    from red_megatron.study.tasks.chain import ChainTaskConfig
 
     probs = pretrain_k_probs if pretrain_k_probs is not None else BASE_K_PROBS
     return ChainTaskConfig() if probs is None else ChainTaskConfig(pretrain_k_probs=probs)
@@ -80,7 +80,7 @@ def _atomic_dir(final: Path, make) -> Path:
 
 def chain_data(task=None, root: Path | None = None) -> dict[str, Path]:
     """Make (once) and return {split: parquet} of the chain task ``task`` (default: the CPU knobs)."""
-    from red_megatron.data.chain import SPLITS, ChainTaskConfig, write_splits
+    from red_megatron.study.tasks.chain import SPLITS, ChainTaskConfig, write_splits
 
     task = task or ChainTaskConfig()
     d = Path(root or assets_root()) / f"chain_data_{_key(dataclasses.asdict(task))}"
@@ -96,7 +96,7 @@ def chain_data(task=None, root: Path | None = None) -> dict[str, Path]:
 def chain_init(base_seed: int = 0, root: Path | None = None, shape: str = "chain") -> Path:
     """Make (once) and return the random-init checkpoint of ``shape`` (a chain-vocabulary shape of
     tiny_checkpoint.SHAPES: chain, or the scaling study's chain_s / chain_l) for ``base_seed``."""
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     ckpt = shape_config(shape, seed=base_seed)
     d = Path(root or assets_root()) / f"chain_init_{_key({'ckpt': ckpt.key_fields(), 'corpus': 'chain'})}"
@@ -106,7 +106,7 @@ def chain_init(base_seed: int = 0, root: Path | None = None, shape: str = "chain
 def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, overrides=(), shape: str = "chain") -> dict:
     """Everything that decides the base: the problems of the pretrain split, the init (its shape), the SFT
     schedule, and any extra ``section.field=value`` overrides of the build (a smoke test's smaller batch)."""
-    from red_megatron.data.tiny_checkpoint import shape_config
+    from red_megatron.study.tiny_checkpoint import shape_config
 
     task = task or base_task()
     return {"task_problems": task.problem_fields(), "ckpt": shape_config(shape, seed=base_seed).key_fields(),

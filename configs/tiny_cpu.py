@@ -47,7 +47,7 @@ def tiny_assets(root: Path | None = None) -> dict[str, Path]:
              "eval": root / f"synthetic_{DIFFICULTY}_heldout.parquet"}
     root.mkdir(parents=True, exist_ok=True)
     if not (paths["model_dir"] / "config.json").exists():
-        from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+        from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
         tmp = Path(tempfile.mkdtemp(prefix=".tiny_qwen2-", dir=root))
         make_tiny_checkpoint(TinyCheckpointConfig(seed=0), tmp)
@@ -57,7 +57,7 @@ def tiny_assets(root: Path | None = None) -> dict[str, Path]:
             shutil.rmtree(tmp, ignore_errors=True)
     for split, seed, n in (("train", TRAIN_SEED, TRAIN_EXAMPLES), ("eval", EVAL_SEED, EVAL_EXAMPLES)):
         if not paths[split].exists():
-            from red_megatron.data.synthetic import SyntheticTaskConfig, write_parquet
+            from red_megatron.study.tasks.synthetic import SyntheticTaskConfig, write_parquet
 
             fd, tmp = tempfile.mkstemp(prefix=f".{split}-", suffix=".parquet", dir=root)
             os.close(fd)

@@ -7,7 +7,7 @@
 1. the random-init checkpoint of the chain shape and the chain splits (configs/chain_cpu.py, cached);
 2. the project's own SFT path: scripts/train.py --recipe chain_cpu_base (algo.preset=sft,
    use_preset_schedule=false) on chain_pretrain, in its own process (one thread), resumable;
-3. the gate on chain_val (red_megatron/data/chain_base.py): gate.json and gate.md beside the base.
+3. the gate on chain_val (red_megatron/study/chain_base.py): gate.json and gate.md beside the base.
 Everything lands in $RED_ASSETS/chain_base_<key>/ (hf/, run/, inputs.json, gate.json, gate.md); a
 finished base (gate.json present) is reused, --regate re-checks it. --report also writes the gate
 report there (e.g. benchmarks/reports/chain_base_<date>.md). Exit 0 when the gate passed, 3 when it
@@ -83,7 +83,7 @@ def train_base(d: Path, base_seed: int, steps: int, overrides: list[str], task, 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from configs.chain_cpu import base_dir, base_inputs, base_task, chain_data
-    from red_megatron.data.chain_base import render_gate_md, run_gate, write_gate
+    from red_megatron.study.chain_base import render_gate_md, run_gate, write_gate
 
     if args.steps < 1 or args.gate_samples < 1 or (args.gate_per_k is not None and args.gate_per_k < 1):
         print("--steps, --gate-samples and --gate-per-k must be >= 1", file=sys.stderr)
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"--pretrain-k-probs: {e}", file=sys.stderr)
         return 1
-    from red_megatron.data.tiny_checkpoint import SHAPES
+    from red_megatron.study.tiny_checkpoint import SHAPES
 
     if args.shape not in SHAPES or not args.shape.startswith("chain"):
         print(f"--shape {args.shape!r}: expected one of {', '.join(s for s in SHAPES if s.startswith('chain'))}",

@@ -101,7 +101,7 @@ def pick_base(args) -> tuple[Path, str]:
 
 def gpu_overrides(steps: int) -> list[str]:
     from configs.chain_cpu import chain_data
-    from red_megatron.data.chain import gpu_config
+    from red_megatron.study.tasks.chain import gpu_config
 
     data = chain_data(gpu_config())
     return [f"data.path={data['train']}", f"eval.data_path={data['test']}", "data.global_batch_size=64",

@@ -65,7 +65,7 @@ def dist2():
 @pytest.fixture(scope="session")
 def tiny_ckpt_dir(tmp_path_factory):
     """A tiny random-weight Qwen2 HF checkpoint with a locally trained tokenizer."""
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     out = tmp_path_factory.mktemp("tiny_qwen2")
     make_tiny_checkpoint(TinyCheckpointConfig(arch="qwen2", seed=0), out)

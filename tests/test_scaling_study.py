@@ -165,7 +165,7 @@ def test_a_base_without_a_passed_gate_is_refused(tmp_path, tiny_ckpt_dir):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_scaling_smoke_real_cells(tmp_path):
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     base = make_tiny_checkpoint(dataclasses.replace(shape_config("chain_s", seed=0), layers=1), tmp_path / "b" / "hf",
                                 corpus="chain")

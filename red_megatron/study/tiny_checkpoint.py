@@ -235,11 +235,11 @@ def shape_config(name: str = "default", **overrides) -> TinyCheckpointConfig:
 def tokenizer_corpus(corpus=None) -> list[str]:
     """Text the BPE is trained on (see the module docstring); default: the built-in synthetic task's."""
     if corpus is None or corpus == "synthetic":
-        from red_megatron.data.synthetic import tokenizer_corpus as synthetic_corpus
+        from red_megatron.study.tasks.synthetic import tokenizer_corpus as synthetic_corpus
 
         return synthetic_corpus()
     if corpus == "chain":
-        from red_megatron.data.chain import tokenizer_corpus as chain_corpus
+        from red_megatron.study.tasks.chain import tokenizer_corpus as chain_corpus
 
         return chain_corpus()
     if isinstance(corpus, (list, tuple)):
@@ -254,7 +254,7 @@ def tokenizer_corpus(corpus=None) -> list[str]:
         texts = [line for line in path.read_text().splitlines() if line.strip()]
     else:
         from red_megatron.data.records import iter_rows
-        from red_megatron.data.synthetic import target_text
+        from red_megatron.study.tasks.synthetic import target_text
 
         texts = []
         for row, _, rec in iter_rows(path):
