@@ -277,10 +277,10 @@ def summarize(run: dict, stages: tuple[str, ...]) -> dict:
 # ------------------------------------------------------------------------------------------ assets, driver
 def make_assets(sizes: list[str]) -> tuple[dict[str, Path], Path]:
     sys.path.insert(0, str(ROOT))
-    from configs.tiny_cpu import assets_root, tiny_assets
+    from red_megatron.study.assets import assets_root, ensure_tiny
     from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
-    a = tiny_assets()
+    a = ensure_tiny()
     models = {}
     for name in sizes:
         shape, _ = SIZES[name]

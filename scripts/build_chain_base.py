@@ -55,12 +55,12 @@ def _env() -> dict:
 
 def train_base(d: Path, base_seed: int, steps: int, overrides: list[str], task, shape: str = "chain") -> dict:
     """SFT on chain_pretrain through scripts/train.py; the exported policy is moved to d/hf."""
-    from configs.chain_cpu import chain_data, chain_init
+    from red_megatron.study.assets import ensure_chain_data, ensure_chain_init
 
     run = d / "run"
     run.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--recipe", "chain_cpu_base", "--run-dir", str(run),
-           f"model_dir={chain_init(base_seed, shape=shape)}", f"data.path={chain_data(task)['pretrain']}", f"seed={base_seed}",
+           f"model_dir={ensure_chain_init(base_seed, shape=shape)}", f"data.path={ensure_chain_data(task)['pretrain']}", f"seed={base_seed}",
            f"data.seed={base_seed}", f"steps={steps}", f"policy.lr_decay_steps={steps}", *overrides]
     t0 = time.time()
     with open(run / "train.log", "a") as log:
@@ -82,7 +82,8 @@ def train_base(d: Path, base_seed: int, steps: int, overrides: list[str], task, 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from configs.chain_cpu import base_dir, base_inputs, base_task, chain_data
+    from configs.chain_cpu import base_dir, base_inputs, base_task
+    from red_megatron.study.assets import ensure_chain_data
     from red_megatron.study.chain_base import render_gate_md, run_gate, write_gate
 
     if args.steps < 1 or args.gate_samples < 1 or (args.gate_per_k is not None and args.gate_per_k < 1):
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                 f"{platform.machine()}), one thread a process", "base": str(d / "hf"), "base_seed": args.base_seed,
                 "sft_steps": args.steps, "shape": args.shape,
                 "pretrain_k_probs": task.pretrain_k_probs, **train}
-        rep = run_gate(d / "hf", chain_data()["val"], samples=args.gate_samples, per_k_limit=args.gate_per_k,
+        rep = run_gate(d / "hf", ensure_chain_data()["val"], samples=args.gate_samples, per_k_limit=args.gate_per_k,
                        seed=args.base_seed, meta=meta)
         write_gate(rep, d)
     if args.report:

@@ -79,7 +79,7 @@ def pick_base(args) -> tuple[Path, str]:
                 if gate.exists() else "no gate report beside it")
         return Path(args.base).resolve(), f"base `{args.base}` given on the command line; {note}"
     from configs.chain_cpu import chain_base
-    from configs.tiny_cpu import assets_root
+    from red_megatron.study.assets import assets_root
 
     try:
         return chain_base(0), "the cached chain base of base_seed 0, gate passed"
@@ -100,10 +100,10 @@ def pick_base(args) -> tuple[Path, str]:
 
 
 def gpu_overrides(steps: int) -> list[str]:
-    from configs.chain_cpu import chain_data
+    from red_megatron.study.assets import ensure_chain_data
     from red_megatron.study.tasks.chain import gpu_config
 
-    data = chain_data(gpu_config())
+    data = ensure_chain_data(gpu_config())
     return [f"data.path={data['train']}", f"eval.data_path={data['test']}", "data.global_batch_size=64",
             "algo.num_online=7", f"policy.lr={GPU_LR:g}", "policy.min_lr_ratio=0.1", f"policy.lr_decay_steps={steps}",
             f"data.max_response_tokens={GPU_RESPONSE}", f"rollout.max_model_len={GPU_RESPONSE + 64}",
@@ -143,6 +143,10 @@ def make_spec(args):
         if args.seeds == "0":
             seeds = [0, 1, 2, 3, 4]
     base, base_note = pick_base(args)
+    from red_megatron.study.assets import ENSURE, ensure
+
+    if args.recipe in ENSURE:
+        ensure(args.recipe)  # the recipe's splits, made once (recipes build nothing)
     cfg = apply_overrides(get_recipe(args.recipe), [f"model_dir={base}", *([f"steps={steps}"] if steps else []),
                                                     *overrides])
     for c in configs:  # refuse a bad preset or override before minutes of training

@@ -195,7 +195,11 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    # validate every run's config here, before minutes of training (and make the recipe's assets once)
+    # validate every run's config here, before minutes of training; the CPU recipes' files are made once
+    from red_megatron.study.assets import ENSURE, ensure
+
+    if args.recipe in ENSURE:
+        ensure(args.recipe)
     common = [f"seed={args.seed}", f"use_preset_schedule={str(args.preset_schedule).lower()}"]
     common += [f"steps={args.steps}"] if args.steps else []
     base = apply_overrides(get_recipe(args.recipe), common + list(args.overrides))

@@ -191,6 +191,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps({size: {"lr_choice": v["lr_choice"], "lr_curve": v["lr_curve"]} for size, v in s["sizes"].items()},
                          indent=1))
         return 0
+    if args.val_data is None or args.test_data is None:
+        from red_megatron.study.assets import ensure_chain_data
+
+        ensure_chain_data()  # the default val/test splits (made once; --check/--dry-run build nothing)
     s = run_scaling(spec, phase=args.phase)
     print(f"[scaling] summary: {spec.out / 'scaling.json'} ({len(s['sizes'])} sizes)")
     return 0
