@@ -280,14 +280,9 @@ def test_sft_then_grpo_weights_do_not_depend_on_dp_size_or_micro_batches(stage_i
 
 
 def test_script_refuses_bad_input_and_ranks_failed_bases(tmp_path, capsys, monkeypatch):
-    import importlib.util
-
     import red_megatron.study.assets
+    from red_megatron.study import chain_study as mod
 
-    spec = importlib.util.spec_from_file_location("chain_study", Path(__file__).resolve().parents[1] / "scripts" /
-                                                  "chain_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     assert mod.main(["--gpu"]) == 2 and "--gpu needs --base" in capsys.readouterr().err
     assert mod.main(["--base", str(tmp_path), "--analyze-only"]) == 2
     assert "not an HF checkpoint directory" in capsys.readouterr().err
