@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from red_megatron.study.runner import cell_dir
-from red_megatron.study.scaling import ScalingSpec, choose_lr, plan_rows, run_scaling
+from red_megatron.study.scaling import ScalingSpec, choose_lr, main_phase, plan_rows, run_scaling
 from tests.test_cli import write_shaped_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,14 @@ def test_fair_lr_protocol_then_seeds_at_each_presets_choice_and_resume(tmp_path)
     assert len(run.done) == n  # a rerun skips every finished cell
 
 
+def test_controls_run_beside_red_without_a_grid(tmp_path):
+    spec = _spec(tmp_path, presets=("red", "red_wconst", "frozen_w", "grpo"), sizes=("m",))
+    assert spec.tuned == ["red", "grpo"]
+    studies = dict(main_phase(spec, "m", {"red": 2.0, "grpo": 1.0}))
+    assert studies["red"].configs == ["red", "frozen_w", "red_wconst"] and studies["grpo"].configs == ["grpo"]
+    assert studies["red"].overrides[-1] == "policy.lr=0.0006"  # frozen_w's own lr (1e-12) comes after, in the runner
+
+
 def test_phase_lr_stops_before_the_seeds_and_main_needs_the_grid(tmp_path):
     spec, run = _spec(tmp_path, presets=("red", "sft"), sizes=("m",)), FakeRunner()
     run.root = spec.out
@@ -106,7 +114,7 @@ def test_choose_lr_ties_and_unfinished():
 def test_plan_and_validation(tmp_path):
     rows = plan_rows(_spec(tmp_path, sizes=("m",)))
     assert sum(r["phase"] == "lr" for r in rows) == 9 and sum(r["phase"] == "main" for r in rows) == 4
-    for presets, match in ((("red_wconst",), "needs red"), (("nosuch",), "unknown"), (("red", "frozen_w"), "frozen_w")):
+    for presets, match in ((("red_wconst",), "needs red"), (("nosuch",), "unknown"), (("grpo", "frozen_w"), "frozen_w needs red")):
         with pytest.raises(ValueError, match=match):
             _spec(tmp_path, presets=presets).validate()
     with pytest.raises(ValueError, match="lr-mults"):
@@ -133,7 +141,7 @@ def test_gpu_plan_check_on_qwen25_sizes(tmp_path, tiny_ckpt_dir, monkeypatch):
     lines = out.strip().splitlines()
     assert [ln.split(":")[0] for ln in lines[:4]] == ["size 0.5b", "size 1.5b", "size 3b", "size 7b"]
     assert "24 layers, hidden 896" in lines[0] and "28 layers, hidden 3584" in lines[3]
-    assert lines[-1].startswith("check OK: 116 runs planned") and "of 2e-06" in lines[-1]  # the recipe's lr
+    assert lines[-1].startswith("check OK: 120 runs planned") and "of 2e-06" in lines[-1]  # 4 sizes × (7 × 3 lr + 9 main)
     rc, _, err = _study([*common, "--world-size", "6", "--check"])  # TP 2: DP 3 does not divide 64 prompts
     assert rc == 2 and "size 0.5b" in err and "divisible" in err and err.count("\n") == 1
     rc, out, _ = _study([*common, "--dry-run", "--presets", "red,sft_then_grpo", "--seeds", "0,1"])

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="red-study --sizes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", required=True, help="comma-separated sizes: s, m, l or name=HF_DIR")
-    ap.add_argument("--presets", default=",".join(HEADLINE), help="comma-separated presets (and red_wconst)")
+    ap.add_argument("--presets", default=",".join(HEADLINE), help="comma-separated presets (and red's controls red_wconst, frozen_w)")
     ap.add_argument("--seeds", default="0,1,2", help="the main phase's seeds")
     ap.add_argument("--lr", type=float, default=None, help="the grid's 1x (default: the recipe's policy.lr)")
     ap.add_argument("--lr-mults", default=",".join(f"{m:g}" for m in LR_MULTS), help="the lr grid, as multiples")
@@ -145,7 +145,7 @@ def check_plan(spec: ScalingSpec, world: int) -> list[str]:
         runs = {(r["config"], r["lr"]) for r in plan_rows(spec) if r["size"] == size}
         hf, n_checked = None, 0
         for config, lr in sorted(runs, key=str):
-            preset = "red" if config in ("red_wconst",) else config
+            preset = "red" if config in ("red_wconst", "frozen_w") else config
             lrs = [spec.lr * m for m in spec.lr_mults] if lr == "chosen" else [lr]
             for x in lrs:
                 ov = [f"model_dir={hf_dir}", f"algo.preset={preset}", f"policy.lr={x:g}", "use_preset_schedule=false",
