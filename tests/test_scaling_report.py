@@ -44,6 +44,7 @@ def study(tmp_path):
         _fake_files(main / "sft_then_grpo", "sft_then_grpo", s, other, steps=6)
         _fake_files(main / "red_shift", "red_shift", s, 0.75)
     _fake_files(out / "s" / "main" / "red", "red", 0, 0.5)
+    _fake_files(out / "m" / "variant_clean" / "red", "red", 0, 0.5)
     return out, tmp_path
 
 
@@ -79,6 +80,8 @@ def test_report_numbers_missing_cells_and_figure(study):
     assert "| red | 60.0 (0.0) | 90.0 (10.0) ◀ | 90.0 (0.0) | 1× |" in m_text
     assert "| sft_then_grpo | – | – | 0.0 (90.0) | – |" in m_text
     assert "| sft_then_grpo | +33.3 ± 8.3 (n=3, 3↑/0↓) |" in m_text
+    assert m["variants"] == {"clean": {"red": {"acc": 50.0, "hard": 50.0, "main_acc": 75.0}}} and not s["variants"]
+    assert "| clean | 50.0 [75.0] / 50.0 | – | – | – |" in m_text and "--sizes s --phase variants" in text
     assert "not run at this size" in text and "hand-made" in text
     assert json.loads((tmp / "rep" / "scaling_t.json").read_text())["sizes"]["m"]["edges"]
     pytest.importorskip("matplotlib")

@@ -102,6 +102,25 @@ def test_phase_lr_stops_before_the_seeds_and_main_needs_the_grid(tmp_path):
     assert any("/main/" in d[0] for d in run.done)
 
 
+def test_premise_off_variants_one_seed_at_each_presets_choice(tmp_path):
+    from red_megatron.study.scaling import run_variants
+
+    spec, run = _spec(tmp_path, presets=("red", "sft", "grpo", "red_wconst"), sizes=("m",)), FakeRunner()
+    run.root = spec.out
+    got = []
+    with pytest.raises(ValueError, match="lr grid is not finished"):
+        run_variants(spec, {"clean": tmp_path / "clean.parquet"}, runner=run, log=lambda *_: None)
+    run_scaling(spec, phase="lr", runner=run, log=lambda *_: None)
+    run_variants(spec, {"clean": tmp_path / "c.parquet", "harsh": tmp_path / "h.parquet"},
+                 runner=lambda s, log: got.append(s) or run(s, log=log), log=lambda *_: None)
+    assert [(s.out.relative_to(spec.out).as_posix(), s.configs) for s in got] == [
+        ("m/variant_clean/red", ["red"]), ("m/variant_clean/sft", ["sft"]), ("m/variant_clean/grpo", ["grpo"]),
+        ("m/variant_harsh/red", ["red"]), ("m/variant_harsh/sft", ["sft"]), ("m/variant_harsh/grpo", ["grpo"])]
+    red = got[0]
+    assert red.seeds == [0] and not red.include_base and str(red.eval_data) == str(spec.test_data)
+    assert red.overrides[-2:] == ["policy.lr=0.0006", f"data.path={tmp_path / 'c.parquet'}"]  # red's choice: 2x
+
+
 def test_choose_lr_ties_and_unfinished():
     assert choose_lr({"x0.5": {"acc": 50}, "x1": {"acc": 50}, "x2": {"acc": 50}}) == 1.0
     assert choose_lr({"x0.5": {"acc": 50}, "x2": {"acc": 50}}) == 0.5
@@ -190,3 +209,24 @@ def test_scaling_smoke_real_cells(tmp_path):
     assert cfg["steps"] == 2 and cfg["policy"]["lr"] == pytest.approx(3e-4)
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and ": training" not in again.stdout and ": eval" not in again.stdout
+
+
+def test_variant_splits_are_the_chain_task_with_other_trace_knobs(monkeypatch):
+    import argparse
+
+    import red_megatron.study.assets as assets
+    from red_megatron.errors import UserError
+    from red_megatron.study.scaling_cli import variant_splits
+    from red_megatron.study.tasks.chain import ChainTaskConfig
+
+    ns = lambda v, val=None: argparse.Namespace(variants=v, val_data=val, test_data=None)  # noqa: E731
+    with pytest.raises(UserError, match="--variants: unknown \\['latent'\\]"):
+        variant_splits(ns("clean,latent"))
+    with pytest.raises(UserError, match="no --val-data"):
+        variant_splits(ns("clean", val="v.parquet"))
+    made = []
+    monkeypatch.setattr(assets, "ensure_chain_data", lambda task: made.append(task) or {"train": Path("t.parquet")})
+    assert variant_splits(ns("clean,imperfect")) == {"clean": Path("t.parquet"), "imperfect": Path("t.parquet")}
+    base = ChainTaskConfig()
+    assert made == [dataclasses.replace(base, p_check=0.0, p_replay=0.0), dataclasses.replace(base, p_wrong=0.1)]
+    assert made[0].problem_fields() == base.problem_fields()  # same problems: the base and test split still hold

@@ -26,7 +26,7 @@ from red_megatron.study.analysis import BANDS, ks_2samp, mean, mean_std
 from red_megatron.study.claims import MIN_SEEDS, pair_rule, scorecard
 from red_megatron.study.collect import load_cell, metric, paired_delta, table_rows
 from red_megatron.study.runner import CONTROLS
-from red_megatron.study.scaling import HEADLINE, LR_MULTS, cell_result, choose_lr
+from red_megatron.study.scaling import HEADLINE, LR_MULTS, VARIANT_PRESETS, VARIANTS, cell_result, choose_lr
 
 REPO = Path(__file__).resolve().parents[2]
 EDGE_OVER = ("sft_then_grpo", "red_shift")
@@ -146,6 +146,20 @@ def w_vs_frozen(study: dict) -> dict:
     return out
 
 
+def variants(out: Path, size: str, study: dict, seed: int) -> dict:
+    """{variant: {preset: overall acc of its one seed, with the main phase's same seed beside it}} (§6.8)."""
+    got = {}
+    for name in VARIANTS:
+        for p in VARIANT_PRESETS:
+            cell = load_cell(Path(out) / size / f"variant_{name}" / p, p, seed)
+            if cell is not None and cell.get("eval"):
+                main = study["cells"].get(p, {}).get(seed, {}).get("eval")
+                got.setdefault(name, {})[p] = {"acc": cell["eval"]["overall"]["acc"],
+                                               "hard": cell["eval"]["chain_hard"]["acc"],
+                                               "main_acc": main["overall"]["acc"] if main else None}
+    return got
+
+
 def analyse(out: Path, presets=HEADLINE, seeds=(0, 1, 2)) -> dict:
     out = Path(out)
     meta = json.loads((out / "scaling.json").read_text())
@@ -159,6 +173,7 @@ def analyse(out: Path, presets=HEADLINE, seeds=(0, 1, 2)) -> dict:
                        else None, "lr_curve": curves, "lr_choice": {p: choose_lr(c) for p, c in curves.items()},
                        "table": table_rows(study), "edges": edges(study), "equal_tokens": equal_tokens(study),
                        "w": w_vs_frozen(study), "claims": scorecard(study),
+                       "variants": variants(out, size, study, meta.get("lr_seed", 0)),
                        "missing": missing_cells(study, curves, presets, seeds)}
     return {"lr_1x": meta["lr_1x"], "lr_mults": mults, "presets": presets, "seeds": seeds, "sizes": sizes}
 
@@ -233,6 +248,16 @@ def render(a: dict, meta: dict, figure: str | None) -> str:
               "### Claims scorecard (on the tuned comparison; claims about presets outside the plan, e.g. luffy, "
               "mixpolicy, red_entropy, are inconclusive by design)", "", "| claim | verdict | numbers |", "|---|---|---|"]
         L += [f"| {c['id']} {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in s["claims"]]
+        L += ["", "### Premise-off variants (STUDY_DESIGN §6.8; one seed, overall acc %, the main phase's same seed "
+                  "in brackets; hard band after the slash)", ""]
+        if not s["variants"]:
+            L += [f"**Not run at this size** (`red-study --sizes {size} --phase variants`)."]
+        else:
+            L += ["| variant | " + " | ".join(VARIANT_PRESETS) + " |", "|---|" + "---:|" * len(VARIANT_PRESETS)]
+            for name, row in s["variants"].items():
+                L.append(f"| {name} | " + " | ".join(
+                    "–" if p not in row else f"{row[p]['acc']:.1f} [{_ms(row[p]['main_acc'])}] / {row[p]['hard']:.1f}"
+                    for p in VARIANT_PRESETS) + " |")
         L.append("")
     if figure:
         L += ["## Accuracy per band against size", "", f"![accuracy per band vs size]({figure})", ""]
