@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/peer_trl.py --quick          # 1 pair, tiny size, 3 steps (the test's mode)
     .venv/bin/python benchmarks/peer_trl.py --build-venv     # only build (or check) the TRL venv
 
-Same work on both sides: one HF checkpoint, the copy task's train split (configs/tiny_cpu.py makes it
+Same work on both sides: one HF checkpoint, the copy task's train split (red_megatron/study/assets.py makes it
 under runs/assets), the project's RewardScorer (math-verify, last \\boxed{} vs the gold) called from a
 TRL reward function, 8 prompts x 4 samples, T=1, top_p 1, fp32, clipped surrogate eps 0.2, no KL,
 sequence-mean loss (TRL loss_type='grpo'), group-std advantages, one update per batch, AdamW
