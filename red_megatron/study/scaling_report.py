@@ -279,9 +279,10 @@ def figure(a: dict, path: Path) -> Path | None:
     x = [(a["sizes"][z]["params"] or i + 1) / 1e6 for i, z in enumerate(sizes)]
     fig, axes = plt.subplots(1, len(COLS), figsize=(4 * len(COLS), 3.4), sharey=True)
     for ax, band in zip(axes, COLS):
-        for p in ["base", *a["presets"]]:
+        for i, p in enumerate(["base", *a["presets"]]):
             rows = [next((r for r in a["sizes"][z]["table"] if r["config"] == p), None) for z in sizes]
-            pts = [(xi, r[f"{band}/acc"]) for xi, r in zip(x, rows) if r and r[f"{band}/acc"][0] is not None]
+            nudge = 1.025 ** (i - len(a["presets"]) / 2)  # presets side by side at each size, not on top of each other
+            pts = [(xi * nudge, r[f"{band}/acc"]) for xi, r in zip(x, rows) if r and r[f"{band}/acc"][0] is not None]
             if pts:
                 ax.errorbar([q[0] for q in pts], [q[1][0] for q in pts], yerr=[q[1][1] or 0 for q in pts],
                             marker="o", capsize=3, label=p)
