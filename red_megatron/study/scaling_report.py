@@ -277,7 +277,7 @@ def figure(a: dict, path: Path) -> Path | None:
     if not sizes:
         return None
     x = [(a["sizes"][z]["params"] or i + 1) / 1e6 for i, z in enumerate(sizes)]
-    fig, axes = plt.subplots(1, len(COLS), figsize=(4 * len(COLS), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(COLS) + 1, figsize=(4 * (len(COLS) + 1), 3.4))
     for ax, band in zip(axes, COLS):
         for i, p in enumerate(["base", *a["presets"]]):
             rows = [next((r for r in a["sizes"][z]["table"] if r["config"] == p), None) for z in sizes]
@@ -288,9 +288,27 @@ def figure(a: dict, path: Path) -> Path | None:
                             marker="o", capsize=3, label=p)
         ax.set_title(band.removeprefix("chain_"))
         ax.set_xscale("log")
-        ax.set_xlabel("parameters (M)")
+        ax.set_ylim(-3, 103)
     axes[0].set_ylabel("held-out accuracy %")
-    axes[-1].legend(fontsize=7)
+    axes[len(COLS) - 1].legend(fontsize=7)
+    ax = axes[-1]  # RED's paired edge, mean ± SE over seeds
+    for i, other in enumerate(EDGE_OVER):
+        pts = [(xi * 1.03 ** i, a["sizes"][z]["edges"][other]["overall"]) for xi, z in zip(x, sizes)]
+        pts = [(xi, d) for xi, d in pts if d["n"]]
+        if pts:
+            ax.errorbar([q[0] for q in pts], [q[1]["mean"] for q in pts], yerr=[q[1]["se"] or 0 for q in pts],
+                        marker="s", capsize=3, label=f"red − {other}")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_title("RED's paired edge (overall)")
+    ax.set_ylabel("points")
+    ax.legend(fontsize=7)
+    lo, hi = min(x) / 1.5, max(x) * 1.5
+    for ax in axes:  # one tick a size, named
+        ax.set_xlim(lo, hi)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{z}\n{xi:.2f}M" for z, xi in zip(sizes, x)])
+        ax.minorticks_off()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
