@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "reports"))
     ap.add_argument("--work", default=str(ROOT / "runs" / "async_tiny"))
     args = ap.parse_args(argv)
+    from red_megatron.study.assets import ensure
+
+    ensure("tiny_cpu")  # the recipe's checkpoint and splits (recipes build no files)
     from red_megatron.metrics import read_metrics
     from red_megatron.plots import _legend_below, _plt, _series
 

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/red_moe_replay_gap")
     ap.add_argument("--out", default=str(bench_util.ROOT / "benchmarks" / "reports"))
     args = ap.parse_args(argv)
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     work = Path(args.work)
     moe = str(make_tiny_checkpoint(shape_config("moe", seed=3, vocab_size=1000, init_std=0.05), work / "moe"))

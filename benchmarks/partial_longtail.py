@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "partial_longtail"))
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
     args = ap.parse_args(argv)
+    from red_megatron.study.assets import ensure
+
+    ensure("tiny_cpu")  # the recipe's checkpoint and splits (recipes build no files)
     from red_megatron.metrics import read_metrics
 
     date = datetime.date.today().isoformat()

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/peer_trl.py --quick          # 1 pair, tiny size, 3 steps (the test's mode)
     .venv/bin/python benchmarks/peer_trl.py --build-venv     # only build (or check) the TRL venv
 
-Same work on both sides: one HF checkpoint, the copy task's train split (configs/tiny_cpu.py makes it
+Same work on both sides: one HF checkpoint, the copy task's train split (red_megatron/study/assets.py makes it
 under runs/assets), the project's RewardScorer (math-verify, last \\boxed{} vs the gold) called from a
 TRL reward function, 8 prompts x 4 samples, T=1, top_p 1, fp32, clipped surrogate eps 0.2, no KL,
 sequence-mean loss (TRL loss_type='grpo'), group-std advantages, one update per batch, AdamW
@@ -277,10 +277,10 @@ def summarize(run: dict, stages: tuple[str, ...]) -> dict:
 # ------------------------------------------------------------------------------------------ assets, driver
 def make_assets(sizes: list[str]) -> tuple[dict[str, Path], Path]:
     sys.path.insert(0, str(ROOT))
-    from configs.tiny_cpu import assets_root, tiny_assets
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.assets import assets_root, ensure_tiny
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
-    a = tiny_assets()
+    a = ensure_tiny()
     models = {}
     for name in sizes:
         shape, _ = SIZES[name]

@@ -75,7 +75,7 @@ def _shape(args) -> dict:
 
 
 def make_checkpoint(args, where: Path) -> Path:
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     return make_tiny_checkpoint(TinyCheckpointConfig(arch="qwen2", seed=0, **_shape(args)), where / "ckpt")
 
@@ -224,7 +224,7 @@ def run_phase(args) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
     from red_megatron.rollout.config import RolloutConfig
     from red_megatron.rollout.engine import RolloutEngine
     from red_megatron.rollout.refit import RefitPlan, refit, specs_of

@@ -2,7 +2,7 @@
 
 The command line (scripts/train.py, scripts/launch.py) only overrides single fields
 (``policy.tp=4``); NeMo-Run only wraps the recipe. Names:
-- ``tiny_cpu``: the CPU demo (tiny random Qwen2 + the synthetic copy task, made on first use);
+- ``tiny_cpu``: the CPU demo (tiny random Qwen2 + the synthetic copy task; their files: red_megatron.study.assets);
 - ``tiny_cpu_study``: the same at lr 1e-3, the preset study's default;
 - ``chain_cpu_base`` / ``chain_cpu_study``: the chain task's SFT base warm-up and its study (configs/chain_cpu.py);
 - ``qwen25_math_1p5b``: Qwen2.5-Math-1.5B with the paper's hyper-parameters, one 8×H100 node;
@@ -10,6 +10,9 @@ The command line (scripts/train.py, scripts/launch.py) only overrides single fie
 - ``qwen25_32b``: Qwen2.5-32B, TP=8 × PP=2, vLLM TP=4, two or more 8×H100 nodes;
 - ``qwen25_7b_16k`` / ``qwen25_32b_16k``: the same at 16k-token responses with context parallelism 2;
 - ``qwen3_30b_a3b``: Qwen3-30B-A3B (mixture of experts), EP=8 × PP=2, vLLM TP=4, two or four 8×H100 nodes.
+
+Recipes return configurations and build no files: ``python -m red_megatron.study.assets [RECIPE]`` makes the CPU
+recipes' files (``make demo``, the study commands and the test session call it).
 
 A recipe of one's own needs no edit here: ``--recipe path/to/my_recipes.py:name`` calls the function
 ``name`` of that file (default ``recipe``), which returns a RunConfig like the ones above.

@@ -13,20 +13,15 @@ partial ability built once by the project's own SFT path, and the study recipe t
 
 Assets live under $RED_ASSETS (default <repo>/runs/assets), each directory named by a hash of the
 inputs that make it (``chain_data_<key>``, ``chain_init_<key>``, ``chain_base_<key>``), written
-atomically, so a changed knob gets a new directory and never a stale one. Building the recipes
-makes only the cheap assets (splits, random init: seconds); the base is never trained here.
+atomically, so a changed knob gets a new directory and never a stale one. The recipes only name them:
+``python -m red_megatron.study.assets chain_cpu_study`` makes the splits and the random init (seconds);
+``scripts/build_chain_base.py`` trains and gates the base.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from configs.tiny_cpu import assets_root
 from red_megatron.algo.config import AlgoConfig
 from red_megatron.config import EvalRunConfig, RunConfig
 from red_megatron.data.dataset import DataConfig
@@ -35,9 +30,9 @@ from red_megatron.metrics import MetricsConfig
 from red_megatron.policy.config import PolicyConfig
 from red_megatron.reward.scorer import RewardConfig
 from red_megatron.rollout.config import RolloutConfig
+from red_megatron.study.assets import assets_root, chain_data_paths, chain_init_dir, key
 
 REPO = Path(__file__).resolve().parents[1]
-ASSET_VERSION = 1  # bump when the generator or the tokenizer corpus changes what a key means
 # 450 steps (§6.4 allows ±50 % of 700) on the mix below: the sixth base attempt, the first to pass its gate
 # (k=4 pass@1 53.9 %, runs/assets/chain_base_bfbde7b603f6/gate.md; docs/STUDY.md has all attempts).
 BASE_STEPS, BASE_BATCH, BASE_LR = 450, 32, 1.5e-3
@@ -50,66 +45,29 @@ BASE_K_PROBS = {1: 0.31, 2: 0.31, 3: 0.368, 4: 0.012, 5: 0.0}
 
 def base_task(pretrain_k_probs=None):
     """The task whose pretrain split trains the base: the CPU knobs with ``pretrain_k_probs`` (default BASE_K_PROBS)."""
-    from red_megatron.data.chain import ChainTaskConfig
+    from red_megatron.study.tasks.chain import ChainTaskConfig
 
     probs = pretrain_k_probs if pretrain_k_probs is not None else BASE_K_PROBS
     return ChainTaskConfig() if probs is None else ChainTaskConfig(pretrain_k_probs=probs)
 
 
-def _key(obj) -> str:
-    blob = json.dumps({"v": ASSET_VERSION, **obj}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _atomic_dir(final: Path, make) -> Path:
-    """Run ``make(tmp_dir)`` and rename the result to ``final`` unless another process got there first."""
-    if final.exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        make(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def chain_data(task=None, root: Path | None = None) -> dict[str, Path]:
-    """Make (once) and return {split: parquet} of the chain task ``task`` (default: the CPU knobs)."""
-    from red_megatron.data.chain import SPLITS, ChainTaskConfig, write_splits
-
-    task = task or ChainTaskConfig()
-    d = Path(root or assets_root()) / f"chain_data_{_key(dataclasses.asdict(task))}"
-
-    def make(tmp: Path) -> None:
-        write_splits(task, tmp)
-        (tmp / "chain_config.json").write_text(json.dumps(dataclasses.asdict(task), indent=1, default=str) + "\n")
-
-    _atomic_dir(d, make)
-    return {s: d / f"chain_{s}.parquet" for s in SPLITS}
+    """{split: parquet} of the chain task ``task`` (default: the CPU knobs); red_megatron.study.assets builds them."""
+    return chain_data_paths(task, root)
 
 
 def chain_init(base_seed: int = 0, root: Path | None = None, shape: str = "chain") -> Path:
-    """Make (once) and return the random-init checkpoint of ``shape`` (a chain-vocabulary shape of
-    tiny_checkpoint.SHAPES: chain, or the scaling study's chain_s / chain_l) for ``base_seed``."""
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
-
-    ckpt = shape_config(shape, seed=base_seed)
-    d = Path(root or assets_root()) / f"chain_init_{_key({'ckpt': dataclasses.asdict(ckpt), 'corpus': 'chain'})}"
-    return _atomic_dir(d, lambda tmp: make_tiny_checkpoint(ckpt, tmp, corpus="chain"))
+    """The random-init checkpoint of ``shape`` (chain, or the scaling study's chain_s / chain_l) for ``base_seed``."""
+    return chain_init_dir(base_seed, root, shape)
 
 
 def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, overrides=(), shape: str = "chain") -> dict:
     """Everything that decides the base: the problems of the pretrain split, the init (its shape), the SFT
     schedule, and any extra ``section.field=value`` overrides of the build (a smoke test's smaller batch)."""
-    from red_megatron.data.tiny_checkpoint import shape_config
+    from red_megatron.study.tiny_checkpoint import shape_config
 
     task = task or base_task()
-    return {"task_problems": task.problem_fields(), "ckpt": dataclasses.asdict(shape_config(shape, seed=base_seed)),
+    return {"task_problems": task.problem_fields(), "ckpt": shape_config(shape, seed=base_seed).key_fields(),
             "corpus": "chain", "base_seed": base_seed, "steps": steps, "global_batch_size": BASE_BATCH,
             "lr": BASE_LR, "schedule": "constant", "adam": [0.9, 0.95], "weight_decay": 0.0, "clip_grad": 1.0,
             "dtype": "float32", "max_prompt_tokens": PROMPT_TOKENS, "max_response_tokens": RESPONSE_TOKENS,
@@ -119,7 +77,7 @@ def base_inputs(base_seed: int = 0, steps: int = BASE_STEPS, task=None, override
 def base_dir(base_seed: int = 0, steps: int = BASE_STEPS, task=None, root: Path | None = None,
              overrides=(), shape: str = "chain") -> Path:
     """Where the base of these inputs is (or will be) cached: hf/, gate.json, gate.md, inputs.json, run/."""
-    return Path(root or assets_root()) / f"chain_base_{_key(base_inputs(base_seed, steps, task, overrides, shape))}"
+    return Path(root or assets_root()) / f"chain_base_{key(base_inputs(base_seed, steps, task, overrides, shape))}"
 
 
 def chain_base(base_seed: int = 0, steps: int = BASE_STEPS, task=None, root: Path | None = None, *,

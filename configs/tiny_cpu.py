@@ -8,16 +8,13 @@ responses take the traces' form (length 32 -> 11 tokens, H^rl 6.9 -> 0.5) and th
 rises from 0 to chance (~0.1: the digit itself is not yet copied from the prompt; pure SFT learns
 that in ~40 steps, group-relative RL from a random init much more slowly).
 
-The assets (checkpoint, train split, held-out split) are deterministic and made on first use
-under $RED_ASSETS (default <repo>/runs/assets), atomically, so concurrent torchrun ranks and
-repeated calls agree. ``tiny_assets()`` returns their paths (the preset study uses them).
+The assets (checkpoint, train split, held-out split) are deterministic files under $RED_ASSETS
+(default <repo>/runs/assets); the recipe only names them. ``python -m red_megatron.study.assets
+tiny_cpu`` makes them once (``make demo`` and the test session call it).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from red_megatron.algo.config import AlgoConfig
@@ -28,43 +25,16 @@ from red_megatron.metrics import MetricsConfig
 from red_megatron.policy.config import PolicyConfig
 from red_megatron.reward.scorer import RewardConfig
 from red_megatron.rollout.config import RolloutConfig
+from red_megatron.study.assets import assets_root, tiny_paths  # noqa: F401  (assets_root: the scripts' import)
 
 REPO = Path(__file__).resolve().parents[1]
-DIFFICULTY = "copy"
-TRAIN_EXAMPLES, EVAL_EXAMPLES = 256, 64
-TRAIN_SEED, EVAL_SEED = 0, 1
 STEPS = 40
 
 
-def assets_root() -> Path:
-    return Path(os.environ.get("RED_ASSETS", REPO / "runs" / "assets")).resolve()
-
-
 def tiny_assets(root: Path | None = None) -> dict[str, Path]:
-    """Make (once) and return {'model_dir', 'train', 'eval'}: the tiny checkpoint and the two splits."""
-    root = Path(root or assets_root())
-    paths = {"model_dir": root / "tiny_qwen2", "train": root / f"synthetic_{DIFFICULTY}_train.parquet",
-             "eval": root / f"synthetic_{DIFFICULTY}_heldout.parquet"}
-    root.mkdir(parents=True, exist_ok=True)
-    if not (paths["model_dir"] / "config.json").exists():
-        from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
-
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny_qwen2-", dir=root))
-        make_tiny_checkpoint(TinyCheckpointConfig(seed=0), tmp)
-        try:
-            os.rename(tmp, paths["model_dir"])  # atomic; another process may have won the race
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    for split, seed, n in (("train", TRAIN_SEED, TRAIN_EXAMPLES), ("eval", EVAL_SEED, EVAL_EXAMPLES)):
-        if not paths[split].exists():
-            from red_megatron.data.synthetic import SyntheticTaskConfig, write_parquet
-
-            fd, tmp = tempfile.mkstemp(prefix=f".{split}-", suffix=".parquet", dir=root)
-            os.close(fd)
-            write_parquet(SyntheticTaskConfig(difficulty=DIFFICULTY, num_examples=n, seed=seed, trace_detail=1,
-                                              data_source=f"synthetic_{DIFFICULTY}"), tmp)
-            os.replace(tmp, paths[split])
-    return paths
+    """{'model_dir', 'train', 'eval'}: where the tiny checkpoint and the two splits are; nothing is built here
+    (``python -m red_megatron.study.assets tiny_cpu`` makes them; ``make demo`` and the tests do)."""
+    return tiny_paths(root)
 
 
 def tiny_cpu() -> RunConfig:

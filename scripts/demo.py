@@ -63,7 +63,10 @@ def main(argv=None) -> int:
 
     setup_run_logging(run_dir)  # library lines and warnings to run_dir/logs/library.log
     overrides = [f"run_dir={run_dir}"] + ([f"steps={args.steps}"] if args.steps is not None else [])
-    cfg = apply_overrides(get_recipe("tiny_cpu_study"), overrides + list(args.overrides))  # makes the assets once
+    from red_megatron.study.assets import ensure
+
+    ensure("tiny_cpu_study")  # the recipe's files, made once
+    cfg = apply_overrides(get_recipe("tiny_cpu_study"), overrides + list(args.overrides))
     init_ckpt, eval_data = Path(cfg.model_dir), cfg.eval.data_path
     ckpt = init_ckpt
     if args.base_steps > 0:
@@ -117,7 +120,7 @@ def _sft_base(cfg, steps: int, t0: float) -> Path:
     beside the tiny assets, keyed by its steps and lr; a subprocess, so its megatron state dies with it."""
     import subprocess
 
-    from configs.tiny_cpu import assets_root
+    from red_megatron.study.assets import assets_root
 
     base = assets_root() / f"tiny_sft_base_{steps}_lr{cfg.policy.lr:g}"
     hf = base / "run" / "hf"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from red_megatron.data.chain import PREAMBLE_AT, RULES, SPLITS, ChainTaskConfig, gpu_config, write_splits  # noqa: E402
+from red_megatron.study.tasks.chain import PREAMBLE_AT, RULES, SPLITS, ChainTaskConfig, gpu_config, write_splits  # noqa: E402
 
 _INT = ("width", "k_max", "max_trace_tokens", "pretrain_rows", "pretrain_seed", "train_rows", "train_seed",
         "val_per_k", "val_seed", "test_per_band", "test_seed")

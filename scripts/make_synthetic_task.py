@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from red_megatron.data.synthetic import DIFFICULTIES, KINDS, SyntheticTaskConfig, write_parquet  # noqa: E402
+from red_megatron.study.tasks.synthetic import DIFFICULTIES, KINDS, SyntheticTaskConfig, write_parquet  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

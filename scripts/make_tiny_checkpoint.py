@@ -2,7 +2,7 @@
 
 Example: python scripts/make_tiny_checkpoint.py --out runs/tiny_qwen2 --arch qwen2 --hidden 128 --layers 2
          python scripts/make_tiny_checkpoint.py --out runs/chain_init --shape chain --corpus chain
-(--shape names a set of defaults, SHAPES in red_megatron/data/tiny_checkpoint.py; single flags override it.)
+(--shape names a set of defaults, SHAPES in red_megatron/study/tiny_checkpoint.py; single flags override it.)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from red_megatron.data.tiny_checkpoint import (  # noqa: E402
+from red_megatron.study.tiny_checkpoint import (  # noqa: E402
     ARCHS, CORPORA, SHAPES, TinyCheckpointConfig, make_tiny_checkpoint, shape_config,
 )
 

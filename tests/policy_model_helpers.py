@@ -26,7 +26,7 @@ TINY = {
 
 
 def make_tiny(name: str, root: Path) -> Path:
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     arch, tied, extra = TINY[name]
     out = make_tiny_checkpoint(TinyCheckpointConfig(arch=arch, seed=3, tie_word_embeddings=tied, vocab_size=1000,

@@ -95,3 +95,21 @@ def test_ast_scan_of_imports(folder, allowed):
                 continue
             bad.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+RUNTIME = ("", "algo", "hf", "data", "reward", "policy", "rollout", "eval", "launch")  # "": trainer.py & co.; study/, cli/ on top
+
+
+@pytest.mark.parametrize("folder", RUNTIME)
+def test_runtime_never_imports_the_study_harness(folder):
+    """The study's tasks, bases and fixtures live in red_megatron/study; the runtime (and the recipes'
+    configs package) stays out of the runtime's import graph, lazy imports included."""
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {mod}"
+           for f in sorted((ROOT / "red_megatron" / folder).glob("*.py" if not folder else "**/*.py")) for line, mod in _imports(f)
+           if mod == "red_megatron.study" or mod.startswith(("red_megatron.study.", "configs"))]
+    assert not bad, bad
+
+
+def test_data_holds_the_pipeline_only():
+    names = {p.stem for p in (ROOT / "red_megatron" / "data").glob("*.py")}
+    assert names <= {"__init__", "chat", "dataset", "loader", "prepare", "records", "trace_check"}, names

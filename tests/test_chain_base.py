@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from red_megatron.data import chain_base as cb
+from red_megatron.study import chain_base as cb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_chain_shape_and_corpus(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     cfg = shape_config("chain", seed=3)
     assert (cfg.hidden, cfg.heads, cfg.layers, cfg.kv_heads, cfg.intermediate, cfg.head_dim, cfg.vocab_size,
@@ -102,7 +102,7 @@ def test_cache_keys_follow_the_inputs(tmp_path):
     import dataclasses
 
     from configs.chain_cpu import base_dir, base_task, chain_base
-    from red_megatron.data.chain import ChainTaskConfig
+    from red_megatron.study.tasks.chain import ChainTaskConfig
 
     a = base_dir(0, root=tmp_path)
     assert a == base_dir(0, root=tmp_path)

@@ -280,14 +280,9 @@ def test_sft_then_grpo_weights_do_not_depend_on_dp_size_or_micro_batches(stage_i
 
 
 def test_script_refuses_bad_input_and_ranks_failed_bases(tmp_path, capsys, monkeypatch):
-    import importlib.util
+    import red_megatron.study.assets
+    from red_megatron.study import chain_study as mod
 
-    import configs.chain_cpu
-
-    spec = importlib.util.spec_from_file_location("chain_study", Path(__file__).resolve().parents[1] / "scripts" /
-                                                  "chain_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     assert mod.main(["--gpu"]) == 2 and "--gpu needs --base" in capsys.readouterr().err
     assert mod.main(["--base", str(tmp_path), "--analyze-only"]) == 2
     assert "not an HF checkpoint directory" in capsys.readouterr().err
@@ -297,7 +292,7 @@ def test_script_refuses_bad_input_and_ranks_failed_bases(tmp_path, capsys, monke
     gate["checks"][1]["value"] = 12.6
     gate["checks"][2]["value"] = 5.0
     assert mod.gate_distance(gate) == pytest.approx(17.4 + 2.0)
-    monkeypatch.setattr(configs.chain_cpu, "chain_data", lambda task: {"train": "T", "test": f"w{task.width}"})
+    monkeypatch.setattr(red_megatron.study.assets, "ensure_chain_data", lambda task: {"train": "T", "test": f"w{task.width}"})
     ov = mod.gpu_overrides(300)
     assert "data.path=T" in ov and "eval.data_path=w4" in ov
     assert "algo.num_online=7" in ov and "data.global_batch_size=64" in ov and "policy.min_lr_ratio=0.1" in ov

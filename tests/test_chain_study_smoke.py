@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_chain_study_two_steps_killed_and_resumed(tmp_path):
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     base = make_tiny_checkpoint(dataclasses.replace(shape_config("chain", seed=0), layers=1), tmp_path / "base",
                                 corpus="chain")

@@ -1,4 +1,4 @@
-"""The countdown chain task (red_megatron/data/chain.py, STUDY_DESIGN §6.1-6.3): the rule, the formats,
+"""The countdown chain task (red_megatron/study/tasks/chain.py, STUDY_DESIGN §6.1-6.3): the rule, the formats,
 the splits' disjointness and determinism, the golds, the token limit and the teacher's boxed answer."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from red_megatron.data import chain
-from red_megatron.data.chain import ChainTaskConfig
+from red_megatron.study.tasks import chain
+from red_megatron.study.tasks.chain import ChainTaskConfig
 
 BOX = re.compile(r"\\boxed\{([^}]*)\}")
 NOISY = dict(p_check=0.5, p_replay=0.5, p_detour=0.2, p_preamble=0.5, p_wrong=0.2)
@@ -138,7 +138,7 @@ def test_determinism_and_trace_knobs_keep_the_problems():
 
 
 def test_traces_fit_the_token_limit_with_the_real_tokenizer(noisy):
-    from red_megatron.data.tiny_checkpoint import train_tokenizer
+    from red_megatron.study.tiny_checkpoint import train_tokenizer
 
     cfg, rows = noisy
     tok = train_tokenizer(512, "chain")

@@ -233,7 +233,7 @@ def test_answer_check_in_worker_processes(tmp_path, tok):
 
 
 def test_synthetic_task_parquet_loads_and_its_traces_verify(tmp_path, tok):
-    from red_megatron.data.synthetic import SyntheticTaskConfig, write_parquet
+    from red_megatron.study.tasks.synthetic import SyntheticTaskConfig, write_parquet
     from red_megatron.reward import extract_boxed, verify_answer
 
     path = write_parquet(SyntheticTaskConfig(difficulty="medium", num_examples=12, seed=3), tmp_path / "syn.parquet")

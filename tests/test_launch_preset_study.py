@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from red_megatron.study import preset_study as S
 
-import preset_study as S  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_final_stage_dir_follows_the_trainer_layout(tmp_path):

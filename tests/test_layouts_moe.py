@@ -24,7 +24,7 @@ MOE = ["algo.routing_replay=rollout", "rollout.return_routing=true", "rollout.en
 
 @pytest.fixture(scope="module")
 def moe_reference(tmp_path_factory):
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     d = tmp_path_factory.mktemp("layout_moe")
     model = make_tiny_checkpoint(shape_config("moe", seed=0, vocab_size=1024, max_position=2048), d / "model")

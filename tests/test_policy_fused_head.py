@@ -70,7 +70,7 @@ def test_fused_head_step_equals_unfused(dist2, tiny_ckpt_dir, layout):
 
 @pytest.fixture(scope="module")
 def tied_ckpt_dir(tmp_path_factory):
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     out = tmp_path_factory.mktemp("tiny_qwen2_tied")
     make_tiny_checkpoint(TinyCheckpointConfig(arch="qwen2", seed=0, tie_word_embeddings=True), out)

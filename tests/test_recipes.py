@@ -3,6 +3,7 @@ against the real Qwen2.5 head/layer counts and 8-GPU nodes before anything would
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,34 @@ def test_study_recipe_is_the_demo_at_a_lower_lr():
     demo, study = get_recipe("tiny_cpu"), get_recipe("tiny_cpu_study")
     assert (demo.policy.lr, study.policy.lr) == (5e-3, 1e-3)
     assert study.model_dir == demo.model_dir and study.data == demo.data and study.algo == demo.algo
+
+
+def test_every_recipe_resolves_in_an_empty_directory_and_builds_nothing(tmp_path, monkeypatch):
+    """Recipes only return configurations: their files are made by red_megatron.study.assets.ensure."""
+    assets, cwd = tmp_path / "assets", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("RED_ASSETS", str(assets))
+    monkeypatch.chdir(cwd)
+    for name in RECIPES:
+        cfg = get_recipe(name)
+        assert cfg.name and cfg.model_dir, name
+    made = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert made == ["cwd"], made
+    assert get_recipe("tiny_cpu").model_dir == str(assets / "tiny_qwen2")  # it did read RED_ASSETS
+
+
+def test_ensure_makes_what_a_recipe_names(tmp_path, monkeypatch):
+    from red_megatron.study.assets import ensure
+
+    monkeypatch.setenv("RED_ASSETS", str(tmp_path / "assets"))
+    with pytest.raises(ValueError, match="qwen25_7b"):
+        ensure("qwen25_7b")
+    ensure("chain_cpu_study")
+    cfg = get_recipe("chain_cpu_study")
+    assert Path(cfg.data.path).is_file() and Path(cfg.eval.data_path).is_file()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "assets").rglob("*")}
+    ensure("chain_cpu_study")  # a second call finds everything and rewrites nothing
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "assets").rglob("*")} == before
 
 
 def test_recipes_are_fresh_objects():

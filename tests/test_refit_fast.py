@@ -33,7 +33,7 @@ CHECKPOINTS = {  # None: the session's tiny Qwen2 (conftest.tiny_ckpt_dir)
 
 @pytest.fixture(scope="module", params=list(CHECKPOINTS))
 def model_dir(request, tiny_ckpt_dir, tmp_path_factory):
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     if CHECKPOINTS[request.param] is None:
         return tiny_ckpt_dir

@@ -20,7 +20,7 @@ _TIMEOUT_S = float(os.environ.get("RED_TP2_TEST_TIMEOUT", "900"))
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_tp2_external_launcher_refit(tmp_path):
-    from red_megatron.data.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
+    from red_megatron.study.tiny_checkpoint import TinyCheckpointConfig, make_tiny_checkpoint
 
     # tied embeddings, as Qwen2.5-1.5B: vLLM's layerwise reload alone leaves a stale lm_head there
     ckpt = make_tiny_checkpoint(TinyCheckpointConfig(arch="qwen2", tie_word_embeddings=True, seed=5),

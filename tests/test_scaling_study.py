@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from red_megatron.study.runner import cell_dir
-from red_megatron.study.scaling import ScalingSpec, choose_lr, plan_rows, run_scaling
+from red_megatron.study.scaling import ScalingSpec, choose_lr, main_phase, plan_rows, run_scaling
 from tests.test_cli import write_shaped_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,14 @@ def test_fair_lr_protocol_then_seeds_at_each_presets_choice_and_resume(tmp_path)
     assert len(run.done) == n  # a rerun skips every finished cell
 
 
+def test_controls_run_beside_red_without_a_grid(tmp_path):
+    spec = _spec(tmp_path, presets=("red", "red_wconst", "frozen_w", "grpo"), sizes=("m",))
+    assert spec.tuned == ["red", "grpo"]
+    studies = dict(main_phase(spec, "m", {"red": 2.0, "grpo": 1.0}))
+    assert studies["red"].configs == ["red", "frozen_w", "red_wconst"] and studies["grpo"].configs == ["grpo"]
+    assert studies["red"].overrides[-1] == "policy.lr=0.0006"  # frozen_w's own lr (1e-12) comes after, in the runner
+
+
 def test_phase_lr_stops_before_the_seeds_and_main_needs_the_grid(tmp_path):
     spec, run = _spec(tmp_path, presets=("red", "sft"), sizes=("m",)), FakeRunner()
     run.root = spec.out
@@ -92,6 +100,25 @@ def test_phase_lr_stops_before_the_seeds_and_main_needs_the_grid(tmp_path):
     assert all("/lr/" in d[0] for d in run.done) and not (spec.out / "m" / "main").exists()
     run_scaling(spec, phase="main", runner=run, log=lambda *_: None)
     assert any("/main/" in d[0] for d in run.done)
+
+
+def test_premise_off_variants_one_seed_at_each_presets_choice(tmp_path):
+    from red_megatron.study.scaling import run_variants
+
+    spec, run = _spec(tmp_path, presets=("red", "sft", "grpo", "red_wconst"), sizes=("m",)), FakeRunner()
+    run.root = spec.out
+    got = []
+    with pytest.raises(ValueError, match="lr grid is not finished"):
+        run_variants(spec, {"clean": tmp_path / "clean.parquet"}, runner=run, log=lambda *_: None)
+    run_scaling(spec, phase="lr", runner=run, log=lambda *_: None)
+    run_variants(spec, {"clean": tmp_path / "c.parquet", "harsh": tmp_path / "h.parquet"},
+                 runner=lambda s, log: got.append(s) or run(s, log=log), log=lambda *_: None)
+    assert [(s.out.relative_to(spec.out).as_posix(), s.configs) for s in got] == [
+        ("m/variant_clean/red", ["red"]), ("m/variant_clean/sft", ["sft"]), ("m/variant_clean/grpo", ["grpo"]),
+        ("m/variant_harsh/red", ["red"]), ("m/variant_harsh/sft", ["sft"]), ("m/variant_harsh/grpo", ["grpo"])]
+    red = got[0]
+    assert red.seeds == [0] and not red.include_base and str(red.eval_data) == str(spec.test_data)
+    assert red.overrides[-2:] == ["policy.lr=0.0006", f"data.path={tmp_path / 'c.parquet'}"]  # red's choice: 2x
 
 
 def test_choose_lr_ties_and_unfinished():
@@ -106,7 +133,7 @@ def test_choose_lr_ties_and_unfinished():
 def test_plan_and_validation(tmp_path):
     rows = plan_rows(_spec(tmp_path, sizes=("m",)))
     assert sum(r["phase"] == "lr" for r in rows) == 9 and sum(r["phase"] == "main" for r in rows) == 4
-    for presets, match in ((("red_wconst",), "needs red"), (("nosuch",), "unknown"), (("red", "frozen_w"), "frozen_w")):
+    for presets, match in ((("red_wconst",), "needs red"), (("nosuch",), "unknown"), (("grpo", "frozen_w"), "frozen_w needs red")):
         with pytest.raises(ValueError, match=match):
             _spec(tmp_path, presets=presets).validate()
     with pytest.raises(ValueError, match="lr-mults"):
@@ -133,7 +160,7 @@ def test_gpu_plan_check_on_qwen25_sizes(tmp_path, tiny_ckpt_dir, monkeypatch):
     lines = out.strip().splitlines()
     assert [ln.split(":")[0] for ln in lines[:4]] == ["size 0.5b", "size 1.5b", "size 3b", "size 7b"]
     assert "24 layers, hidden 896" in lines[0] and "28 layers, hidden 3584" in lines[3]
-    assert lines[-1].startswith("check OK: 116 runs planned") and "of 2e-06" in lines[-1]  # the recipe's lr
+    assert lines[-1].startswith("check OK: 120 runs planned") and "of 2e-06" in lines[-1]  # 4 sizes × (7 × 3 lr + 9 main)
     rc, _, err = _study([*common, "--world-size", "6", "--check"])  # TP 2: DP 3 does not divide 64 prompts
     assert rc == 2 and "size 0.5b" in err and "divisible" in err and err.count("\n") == 1
     rc, out, _ = _study([*common, "--dry-run", "--presets", "red,sft_then_grpo", "--seeds", "0,1"])
@@ -165,7 +192,7 @@ def test_a_base_without_a_passed_gate_is_refused(tmp_path, tiny_ckpt_dir):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_scaling_smoke_real_cells(tmp_path):
-    from red_megatron.data.tiny_checkpoint import make_tiny_checkpoint, shape_config
+    from red_megatron.study.tiny_checkpoint import make_tiny_checkpoint, shape_config
 
     base = make_tiny_checkpoint(dataclasses.replace(shape_config("chain_s", seed=0), layers=1), tmp_path / "b" / "hf",
                                 corpus="chain")
@@ -182,3 +209,24 @@ def test_scaling_smoke_real_cells(tmp_path):
     assert cfg["steps"] == 2 and cfg["policy"]["lr"] == pytest.approx(3e-4)
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and ": training" not in again.stdout and ": eval" not in again.stdout
+
+
+def test_variant_splits_are_the_chain_task_with_other_trace_knobs(monkeypatch):
+    import argparse
+
+    import red_megatron.study.assets as assets
+    from red_megatron.errors import UserError
+    from red_megatron.study.scaling_cli import variant_splits
+    from red_megatron.study.tasks.chain import ChainTaskConfig
+
+    ns = lambda v, val=None: argparse.Namespace(variants=v, val_data=val, test_data=None)  # noqa: E731
+    with pytest.raises(UserError, match="--variants: unknown \\['latent'\\]"):
+        variant_splits(ns("clean,latent"))
+    with pytest.raises(UserError, match="no --val-data"):
+        variant_splits(ns("clean", val="v.parquet"))
+    made = []
+    monkeypatch.setattr(assets, "ensure_chain_data", lambda task: made.append(task) or {"train": Path("t.parquet")})
+    assert variant_splits(ns("clean,imperfect")) == {"clean": Path("t.parquet"), "imperfect": Path("t.parquet")}
+    base = ChainTaskConfig()
+    assert made == [dataclasses.replace(base, p_check=0.0, p_replay=0.0), dataclasses.replace(base, p_wrong=0.1)]
+    assert made[0].problem_fields() == base.problem_fields()  # same problems: the base and test split still hold

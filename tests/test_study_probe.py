@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*cut before their")
 @pytest.fixture(scope="module")
 def val_path(tmp_path_factory):
     """A chain-val-shaped parquet (OpenR1 schema, teacher traces), ordered by k like the real split."""
-    from red_megatron.data.chain import ChainTaskConfig, digits, prompt_text, teacher_trace, to_state, write_rows
+    from red_megatron.study.tasks.chain import ChainTaskConfig, digits, prompt_text, teacher_trace, to_state, write_rows
 
     task, rows = ChainTaskConfig(), []
     for i, (s0, k) in enumerate([(423, 1), (518, 1), (907, 2), (311, 2), (642, 3), (275, 3)]):

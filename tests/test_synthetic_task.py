@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from red_megatron.data.synthetic import (DIFFICULTIES, INSTRUCTION, SyntheticTaskConfig, fmt, generate_problems,
+from red_megatron.study.tasks.synthetic import (DIFFICULTIES, INSTRUCTION, SyntheticTaskConfig, fmt, generate_problems,
                                          make_rows, target_text, write_parquet)
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from red_megatron.data.tiny_checkpoint import SPECIAL_TOKENS, TinyCheckpointConfig, make_tiny_checkpoint
+from red_megatron.study.tiny_checkpoint import SPECIAL_TOKENS, TinyCheckpointConfig, make_tiny_checkpoint
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 

@@ -2,33 +2,26 @@
 
 The study drives scripts/train.py and scripts/eval.py of a clone (one process per run) and writes
 its report under benchmarks/reports/, so it runs from a clone of the repository (an editable
-install); its options are those of scripts/preset_study.py (``red-study --help``), with
+install); its options are those of red_megatron/study/preset_study.py (``red-study --help``), with
 ``section.field=value`` overrides applied to every run. With ``--sizes`` it is the scaling study over
 model sizes with the fair-lr protocol (red_megatron/study/scaling_cli.py: ``red-study --sizes s --help``).
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from red_megatron.cli.common import REPO_ROOT
 from red_megatron.errors import UserError, run_cli
 
-STUDY_SCRIPT = REPO_ROOT / "scripts" / "preset_study.py"
-
-
 def load_study():
-    """scripts/preset_study.py of the clone this package is installed from, as a module."""
-    if not STUDY_SCRIPT.is_file():
-        raise UserError(f"missing study script in {STUDY_SCRIPT}: expected a clone of red-megatron "
+    """red_megatron.study.preset_study; it drives scripts/train.py and scripts/eval.py of the clone this package
+    is installed from, so a wheel without the scripts is refused here, not after minutes of setup."""
+    if not (REPO_ROOT / "scripts" / "train.py").is_file():
+        raise UserError(f"missing scripts/train.py under {REPO_ROOT}: expected a clone of red-megatron "
                         f"(pip install -e .); the study runs the clone's scripts/")
-    if "preset_study" in sys.modules:
-        return sys.modules["preset_study"]
-    spec = importlib.util.spec_from_file_location("preset_study", STUDY_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["preset_study"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from red_megatron.study import preset_study
+
+    return preset_study
 
 
 def _main(argv: list[str]) -> int:

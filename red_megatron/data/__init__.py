@@ -5,6 +5,7 @@
 - ``loader``: ``PromptLoader``: seeded per-epoch shuffles, DP sharding, resumable position.
 - ``records``: row reading and field checks (``DataError`` names file, row and field).
 - ``chat``: the tokenizer's chat template, encoding, the response-ending token.
-- ``synthetic`` / ``tiny_checkpoint``: the built-in verifiable task and a tiny HF checkpoint.
+- ``prepare`` / ``trace_check``: dataset conversion, and the traces' answers checked against the golds.
+The study's tasks and fixtures (the synthetic and chain tasks, tiny checkpoints) live in red_megatron/study.
 Import the modules directly; nothing is re-exported here, so importing the package stays cheap.
 """

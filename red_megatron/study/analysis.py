@@ -1,7 +1,7 @@
 """The chain study's numbers, from the files runs leave: eval ``samples.jsonl`` and training ``metrics.jsonl``.
 
 Pure functions over plain records (no torch, no engine), so the tests feed them hand-made inputs:
-pass@k (the unbiased estimator of red_megatron.data.chain_base), per-band accuracy/LEN/truncation/replay,
+pass@k (the unbiased estimator of red_megatron.study.chain_base), per-band accuracy/LEN/truncation/replay,
 Wait markers per chain stage (Figure 5), compute columns, per-step series with ΔH and the raw ratio for
 every preset with offline samples, mean ± std over seeds and paired Δ vs ``red`` with sign counts.
 """
@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from red_megatron.data.chain_base import pass_at_k
+from red_megatron.study.chain_base import pass_at_k
 
 BANDS = ("chain_easy", "chain_medium", "chain_hard")
 PASS_KS = (1, 2, 4, 8, 16, 32)  # k <= n only: 32 needs the GPU flag set's avg@32

@@ -51,7 +51,7 @@ def load_study(out: Path, configs: list[str], seeds: list[int], test_path: Path 
     """{'cells': {config: {seed: cell}}, 'configs', 'seeds'}: every finished cell of the study."""
     k_of_row = None
     if test_path is not None and Path(test_path).exists():
-        from red_megatron.data.chain_base import val_k_of_row
+        from red_megatron.study.chain_base import val_k_of_row
 
         k_of_row = val_k_of_row(test_path)
     names = ["base"] + [c for c in ORDER if c in configs and c != "base"] + [c for c in configs if c not in ORDER]

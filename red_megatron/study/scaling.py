@@ -8,7 +8,8 @@ Per size (its own base, which must pass the §6.4 gate; docs/STUDY.md) the study
    counts as a tie; ties go to the one nearest 1×, then the lower). The grid's cells are the lr-sensitivity curve of each preset (accuracy and the
    truncated-response rate, the collapse signature, against lr).
 2. **main**: every preset runs its seeds at its own choice, evaluated on ``chain_test``. ``red_wconst``
-   has no lr of its own: it is red's control and runs beside red, at red's lr.
+   and ``frozen_w`` (red at lr 1e-12 for 30 steps, trained only: the frozen-policy w of the report's w distance) have
+no lr of their own: they are red's controls and run beside red, at red's lr.
 
 Layout under ``out``: ``<size>/lr/x<m>/`` and ``<size>/main/<preset>/`` are each a chain study of
 red_megatron.study.runner (seed<S>/<config>/run, eval, markers written last), so every cell's result
@@ -30,8 +31,12 @@ from red_megatron.study.runner import CONTROLS, StudySpec, cell_dir, run_study
 
 # size name -> the tiny_checkpoint shape of its chain base (parameters as counted by the shape's config)
 CPU_SIZES = {"s": "chain_s", "m": "chain", "l": "chain_l"}
-HEADLINE = ("red", "red_shift", "red_wconst", "sft_then_grpo", "grpo", "sft", "phi4_recipe", "guided_fading")
+HEADLINE = ("red", "red_shift", "red_wconst", "sft_then_grpo", "grpo", "sft", "phi4_recipe", "guided_fading", "frozen_w")
 LR_MULTS = (0.5, 1.0, 2.0)
+# STUDY_DESIGN §6.8's premise-off variants that keep the base (their trace knobs draw from a separate per-row
+# stream: same problems, same pretrain split); the latent-ability variant needs a base of its own and is not here
+VARIANTS = {"clean": {"p_check": 0.0, "p_replay": 0.0}, "imperfect": {"p_wrong": 0.1}, "harsh": {"p_replay": 0.3}}
+VARIANT_PRESETS = ("red", "sft_then_grpo", "sft", "grpo")  # the presets §6.8's expectations name
 
 
 @dataclass
@@ -58,10 +63,9 @@ class ScalingSpec:
         bad = [p for p in self.presets if p not in PRESETS and p not in CONTROLS]
         if bad:
             raise ValueError(f"--presets: unknown {bad}; valid: {', '.join([*PRESETS, *CONTROLS])}")
-        if "frozen_w" in self.presets:
-            raise ValueError("--presets: frozen_w is not evaluated, it has no place in a scaling table")
-        if "red_wconst" in self.presets and "red" not in self.presets:
-            raise ValueError("--presets: red_wconst needs red (w is fixed at red's mean w, at red's lr)")
+        for c in CONTROLS:
+            if c in self.presets and "red" not in self.presets:
+                raise ValueError(f"--presets: {c} needs red (it is red's control and runs beside it, at red's lr)")
         if not self.lr_mults or any(not m > 0 for m in self.lr_mults) or len(set(self.lr_mults)) != len(self.lr_mults):
             raise ValueError(f"--lr-mults: expected distinct numbers > 0, got {list(self.lr_mults)}")
         if not self.lr > 0:
@@ -78,9 +82,9 @@ class ScalingSpec:
 
 
 def _study(spec: ScalingSpec, size: str, out: Path, configs: list[str], seeds: list[int], lr: float,
-           eval_data: Path, include_base: bool) -> StudySpec:
+           eval_data: Path, include_base: bool, extra: tuple[str, ...] = ()) -> StudySpec:
     return StudySpec(out=out, base=Path(spec.bases[size]), configs=configs, seeds=seeds, recipe=spec.recipe,
-                     steps=spec.steps, overrides=[*spec.overrides, f"policy.lr={lr:g}"],
+                     steps=spec.steps, overrides=[*spec.overrides, f"policy.lr={lr:g}", *extra],
                      eval_samples=spec.eval_samples, eval_data=str(eval_data),
                      eval_per_source_limit=spec.eval_limit, parallel=spec.parallel, include_base=include_base)
 
@@ -95,10 +99,37 @@ def main_phase(spec: ScalingSpec, size: str, choice: dict[str, float]) -> list[t
     """One chain study per preset at its lr; the base is evaluated on chain_test once (with the first)."""
     out = []
     for i, p in enumerate(spec.tuned):
-        configs = [p] + (["red_wconst"] if p == "red" and "red_wconst" in spec.presets else [])
+        configs = [p] + ([c for c in CONTROLS if c in spec.presets] if p == "red" else [])
         out.append((p, _study(spec, size, Path(spec.out) / size / "main" / p, configs, spec.seeds,
                               spec.lr * choice[p], spec.test_data, include_base=i == 0)))
     return out
+
+
+def variant_phase(spec: ScalingSpec, size: str, choice: dict[str, float], variant: str,
+                  train_path: Path) -> list[tuple[str, StudySpec]]:
+    """One seed (``lr_seed``) of each variant preset at its chosen lr, trained on the variant's traces and
+    evaluated on the main phase's test split: ``<size>/variant_<name>/<preset>/``."""
+    presets = [p for p in VARIANT_PRESETS if p in spec.tuned]
+    out = []
+    for p in presets:
+        out.append((p, _study(spec, size, Path(spec.out) / size / f"variant_{variant}" / p, [p], [spec.lr_seed],
+                              spec.lr * choice[p], spec.test_data, include_base=False,
+                              extra=(f"data.path={train_path}",))))
+    return out
+
+
+def run_variants(spec: ScalingSpec, variants: dict[str, Path], *, log=print,
+                 runner: Callable[..., list] = run_study) -> None:
+    """The premise-off variants (``{name: its train split}``) at every size whose lr grid is finished."""
+    for size in spec.bases:
+        choice = summary(spec)["sizes"][size]["lr_choice"]
+        missing = [p for p in VARIANT_PRESETS if p in spec.tuned and choice.get(p) is None]
+        if missing:
+            raise ValueError(f"size {size}: the lr grid is not finished for {missing}; run --phase lr first")
+        for name, train in variants.items():
+            for p, s in variant_phase(spec, size, choice, name, train):
+                log(f"[scaling] size {size}: variant {name} ({VARIANTS[name]}), {p} at lr {spec.lr * choice[p]:g}")
+                runner(s, log=log)
 
 
 def cell_result(out: Path, config: str, seed: int) -> dict | None:

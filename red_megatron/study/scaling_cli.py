@@ -2,6 +2,7 @@
 
   red-study --sizes s,m,l                                   # CPU: the chain bases of each size, all phases
   red-study --sizes m --phase lr                            # the middle size's lr grid only
+  red-study --sizes m --phase variants --variants clean,harsh   # §6.8's premise-off variants, one seed each
   red-study --sizes m=runs/assets/chain_base_x/hf           # a base given by path (its gate.json beside it)
   red-study --sizes 0.5b=/ckpt/Qwen2.5-0.5B,1.5b=/ckpt/Qwen2.5-1.5B,3b=...,7b=... --recipe qwen25_7b \\
       --world-size 8 --check                                # the GPU plan: every run validated, no weights read
@@ -18,19 +19,21 @@ import json
 from pathlib import Path
 
 from red_megatron.errors import UserError
-from red_megatron.study.scaling import CPU_SIZES, HEADLINE, LR_MULTS, ScalingSpec, plan_rows, run_scaling
+from red_megatron.study.scaling import CPU_SIZES, HEADLINE, LR_MULTS, VARIANTS, ScalingSpec, plan_rows, run_scaling
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="red-study --sizes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", required=True, help="comma-separated sizes: s, m, l or name=HF_DIR")
-    ap.add_argument("--presets", default=",".join(HEADLINE), help="comma-separated presets (and red_wconst)")
+    ap.add_argument("--presets", default=",".join(HEADLINE), help="comma-separated presets (and red's controls red_wconst, frozen_w)")
     ap.add_argument("--seeds", default="0,1,2", help="the main phase's seeds")
     ap.add_argument("--lr", type=float, default=None, help="the grid's 1x (default: the recipe's policy.lr)")
     ap.add_argument("--lr-mults", default=",".join(f"{m:g}" for m in LR_MULTS), help="the lr grid, as multiples")
     ap.add_argument("--lr-seed", type=int, default=0, help="the seed of the lr grid")
-    ap.add_argument("--phase", default="all", choices=("all", "lr", "main"))
+    ap.add_argument("--phase", default="all", choices=("all", "lr", "main", "variants"),
+                    help="variants: STUDY_DESIGN §6.8's premise-off variants, one seed each (after the lr grid)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"with --phase variants: some of {', '.join(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=None, help="steps per stage (default: the recipe's)")
     ap.add_argument("--recipe", default="chain_cpu_study")
     ap.add_argument("--base-seed", type=int, default=0, help="which chain base of each CPU size")
@@ -133,6 +136,21 @@ def _spec(args, bases: dict[str, Path]) -> ScalingSpec:
     return spec
 
 
+def variant_splits(args) -> dict[str, Path]:
+    """{variant: its chain_train split}, made once; the variants are of the chain task's traces only."""
+    from red_megatron.study.assets import ensure_chain_data
+    from red_megatron.study.tasks.chain import ChainTaskConfig
+
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise UserError(f"--variants: unknown {bad or names}; expected some of {', '.join(VARIANTS)}")
+    if args.val_data or args.test_data:
+        raise UserError("--phase variants: the variants change the chain task's traces; they take the default "
+                        "chain splits (no --val-data / --test-data)")
+    return {v: ensure_chain_data(ChainTaskConfig(**VARIANTS[v]))["train"] for v in names}
+
+
 def check_plan(spec: ScalingSpec, world: int) -> list[str]:
     """Validate every distinct run of the plan as ``red-train --check`` would (config.json, layout, world)."""
     from configs import get_recipe
@@ -145,7 +163,7 @@ def check_plan(spec: ScalingSpec, world: int) -> list[str]:
         runs = {(r["config"], r["lr"]) for r in plan_rows(spec) if r["size"] == size}
         hf, n_checked = None, 0
         for config, lr in sorted(runs, key=str):
-            preset = "red" if config in ("red_wconst",) else config
+            preset = "red" if config in ("red_wconst", "frozen_w") else config
             lrs = [spec.lr * m for m in spec.lr_mults] if lr == "chosen" else [lr]
             for x in lrs:
                 ov = [f"model_dir={hf_dir}", f"algo.preset={preset}", f"policy.lr={x:g}", "use_preset_schedule=false",
@@ -190,6 +208,15 @@ def main(argv: list[str]) -> int:
         write_summary(spec, s)
         print(json.dumps({size: {"lr_choice": v["lr_choice"], "lr_curve": v["lr_curve"]} for size, v in s["sizes"].items()},
                          indent=1))
+        return 0
+    if args.val_data is None or args.test_data is None:
+        from red_megatron.study.assets import ensure_chain_data
+
+        ensure_chain_data()  # the default val/test splits (made once; --check/--dry-run build nothing)
+    if args.phase == "variants":
+        from red_megatron.study.scaling import run_variants
+
+        run_variants(spec, variant_splits(args))
         return 0
     s = run_scaling(spec, phase=args.phase)
     print(f"[scaling] summary: {spec.out / 'scaling.json'} ({len(s['sizes'])} sizes)")

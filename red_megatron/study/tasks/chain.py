@@ -186,7 +186,7 @@ def count_tokens(text: str) -> int:
     if _PRETOKENIZER is None:
         from tokenizers import Regex, pre_tokenizers
 
-        from red_megatron.data.tiny_checkpoint import _QWEN2_SPLIT
+        from red_megatron.study.tiny_checkpoint import _QWEN2_SPLIT
 
         _PRETOKENIZER = pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False)
     return len(_PRETOKENIZER.pre_tokenize_str(text))

@@ -1,0 +1,1 @@
+"""The study's verifiable tasks: the synthetic copy task (the demo's) and the countdown chain task (the study's)."""
