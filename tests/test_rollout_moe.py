@@ -128,6 +128,7 @@ def test_routing_crosses_the_engine_wire_and_partial_segments(engine, dirs):
     two policy versions carries the newest segment's routing, which covers the whole sample and is the newest
     version's own routing of it (transformers on the perturbed router), not the first segment's."""
     import pickle
+    from multiprocessing.reduction import ForkingPickler
     from types import SimpleNamespace
 
     from red_megatron.experience import assemble_experience
@@ -138,7 +139,9 @@ def test_routing_crosses_the_engine_wire_and_partial_segments(engine, dirs):
     first = engine.extend(prompts, max_tokens=[3, 3], seeds=[1, 2])
     for p, s in zip(prompts, first):
         assert s.routed_experts.shape == (len(p) + len(s.token_ids), 3, 2) and bool((s.routed_experts[-1] == -1).all())
-        back = RolloutSample.from_wire(pickle.loads(pickle.dumps(s.to_wire())))
+        wire = s.to_wire()  # no torch tensor: the pool's connection would send it as a shared-memory handle
+        assert not any(isinstance(x, torch.Tensor) for x in wire)
+        back = RolloutSample.from_wire(pickle.loads(ForkingPickler.dumps(wire)))
         assert back.token_ids == s.token_ids and torch.equal(back.routed_experts, s.routed_experts)
     samples = [_Sample() for _ in prompts]
     for smp, s in zip(samples, first):

@@ -55,14 +55,18 @@ class RolloutSample:
     routed_experts: torch.Tensor | None = None
 
     def to_wire(self) -> tuple:
-        """What an engine process sends back (rollout/remote.py): the routing travels with the tokens."""
-        return self.token_ids, self.logprobs, self.finish_reason, self.routed_experts
+        """What an engine process sends back (rollout/remote.py): the routing travels with the tokens, as a numpy
+        array: the pool's connection pickles a torch tensor as a shared-memory handle, which the trainer process
+        cannot open ("digest sent was rejected": another process's authkey)."""
+        routing = None if self.routed_experts is None else self.routed_experts.numpy()
+        return self.token_ids, self.logprobs, self.finish_reason, routing
 
     @classmethod
     def from_wire(cls, t) -> "RolloutSample":
         tokens, logprobs, finish, *routing = t
+        routing = routing[0] if routing else None
         return cls(token_ids=list(tokens), logprobs=list(logprobs), finish_reason=finish,
-                   routed_experts=routing[0] if routing else None)
+                   routed_experts=None if routing is None else torch.from_numpy(routing))
 
 
 def read_checkpoint_weights(model_dir) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
