@@ -3,14 +3,18 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_pending.sh all     # GPU machine: wheel install + every part below
 #   OUT=/some/dir bash benchmarks/gpu_pending.sh smoke   # CPU, no CUDA, tiny shapes: every part's code path
-#   OUT=/some/dir bash benchmarks/gpu_pending.sh kernel  # one part (policy|projection|kernel|lmhead|refit|step|cp)
+#   OUT=/some/dir bash benchmarks/gpu_pending.sh kernel  # one part (policy|projection|moe|kernel|lmhead|refit|step|cp)
 #   GPU_PENDING_DRY_RUN=1 OUT=/tmp bash benchmarks/gpu_pending.sh all   # print part, budget, JSON, command
 #
 # Parts, cheapest and most decisive first, each under its own `timeout` (seconds, GPU budget):
-#   policy      150  policy_throughput.py: 1.5B at 1x8192, Megatron (fused RED loss / megatron CE) vs HF+SDPA,
+#   policy      120  policy_throughput.py: 1.5B at 1x8192, Megatron (fused RED loss / megatron CE) vs HF+SDPA,
 #                    then 1.5B 2x4096 and 0.5B 1x8192 of the trainer's path (rows for the projection's fit)
 #   projection   10  projection.py refitted on those rows (CPU work; its error on them is in the JSON)
-#   kernel      105  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
+#   moe          40  moe_layer_bench.py: 2 Qwen3-30B-A3B decoder layers (128 experts, top-8) at 1x4096, bf16,
+#                    forward+backward of megatron-core's MoE layers (the project's build) vs transformers'
+#                    Qwen3MoeSparseMoeBlock: ms, tokens/s, peak memory; its JSON folded into summary.json
+#                    (projection_moe.py --moe-json summary.json calibrates the MoE projection on it)
+#   kernel       95  kernel_bench.py at N=16,384 x V=151,936 only, sweep off (torch.compile last)
 #   lmhead       40  lm_head_bench.py: the LM head fused into the loss vs cuBLAS matmul + red_loss (time, peak
 #                    memory; update and old-log-prob passes) at N=16,384 x D=1,536 / 3,584 and N=65,536 x D=1,536,
 #                    V=151,936; its JSON is folded into summary.json (parts[].data), the 8 files being used
@@ -38,8 +42,8 @@
 # and run from the repository root (device tool: carry [".whl"]; the copy there has no .git, so name the revision):
 #   GPU_PENDING_REVISION='<git log --oneline -1, run here>' bash benchmarks/gpu_pending.sh all
 set -uo pipefail
-mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|kernel|lmhead|refit|step|cp}"
-ALL_PARTS="policy projection kernel lmhead refit step cp"
+mode="${1:?usage: gpu_pending.sh all|smoke|policy|projection|moe|kernel|lmhead|refit|step|cp}"
+ALL_PARTS="policy projection moe kernel lmhead refit step cp"
 case "$mode" in
   all|smoke) parts="${GPU_PENDING_PARTS:-$ALL_PARTS}" ;;
   *) case " $ALL_PARTS " in  # one part, by its name in ALL_PARTS (so a new part is a mode at once)
@@ -64,9 +68,10 @@ export RED_BENCH_CSV="${RED_BENCH_CSV:-off}"
 say() { echo "$*" | tee -a "$LOG"; }
 
 # part -> budget (s), the JSON it writes, its command (GPU or smoke)
-budget() { case "$1" in policy) echo 150 ;; projection) echo 10 ;; kernel) echo 105 ;; lmhead) echo 40 ;;
+budget() { case "$1" in policy) echo 120 ;; projection) echo 10 ;; moe) echo 40 ;; kernel) echo 95 ;; lmhead) echo 40 ;;
   refit) echo 50 ;; step) echo 85 ;; cp) echo 20 ;; esac; }
 json_of() { case "$1" in policy) echo policy_throughput.json ;; projection) echo projection.json ;;
+  moe) echo summary:moe_layer_bench.json ;;
   kernel) echo kernel_bench.json ;; lmhead) echo summary:lm_head_bench.json ;; refit) echo refit_gpu_bench.json ;;
   step) echo step_throughput.json ;; cp) echo cp_attention.json ;; esac; }
 set_cmd() {  # sets cmd=(script and arguments) for part $1
@@ -82,6 +87,12 @@ set_cmd() {  # sets cmd=(script and arguments) for part $1
     projection)
       cmd=(benchmarks/projection.py --policy-json "$OUT/policy_throughput.json" --json "$OUT/projection.json" \
         --report "$SCRATCH/projection.md") ;;
+    moe) if [ $smoke = 1 ]; then
+        cmd=(benchmarks/moe_layer_bench.py --json "$SCRATCH/moe_layer_bench.json" --smoke)
+      else
+        cmd=(benchmarks/moe_layer_bench.py --json "$SCRATCH/moe_layer_bench.json" --shape 30b-a3b --layers 2 \
+          --layouts 1x4096 --impls mcore,hf)
+      fi ;;
     kernel) if [ $smoke = 1 ]; then
         cmd=(benchmarks/kernel_bench.py --out "$OUT" --smoke --parts correctness,two_shard,diag,table)
       else

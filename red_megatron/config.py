@@ -110,9 +110,6 @@ class RunConfig:
         if self.algo.routing_replay == "rollout" and not self.rollout.return_routing:
             raise ValueError("algo.routing_replay='rollout' needs rollout.return_routing=true (and "
                              "rollout.enable_prefix_caching=false): the engine must return each sample's experts")
-        if self.algo.routing_replay == "rollout" and self.rollout.placement == "disaggregated":
-            raise ValueError("algo.routing_replay='rollout' is implemented for rollout.placement='colocated' only "
-                             "(the disaggregated engines do not send routing yet)")
         if self.eval.data_path is not None and self.eval.protocol.max_tokens + self.data.max_prompt_tokens > \
                 self.rollout.max_model_len:
             raise ValueError(f"eval.protocol.max_tokens={self.eval.protocol.max_tokens} + data.max_prompt_tokens="

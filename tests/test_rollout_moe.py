@@ -120,3 +120,54 @@ def test_replay_closes_the_gap_of_a_perturbed_engine_router(engine, dirs, dist2)
                                   "gap_with_replay": {"max": float(replay.max()), "mean": float(replay.mean())}}
     assert flips > 0, "the perturbation should change some of the engine's routing decisions"
     assert float(replay.mean()) < float(live.mean()) and float(replay.max()) < float(live.max()), REPORT
+
+
+def test_routing_crosses_the_engine_wire_and_partial_segments(engine, dirs):
+    """The disaggregated and partial-rollout paths: the engine process's reply (RolloutSample.to_wire, pickled
+    as over the pool's connection) keeps each sample's routing; a partial sample grown by two segments under
+    two policy versions carries the newest segment's routing, which covers the whole sample and is the newest
+    version's own routing of it (transformers on the perturbed router), not the first segment's."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+    from types import SimpleNamespace
+
+    from red_megatron.experience import assemble_experience
+    from red_megatron.rollout.engine import RolloutSample
+    from red_megatron.rollout.partial import _Sample
+
+    prompts = PROMPTS[:2]
+    first = engine.extend(prompts, max_tokens=[3, 3], seeds=[1, 2])
+    for p, s in zip(prompts, first):
+        assert s.routed_experts.shape == (len(p) + len(s.token_ids), 3, 2) and bool((s.routed_experts[-1] == -1).all())
+        wire = s.to_wire()  # no torch tensor: the pool's connection would send it as a shared-memory handle
+        assert not any(isinstance(x, torch.Tensor) for x in wire)
+        back = RolloutSample.from_wire(pickle.loads(ForkingPickler.dumps(wire)))
+        assert back.token_ids == s.token_ids and torch.equal(back.routed_experts, s.routed_experts)
+    samples = [_Sample() for _ in prompts]
+    for smp, s in zip(samples, first):
+        smp.grow(s.token_ids, s.logprobs, 0, s.routed_experts)
+    _load_dir(engine, dirs["perturbed"])  # version 1: another router
+    try:
+        second = engine.extend([p + smp.tokens for p, smp in zip(prompts, samples)], max_tokens=[3, 3], seeds=[3, 4])
+    finally:
+        _load_dir(engine, dirs["base"])
+    for smp, s in zip(samples, second):
+        smp.grow(s.token_ids, s.logprobs, 1, s.routed_experts)
+    seqs = [torch.tensor(p + smp.tokens) for p, smp in zip(prompts, samples)]
+    newest, _ = hf_routing(dirs["perturbed"], seqs)
+    moved = 0
+    for p, smp, s1, h in zip(prompts, samples, first, newest):
+        assert smp.versions == [0] * 3 + [1] * 3 and smp.routing.shape[0] == len(p) + 6
+        rows = len(p) + 5  # every position the engine ran: the last sampled token never is
+        assert bool((smp.routing[:rows].sort(-1).values == h[:rows].sort(-1).values).all())
+        n1 = len(p) + 2
+        moved += int((smp.routing[:n1].sort(-1).values != s1.routed_experts[:n1].sort(-1).values).any(-1).any(-1).sum())
+    assert moved > 0, "the perturbed router should re-route some positions of the first segment"
+    examples = [SimpleNamespace(prompt_ids=p, gold="", index=i, trace_ids=None, trace_truncated=False)
+                for i, p in enumerate(prompts)]
+    exp = assemble_experience(examples, [[RolloutSample(token_ids=smp.tokens, logprobs=smp.logp, finish_reason="length",
+                                                        versions=smp.versions, routed_experts=smp.routing)]
+                                         for smp in samples], with_offline=False)
+    assert all(r is smp.routing for r, smp in zip(exp.routed_experts, samples))
+    samples[0].restart()
+    assert samples[0].routing is None and samples[0].tokens == []

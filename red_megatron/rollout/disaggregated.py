@@ -157,8 +157,7 @@ class DisaggregatedRollout(Rollout):
         done = self._call_engines("generate", flat, lambda share, e: self.sampling.engine_args(
             [ex.prompt_ids for ex in share], batch=batch, replica=e), step=batch)
         t1 = time.perf_counter()
-        samples = [[RolloutSample(token_ids=list(t), logprobs=list(lp), finish_reason=f) for t, lp, f in p]
-                   for _, rep in done for p in rep["samples"]]
+        samples = [[RolloutSample.from_wire(s) for s in p] for _, rep in done for p in rep["samples"]]
         versions = {rep["version"] for _, rep in done}
         assert len(versions) == 1, f"engines at different versions {versions}"
         version = versions.pop()

@@ -54,6 +54,20 @@ class RolloutSample:
     # with RolloutConfig.return_routing: int16 [prompt + response tokens, layers, topk] (rollout/routing.py)
     routed_experts: torch.Tensor | None = None
 
+    def to_wire(self) -> tuple:
+        """What an engine process sends back (rollout/remote.py): the routing travels with the tokens, as a numpy
+        array: the pool's connection pickles a torch tensor as a shared-memory handle, which the trainer process
+        cannot open ("digest sent was rejected": another process's authkey)."""
+        routing = None if self.routed_experts is None else self.routed_experts.numpy()
+        return self.token_ids, self.logprobs, self.finish_reason, routing
+
+    @classmethod
+    def from_wire(cls, t) -> "RolloutSample":
+        tokens, logprobs, finish, *routing = t
+        routing = routing[0] if routing else None
+        return cls(token_ids=list(tokens), logprobs=list(logprobs), finish_reason=finish,
+                   routed_experts=None if routing is None else torch.from_numpy(routing))
+
 
 def read_checkpoint_weights(model_dir) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes of every tensor in an HF directory, from the safetensors headers only."""
@@ -330,12 +344,16 @@ class RolloutEngine:
                                          seed=int(seed) % (2**31 - 1), logprobs=0, detokenize=False))
         self._check_same_across_tp("extend", [list(map(int, p)) for p in prefixes],
                                    (list(max_tokens), list(seeds), temperature, top_p))
+        # with return_routing: the routing of the whole prefix (prefilled under the current weights) and the new tokens
+        outs = self._generate_with_routing(prompts, params) if self._routing is not None else \
+            self.llm.generate(prompts, params, use_tqdm=False)
         result = []
-        for out in self.llm.generate(prompts, params, use_tqdm=False):
+        for out in outs:
             c = out.outputs[0]
             toks = list(c.token_ids)
             lps = [float(lp_t[tok].logprob) for tok, lp_t in zip(toks, c.logprobs)]
-            result.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason)))
+            result.append(RolloutSample(token_ids=toks, logprobs=lps, finish_reason=str(c.finish_reason),
+                                        routed_experts=getattr(c, "_red_routing", None)))
         return result
 
     def _generate_with_routing(self, prompts, params):

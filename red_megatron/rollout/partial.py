@@ -56,10 +56,22 @@ class _Sample:
     finish: str | None = None  # None while it grows
     segments: int = 0
     restarts: int = 0
+    routing: object = None  # MoE with rollout.return_routing: the newest segment's [tokens, layers, topk]
+
+    def grow(self, tokens, logp, version: int, routing=None) -> None:
+        """One segment's tokens, sampled by policy ``version``. The routing kept is the newest segment's: that
+        segment prefilled the prompt and every earlier token under ``version``, then sampled its own, so its
+        routing is one forward of one policy over the whole sample (docs/MOE.md: what each token carries)."""
+        self.tokens += list(tokens)
+        self.logp += list(logp)
+        self.versions += [int(version)] * len(tokens)
+        self.segments += 1
+        if routing is not None:
+            self.routing = routing
 
     def restart(self) -> int:
         dropped = len(self.tokens)
-        self.tokens, self.logp, self.versions, self.finish = [], [], [], None
+        self.tokens, self.logp, self.versions, self.finish, self.routing = [], [], [], None, None
         self.restarts += 1
         return dropped
 
@@ -148,7 +160,8 @@ class PartialRollout(DisaggregatedRollout):
 
     def _experience(self, groups: list[_Group]) -> Experience:
         samples = [[RolloutSample(token_ids=list(s.tokens), logprobs=list(s.logp), finish_reason=s.finish,
-                                  versions=list(s.versions)) for s in gr.samples] for gr in groups]
+                                  versions=list(s.versions), routed_experts=s.routing) for s in gr.samples]
+                   for gr in groups]
         exp = assemble_experience([gr.example for gr in groups], samples, with_offline=self.with_offline)
         return score_experience(exp, score=self.scorer.score,
                                 decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
@@ -286,14 +299,11 @@ class PartialRollout(DisaggregatedRollout):
         outs = [(out, rep["version"]) for _, rep in replies for out in rep["samples"]]
         with self._cond:
             self._counts["segments"] += 1
-            for (gr, j), ((toks, lps, finish), rep_version) in zip(work, outs, strict=True):
-                s = gr.samples[j]
-                s.tokens += list(toks)
-                s.logp += list(lps)
-                s.versions += [int(rep_version)] * len(toks)
-                s.segments += 1
-                if finish == "stop" or len(s.tokens) >= sp.max_tokens:
-                    s.finish = "stop" if finish == "stop" else "length"
+            for (gr, j), (wire, rep_version) in zip(work, outs, strict=True):
+                s, seg = gr.samples[j], RolloutSample.from_wire(wire)
+                s.grow(seg.token_ids, seg.logprobs, rep_version, seg.routed_experts)
+                if seg.finish_reason == "stop" or len(s.tokens) >= sp.max_tokens:
+                    s.finish = "stop" if seg.finish_reason == "stop" else "length"
             done = [gr for gr in self._inflight if gr.done]
             if done:
                 self._inflight = [gr for gr in self._inflight if not gr.done]

@@ -99,13 +99,13 @@ class _Server:
     def generate(self, **kw):
         t0 = time.perf_counter()
         out = self.engine.generate(**kw)
-        samples = [[(s.token_ids, s.logprobs, s.finish_reason) for s in per] for per in out]
+        samples = [[s.to_wire() for s in per] for per in out]
         return {"samples": samples, "seconds": time.perf_counter() - t0, "version": self.version}
 
     def extend(self, **kw):
         t0 = time.perf_counter()
         out = self.engine.extend(**kw)
-        return {"samples": [(s.token_ids, s.logprobs, s.finish_reason) for s in out],
+        return {"samples": [s.to_wire() for s in out],
                 "seconds": time.perf_counter() - t0, "version": self.version}
 
     def score(self, *, sequences):
