@@ -85,8 +85,8 @@ def run_train(argv: list[str]) -> tuple[int, str, str]:
 
 # (README line, model, world size): one 8-GPU node for 1.5B, 2 nodes for 7B (the launch line) and 32B
 README_RUNS = [
-    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_46k_8192.parquet", "Qwen2.5-Math-1.5B", 1),
-    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_46k_8192.parquet", "Qwen2.5-Math-1.5B", 8),
+    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_math_46k_8192.parquet", "Qwen2.5-Math-1.5B", 1),
+    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_math_46k_8192.parquet", "Qwen2.5-Math-1.5B", 8),
     ("--recipe qwen25_7b model_dir={m}", "Qwen2.5-7B", 16),
     ("--recipe qwen25_32b model_dir={m}", "Qwen2.5-32B", 16),
 ]
