@@ -177,16 +177,17 @@ def check_checkpoint(cfg: RunConfig) -> None:
                          f"{hf.max_position_embeddings} ({cfg.model_dir}/config.json)")
 
 
-def check_world(cfg: RunConfig, world_size: int) -> None:
+def check_world(cfg: RunConfig, world_size: int) -> int:
     """The run validator: every rule that needs the launch (world size) or the checkpoint, applied
     once, before any model or engine is built (the rules on the config alone ran when it was made);
-    one ValueError naming the fields."""
+    one ValueError naming the fields. Returns the data-parallel size (check_layout's)."""
     from red_megatron.config_values import check_values
 
     check_values(cfg)
-    check_layout(cfg, world_size)
+    dp = check_layout(cfg, world_size)
     check_checkpoint(cfg)
     check_resume(cfg)
+    return dp
 
 
 def check_resume(cfg: RunConfig) -> None:

@@ -134,6 +134,22 @@ def test_check_mode_takes_overrides_in_any_order(tmp_path, tiny_ckpt_dir, monkey
         assert "vLLM tp_infer=2 (external_launcher executor" in out
 
 
+def test_check_mode_splits_the_world_with_the_run_validator(tmp_path, tiny_ckpt_dir, monkeypatch):
+    """--check prints the data-parallel size the run uses (config.check_layout's), context parallelism
+    included: it used to print world / (tp x pp), DP 8 for a run that trains at DP 4."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    m = write_shaped_model(tmp_path / "m", tiny_ckpt_dir, "Qwen2.5-Math-1.5B")
+    rc, out, err = run_train(["--recipe", "qwen25_math_1p5b", f"model_dir={m}", "policy.cp=2", "--world-size", "8",
+                              "--check"])
+    from red_megatron.cli.train import parse_config
+    from red_megatron.config import check_layout
+
+    cfg = parse_config(["--recipe", "qwen25_math_1p5b", f"model_dir={m}", "policy.cp=2"])
+    assert rc == 0 and check_layout(cfg, 8) == 4, err
+    assert "world 8 = TP 1 x PP 1 x CP 2 x DP 4 " in out, out
+    assert f"{cfg.data.global_batch_size} prompts a step ({cfg.data.global_batch_size // 4} a DP rank)" in out, out
+
+
 def test_every_entry_point_answers_version(capsys):
     import importlib
 

@@ -89,12 +89,12 @@ def preflight(cfg, *, weights: bool = True) -> tuple[object, list[str]]:
     return hf, notes
 
 
-def summary(cfg, world: int, hf, notes: list[str]) -> str:
-    """One paragraph: the model, the layout, the batch and the lengths the run would use."""
+def summary(cfg, world: int, dp: int, hf, notes: list[str]) -> str:
+    """One paragraph: the model, the layout, the batch and the lengths the run would use; ``dp`` is the
+    run validator's (config.check_layout: the one place the world is split), never recomputed here."""
     from red_megatron.algo.presets import preset_stages
 
-    tp, pp = cfg.policy.tp, cfg.policy.pp
-    dp = world // (tp * pp)
+    tp, pp, cp = cfg.policy.tp, cfg.policy.pp, cfg.policy.cp
     ep = cfg.policy.ep
     moe = (f"; {hf.num_experts} experts top-{hf.moe_top_k} in {sum(hf.moe_layers)} of {hf.num_layers} layers, "
            f"{hf.num_active_params() / 1e9:.2f}B active, EP {ep} ({hf.num_experts // ep} experts an EP rank)"
@@ -107,7 +107,7 @@ def summary(cfg, world: int, hf, notes: list[str]) -> str:
     text = (f"check OK: {cfg.name} (algo.preset={cfg.algo.preset}, {cfg.steps} steps) on {hf.architecture} "
             f"{hf.num_params() / 1e9:.2f}B from {cfg.model_dir} ({hf.num_layers} layers, {hf.num_heads} heads / "
             f"{hf.num_kv_heads} KV heads, vocab {hf.vocab_size}, {hf.max_position_embeddings} positions); world "
-            f"{world} = TP {tp} x PP {pp} x DP {dp} ({hf.num_layers // pp} layers a stage, "
+            f"{world} = TP {tp} x PP {pp}{f' x CP {cp}' if cp > 1 else ''} x DP {dp} ({hf.num_layers // pp} layers a stage, "
             f"{hf.num_heads // tp} heads a TP rank, padded vocab {hf.padded_vocab_size(tp)}{moe}); {engines}; "
             f"{cfg.data.global_batch_size} prompts a step ({cfg.data.global_batch_size // dp} a DP rank) x "
             f"(G={g} online + 1 offline), prompts <= {cfg.data.max_prompt_tokens} and responses <= "
@@ -125,9 +125,9 @@ def _main(argv: list[str]) -> int:
     cfg = _resolve(args)
     world = world_size(args.world_size)
     hf, notes = preflight(cfg, weights=not args.check)
-    check_world(cfg, world)  # before megatron or vLLM start
+    dp = check_world(cfg, world)  # before megatron or vLLM start
     if args.check:
-        print(summary(cfg, world, hf, notes))
+        print(summary(cfg, world, dp, hf, notes))
         return 0
     from red_megatron.metrics import setup_run_logging
 
