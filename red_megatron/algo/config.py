@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from red_megatron.algo.contract import check_loss_scalar
 from red_megatron.algo.presets import PRESETS, preset_stages
 from red_megatron.algo.token_terms import AGGREGATIONS
 
@@ -66,41 +67,30 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.preset={self.preset!r}; valid presets: {', '.join(PRESETS)}")
         if not (isinstance(self.num_online, int) and self.num_online >= 1):
             raise ValueError(f"AlgoConfig.num_online (G) must be an int >= 1, got {self.num_online!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"AlgoConfig.temperature must be > 0, got {self.temperature}")
+        # the loss scalars: the contract's one statement of their ranges
+        for name in ("temperature", "eps_lo", "eps_hi", "luffy_gamma", "entropy_coef", "kl_coef", "tis_cap",
+                     "dpo_beta"):
+            check_loss_scalar(name, getattr(self, name), where="algo")
+        check_loss_scalar("tis_mask_bound", self.tis_mask_bound, where="algo", optional=True)
         if not 0 < self.adv_eps < 1:
             raise ValueError(f"AlgoConfig.adv_eps must be in (0, 1), got {self.adv_eps}")
         if self.rbar_source not in ("online", "all"):
             raise ValueError(f"AlgoConfig.rbar_source={self.rbar_source!r}; expected 'online' or 'all'")
         if self.offline_reward not in ("verify", "assume_one"):
             raise ValueError(f"AlgoConfig.offline_reward={self.offline_reward!r}; expected 'verify' or 'assume_one'")
-        if not 0 < self.eps_lo < 1:
-            raise ValueError(f"AlgoConfig.eps_lo must be in (0, 1), got {self.eps_lo}")
-        if not 0 < self.eps_hi <= 10:
-            raise ValueError(f"AlgoConfig.eps_hi must be in (0, 10], got {self.eps_hi}")
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"AlgoConfig.aggregation={self.aggregation!r}; expected None or one of {AGGREGATIONS}")
         uses_constant = self.aggregation == "constant" or any(s.aggregation == "constant" for s in preset_stages(self.preset))
         if uses_constant and not (self.loss_constant is not None and self.loss_constant > 0):
             raise ValueError(f"AlgoConfig.loss_constant must be > 0 with aggregation='constant', got {self.loss_constant}")
-        if not self.luffy_gamma > 0:
-            raise ValueError(f"AlgoConfig.luffy_gamma must be > 0, got {self.luffy_gamma}")
-        if self.entropy_coef < 0 or self.kl_coef < 0:
-            raise ValueError(f"AlgoConfig.entropy_coef and kl_coef must be >= 0, got {self.entropy_coef}, {self.kl_coef}")
         if self.off_policy not in ("auto", "none", "tis"):
             raise ValueError(f"AlgoConfig.off_policy={self.off_policy!r}; expected 'auto', 'none' or 'tis'")
         if self.old_logprobs not in ("auto", "always"):
             raise ValueError(f"AlgoConfig.old_logprobs={self.old_logprobs!r}; expected 'auto' or 'always'")
-        if not self.tis_cap >= 1:  # below 1 even an on-policy token (ratio 1) would be down-weighted
-            raise ValueError(f"AlgoConfig.tis_cap must be >= 1, got {self.tis_cap}")
         if not (isinstance(self.tis_max_nonfinite, (int, float)) and 0 <= self.tis_max_nonfinite <= 1):
             raise ValueError(f"AlgoConfig.tis_max_nonfinite must be a fraction in [0, 1], got {self.tis_max_nonfinite!r}")
-        if self.tis_mask_bound is not None and not self.tis_mask_bound > 1:
-            raise ValueError(f"AlgoConfig.tis_mask_bound must be None or > 1, got {self.tis_mask_bound}")
         if self.fixed_w is not None and not (isinstance(self.fixed_w, (int, float)) and 0 < self.fixed_w < float("inf")):
             raise ValueError(f"AlgoConfig.fixed_w must be None or a finite number > 0, got {self.fixed_w!r}")
-        if not (isinstance(self.dpo_beta, (int, float)) and 0 < self.dpo_beta < float("inf")):
-            raise ValueError(f"AlgoConfig.dpo_beta must be a finite number > 0, got {self.dpo_beta!r}")
         if not 0 <= self.guidance_p0 <= 1:
             raise ValueError(f"AlgoConfig.guidance_p0 must be in [0, 1], got {self.guidance_p0}")
         if not 0 < self.guidance_fade <= 1:
