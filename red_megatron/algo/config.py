@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from red_megatron.algo.contract import check_loss_scalar
+from red_megatron.algo.contract import DEFAULT_PARAMS, check_loss_scalar
 from red_megatron.algo.presets import PRESETS, preset_stages
 from red_megatron.algo.token_terms import AGGREGATIONS
 
@@ -19,18 +19,18 @@ class AlgoConfig:
     # the algorithm, one row of the paper's Table 2: red, grpo, sft, luffy, ... (red_megatron/algo/presets.py)
     preset: str = "red"
     num_online: int = 7  # G online samples per prompt (the group has G+1 with the trace)
-    temperature: float = 1.0  # sampling temperature = the temperature of logp/entropy in the loss
+    temperature: float = DEFAULT_PARAMS.temperature  # sampling temperature = the temperature of logp/entropy in the loss
     std_normalize: bool | None = None  # None: the preset's choice (luffy: False, others: True)
     adv_eps: float = 1e-6  # Â = (r − mean)/(std + adv_eps)
     rbar_source: Literal["online", "all"] = "online"  # r̄ from the G online samples, or all G+1
     offline_reward: Literal["verify", "assume_one"] = "verify"  # score the trace, or assume 1
-    eps_lo: float = 0.2  # clip(r, 1 − eps_lo, 1 + eps_hi); eps_hi > eps_lo is clip-higher
-    eps_hi: float = 0.2  # upper clip of the ratio, 1 + eps_hi (DAPO's clip-higher: 0.28)
+    eps_lo: float = DEFAULT_PARAMS.eps_lo  # clip(r, 1 − eps_lo, 1 + eps_hi); eps_hi > eps_lo is clip-higher
+    eps_hi: float = DEFAULT_PARAMS.eps_hi  # upper clip of the ratio, 1 + eps_hi (DAPO's clip-higher: 0.28)
     aggregation: Literal["sequence_mean", "token_mean", "constant"] | None = None  # None: preset's
     loss_constant: float | None = None  # C for aggregation='constant' (e.g. the max response length)
-    luffy_gamma: float = 0.1  # f(π) = π/(π + γ)
-    entropy_coef: float = 0.0  # entropy bonus (off in the paper)
-    kl_coef: float = 0.0  # k3 KL to a reference policy (off in the paper)
+    luffy_gamma: float = DEFAULT_PARAMS.luffy_gamma  # f(π) = π/(π + γ)
+    entropy_coef: float = DEFAULT_PARAMS.entropy_coef  # entropy bonus (off in the paper)
+    kl_coef: float = DEFAULT_PARAMS.kl_coef  # k3 KL to a reference policy (off in the paper)
     # off-policy correction (algo/off_policy.py, docs/ASYNC.md): decoupled PPO with a truncated importance
     # weight min(π_old/π_behaviour, tis_cap) on online tokens. 'auto': on iff rollout.max_staleness > 0;
     # 'tis' also at k = 0 (against the train/inference numeric mismatch). tis_mask_bound: mask whole samples
