@@ -31,11 +31,19 @@ class EvalRunConfig:
     # N: evaluate every N steps and after the last one with the run's engine, into run_dir/eval (0: off)
     every: int = 0
     periodic_limit: int | None = None  # unique problems of the evaluations before the last (None: the protocol's)
+    # with every: also evaluate the starting weights (step 0, before the first update; a fresh run only) with
+    # the last evaluation's protocol, the baseline of the table
+    at_start: bool = False
     protocol: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 0:
             raise ValueError(f"eval.every must be an int >= 0 (0: no evaluation in training), got {self.every!r}")
+        if not isinstance(self.at_start, bool):
+            raise ValueError(f"eval.at_start must be a bool (true/false), got {self.at_start!r}")
+        if self.at_start and not self.every:
+            raise ValueError("eval.at_start=true evaluates the starting weights for the table of eval.every: set "
+                             "eval.every (e.g. to steps, for a before/after pair)")
         if self.every and self.data_path is None:
             raise ValueError(f"eval.every={self.every} needs eval.data_path (the file to evaluate on)")
         if self.periodic_limit is not None and (not isinstance(self.periodic_limit, int) or self.periodic_limit < 1):

@@ -150,6 +150,19 @@ def test_check_mode_splits_the_world_with_the_run_validator(tmp_path, tiny_ckpt_
     assert f"{cfg.data.global_batch_size} prompts a step ({cfg.data.global_batch_size // 4} a DP rank)" in out, out
 
 
+def test_demo_names_the_rows_of_the_runs_own_evaluation_table():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from demo import demo_table
+
+    run_table = ("| Model | synthetic_copy | Avg. | LEN |\n|---|---:|---:|---:|\n| step 0 | 6.18 | 6.18 | 12 |\n"
+                 "| step 40 | 83.38 | 83.38 | 12 |\n\n- step 0: synthetic_copy: avg@2-10 (paper: -) over 10 problems\n"
+                 "- step 40: synthetic_copy: avg@2-10 (paper: -) over 10 problems\n")
+    got = demo_table(run_table, {"step 0": "base", "step 40": "after 40 steps of red from it"}).splitlines()
+    assert got[2:5] == ["| base | 6.18 | 6.18 | 12 |", "| after 40 steps of red from it | 83.38 | 83.38 | 12 |",
+                        "| chance (a random digit: the gold is one of 10) | 10.00 | 10.00 | – |"]
+    assert got[6] == "- base: synthetic_copy: avg@2-10 (paper: -) over 10 problems"
+
+
 def test_every_entry_point_answers_version(capsys):
     import importlib
 

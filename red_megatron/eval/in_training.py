@@ -5,7 +5,9 @@ and scored by its verifier pool.
 Each evaluation writes ``run_dir/eval/step_<N>/`` (results.json, samples.jsonl, table.md) and
 ``run_dir/eval/table.md``: one row a step evaluated so far. Its numbers join the step's metrics
 (``eval/acc``, ``eval/len``, ``eval/<benchmark>/acc``) in metrics.jsonl and TensorBoard. The periodic
-evaluations may use a subset (``eval.periodic_limit`` unique problems); the last one uses the protocol's.
+evaluations may use a subset (``eval.periodic_limit`` unique problems); the last one uses the protocol's, and
+so does ``eval.at_start``'s evaluation of the starting weights (step 0: the table's baseline row; it joins no
+metrics line, which are the steps').
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ class TrainingEval:
         from red_megatron.data.chat import eos_token_id
         from red_megatron.eval.runner import make_generate_fn, run_eval
 
-        cfg = self.protocol if step == steps else self.periodic
+        cfg = self.protocol if step in (0, steps) else self.periodic  # the baseline is compared with the last
         gen = make_generate_fn(self.engine, self.tokenizer, top_p=self.top_p,
                                stop_token_ids=[eos_token_id(self.tokenizer)])
         out = self.out / f"step_{step:08d}"
