@@ -57,7 +57,6 @@ class RunConfig:
     model_dir: str  # the initial policy: an HF directory (config.json, safetensors, tokenizer)
     seed: int = 0  # megatron's RNG and the rollout sampling seeds derive from it (the data order: data.seed)
     steps: int = 10  # optimiser steps (one per rollout batch, RED_SPEC step 7)
-    top_p: float = 1.0  # rollout nucleus; the paper samples at top_p 1
     checkpoint_every: int = 0  # 0: only at the end
     # also save when this many minutes passed since the last save (0: off); with checkpoint_every,
     # whichever comes first
@@ -68,7 +67,6 @@ class RunConfig:
     # resume=false in a run_dir holding another run's checkpoints/metrics: delete them first (else refused)
     overwrite: bool = False
     export_hf: bool = True  # write the final policy as an HF directory (run_dir/hf)
-    refit_bucket_mb: float = 256.0  # bytes a refit bucket holds before it is handed to the engine
     use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps
     # Debugging and layout parity: write each step's rollouts (all replicas) to a directory, or train on
     # rollouts recorded so, at any layout, instead of sampling (the engine is still refit every step).
@@ -92,10 +90,6 @@ class RunConfig:
         if not isinstance(self.checkpoint_every_minutes, (int, float)) or not self.checkpoint_every_minutes >= 0:
             raise ValueError(f"RunConfig.checkpoint_every_minutes must be a number >= 0 (0: off), "
                              f"got {self.checkpoint_every_minutes!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"RunConfig.top_p must be in (0, 1], got {self.top_p}")
-        if not self.refit_bucket_mb >= 0:
-            raise ValueError(f"RunConfig.refit_bucket_mb must be >= 0 (0: one tensor a bucket), got {self.refit_bucket_mb}")
         need = self.data.max_prompt_tokens + self.data.max_response_tokens
         # a micro-batch holds whole sequences; with CP each rank computes 1/cp of them, so the budget is
         # per CP rank of the padded sequence (padded to a multiple of 2·cp)

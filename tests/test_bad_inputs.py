@@ -51,7 +51,7 @@ CONFIG_CASES = [
     (["policy=2"], ["policy is a section"]),
     (["nosection.x=1"], ["unknown field 'nosection' of RunConfig"]),
     (["steps=0"], ["RunConfig.steps must be an int >= 1"]),
-    (["top_p=1.5"], ["RunConfig.top_p must be in (0, 1]"]),
+    (["rollout.top_p=1.5"], ["RolloutConfig.top_p must be in (0, 1]"]),
     (["rollout.tp_infer=2"], ["executor must be 'external_launcher'", "got 'uni'"]),
     (["rollout.max_model_len=8"], ["RolloutConfig.max_model_len must be >= 16"]),
     (["data.schema=csv"], ["DataConfig.schema must be one of"]),

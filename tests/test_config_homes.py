@@ -58,3 +58,15 @@ def test_the_loss_scalars_defaults_are_the_contracts():
     algo = AlgoConfig()
     for f in dataclasses.fields(LossParams):
         assert getattr(algo, f.name) == getattr(DEFAULT_PARAMS, f.name), f.name
+
+
+def test_the_sampling_settings_sit_in_the_rollout_section():
+    """top_p and refit_bucket_mb were RunConfig fields beside the rollout section (issue 28)."""
+    from configs import get_recipe
+    from red_megatron.overrides import apply_overrides
+    from red_megatron.rollout.sampling import SamplingConfig
+
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert not run_fields & {"top_p", "refit_bucket_mb"}
+    cfg = apply_overrides(get_recipe("tiny_cpu"), ["rollout.top_p=0.9", "rollout.refit_bucket_mb=8"])
+    assert SamplingConfig.from_run(cfg, online=True).top_p == 0.9 and cfg.rollout.refit_bucket_mb == 8

@@ -29,7 +29,7 @@ class TrainingEval:
         self.periodic = self.protocol if cfg.eval.periodic_limit is None else \
             dataclasses.replace(self.protocol, limit=cfg.eval.periodic_limit)
         self.out = Path(cfg.run_dir) / "eval"
-        self.top_p, self.engine, self.scorer, self.tokenizer = cfg.top_p, engine, scorer, tokenizer
+        self.top_p, self.engine, self.scorer, self.tokenizer = cfg.rollout.top_p, engine, scorer, tokenizer
         self.done: list[Path] = sorted(self.out.glob("step_*/results.json"))  # a resumed run keeps its rows
         self.dataset = None
         if enabled:
