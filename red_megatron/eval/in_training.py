@@ -22,7 +22,8 @@ log = logging.getLogger("red_megatron.trainer")
 class TrainingEval:
     def __init__(self, cfg, *, tokenizer, engine, scorer, enabled: bool):
         """``cfg``: the RunConfig; ``enabled``: this rank evaluates (rank 0, which holds an engine)."""
-        from red_megatron.data.dataset import DataConfig, RedDataset
+        from red_megatron.data.dataset import RedDataset
+        from red_megatron.eval.runner import eval_data_config
 
         self.every, self.enabled = cfg.eval.every, enabled
         self.protocol = cfg.eval.protocol
@@ -33,11 +34,7 @@ class TrainingEval:
         self.done: list[Path] = sorted(self.out.glob("step_*/results.json"))  # a resumed run keeps its rows
         self.dataset = None
         if enabled:
-            d = cfg.data
-            self.dataset = RedDataset.load(DataConfig(
-                path=cfg.eval.data_path, schema=cfg.eval.schema, require_trace=False, chat_template=d.chat_template,
-                system_prompt=d.system_prompt, prompt_template=d.prompt_template, max_prompt_tokens=d.max_prompt_tokens,
-                answer_check="off", global_batch_size=1, shuffle=False), tokenizer)
+            self.dataset = RedDataset.load(eval_data_config(cfg), tokenizer)
 
     def due(self, step: int, steps: int) -> bool:
         return bool(self.every) and (step % self.every == 0 or step == steps)
