@@ -32,8 +32,11 @@ from pathlib import Path
 from red_megatron.cli.common import add_overrides, parser, shared_data_dir
 from red_megatron.errors import UserError, run_cli
 
-# red-eval's window when no recipe sets one: a bound, not a size (the engine gets the longest prompt + max_tokens)
+# red-eval's bounds when no recipe sets them, not sizes (the engine gets the longest prompt + max_tokens): a
+# benchmark prompt under a small tokenizer (the tiny checkpoint's: 1,092 tokens for a MATH-500 row) is refused
+# by data.max_prompt_tokens' default of 1024
 _WINDOW_BOUND = 32768
+_PROMPT_BOUND = 4096
 
 
 def default_data() -> str:
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def base_config(model: str):
     """The run config red-eval starts from without a recipe or file: the classes' defaults, the shared
-    benchmarks as eval.data_path, bounds on the window large enough for the protocol's 8k responses (a
+    benchmarks as eval.data_path, bounds on the prompt and the window large enough for any benchmark prompt and
+    the protocol's 8k responses (a
     training run's micro-batch rule applies to every RunConfig), and 85% of a GPU for the engine (it is
     alone there, unlike a training run's)."""
     from red_megatron.config import EvalRunConfig, RunConfig
@@ -70,7 +74,8 @@ def base_config(model: str):
     from red_megatron.rollout.config import RolloutConfig
 
     data = default_data()
-    return RunConfig(model_dir=model, data=DataConfig(path=data), eval=EvalRunConfig(data_path=data),
+    return RunConfig(model_dir=model, data=DataConfig(path=data, max_prompt_tokens=_PROMPT_BOUND),
+                     eval=EvalRunConfig(data_path=data),
                      rollout=RolloutConfig(max_model_len=_WINDOW_BOUND, gpu_memory_utilization=0.85),
                      policy=PolicyConfig(micro_batch_tokens=_WINDOW_BOUND))
 
