@@ -64,10 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def base_config(model: str):
     """The run config red-eval starts from without a recipe or file: the classes' defaults, the shared
-    benchmarks as eval.data_path, bounds on the prompt and the window large enough for any benchmark prompt and
-    the protocol's 8k responses (a
-    training run's micro-batch rule applies to every RunConfig), and 85% of a GPU for the engine (it is
-    alone there, unlike a training run's)."""
+    benchmarks as eval.data_path, bounds on the prompt and the window large enough for any benchmark prompt
+    and the protocol's 8k responses (a training run's micro-batch rule applies to every RunConfig), and 85%
+    of a GPU for the engine (it is alone there, unlike a training run's)."""
     from red_megatron.config import EvalRunConfig, RunConfig
     from red_megatron.data.dataset import DataConfig
     from red_megatron.policy.config import PolicyConfig
