@@ -12,7 +12,7 @@ import torch
 
 # The per-token kinds and the loss's default scalars are the algorithm's (docs/KERNEL_CONTRACT.md):
 # defined once in red_megatron.algo.contract, a torch-only module (the one red_megatron import here).
-from red_megatron.algo.contract import DEFAULT_PARAMS, KINDS, TokenKind  # noqa: E402,F401
+from red_megatron.algo.contract import DEFAULT_PARAMS, KINDS, TokenKind, check_loss_scalar  # noqa: E402,F401
 
 
 class RedLossOutput(NamedTuple):
@@ -47,14 +47,9 @@ def check_inputs(logits_NV: torch.Tensor, target_N: torch.Tensor, *, vocab_start
         raise ValueError(f"vocab_start: expected an int >= 0, got {vocab_start!r}")
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise ValueError(f"vocab_size: expected an int >= 1, got {vocab_size!r}")
-    if not (float(temperature) > 0.0):
-        raise ValueError(f"temperature: expected > 0, got {temperature!r}")
-    if not (0.0 <= eps_lo < 1.0):
-        raise ValueError(f"eps_lo: expected in [0, 1), got {eps_lo!r}")
-    if not (eps_hi >= 0.0):
-        raise ValueError(f"eps_hi: expected >= 0, got {eps_hi!r}")
-    if not (luffy_gamma > 0.0):
-        raise ValueError(f"luffy_gamma: expected > 0, got {luffy_gamma!r}")
+    # the contract's ranges (the kernels accept any entropy_coef sign: the loss math is tested with both)
+    for name, v in (("temperature", temperature), ("eps_lo", eps_lo), ("eps_hi", eps_hi), ("luffy_gamma", luffy_gamma)):
+        check_loss_scalar(name, v, where="red_loss")
     for name, t in (per_token or {}).items():
         if t is None:
             if name == "ref_logp_N" and kl_coef != 0.0:

@@ -31,11 +31,19 @@ class EvalRunConfig:
     # N: evaluate every N steps and after the last one with the run's engine, into run_dir/eval (0: off)
     every: int = 0
     periodic_limit: int | None = None  # unique problems of the evaluations before the last (None: the protocol's)
+    # with every: also evaluate the starting weights (step 0, before the first update; a fresh run only) with
+    # the last evaluation's protocol, the baseline of the table
+    at_start: bool = False
     protocol: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 0:
             raise ValueError(f"eval.every must be an int >= 0 (0: no evaluation in training), got {self.every!r}")
+        if not isinstance(self.at_start, bool):
+            raise ValueError(f"eval.at_start must be a bool (true/false), got {self.at_start!r}")
+        if self.at_start and not self.every:
+            raise ValueError("eval.at_start=true evaluates the starting weights for the table of eval.every: set "
+                             "eval.every (e.g. to steps, for a before/after pair)")
         if self.every and self.data_path is None:
             raise ValueError(f"eval.every={self.every} needs eval.data_path (the file to evaluate on)")
         if self.periodic_limit is not None and (not isinstance(self.periodic_limit, int) or self.periodic_limit < 1):
@@ -49,7 +57,6 @@ class RunConfig:
     model_dir: str  # the initial policy: an HF directory (config.json, safetensors, tokenizer)
     seed: int = 0  # megatron's RNG and the rollout sampling seeds derive from it (the data order: data.seed)
     steps: int = 10  # optimiser steps (one per rollout batch, RED_SPEC step 7)
-    top_p: float = 1.0  # rollout nucleus; the paper samples at top_p 1
     checkpoint_every: int = 0  # 0: only at the end
     # also save when this many minutes passed since the last save (0: off); with checkpoint_every,
     # whichever comes first
@@ -60,7 +67,6 @@ class RunConfig:
     # resume=false in a run_dir holding another run's checkpoints/metrics: delete them first (else refused)
     overwrite: bool = False
     export_hf: bool = True  # write the final policy as an HF directory (run_dir/hf)
-    refit_bucket_mb: float = 256.0  # bytes a refit bucket holds before it is handed to the engine
     use_preset_schedule: bool = True  # a preset's own lr/epochs (sft: 5e-5, 3 epochs) replace policy.lr/steps
     # Debugging and layout parity: write each step's rollouts (all replicas) to a directory, or train on
     # rollouts recorded so, at any layout, instead of sampling (the engine is still refit every step).
@@ -84,10 +90,6 @@ class RunConfig:
         if not isinstance(self.checkpoint_every_minutes, (int, float)) or not self.checkpoint_every_minutes >= 0:
             raise ValueError(f"RunConfig.checkpoint_every_minutes must be a number >= 0 (0: off), "
                              f"got {self.checkpoint_every_minutes!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"RunConfig.top_p must be in (0, 1], got {self.top_p}")
-        if not self.refit_bucket_mb >= 0:
-            raise ValueError(f"RunConfig.refit_bucket_mb must be >= 0 (0: one tensor a bucket), got {self.refit_bucket_mb}")
         need = self.data.max_prompt_tokens + self.data.max_response_tokens
         # a micro-batch holds whole sequences; with CP each rank computes 1/cp of them, so the budget is
         # per CP rank of the padded sequence (padded to a multiple of 2·cp)
@@ -174,16 +176,17 @@ def check_checkpoint(cfg: RunConfig) -> None:
                          f"{hf.max_position_embeddings} ({cfg.model_dir}/config.json)")
 
 
-def check_world(cfg: RunConfig, world_size: int) -> None:
+def check_world(cfg: RunConfig, world_size: int) -> int:
     """The run validator: every rule that needs the launch (world size) or the checkpoint, applied
     once, before any model or engine is built (the rules on the config alone ran when it was made);
-    one ValueError naming the fields."""
+    one ValueError naming the fields. Returns the data-parallel size (check_layout's)."""
     from red_megatron.config_values import check_values
 
     check_values(cfg)
-    check_layout(cfg, world_size)
+    dp = check_layout(cfg, world_size)
     check_checkpoint(cfg)
     check_resume(cfg)
+    return dp
 
 
 def check_resume(cfg: RunConfig) -> None:

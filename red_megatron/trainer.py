@@ -329,6 +329,8 @@ class _Run:
         last: dict = {}
         last_save = time.monotonic()
         try:
+            if self.evaluator is not None and self.cfg.eval.at_start and self.step == 0:
+                self.evaluator.run(0, self.steps)  # the starting weights: the engine holds model_dir's
             while self.step < self.steps:
                 stop, due = self._stop_or_due(last_save)
                 if stop or due:

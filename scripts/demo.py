@@ -6,8 +6,9 @@
    answers right, made once and cached under runs/assets), then RED from it with real Megatron-Core
    (policy) and vLLM (rollouts), the `tiny_cpu_study` recipe (lr 1e-3),
 4. plots of the run (entropy dynamics as the paper's Figure 6, reward, response length),
-5. the evaluation protocol on the held-out split for the random init, the base and the RED policy,
-   as a Table-2-shaped table with the chance line.
+5. the evaluation protocol on the held-out split, run by the training itself (eval.every, eval.at_start):
+   the base before the first update and the RED policy after the last, as a Table-2-shaped table with
+   the chance line (runs/demo/table.md; each evaluation under runs/demo/run/eval).
 Runs on the CPU where there is no GPU (about two minutes on 2 cores); uses the GPU when present.
 Library output (vLLM, megatron) goes to <out>/run/logs/library.log; the console shows the demo's lines.
 
@@ -16,8 +17,6 @@ Library output (vLLM, megatron) goes to <out>/run/logs/library.log; the console 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import time
@@ -67,11 +66,12 @@ def main(argv=None) -> int:
 
     ensure("tiny_cpu_study")  # the recipe's files, made once
     cfg = apply_overrides(get_recipe("tiny_cpu_study"), overrides + list(args.overrides))
-    init_ckpt, eval_data = Path(cfg.model_dir), cfg.eval.data_path
-    ckpt = init_ckpt
+    ckpt = Path(cfg.model_dir)
     if args.base_steps > 0:
         ckpt = _sft_base(cfg, args.base_steps, t0)
-        cfg = apply_overrides(cfg, [f"model_dir={ckpt}"])
+    # the run evaluates itself (eval.every): its starting weights (step 0) and its last step, with the same
+    # protocol on its own engine: the before/after pair of the table
+    cfg = apply_overrides(cfg, [f"model_dir={ckpt}", f"eval.every={cfg.steps}", "eval.at_start=true"])
     device = "GPU (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "CPU"
     _say(f"RED: preset={cfg.algo.preset}, {cfg.steps} steps x {cfg.data.global_batch_size} prompts x "
          f"({cfg.algo.num_online} online + 1 offline) on the {device}; run dir {run_dir}", t0)
@@ -83,36 +83,33 @@ def main(argv=None) -> int:
     for p in plot_run(run_dir):
         _say(f"plot {p}", t0)
 
-    from red_megatron.cli.eval import main as eval_main
+    base = f"SFT warm-up base ({args.base_steps} steps)" if args.base_steps > 0 else "random init"
+    names = {"step 0": base, f"step {cfg.steps}": f"after {cfg.steps} steps of {cfg.algo.preset} from it"}
+    table = out / "table.md"
+    table.write_text(demo_table((run_dir / "eval" / "table.md").read_text(), names))
+    print(table.read_text(), flush=True)
+    _say(f"done: metrics {run_dir / 'metrics.jsonl'}, plots {run_dir / 'plots'}, evaluation {table} (each step's: "
+         f"{run_dir / 'eval'})", t0)
+    return 0
 
-    common = ["--data", str(eval_data), "--max-tokens", str(cfg.eval.protocol.max_tokens), "--dtype",
-              cfg.rollout.dtype, "--reward-workers", "1", "--max-prompt-tokens", str(cfg.data.max_prompt_tokens)]
-    rows = [(init_ckpt, "random init", "init")]
-    if ckpt != init_ckpt:
-        rows.append((ckpt, f"SFT warm-up base ({args.base_steps} steps)", "base"))
-    rows.append((run_dir / "hf", f"after {cfg.steps} steps of {cfg.algo.preset} from it" if ckpt != init_ckpt
-                 else f"after {cfg.steps} steps of {cfg.algo.preset}", "final"))
-    done = []
-    lib_log = open(run_dir / "logs" / "library.log", "a")  # noqa: SIM115 - closed below
-    # each eval prints its table (the last one holds every row); vLLM's progress bars go to the log
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(lib_log):
-        for model, name, key in rows:
-            rc = eval_main(["--model", str(model), "--name", name, "--out", str(out / "eval" / key), "--include",
-                            *done] + common)
-            if rc:
-                raise SystemExit(rc)
-            done.append(str(out / "eval" / key / "results.json"))
-    lib_log.close()
-    table = out / "eval" / "final" / "table.md"
-    lines = table.read_text().splitlines()
+
+def demo_table(run_table: str, names: dict[str, str]) -> str:
+    """The run's evaluation table (a row a step evaluated) with the demo's row names and the chance line
+    under the last row."""
+    lines = []
+    for line in run_table.splitlines():
+        cells = line.split("|")
+        if len(cells) > 2 and cells[1].strip() in names:
+            cells[1] = f" {names[cells[1].strip()]} "
+        line = "|".join(cells)
+        for old, new in names.items():  # the protocol notes under the table name the rows too
+            if line.startswith(f"- {old}: "):
+                line = f"- {new}: " + line[len(f"- {old}: "):]
+        lines.append(line)
     last_row = max(i for i, line in enumerate(lines) if line.startswith("|") and all(
         x.startswith("|") for x in lines[:i + 1] if x.strip()))
     lines.insert(last_row + 1, "| chance (a random digit: the gold is one of 10) | 10.00 | 10.00 | – |")
-    table.write_text("\n".join(lines) + "\n")
-    print(table.read_text(), flush=True)
-    _say(f"done: metrics {run_dir / 'metrics.jsonl'}, plots {run_dir / 'plots'}, "
-         f"evaluation {out / 'eval' / 'final' / 'table.md'}", t0)
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 def _sft_base(cfg, steps: int, t0: float) -> Path:

@@ -87,8 +87,8 @@ def test_rollout_options(kw, match):
 
 @pytest.mark.parametrize("kw,match", [
     (dict(off_policy="is"), "AlgoConfig.off_policy='is'"),
-    (dict(tis_cap=0), "AlgoConfig.tis_cap must be >= 1"), (dict(tis_cap=0.5), "AlgoConfig.tis_cap must be >= 1"),
-    (dict(tis_mask_bound=1.0), "AlgoConfig.tis_mask_bound must be None or > 1"),
+    (dict(tis_cap=0), "algo.tis_cap must be >= 1"), (dict(tis_cap=0.5), "algo.tis_cap must be >= 1"),
+    (dict(tis_mask_bound=1.0), "algo.tis_mask_bound must be None or > 1"),
 ])
 def test_off_policy_options(kw, match):
     with pytest.raises(ValueError, match=match):

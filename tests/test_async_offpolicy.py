@@ -120,7 +120,7 @@ def test_no_correction_when_behaviour_is_old():
     assert m["offpolicy/kl_k3_behaviour_old"] == 0 and m["offpolicy/masked_samples"] == 0
 
 
-@pytest.mark.parametrize("kw,match", [(dict(cap=0.0), "cap must be > 0"), (dict(mask_bound=1.0), "mask_bound")])
+@pytest.mark.parametrize("kw,match", [(dict(cap=0.0), r"tis_cap must be >= 1"), (dict(cap=0.5), r"tis_cap must be >= 1"), (dict(mask_bound=1.0), "mask_bound")])
 def test_bad_options(kw, match):
     z = torch.zeros(3)
     with pytest.raises(ValueError, match=match):

@@ -51,7 +51,7 @@ CONFIG_CASES = [
     (["policy=2"], ["policy is a section"]),
     (["nosection.x=1"], ["unknown field 'nosection' of RunConfig"]),
     (["steps=0"], ["RunConfig.steps must be an int >= 1"]),
-    (["top_p=1.5"], ["RunConfig.top_p must be in (0, 1]"]),
+    (["rollout.top_p=1.5"], ["RolloutConfig.top_p must be in (0, 1]"]),
     (["rollout.tp_infer=2"], ["executor must be 'external_launcher'", "got 'uni'"]),
     (["rollout.max_model_len=8"], ["RolloutConfig.max_model_len must be >= 16"]),
     (["data.schema=csv"], ["DataConfig.schema must be one of"]),
@@ -210,14 +210,15 @@ def test_data_file_refusals(tmp_path, tiny_ckpt_dir, name, write, expected):
     p = tmp_path / name
     if write is not None:
         write(p)
-    rc, _, err = run_main("eval", ["--model", str(tiny_ckpt_dir), "--data", str(p), "--out", str(tmp_path / "o")])
+    rc, _, err = run_main("eval", ["--model", str(tiny_ckpt_dir), f"eval.data_path={p}", "--out", str(tmp_path / "o")])
     assert_refused(rc, err, *expected)
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["protocol.temp=1"], ["unknown field 'temp' of protocol"]),
-    (["engine.tp=x"], ["engine.tp='x': expected an integer"]),
-    (["data.too_long_prompt=zz"], ["bad value 'zz' in data.too_long_prompt"]),
+    (["eval.protocol.temp=1"], ["eval.protocol.temp=1: unknown field 'temp' of EvalConfig"]),
+    (["rollout.tp_infer=x"], ["rollout.tp_infer='x': expected an integer"]),
+    (["data.too_long_prompt=zz"], ["too_long_prompt", "zz"]),
+    (["protocol.temperature=0.6"], ["unknown field 'protocol' of RunConfig"]),  # red-eval's old private sections are gone
 ])
 def test_eval_override_refusals(tiny_ckpt_dir, argv, expected):
     rc, _, err = run_main("eval", ["--model", str(tiny_ckpt_dir), *argv])

@@ -85,8 +85,8 @@ def run_train(argv: list[str]) -> tuple[int, str, str]:
 
 # (README line, model, world size): one 8-GPU node for 1.5B, 2 nodes for 7B (the launch line) and 32B
 README_RUNS = [
-    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_46k_8192.parquet", "Qwen2.5-Math-1.5B", 1),
-    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_46k_8192.parquet", "Qwen2.5-Math-1.5B", 8),
+    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_math_46k_8192.parquet", "Qwen2.5-Math-1.5B", 1),
+    ("--recipe qwen25_math_1p5b model_dir={m} data.path=/data/openr1_math_46k_8192.parquet", "Qwen2.5-Math-1.5B", 8),
     ("--recipe qwen25_7b model_dir={m}", "Qwen2.5-7B", 16),
     ("--recipe qwen25_32b model_dir={m}", "Qwen2.5-32B", 16),
 ]
@@ -132,6 +132,35 @@ def test_check_mode_takes_overrides_in_any_order(tmp_path, tiny_ckpt_dir, monkey
                                   "--check"])
         assert rc == 0, err
         assert "vLLM tp_infer=2 (external_launcher executor" in out
+
+
+def test_check_mode_splits_the_world_with_the_run_validator(tmp_path, tiny_ckpt_dir, monkeypatch):
+    """--check prints the data-parallel size the run uses (config.check_layout's), context parallelism
+    included: it used to print world / (tp x pp), DP 8 for a run that trains at DP 4."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    m = write_shaped_model(tmp_path / "m", tiny_ckpt_dir, "Qwen2.5-Math-1.5B")
+    rc, out, err = run_train(["--recipe", "qwen25_math_1p5b", f"model_dir={m}", "policy.cp=2", "--world-size", "8",
+                              "--check"])
+    from red_megatron.cli.train import parse_config
+    from red_megatron.config import check_layout
+
+    cfg = parse_config(["--recipe", "qwen25_math_1p5b", f"model_dir={m}", "policy.cp=2"])
+    assert rc == 0 and check_layout(cfg, 8) == 4, err
+    assert "world 8 = TP 1 x PP 1 x CP 2 x DP 4 " in out, out
+    assert f"{cfg.data.global_batch_size} prompts a step ({cfg.data.global_batch_size // 4} a DP rank)" in out, out
+
+
+def test_demo_names_the_rows_of_the_runs_own_evaluation_table():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from demo import demo_table
+
+    run_table = ("| Model | synthetic_copy | Avg. | LEN |\n|---|---:|---:|---:|\n| step 0 | 6.18 | 6.18 | 12 |\n"
+                 "| step 40 | 83.38 | 83.38 | 12 |\n\n- step 0: synthetic_copy: avg@2-10 (paper: -) over 10 problems\n"
+                 "- step 40: synthetic_copy: avg@2-10 (paper: -) over 10 problems\n")
+    got = demo_table(run_table, {"step 0": "base", "step 40": "after 40 steps of red from it"}).splitlines()
+    assert got[2:5] == ["| base | 6.18 | 6.18 | 12 |", "| after 40 steps of red from it | 83.38 | 83.38 | 12 |",
+                        "| chance (a random digit: the gold is one of 10) | 10.00 | 10.00 | – |"]
+    assert got[6] == "- base: synthetic_copy: avg@2-10 (paper: -) over 10 problems"
 
 
 def test_every_entry_point_answers_version(capsys):

@@ -85,3 +85,71 @@ def test_every_config_field_is_described():
     missing = undocumented_fields()
     assert not missing, (f"config fields without a description in docs/CONFIG.md: {missing}; add a `# ...` comment "
                          f"beside (or above) the field, or an entry in its class docstring")
+
+
+def _readme_commands() -> list[list[str]]:
+    from tests.test_readme_commands import readme_commands
+
+    return [shlex.split(c) for c in readme_commands()]
+
+
+def test_readme_data_paths_are_the_ones_prepare_data_writes(tmp_path, monkeypatch):
+    """Every data file a quickstart command reads (its overrides, else its recipe's defaults as the job sees
+    them) is the --out of a README prepare_data.py line; and prepare_data writes exactly its --out."""
+    from red_megatron.cli.common import resolve_run_config
+
+    monkeypatch.delenv("RED_DATA_ROOT", raising=False)
+    cmds = _readme_commands()
+    prepare = [c for c in cmds if "scripts/prepare_data.py" in c]
+    written = {c[c.index("--out") + 1] for c in prepare}
+    assert {"/data/openr1_math_46k_8192.parquet", "/data/math_eval.parquet"} <= written, written
+    read = {}
+    for c in cmds:
+        if "--recipe" not in c or not c[c.index("--recipe") + 1].startswith("qwen"):
+            continue
+        overrides = [a for a in c if "=" in a and not a.startswith("-")]
+        cfg = resolve_run_config(c[c.index("--recipe") + 1], None, overrides)
+        read[cfg.data.path] = read[cfg.eval.data_path] = " ".join(c[:4])
+    for c in cmds:
+        read.update({a.partition("=")[2]: " ".join(c[:4]) for a in c if a.startswith("eval.data_path=")})
+    assert len(read) >= 2 and all(p in written for p in read), \
+        {p: cmd for p, cmd in read.items() if p not in written}
+    # the local-file line runs: its output is where the line says (rebased under tmp_path)
+    line = next(c for c in prepare if not c[c.index("--source") + 1].startswith(("$", "Elliott")))
+    src = tmp_path / line[line.index("--source") + 1]
+    src.parent.mkdir(parents=True)
+    src.write_text(json.dumps({"question": "What is 2+3?", "answer": "5", "solution": "\\boxed{5}"}) + "\n")
+    out = tmp_path / line[line.index("--out") + 1].lstrip("/")
+    out.parent.mkdir(parents=True)
+    sys.path.insert(0, str(REPO / "scripts"))
+    from prepare_data import main as prepare_main
+
+    assert prepare_main(["--source", str(src), "--out", str(out)]) == 0 and out.is_file()
+
+
+def test_readme_and_docs_link_nothing_outside_the_repository():
+    offenders = []
+    for f in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = f.read_text()
+        for m in re.finditer(r"\.\./shared|/work/", text):
+            offenders.append(f"{f.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group()}")
+        for link in re.findall(r"\]\(([^)#\s]+)", text):
+            if link.startswith(("http://", "https://", "mailto:")):
+                continue
+            target = (f.parent / link).resolve()
+            if not target.is_relative_to(REPO) or not target.exists():
+                offenders.append(f"{f.name}: link {link}")
+    assert not offenders, offenders
+
+
+def test_the_container_image_the_docs_name_has_vllm_and_megatron_core():
+    container = (REPO / "docs" / "CONTAINER.md").read_text()
+    image = re.search(r"enroot import -o (\S+) dockerd://(\S+)", container)
+    assert image, "docs/CONTAINER.md says how the built image becomes pyxis's file"
+    named = [c[c.index("--container-image") + 1] for c in _readme_commands() if "--container-image" in c]
+    named += re.findall(r"--container-image (\S+)", (REPO / "docs" / "LAUNCH.md").read_text())
+    assert len(named) >= 3 and set(named) == {image.group(1)}, named
+    dockerfile = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    assert f"-t {image.group(2)} ." in container
+    assert re.search(r'pip install "vllm==[\d.]+"', dockerfile) and re.search(r'"megatron-core==[\d.]+"', dockerfile)
+    assert "import megatron.core, vllm" in dockerfile  # the build fails on an image without them

@@ -231,8 +231,8 @@ def test_eval_script_end_to_end_on_tiny_checkpoint(tiny_ckpt_dir, tmp_path):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "eval.py"), "--model", str(tiny_ckpt_dir), "--name", "tiny",
-         "--data", str(EVAL_PARQUET), "--out", str(out), "--per-source-limit", "1", "--max-repeats", "2",
-         "--max-tokens", "8", "--reward-workers", "1"],
+         f"eval.data_path={EVAL_PARQUET}", "--out", str(out), "eval.protocol.per_source_limit=1",
+         "eval.protocol.max_repeats=2", "eval.protocol.max_tokens=8", "reward.num_workers=1"],
         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())

@@ -20,8 +20,9 @@ def test_red_eval_console_is_quiet(tmp_path):
 
     a = tiny_assets()
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "red_megatron.cli.eval", "--model", str(a["model_dir"]), "--data", str(a["eval"]),
-           "--limit", "2", "--max-tokens", "8", "--dtype", "float32", "--reward-workers", "1", "--out", str(out)]
+    cmd = [sys.executable, "-m", "red_megatron.cli.eval", "--model", str(a["model_dir"]), f"eval.data_path={a['eval']}",
+           "eval.protocol.limit=2", "eval.protocol.max_tokens=8", "rollout.dtype=float32", "reward.num_workers=1",
+           "--out", str(out)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     rc, so, se = run_in_session(cmd, timeout=600, what="red-eval", env=env, cwd=REPO)
     assert rc == 0, se[-3000:]

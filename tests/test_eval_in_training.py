@@ -27,17 +27,28 @@ def _train(run_dir, *overrides):
 
 def test_eval_every_writes_its_table_and_leaves_training_alone(tmp_path):
     err = _train(tmp_path / "eval", "eval.every=1", "eval.periodic_limit=2", "eval.protocol.limit=4",
-                 "eval.protocol.max_tokens=16")
-    assert "eval at step 1: Avg." in err and "eval at step 2: Avg." in err
+                 "eval.protocol.max_tokens=16", "eval.at_start=true")
+    assert "eval at step 0: Avg." in err and "eval at step 1: Avg." in err and "eval at step 2: Avg." in err
     recs = read_metrics(tmp_path / "eval")
+    assert [r["step"] for r in recs] == [1, 2]  # the baseline joins the table, not the steps' metrics
     assert all(0.0 <= r["eval/acc"] <= 100.0 and r["eval/len"] > 0 for r in recs)
     assert all("eval/synthetic_copy/acc" in r for r in recs)
     table = (tmp_path / "eval" / "eval" / "table.md").read_text()
-    assert "| step 1 |" in table and "| step 2 |" in table
-    assert "over 2 problems" in table and "over 4 problems" in table  # the periodic subset, then the whole
-    assert sorted(p.name for p in (tmp_path / "eval" / "eval").glob("step_*")) == ["step_00000001", "step_00000002"]
+    assert "| step 0 |" in table and "| step 1 |" in table and "| step 2 |" in table
+    # the periodic subset at step 1; the baseline (step 0) and the last step on the whole protocol
+    assert "step 0: synthetic_copy" in table and table.count("over 4 problems") == 2 and "over 2 problems" in table
+    assert sorted(p.name for p in (tmp_path / "eval" / "eval").glob("step_*")) == \
+        ["step_00000000", "step_00000001", "step_00000002"]
     _train(tmp_path / "plain")
     plain = read_metrics(tmp_path / "plain")
     for key in ("optim/loss", "optim/grad_norm", "reward/mean", "entropy/h_rl"):
         assert [r[key] for r in recs] == [r[key] for r in plain], f"{key}: evaluating changed the training"
     assert not any(k.startswith("eval/") for k in plain[-1])
+
+
+def test_at_start_needs_every():
+    from red_megatron.config import EvalRunConfig
+
+    with pytest.raises(ValueError, match="eval.at_start=true .* set eval.every"):
+        EvalRunConfig(data_path="x.parquet", at_start=True)
+    assert EvalRunConfig(data_path="x.parquet", every=5, at_start=True).at_start

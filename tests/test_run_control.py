@@ -27,8 +27,8 @@ SFT = ("algo.preset=sft", "use_preset_schedule=false", "export_hf=false", "metri
 
 def _cmd(run_dir, *overrides, nproc: int = 0) -> list[str]:
     args = [str(REPO / "scripts" / "train.py"), "--recipe", "tiny_cpu", "--run-dir", str(run_dir), *SFT, *overrides]
-    if nproc:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args]
+    if nproc:  # red-train starts torchrun itself (red_megatron.launch.torchrun)
+        return [sys.executable, args[0], "--nproc-per-node", str(nproc), *args[1:]]
     return [sys.executable, *args]
 
 
@@ -114,7 +114,7 @@ def test_a_signal_under_torchrun_saves_and_the_run_resumes_bit_exactly(tmp_path)
             assert proc.poll() is None, proc.communicate()[1][-4000:]
             assert time.time() < deadline, "the run did not reach step 2"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)  # to torchrun, as Slurm or a scheduler stops a job
+        proc.send_signal(signal.SIGTERM)  # to torchrun's agent, as Slurm or a scheduler stops a job
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -122,10 +122,11 @@ def test_a_signal_under_torchrun_saves_and_the_run_resumes_bit_exactly(tmp_path)
             proc.wait()
     done = [r["step"] for r in read_metrics(run)]
     assert 2 <= done[-1] < 6, done
-    lines = [ln for ln in err.splitlines() if ln.startswith("red-train: ")]
-    assert lines == [f"red-train: stopped by SIGTERM after step {done[-1]}/6; checkpoint saved in "
-                     f"{run / 'checkpoints'} (run the same command again to resume)"], err[-4000:]
-    # (torchrun itself then exits 1 with its own SignalException traceback: its behaviour, not the run's)
+    # one line and exit 3: plain torchrun added its SignalException traceback here and exited 1
+    assert proc.returncode == EXIT_INTERRUPTED and "Traceback" not in err, (proc.returncode, err[-4000:])
+    assert err.strip().splitlines()[-1] == (f"red-train: stopped by SIGTERM after step {done[-1]}/6; checkpoint saved "
+                                            f"in {run / 'checkpoints'} (run the same command again to resume)"), err
+    assert sum(ln.startswith("red-train: ") for ln in err.splitlines()) == 1, err[-4000:]
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{done[-1]:08d}"
 
     rc, out, err = run_in_session(_cmd(run, *common, nproc=2), timeout=600, what="resumed run", env=_env(), cwd=REPO)
@@ -166,3 +167,17 @@ def test_ctrl_c_on_a_rollout_run_saves_and_exits_with_one_line(tmp_path):
         f"command again to resume)"), err[-4000:]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
         ["latest", f"step_{step - 1:08d}", f"step_{step:08d}"]  # one save a step: the timed checkpoints
+
+
+def test_the_torchrun_wrapper_is_quiet_only_for_a_stop_or_a_refusal():
+    from collections import namedtuple
+
+    from red_megatron.launch.torchrun import quiet_exit_code
+
+    F = namedtuple("F", "exitcode")
+    assert quiet_exit_code({0: F(3), 1: F(3)}, stopped=True) == EXIT_INTERRUPTED
+    assert quiet_exit_code({0: F(3), 1: F(-15)}, stopped=True) == EXIT_INTERRUPTED  # rank 1 closed by the agent
+    assert quiet_exit_code({0: F(3), 1: F(-15)}, stopped=False) is None
+    assert quiet_exit_code({0: F(2)}, stopped=False) == 2  # a rank's refusal: its one line is the message
+    assert quiet_exit_code({0: F(1)}, stopped=True) is None  # a crash keeps torchrun's report
+    assert quiet_exit_code({0: F(3), 1: F(1)}, stopped=True) is None

@@ -22,7 +22,7 @@ CASES = [
     (["algo.temperature=nan"], ["temperature", "nan"]),  # NaN fails the section's own range check first
     (["algo.tis_cap=inf"], ["non-finite value in algo.tis_cap=inf"]),
     (["policy.clip_grad=nan"], ["clip_grad", "nan"]),
-    (["algo.tis_cap=0.5"], ["AlgoConfig.tis_cap must be >= 1"]),
+    (["algo.tis_cap=0.5"], ["algo.tis_cap must be >= 1"]),
     (["seed=-1"], ["negative seed in seed=-1", "expected an int >= 0"]),
 ]
 

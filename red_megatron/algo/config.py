@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from red_megatron.algo.contract import DEFAULT_PARAMS, check_loss_scalar
 from red_megatron.algo.presets import PRESETS, preset_stages
 from red_megatron.algo.token_terms import AGGREGATIONS
 
@@ -18,18 +19,18 @@ class AlgoConfig:
     # the algorithm, one row of the paper's Table 2: red, grpo, sft, luffy, ... (red_megatron/algo/presets.py)
     preset: str = "red"
     num_online: int = 7  # G online samples per prompt (the group has G+1 with the trace)
-    temperature: float = 1.0  # sampling temperature = the temperature of logp/entropy in the loss
+    temperature: float = DEFAULT_PARAMS.temperature  # sampling temperature = the temperature of logp/entropy in the loss
     std_normalize: bool | None = None  # None: the preset's choice (luffy: False, others: True)
     adv_eps: float = 1e-6  # Â = (r − mean)/(std + adv_eps)
     rbar_source: Literal["online", "all"] = "online"  # r̄ from the G online samples, or all G+1
     offline_reward: Literal["verify", "assume_one"] = "verify"  # score the trace, or assume 1
-    eps_lo: float = 0.2  # clip(r, 1 − eps_lo, 1 + eps_hi); eps_hi > eps_lo is clip-higher
-    eps_hi: float = 0.2  # upper clip of the ratio, 1 + eps_hi (DAPO's clip-higher: 0.28)
+    eps_lo: float = DEFAULT_PARAMS.eps_lo  # clip(r, 1 − eps_lo, 1 + eps_hi); eps_hi > eps_lo is clip-higher
+    eps_hi: float = DEFAULT_PARAMS.eps_hi  # upper clip of the ratio, 1 + eps_hi (DAPO's clip-higher: 0.28)
     aggregation: Literal["sequence_mean", "token_mean", "constant"] | None = None  # None: preset's
     loss_constant: float | None = None  # C for aggregation='constant' (e.g. the max response length)
-    luffy_gamma: float = 0.1  # f(π) = π/(π + γ)
-    entropy_coef: float = 0.0  # entropy bonus (off in the paper)
-    kl_coef: float = 0.0  # k3 KL to a reference policy (off in the paper)
+    luffy_gamma: float = DEFAULT_PARAMS.luffy_gamma  # f(π) = π/(π + γ)
+    entropy_coef: float = DEFAULT_PARAMS.entropy_coef  # entropy bonus (off in the paper)
+    kl_coef: float = DEFAULT_PARAMS.kl_coef  # k3 KL to a reference policy (off in the paper)
     # off-policy correction (algo/off_policy.py, docs/ASYNC.md): decoupled PPO with a truncated importance
     # weight min(π_old/π_behaviour, tis_cap) on online tokens. 'auto': on iff rollout.max_staleness > 0;
     # 'tis' also at k = 0 (against the train/inference numeric mismatch). tis_mask_bound: mask whole samples
@@ -66,41 +67,30 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.preset={self.preset!r}; valid presets: {', '.join(PRESETS)}")
         if not (isinstance(self.num_online, int) and self.num_online >= 1):
             raise ValueError(f"AlgoConfig.num_online (G) must be an int >= 1, got {self.num_online!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"AlgoConfig.temperature must be > 0, got {self.temperature}")
+        # the loss scalars: the contract's one statement of their ranges
+        for name in ("temperature", "eps_lo", "eps_hi", "luffy_gamma", "entropy_coef", "kl_coef", "tis_cap",
+                     "dpo_beta"):
+            check_loss_scalar(name, getattr(self, name), where="algo")
+        check_loss_scalar("tis_mask_bound", self.tis_mask_bound, where="algo", optional=True)
         if not 0 < self.adv_eps < 1:
             raise ValueError(f"AlgoConfig.adv_eps must be in (0, 1), got {self.adv_eps}")
         if self.rbar_source not in ("online", "all"):
             raise ValueError(f"AlgoConfig.rbar_source={self.rbar_source!r}; expected 'online' or 'all'")
         if self.offline_reward not in ("verify", "assume_one"):
             raise ValueError(f"AlgoConfig.offline_reward={self.offline_reward!r}; expected 'verify' or 'assume_one'")
-        if not 0 < self.eps_lo < 1:
-            raise ValueError(f"AlgoConfig.eps_lo must be in (0, 1), got {self.eps_lo}")
-        if not 0 < self.eps_hi <= 10:
-            raise ValueError(f"AlgoConfig.eps_hi must be in (0, 10], got {self.eps_hi}")
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"AlgoConfig.aggregation={self.aggregation!r}; expected None or one of {AGGREGATIONS}")
         uses_constant = self.aggregation == "constant" or any(s.aggregation == "constant" for s in preset_stages(self.preset))
         if uses_constant and not (self.loss_constant is not None and self.loss_constant > 0):
             raise ValueError(f"AlgoConfig.loss_constant must be > 0 with aggregation='constant', got {self.loss_constant}")
-        if not self.luffy_gamma > 0:
-            raise ValueError(f"AlgoConfig.luffy_gamma must be > 0, got {self.luffy_gamma}")
-        if self.entropy_coef < 0 or self.kl_coef < 0:
-            raise ValueError(f"AlgoConfig.entropy_coef and kl_coef must be >= 0, got {self.entropy_coef}, {self.kl_coef}")
         if self.off_policy not in ("auto", "none", "tis"):
             raise ValueError(f"AlgoConfig.off_policy={self.off_policy!r}; expected 'auto', 'none' or 'tis'")
         if self.old_logprobs not in ("auto", "always"):
             raise ValueError(f"AlgoConfig.old_logprobs={self.old_logprobs!r}; expected 'auto' or 'always'")
-        if not self.tis_cap >= 1:  # below 1 even an on-policy token (ratio 1) would be down-weighted
-            raise ValueError(f"AlgoConfig.tis_cap must be >= 1, got {self.tis_cap}")
         if not (isinstance(self.tis_max_nonfinite, (int, float)) and 0 <= self.tis_max_nonfinite <= 1):
             raise ValueError(f"AlgoConfig.tis_max_nonfinite must be a fraction in [0, 1], got {self.tis_max_nonfinite!r}")
-        if self.tis_mask_bound is not None and not self.tis_mask_bound > 1:
-            raise ValueError(f"AlgoConfig.tis_mask_bound must be None or > 1, got {self.tis_mask_bound}")
         if self.fixed_w is not None and not (isinstance(self.fixed_w, (int, float)) and 0 < self.fixed_w < float("inf")):
             raise ValueError(f"AlgoConfig.fixed_w must be None or a finite number > 0, got {self.fixed_w!r}")
-        if not (isinstance(self.dpo_beta, (int, float)) and 0 < self.dpo_beta < float("inf")):
-            raise ValueError(f"AlgoConfig.dpo_beta must be a finite number > 0, got {self.dpo_beta!r}")
         if not 0 <= self.guidance_p0 <= 1:
             raise ValueError(f"AlgoConfig.guidance_p0 must be in [0, 1], got {self.guidance_p0}")
         if not 0 < self.guidance_fade <= 1:

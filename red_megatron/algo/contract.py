@@ -17,7 +17,7 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -33,6 +33,36 @@ class TokenKind(enum.IntEnum):
 KINDS: tuple[int, ...] = tuple(int(k) for k in TokenKind)
 
 
+# The loss scalars' ranges, stated once: AlgoConfig (the run's config), LossParams (the policy's), the kernels'
+# entry checks and the off-policy / DPO helpers all validate through check_loss_scalar.
+LOSS_SCALAR_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "temperature": (lambda v: v > 0, "> 0"),
+    "eps_lo": (lambda v: 0 < v < 1, "in (0, 1)"),  # 1 − eps_lo is the ratio's lower clip
+    "eps_hi": (lambda v: 0 < v <= 10, "in (0, 10]"),  # 1 + eps_hi its upper clip (DAPO's clip-higher: 0.28)
+    "luffy_gamma": (lambda v: v > 0, "> 0"),
+    "entropy_coef": (lambda v: v >= 0, ">= 0"),
+    "kl_coef": (lambda v: v >= 0, ">= 0"),
+    "tis_cap": (lambda v: v >= 1, ">= 1"),  # below 1 even an on-policy token (ratio 1) would be down-weighted
+    "tis_mask_bound": (lambda v: v > 1, "> 1"),  # samples whose ratio leaves [1/bound, bound] are masked
+    "dpo_beta": (lambda v: v > 0, "> 0"),
+}
+
+
+def check_loss_scalar(name: str, value, *, where: str, optional: bool = False) -> None:
+    """One ValueError ``<where>.<name> must be <range>, got <value>`` unless ``value`` is a finite number in
+    the scalar's range (or None where ``optional``). ``where``: the section as the user writes it (``algo``
+    for the run config), else the class or function."""
+    ok, expected = LOSS_SCALAR_RULES[name]
+    if optional and value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{where}.{name} must be a number {expected}, got {value!r}")
+    if not math.isfinite(value):  # config_values' wording: the same refusal as any other non-finite field
+        raise ValueError(f"non-finite value in {where}.{name}={value!r}: expected a finite number {expected}")
+    if not ok(value):
+        raise ValueError(f"{where}.{name} must be {'None or ' if optional else ''}{expected}, got {value!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class LossParams:
     """The loss's scalars (not per token). Defaults here are the only ones in the code base."""
@@ -45,13 +75,8 @@ class LossParams:
     kl_coef: float = 0.0  # + kl_coef · Σ weight·k3(ref_logp, logp)
 
     def __post_init__(self) -> None:
-        checks = (("temperature", self.temperature > 0, "> 0"), ("eps_lo", 0 <= self.eps_lo < 1, "in [0, 1)"),
-                  ("eps_hi", self.eps_hi >= 0, ">= 0"), ("luffy_gamma", self.luffy_gamma > 0, "> 0"),
-                  ("entropy_coef", self.entropy_coef >= 0, ">= 0"), ("kl_coef", self.kl_coef >= 0, ">= 0"))
-        for name, ok, expected in checks:
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and ok):
-                raise ValueError(f"LossParams.{name}={v!r}; expected a finite number {expected}")
+        for f in dataclasses.fields(self):
+            check_loss_scalar(f.name, getattr(self, f.name), where="LossParams")
 
     def loss_kwargs(self) -> dict[str, float]:
         """The keyword scalars of red_token_loss / kernels.red_loss besides the temperature."""

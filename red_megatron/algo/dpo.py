@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from red_megatron.algo.contract import TokenKind, TokenTerms
+from red_megatron.algo.contract import TokenKind, TokenTerms, check_loss_scalar
 from red_megatron.algo.groups import check_groups, per_token, sample_index_of_tokens
 
 
@@ -92,8 +92,7 @@ def dpo_token_terms(*, logp_N: torch.Tensor, ref_logp_N: torch.Tensor, response_
                     pairs: Pairs, beta: float, num_pairs: int | None = None) -> tuple[TokenTerms, dict[str, float]]:
     """The contract's bundle (kind DPO, Â the sequence coefficient, weight 1/P on paired samples) and the
     step's DPO metrics, from the no-grad pass's log-probs of the policy and of the reference."""
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    check_loss_scalar("dpo_beta", beta, where="dpo_token_terms")
     lens = response_len_B.long()
     B = lens.numel()
     P = pairs.chosen_P.numel() if num_pairs is None else int(num_pairs)

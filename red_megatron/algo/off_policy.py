@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from red_megatron.algo.contract import check_loss_scalar
+
 
 @dataclass(frozen=True)
 class OffPolicyWeights:
@@ -45,11 +47,8 @@ def truncated_is_weights(logp_old_N: torch.Tensor, logp_behaviour_N: torch.Tenso
                          sample_idx_N: torch.Tensor, num_samples: int, *, cap: float = 2.0,
                          mask_bound: float | None = None) -> OffPolicyWeights:
     """ρ_t = min(exp(logp_old − logp_behaviour), cap) on online tokens; see the module docstring."""
-    if not cap > 0:
-        raise ValueError(f"truncated_is_weights: cap must be > 0, got {cap}")
-    if mask_bound is not None and not mask_bound > 1:
-        raise ValueError(f"truncated_is_weights: mask_bound must be > 1 (samples with a geometric-mean ratio "
-                         f"outside [1/bound, bound] are masked), got {mask_bound}")
+    check_loss_scalar("tis_cap", cap, where="truncated_is_weights")  # the contract's range, as AlgoConfig's
+    check_loss_scalar("tis_mask_bound", mask_bound, where="truncated_is_weights", optional=True)
     n = logp_old_N.shape[0]
     for name, t in (("logp_behaviour_N", logp_behaviour_N), ("is_offline_N", is_offline_N),
                     ("sample_idx_N", sample_idx_N)):

@@ -1,14 +1,12 @@
 """What the entry points share: the parser's common flags, override parsing, and where things are.
 
 Every entry point takes ``section.field=value`` arguments with the same parser
-(``red_megatron.overrides``): red-train, red-launch, red-study and red-export override the run's
-``RunConfig``; red-eval overrides its own options, grouped as sections (``protocol.temperature=0.6``
-is ``--temperature 0.6``).
+(``red_megatron.overrides``) on the same ``RunConfig``: red-train, red-launch, red-study, red-export and
+red-eval (its evaluation reads the eval, data, rollout and reward sections).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 
@@ -100,47 +98,3 @@ def world_size(flag: int | None) -> int:
     if n < 1:
         raise UserError(f"bad world size in WORLD_SIZE={raw!r}: expected an int >= 1")
     return n
-
-
-def _group_fields(ap: argparse.ArgumentParser, sections: tuple[str, ...]) -> dict[str, list[argparse.Action]]:
-    out: dict[str, list[argparse.Action]] = {}
-    for g in ap._action_groups:  # noqa: SLF001 - argparse offers no public view of its groups
-        if g.title in sections:
-            out[g.title] = [a for a in g._group_actions if a.dest != "help"]  # noqa: SLF001
-    return out
-
-
-def apply_namespace_overrides(ap: argparse.ArgumentParser, args: argparse.Namespace, overrides: list[str],
-                              sections: tuple[str, ...]) -> argparse.Namespace:
-    """``section.field=value`` onto a flat argparse namespace, through the one override parser.
-
-    Each argument group named in ``sections`` becomes a dataclass whose fields are its options
-    (typed by the option's ``type``); an unknown field lists the valid ones, as for a recipe.
-    """
-    from red_megatron.overrides import apply_overrides
-
-    if not overrides:
-        return args
-    groups = _group_fields(ap, sections)
-    made = {}
-    for title, actions in groups.items():
-        fields = []
-        for a in actions:
-            tp = bool if isinstance(a.const, bool) and a.nargs == 0 else (a.type or str)
-            tp = tp if isinstance(tp, type) else str
-            if a.default is None and tp is not bool:
-                tp = tp | None
-            fields.append((a.dest, tp, dataclasses.field(default_factory=lambda v=getattr(args, a.dest): v)))
-        made[title] = dataclasses.make_dataclass(title, fields, kw_only=True)()
-    root = dataclasses.make_dataclass(
-        "options", [(t, type(v), dataclasses.field(default_factory=lambda v=v: v)) for t, v in made.items()],
-        kw_only=True)()
-    new = apply_overrides(root, overrides)
-    for title, actions in groups.items():
-        sec = getattr(new, title)
-        for a in actions:
-            value = getattr(sec, a.dest)
-            if a.choices is not None and value is not None and value not in a.choices:
-                raise UserError(f"bad value {value!r} in {title}.{a.dest}: expected one of {list(a.choices)}")
-            setattr(args, a.dest, value)
-    return args

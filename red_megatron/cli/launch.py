@@ -7,7 +7,7 @@
       --account ACCT --partition batch --time 04:00:00 --container-image IMG \\
       --container-mounts /lustre:/lustre --code-dir /lustre/red-megatron --run-dir /lustre/runs/red7b \\
       --exclusive --mem 0 --dry-run model_dir=/lustre/models/Qwen2.5-7B \\
-      data.path=/lustre/data/openr1_46k_8192.parquet eval.data_path=/lustre/data/math_eval.parquet
+      data.path=/lustre/data/openr1_math_46k_8192.parquet eval.data_path=/lustre/data/math_eval.parquet
   # a sweep: one task per value (the cartesian product of several --sweep flags)
   red-launch --recipe tiny_cpu --nproc 1 --sweep algo.preset=grpo,red steps=2
 

@@ -1,7 +1,7 @@
 """red-train: one RED (or any preset's) run from a recipe and section.field=value overrides.
 
   red-train --recipe tiny_cpu steps=2                          # one process (the CPU demo's recipe)
-  torchrun --nproc-per-node 8 scripts/train.py --recipe qwen25_math_1p5b model_dir=... data.path=...
+  red-train --nproc-per-node 8 --recipe qwen25_math_1p5b model_dir=... data.path=...   # 8 processes (torchrun)
   red-train --recipe qwen25_7b model_dir=/ckpt/Qwen2.5-7B --world-size 16 --check   # validate only
   red-train --config my_run.yaml policy.lr=1e-5          # a config file (YAML/JSON), then overrides
   red-train --config runs/x/run_config.json              # replay a run exactly as it was resolved
@@ -14,7 +14,9 @@ the world size are checked. ``--check`` stops there: it reads config.json (no we
 summary of the resolved layout and exits 0. A refusal is one line on stderr and exit code 2.
 
 SIGINT (Ctrl-C), SIGTERM and SIGUSR1 stop the run after the current step: it saves a checkpoint, prints
-one line and exits with code 3; the same command resumes it (docs/RUNS.md).
+one line and exits with code 3; the same command resumes it (docs/RUNS.md). Under plain torchrun the
+ranks do the same, and torchrun then adds its own traceback and exits 1: ``red-train --nproc-per-node N``
+(torchrun through red_megatron.launch.torchrun) ends with the one line and exit 3.
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ def build_parser():
                          "print the layout, exit (no weights, no engines)")
     ap.add_argument("--world-size", type=int, default=None,
                     help="the world size to validate for (default: $WORLD_SIZE, else 1)")
+    ap.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                    help="run N processes on this machine under torchrun (red_megatron.launch.torchrun), after "
+                         "these checks: a stop signal ends in the run's one line and exit 3, no torchrun traceback")
     ap.add_argument("--help-config", action=_HelpConfig,
                     help="print the configuration reference (every section.field, its type, default and meaning, "
                          "as Markdown: docs/CONFIG.md) and exit")
@@ -89,12 +94,12 @@ def preflight(cfg, *, weights: bool = True) -> tuple[object, list[str]]:
     return hf, notes
 
 
-def summary(cfg, world: int, hf, notes: list[str]) -> str:
-    """One paragraph: the model, the layout, the batch and the lengths the run would use."""
+def summary(cfg, world: int, dp: int, hf, notes: list[str]) -> str:
+    """One paragraph: the model, the layout, the batch and the lengths the run would use; ``dp`` is the
+    run validator's (config.check_layout: the one place the world is split), never recomputed here."""
     from red_megatron.algo.presets import preset_stages
 
-    tp, pp = cfg.policy.tp, cfg.policy.pp
-    dp = world // (tp * pp)
+    tp, pp, cp = cfg.policy.tp, cfg.policy.pp, cfg.policy.cp
     ep = cfg.policy.ep
     moe = (f"; {hf.num_experts} experts top-{hf.moe_top_k} in {sum(hf.moe_layers)} of {hf.num_layers} layers, "
            f"{hf.num_active_params() / 1e9:.2f}B active, EP {ep} ({hf.num_experts // ep} experts an EP rank)"
@@ -107,7 +112,7 @@ def summary(cfg, world: int, hf, notes: list[str]) -> str:
     text = (f"check OK: {cfg.name} (algo.preset={cfg.algo.preset}, {cfg.steps} steps) on {hf.architecture} "
             f"{hf.num_params() / 1e9:.2f}B from {cfg.model_dir} ({hf.num_layers} layers, {hf.num_heads} heads / "
             f"{hf.num_kv_heads} KV heads, vocab {hf.vocab_size}, {hf.max_position_embeddings} positions); world "
-            f"{world} = TP {tp} x PP {pp} x DP {dp} ({hf.num_layers // pp} layers a stage, "
+            f"{world} = TP {tp} x PP {pp}{f' x CP {cp}' if cp > 1 else ''} x DP {dp} ({hf.num_layers // pp} layers a stage, "
             f"{hf.num_heads // tp} heads a TP rank, padded vocab {hf.padded_vocab_size(tp)}{moe}); {engines}; "
             f"{cfg.data.global_batch_size} prompts a step ({cfg.data.global_batch_size // dp} a DP rank) x "
             f"(G={g} online + 1 offline), prompts <= {cfg.data.max_prompt_tokens} and responses <= "
@@ -123,12 +128,21 @@ def _main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     cfg = _resolve(args)
-    world = world_size(args.world_size)
+    nproc = args.nproc_per_node
+    if nproc is not None and (nproc < 1 or "LOCAL_RANK" in os.environ):
+        raise UserError(f"bad --nproc-per-node={nproc} in red-train: expected an int >= 1, outside torchrun "
+                        f"(red-train starts it)")
+    world = world_size(args.world_size if nproc is None else nproc)
     hf, notes = preflight(cfg, weights=not args.check)
-    check_world(cfg, world)  # before megatron or vLLM start
+    dp = check_world(cfg, world)  # before megatron or vLLM start
     if args.check:
-        print(summary(cfg, world, hf, notes))
+        print(summary(cfg, world, dp, hf, notes))
         return 0
+    if nproc is not None:
+        from red_megatron.launch.torchrun import run_torchrun
+
+        return run_torchrun(["--standalone", "--nproc-per-node", str(nproc), "--module", "red_megatron.cli.train",
+                             *_without_nproc(argv)])
     from red_megatron.metrics import setup_run_logging
 
     rank = int(os.environ.get("RANK", "0"))
@@ -155,6 +169,18 @@ def _main(argv: list[str]) -> int:
         keep = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         print(json.dumps({"run_dir": cfg.run_dir, "seconds": round(time.time() - t0, 1), **keep}, indent=1))
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc-per-node":
+            skip = True
+        elif not a.startswith("--nproc-per-node="):
+            out.append(a)
+    return out
 
 
 def main(argv=None) -> int:

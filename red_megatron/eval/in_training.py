@@ -5,7 +5,9 @@ and scored by its verifier pool.
 Each evaluation writes ``run_dir/eval/step_<N>/`` (results.json, samples.jsonl, table.md) and
 ``run_dir/eval/table.md``: one row a step evaluated so far. Its numbers join the step's metrics
 (``eval/acc``, ``eval/len``, ``eval/<benchmark>/acc``) in metrics.jsonl and TensorBoard. The periodic
-evaluations may use a subset (``eval.periodic_limit`` unique problems); the last one uses the protocol's.
+evaluations may use a subset (``eval.periodic_limit`` unique problems); the last one uses the protocol's, and
+so does ``eval.at_start``'s evaluation of the starting weights (step 0: the table's baseline row; it joins no
+metrics line, which are the steps').
 """
 from __future__ import annotations
 
@@ -20,22 +22,19 @@ log = logging.getLogger("red_megatron.trainer")
 class TrainingEval:
     def __init__(self, cfg, *, tokenizer, engine, scorer, enabled: bool):
         """``cfg``: the RunConfig; ``enabled``: this rank evaluates (rank 0, which holds an engine)."""
-        from red_megatron.data.dataset import DataConfig, RedDataset
+        from red_megatron.data.dataset import RedDataset
+        from red_megatron.eval.runner import eval_data_config
 
         self.every, self.enabled = cfg.eval.every, enabled
         self.protocol = cfg.eval.protocol
         self.periodic = self.protocol if cfg.eval.periodic_limit is None else \
             dataclasses.replace(self.protocol, limit=cfg.eval.periodic_limit)
         self.out = Path(cfg.run_dir) / "eval"
-        self.top_p, self.engine, self.scorer, self.tokenizer = cfg.top_p, engine, scorer, tokenizer
+        self.top_p, self.engine, self.scorer, self.tokenizer = cfg.rollout.top_p, engine, scorer, tokenizer
         self.done: list[Path] = sorted(self.out.glob("step_*/results.json"))  # a resumed run keeps its rows
         self.dataset = None
         if enabled:
-            d = cfg.data
-            self.dataset = RedDataset.load(DataConfig(
-                path=cfg.eval.data_path, schema=cfg.eval.schema, require_trace=False, chat_template=d.chat_template,
-                system_prompt=d.system_prompt, prompt_template=d.prompt_template, max_prompt_tokens=d.max_prompt_tokens,
-                answer_check="off", global_batch_size=1, shuffle=False), tokenizer)
+            self.dataset = RedDataset.load(eval_data_config(cfg), tokenizer)
 
     def due(self, step: int, steps: int) -> bool:
         return bool(self.every) and (step % self.every == 0 or step == steps)
@@ -47,7 +46,7 @@ class TrainingEval:
         from red_megatron.data.chat import eos_token_id
         from red_megatron.eval.runner import make_generate_fn, run_eval
 
-        cfg = self.protocol if step == steps else self.periodic
+        cfg = self.protocol if step in (0, steps) else self.periodic  # the baseline is compared with the last
         gen = make_generate_fn(self.engine, self.tokenizer, top_p=self.top_p,
                                stop_token_ids=[eos_token_id(self.tokenizer)])
         out = self.out / f"step_{step:08d}"

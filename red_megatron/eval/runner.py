@@ -1,4 +1,4 @@
-"""Glue between the protocol and a generation engine, shared by scripts/eval.py and the trainer.
+"""Glue between the protocol and a generation engine, shared by red-eval and the trainer.
 
 ``make_generate_fn`` adapts any object with the RolloutEngine ``generate`` signature (token ids
 in, ``RolloutSample``s out) to the protocol's ``generate_fn``; it calls no vLLM API itself, so
@@ -11,6 +11,22 @@ from typing import Any, Sequence
 
 from red_megatron.eval.protocol import EvalConfig, EvalResult, GenerateFn, evaluate
 from red_megatron.eval.report import load_records, markdown_table, protocol_note, result_record, write_result
+
+
+def eval_data_config(cfg) -> "DataConfig":
+    """How a run config reads its evaluation file (eval.data_path in eval.schema's layout): the prompt and
+    key settings of ``data`` (the template, system turn, chat template and keys the policy is prompted
+    with), no trace, no batching; rows without a data_source are named after the eval file. One definition
+    for the in-training evaluation and red-eval."""
+    from red_megatron.data.dataset import DataConfig
+
+    d = cfg.data
+    return DataConfig(path=cfg.eval.data_path, schema=cfg.eval.schema, prompt_key=d.prompt_key,
+                      problem_key=d.problem_key, answer_key=d.answer_key, data_source_key=d.data_source_key,
+                      prompt_template=d.prompt_template,
+                      system_prompt=d.system_prompt, chat_template=d.chat_template, require_trace=False,
+                      max_prompt_tokens=d.max_prompt_tokens, too_long_prompt=d.too_long_prompt, eos_token=d.eos_token,
+                      answer_check="off", global_batch_size=1, shuffle=False)
 
 
 def make_generate_fn(engine: Any, tokenizer: Any, *, top_p: float = 1.0,

@@ -17,25 +17,9 @@ Skipped updates do not advance the schedule, as in Megatron's loop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(kw_only=True)
-class OptimSettings:
-    """What ``build_optimizer`` / ``build_scheduler`` need (PolicyConfig fills it)."""
-
-    lr: float
-    min_lr: float
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
-    clip_grad: float
-    warmup_steps: int
-    lr_decay_steps: int
-    params_dtype: torch.dtype
-    use_distributed_optimizer: bool
+from red_megatron.policy.config import PolicyConfig
 
 
 def wrap_ddp(chunks: list, *, use_distributed_optimizer: bool) -> list:
@@ -56,19 +40,20 @@ def wrap_ddp(chunks: list, *, use_distributed_optimizer: bool) -> list:
     return out
 
 
-def build_optimizer(ddp_chunks: list, s: OptimSettings):
-    """Megatron AdamW (decoupled weight decay) over the DDP chunks."""
+def build_optimizer(ddp_chunks: list, s: PolicyConfig):
+    """Megatron AdamW (decoupled weight decay) over the DDP chunks, from the policy's own config."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+    params_dtype = getattr(torch, s.dtype)  # PolicyConfig.dtype is one of DTYPES: torch's names
     cfg = OptimizerConfig(optimizer="adam", lr=s.lr, min_lr=s.min_lr, weight_decay=s.weight_decay,
-                          adam_beta1=s.betas[0], adam_beta2=s.betas[1], adam_eps=s.eps, clip_grad=s.clip_grad,
-                          bf16=s.params_dtype == torch.bfloat16, fp16=False, params_dtype=s.params_dtype,
+                          adam_beta1=s.adam_beta1, adam_beta2=s.adam_beta2, adam_eps=s.adam_eps, clip_grad=s.clip_grad,
+                          bf16=params_dtype == torch.bfloat16, fp16=False, params_dtype=params_dtype,
                           use_distributed_optimizer=s.use_distributed_optimizer, decoupled_weight_decay=True,
                           log_num_zeros_in_grad=False)
     return get_megatron_optimizer(cfg, ddp_chunks)
 
 
-def build_scheduler(optimizer, s: OptimSettings):
+def build_scheduler(optimizer, s: PolicyConfig):
     """Megatron's OptimizerParamScheduler: linear warmup from 0, cosine to min_lr, constant wd."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 

@@ -19,24 +19,7 @@ import torch
 import torch.distributed as dist
 
 from red_megatron.policy import compat
-from red_megatron.policy.config import check_expert_grid
-
-
-@dataclass(kw_only=True)
-class ParallelConfig:
-    tp: int = 1
-    pp: int = 1
-    cp: int = 1
-    ep: int = 1  # expert parallelism: the routed experts split over ep ranks (expert-tensor parallel = tp)
-    seed: int = 1234
-
-    def __post_init__(self) -> None:
-        for name in ("tp", "pp", "cp", "ep"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"ParallelConfig.{name} must be an int >= 1, got {v!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"ParallelConfig.seed must be an int >= 0, got {self.seed!r}")
+from red_megatron.policy.config import PolicyConfig, check_expert_grid
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,7 +178,8 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, *, cp: int =
     experts' matrices split over tp (megatron's expert grid needs world % (tp*ep*pp) == 0).
     """
     global _current
-    cfg = ParallelConfig(tp=tp, pp=pp, cp=cp, ep=ep, seed=seed)
+    # the sizes' rules are PolicyConfig's (the run's own fields): one statement of them
+    cfg = PolicyConfig(tp=tp, pp=pp, cp=cp, ep=ep, seed=seed)
     compat.enable()
     _ensure_process_group()
     world = dist.get_world_size()

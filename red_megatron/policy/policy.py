@@ -27,7 +27,7 @@ from red_megatron.policy.batching import SequenceBatch, StepBatch, plan_micro_ba
 from red_megatron.policy.checkpoint import LoadInfo, load_checkpoint, resolve_checkpoint, save_checkpoint
 from red_megatron.policy.config import PolicyConfig
 from red_megatron.policy.context_parallel import localize_micro_batch
-from red_megatron.policy.optim import (OptimSettings, build_optimizer, build_scheduler, current_lr, optimizer_step,
+from red_megatron.policy.optim import (build_optimizer, build_scheduler, current_lr, optimizer_step,
                                        wrap_ddp, zero_grads)
 from red_megatron.policy.parallel import ParallelGroups
 from red_megatron.policy.passes import (finalize_grads_sum, logprob_pass, resolve_fused_head_impl, resolve_loss_impl,
@@ -90,13 +90,8 @@ class MegatronPolicy:
                     hidden_lm_head(c.output_layer)
         self.ddp = wrap_ddp(chunks, use_distributed_optimizer=cfg.use_distributed_optimizer)
         mcfg.no_sync_func = [m.no_sync for m in self.ddp] if len(self.ddp) > 1 else self.ddp[0].no_sync
-        self._settings = OptimSettings(lr=cfg.lr, min_lr=cfg.min_lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                       eps=cfg.adam_eps, weight_decay=cfg.weight_decay, clip_grad=cfg.clip_grad,
-                                       warmup_steps=cfg.warmup_steps, lr_decay_steps=cfg.lr_decay_steps,
-                                       params_dtype=_DTYPES[cfg.dtype],
-                                       use_distributed_optimizer=cfg.use_distributed_optimizer)
-        self.optimizer = build_optimizer(self.ddp, self._settings)
-        self.scheduler = build_scheduler(self.optimizer, self._settings)
+        self.optimizer = build_optimizer(self.ddp, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
         if cfg.fused_lm_head:
             self._red_loss, self._logprob_entropy = resolve_fused_head_impl(cfg.loss_impl, fp32_matmul=cfg.lm_head_fp32)
         else:

@@ -27,7 +27,7 @@ class ColocatedRollout(Rollout):
 
             self.engine = RolloutEngine(cfg.model_dir, cfg.rollout)
             self.refit_plan = RefitPlan.for_engine(self.engine, policy.hf_weight_specs(),
-                                                   bucket_bytes=int(cfg.refit_bucket_mb * 2**20))
+                                                   bucket_bytes=int(cfg.rollout.refit_bucket_mb * 2**20))
 
     @property
     def local_engine(self):

@@ -43,6 +43,8 @@ class RolloutConfig:
     """
 
     tp_infer: int = 1
+    top_p: float = 1.0  # the sampling nucleus (training rollouts and evaluations); the paper samples at top_p 1
+    refit_bucket_mb: float = 256.0  # bytes a refit bucket holds before it is handed to the engine
     gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU memory (weights + KV cache); ignored on the CPU
     max_model_len: int = 1024  # vLLM's context window: at least data.max_prompt_tokens + data.max_response_tokens
     dtype: str = "bfloat16"  # the engine's weights and activations (float32 on the CPU recipe)
@@ -86,6 +88,11 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.tp_infer < 1:
             raise ValueError(f"RolloutConfig.tp_infer must be >= 1, got {self.tp_infer}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"RolloutConfig.top_p must be in (0, 1], got {self.top_p}")
+        if not self.refit_bucket_mb >= 0:
+            raise ValueError(f"RolloutConfig.refit_bucket_mb must be >= 0 (0: one tensor a bucket), "
+                             f"got {self.refit_bucket_mb}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"RolloutConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len < 16:

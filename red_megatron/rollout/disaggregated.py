@@ -79,7 +79,7 @@ class DisaggregatedRollout(Rollout):
                                    join_dir=Path(cfg.run_dir) / "engines" if external else None)
             tied = bool(read_config_json(cfg.model_dir).get("tie_word_embeddings", False))
             plan = RefitPlan.build(policy.hf_weight_specs(), read_checkpoint_weights(cfg.model_dir),
-                                   dtype=getattr(torch, r.dtype), bucket_bytes=int(cfg.refit_bucket_mb * 2**20),
+                                   dtype=getattr(torch, r.dtype), bucket_bytes=int(cfg.rollout.refit_bucket_mb * 2**20),
                                    tie_word_embeddings=tied)
             self.pool.join_weights(plan)
             self.plan = plan

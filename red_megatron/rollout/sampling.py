@@ -28,8 +28,8 @@ class SamplingConfig:
 
     @classmethod
     def from_run(cls, cfg, *, online: bool, guidance: GuidanceSchedule | None = None) -> "SamplingConfig":
-        """The run's settings (RunConfig: algo.num_online, algo.temperature, top_p, data.max_response_tokens)."""
-        return cls(n=cfg.algo.num_online if online else 0, temperature=cfg.algo.temperature, top_p=cfg.top_p,
+        """The run's settings (algo.num_online, algo.temperature, rollout.top_p, data.max_response_tokens)."""
+        return cls(n=cfg.algo.num_online if online else 0, temperature=cfg.algo.temperature, top_p=cfg.rollout.top_p,
                    max_tokens=cfg.data.max_response_tokens, seed=cfg.seed, guidance=guidance)
 
     def prompts(self, examples: list, *, batch: int) -> tuple[list, list[int]]:

@@ -99,10 +99,12 @@ def train_one(args, preset: str, run_dir: Path, extra: tuple[str, ...] = ()) -> 
 def eval_one(args, cfg, name: str, model: Path, out: Path) -> dict | None:
     if not (out / "results.json").exists():
         cmd = [sys.executable, str(REPO / "scripts" / "eval.py"), "--model", str(model), "--name", name,
-               "--out", str(out), "--data", str(cfg.eval.data_path), "--temperature", str(cfg.eval.protocol.temperature),
-               "--max-tokens", str(args.eval_max_tokens or cfg.eval.protocol.max_tokens), "--seed", str(args.seed),
-               "--samples-per-row", str(args.eval_samples), "--dtype", cfg.rollout.dtype, "--reward-workers", "1",
-               "--max-prompt-tokens", str(cfg.data.max_prompt_tokens)]
+               "--out", str(out), f"eval.data_path={cfg.eval.data_path}",
+               f"eval.protocol.temperature={cfg.eval.protocol.temperature}",
+               f"eval.protocol.max_tokens={args.eval_max_tokens or cfg.eval.protocol.max_tokens}",
+               f"eval.protocol.seed={args.seed}", f"eval.protocol.samples_per_row={args.eval_samples}",
+               f"rollout.dtype={cfg.rollout.dtype}", "reward.num_workers=1",
+               f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}"]
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "eval.log", "w") as log:
             rc = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode

@@ -128,11 +128,11 @@ def train_command(spec: StudySpec, config: str, seed: int, run_dir: Path, red_ru
 
 def eval_command(spec: StudySpec, model: Path, name: str, out: Path, seed: int) -> list[str]:
     return [sys.executable, str(REPO / "scripts" / "eval.py"), "--model", str(model), "--name", name,
-            "--out", str(out), "--data", str(spec.eval_data), "--temperature", str(spec.eval_temperature),
-            "--max-tokens", str(spec.eval_max_tokens), "--seed", str(seed), "--samples-per-row",
-            str(spec.eval_samples), "--dtype", spec.dtype, "--reward-workers", "1",
-            "--max-prompt-tokens", str(spec.max_prompt_tokens), "--max-num-seqs", str(spec.eval_max_num_seqs),
-            *(["--per-source-limit", str(spec.eval_per_source_limit)] if spec.eval_per_source_limit else [])]
+            "--out", str(out), f"eval.data_path={spec.eval_data}", f"eval.protocol.temperature={spec.eval_temperature}",
+            f"eval.protocol.max_tokens={spec.eval_max_tokens}", f"eval.protocol.seed={seed}",
+            f"eval.protocol.samples_per_row={spec.eval_samples}", f"rollout.dtype={spec.dtype}", "reward.num_workers=1",
+            f"data.max_prompt_tokens={spec.max_prompt_tokens}", f"rollout.max_num_seqs={spec.eval_max_num_seqs}",
+            *([f"eval.protocol.per_source_limit={spec.eval_per_source_limit}"] if spec.eval_per_source_limit else [])]
 
 
 def _run_logged(cmd: list[str], log_path: Path) -> tuple[int, float]:
