@@ -86,12 +86,6 @@ def _main(argv: list[str]) -> int:
         ap.error("--model is required (or --table to only print a table)")
 
     from red_megatron.cli.checks import check_model_dir
-    from red_megatron.data.chat import eos_token_id, load_tokenizer
-    from red_megatron.data.dataset import DataConfig, RedDataset
-    from red_megatron.eval import EvalConfig, make_generate_fn, run_eval, select_rows
-    from red_megatron.reward import RewardConfig, RewardScorer
-    from red_megatron.rollout.config import RolloutConfig
-    from red_megatron.rollout.engine import RolloutEngine
 
     t0 = time.perf_counter()
     model = Path(args.model)
@@ -100,7 +94,18 @@ def _main(argv: list[str]) -> int:
     out = Path(args.out) if args.out else model / "eval"
     from red_megatron.metrics import setup_run_logging
 
-    setup_run_logging(out, verbose=args.verbose)  # vLLM's and megatron's lines to <out>/logs/library.log
+    lib_log = setup_run_logging(out, verbose=args.verbose)  # vLLM's and megatron's lines to <out>/logs/library.log
+    from red_megatron.console import library_output_to_log
+
+    with library_output_to_log(lib_log, enabled=not args.verbose):  # the engine's C++/tqdm output too
+        return _evaluate(args, model, name, out, t0)
+
+
+def _evaluate(args, model: Path, name: str, out: Path, t0: float) -> int:
+    from red_megatron.data.chat import eos_token_id, load_tokenizer
+    from red_megatron.data.dataset import DataConfig, RedDataset
+    from red_megatron.eval import EvalConfig, make_generate_fn, run_eval, select_rows
+
     tok = load_tokenizer(model)
     dcfg = DataConfig(path=args.data, schema=args.schema, prompt_key=args.prompt_key, problem_key=args.problem_key,
                       answer_key=args.answer_key, data_source_key=args.data_source_key,
@@ -114,6 +119,10 @@ def _main(argv: list[str]) -> int:
                       samples_per_row=args.samples_per_row, batch_size=args.batch_size)
     rows, _ = select_rows(ds, ecfg)
     longest = max(len(ds.prompt_ids(i)) for i in rows)
+    from red_megatron.reward import RewardConfig, RewardScorer  # vLLM's import, after the data is found good
+    from red_megatron.rollout.config import RolloutConfig
+    from red_megatron.rollout.engine import RolloutEngine
+
     rcfg = RolloutConfig(max_model_len=longest + args.max_tokens, dtype=args.dtype, tp_infer=args.tp,
                          executor="uni" if args.tp == 1 else "external_launcher", seed=args.seed,
                          gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs)
@@ -133,8 +142,6 @@ def _main(argv: list[str]) -> int:
     print(f"[eval] {name}: {len(rows)} samples, Avg. {result.acc:.2f}, LEN {result.len:.0f}, reward "
           f"{result.reward_stats} -> {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
-
-
 
 
 def main(argv=None) -> int:
