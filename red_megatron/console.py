@@ -65,7 +65,11 @@ def library_output_to_log(path: str | Path, *, enabled: bool = True) -> Iterator
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    console_fd = os.dup(2)
+    try:
+        console_fd = os.dup(2)
+    except OSError:  # no stderr at all (a daemon): nothing to keep apart
+        yield
+        return
     console = open(console_fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
                    closefd=False)
     log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
