@@ -7,10 +7,12 @@ message shaped ``<what> in <file/row/field/tensor>: <expected>``; the other ``Va
 ``OSError`` subclasses the code raises at its boundaries are refusals too.
 
 ``run_cli(fn, argv)`` calls ``fn(argv)`` and turns a refusal into ONE line on stderr,
-``error: <message>``, and exit code 2 -- printed by rank 0 only under torchrun (the other ranks
-exit 2 silently, since every rank usually refuses the same input). ``--debug`` on the command line
-or ``RED_DEBUG=1`` prints the traceback as well (on every rank). Anything else (a bug) propagates
-with its traceback, as before.
+``error: <message>``, and exit code 2 -- printed by rank 0 only under torchrun (every rank usually
+refuses the same input: the other ranks wait for torchrun to stop them after rank 0's line, and print
+their own only if rank 0 has not exited within $RED_REFUSAL_GRACE_S seconds). ``--debug`` on the
+command line or ``RED_DEBUG=1`` prints the traceback as well (on every rank). Anything else (a bug)
+propagates with its traceback, as before. While a run works, what the libraries print goes to its log
+file (red_megatron/console.py), so the refusal is the one line on stderr.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 DEBUG_ENV = "RED_DEBUG"
+REFUSAL_GRACE_ENV = "RED_REFUSAL_GRACE_S"
 EXIT_REFUSED = 2
 EXIT_KILLED_BY_SIGINT = 130  # the shell's code for a process ended by Ctrl-C
 
@@ -79,6 +82,35 @@ def is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _wait_for_rank0() -> None:
+    """Under torchrun, a rank other than 0 that refused waits before it exits: the first rank to exit makes
+    torchrun stop the others, and rank 0 (which usually refuses the same input a moment later, and is
+    the one to print it) could be stopped before its line. torchrun stops this rank once rank 0 has
+    exited; a rank 0 that did not refuse (this rank's own input) leaves the line to this rank after
+    $RED_REFUSAL_GRACE_S seconds (default 60)."""
+    import signal
+    import time
+
+    try:
+        grace = float(os.environ.get(REFUSAL_GRACE_ENV, "60"))
+    except ValueError:
+        grace = 60.0
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # a run's stop-after-the-step handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # must not outlive the refusal: torchrun's stop ends us
+    time.sleep(max(0.0, grace))
+
+
 def report(exc: BaseException, *, debug: bool = False, stream=None) -> int:
     """Print ``exc`` as a refusal (rank 0 only; traceback too when ``debug``); returns the exit code 2."""
     stream = stream if stream is not None else sys.stderr
@@ -86,6 +118,9 @@ def report(exc: BaseException, *, debug: bool = False, stream=None) -> int:
         traceback.print_exception(exc, file=stream)
     if is_rank0():
         print(one_line(exc), file=stream, flush=True)
+    elif "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        _wait_for_rank0()  # usually ends here, stopped by torchrun after rank 0's line
+        print(f"{one_line(exc)} (rank {_rank()}; rank 0 did not report it)", file=stream, flush=True)
     return EXIT_REFUSED
 
 

@@ -196,6 +196,9 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        from red_megatron.console import release_startup_lines
+
+        release_startup_lines()  # the start-up succeeded: its held INFO lines show before the first step's
         record = {"step": step, "time": time.time(), **{k: _jsonable(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self.held_steps.add(step)

@@ -269,7 +269,16 @@ class _Run:
 
     def _entropy_stats(self, entropy_N: torch.Tensor, exp: Experience):
         H_B = sample_mean_entropy(entropy_N, exp.response_len_B)
-        return entropy_stats_from_sums(self.groups.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B)))
+        sums = self.groups.dp_all_reduce(entropy_partial_sums(H_B, exp.is_offline_B))
+        if not bool(torch.isfinite(sums).all()):  # the same sums on every DP rank: all refuse together
+            from red_megatron.errors import UserError
+
+            p = self.cfg.policy
+            why = (f"its weights diverged in an earlier update (policy.lr={p.lr:g}, policy.clip_grad={p.clip_grad:g})"
+                   if self.step else f"the model's outputs overflow in policy.dtype={p.dtype}")
+            raise UserError(f"non-finite policy entropies in step {self.step + 1}: expected finite log-probs of "
+                            f"the policy; {why}")
+        return entropy_stats_from_sums(sums)
 
     def _off_policy_terms(self, exp: Experience, terms, logp_old_N: torch.Tensor):
         """TIS: ρ = min(π_old/π_behaviour, C) on the online tokens (algo/off_policy.py), folded into the terms."""

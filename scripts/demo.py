@@ -16,7 +16,6 @@ Library output (vLLM, megatron) goes to <out>/run/logs/library.log; the console 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -29,8 +28,11 @@ def _say(msg: str, t0: float) -> None:
     print(f"[demo {time.time() - t0:6.1f}s] {msg}", flush=True)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv: list[str]) -> int:
+    from red_megatron.cli.common import parser
+    from red_megatron.errors import UserError
+
+    ap = parser("demo.py", __doc__)  # a bad flag is a refusal: one line, exit 2
     ap.add_argument("--out", default="runs/demo", help="the demo's folder (run, plots, evaluation)")
     ap.add_argument("--steps", type=int, default=None, help="RED steps (default: the recipe's)")
     ap.add_argument("--base-steps", type=int, default=30, help="SFT warm-up steps of the base (0: RED from random init)")
@@ -39,13 +41,26 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for flag, value, least in (("--steps", args.steps, 1), ("--base-steps", args.base_steps, 0)):
         if value is not None and value < least:
-            print(f"error: bad {flag}={value} in demo.py: expected an int >= {least}", file=sys.stderr)
-            return 2
+            raise UserError(f"bad {flag}={value} in demo.py: expected an int >= {least}")
     # A demo prints its own story; library chatter (vLLM's INFO lines, deprecation notes) stays out.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     t0 = time.time()
     out = Path(args.out)
 
+    run_dir = out / "run"
+    if not args.resume and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    from red_megatron.console import library_output_to_log
+    from red_megatron.metrics import setup_run_logging
+
+    lib_log = setup_run_logging(run_dir)  # library lines and warnings to run_dir/logs/library.log
+    with library_output_to_log(lib_log):  # and what the libraries write to fd 2 (C++ warnings, tqdm bars)
+        return _run(args, out, run_dir, t0)
+
+
+def _run(args, out: Path, run_dir: Path, t0: float) -> int:
     import torch
 
     from configs import get_recipe
@@ -53,14 +68,6 @@ def main(argv=None) -> int:
     from red_megatron.plots import plot_run
     from red_megatron.trainer import train
 
-    run_dir = out / "run"
-    if not args.resume and run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    from red_megatron.metrics import setup_run_logging
-
-    setup_run_logging(run_dir)  # library lines and warnings to run_dir/logs/library.log
     overrides = [f"run_dir={run_dir}"] + ([f"steps={args.steps}"] if args.steps is not None else [])
     from red_megatron.study.assets import ensure
 
@@ -129,9 +136,19 @@ def _sft_base(cfg, steps: int, t0: float) -> Path:
            "--run-dir", str(base / "run"), "algo.preset=sft", "use_preset_schedule=false", f"steps={steps}",
            "metrics.progress=false"]
     out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode == 2 and out.stderr.startswith("error: "):  # its refusal: the demo's own one line
+        from red_megatron.errors import UserError
+
+        raise UserError(f"{out.stderr.strip()[len('error: '):]} (the SFT warm-up of the base, {base / 'run'})")
     if out.returncode != 0:
         raise RuntimeError(f"the SFT warm-up failed ({out.returncode}):\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
     return hf
+
+
+def main(argv=None) -> int:
+    from red_megatron.errors import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":  # the reward pool and checkpoint writers start processes

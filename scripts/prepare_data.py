@@ -9,19 +9,19 @@ Question / answer / solution fields are found by name (problem|question, answer|
 solution) or given with --problem-key / --answer-key / --solution-key; a solution becomes the offline
 trace (``target``). Rows already in the openr1 layout are kept. Bad rows: one error naming the row.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
+from red_megatron.cli.common import parser  # noqa: E402
 from red_megatron.data.prepare import LAYOUTS, PrepareConfig, prepare  # noqa: E402
+from red_megatron.errors import run_cli  # noqa: E402
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv: list[str]) -> int:
+    ap = parser("prepare_data.py", __doc__)  # a bad flag is a refusal: one line, exit 2
     ap.add_argument("--source", required=True, help="a .parquet/.jsonl file, or a datasets name (org/name)")
     ap.add_argument("--out", required=True, help="the output .parquet or .jsonl")
     ap.add_argument("--layout", choices=LAYOUTS, default="auto")
@@ -35,14 +35,14 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-template", default="{problem}", help="the user turn; must contain {problem}")
     ap.add_argument("--limit", type=int)
     args = ap.parse_args(argv)
-    kw = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        stats = prepare(PrepareConfig(**kw))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    kw = {k: v for k, v in vars(args).items() if v is not None and k != "debug"}
+    stats = prepare(PrepareConfig(**kw))
     print(json.dumps({"out": args.out, **stats}))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,14 @@ ISSUE_29 = [  # (gold, response, expected)
     (r"m_{p} c^{2}\left(\gamma^{2}-1\right) \sin ^{2} \theta",
      r"\boxed{m_{p} c^{2}\left(\gamma^{2}-2\right) \sin ^{2} \theta}", 0.0),
     (r"10\,080", r"\boxed{90}", 0.0),
+    # a zero factor swallowed the symbols (r e s u l t 0 is sympy's 0): `make demo`'s step-19 sample, which
+    # the outermost-box rule exposed (67.12 -> 83.38 after RED, 2026-12-06); a real zero still counts
+    ("0", "\ufffd{0.\n\\boxed{}The digit\\boxed{ is  is ral\\boxed result0}{0}", 0.0),
+    ("0", r"\boxed{result0}", 0.0),
+    ("0", r"\boxed{x \cdot 0}", 0.0),
+    ("0", r"\boxed{0 \text{ cm}}", 1.0),
+    ("0", r"\boxed{\cos \frac{\pi}{2}}", 1.0),
+    ("0", r"\boxed{\frac{0}{5}}", 1.0),
 ]
 
 

@@ -227,6 +227,8 @@ STAND_IN = textwrap.dedent("""
     tag = sys.argv[sys.argv.index("--run-dir") + 1].replace("/", "_")
     with open(os.path.join(out, f"{tag}-rank{rank}.json"), "w") as f:
         json.dump(rec, f)
+    if os.environ.get("STANDIN_REFUSE") and rank == "0":  # a refusal as run_cli prints it: rank 0's one line
+        print("error: " + os.environ["STANDIN_REFUSE"], file=sys.stderr)
     sys.exit(int(os.environ.get("STANDIN_EXIT", "0")))
 """)
 
@@ -261,13 +263,37 @@ def test_local_torchrun_two_processes_and_sweep(tmp_path):
 
 
 def test_failed_job_makes_the_launcher_fail(tmp_path):
+    """A job that refused (rank 0's 'error: ...' line, exit 2): that line is the launcher's one line on stderr,
+    exit 2 (NeMo-Run's and the job's output stay on stdout); another failure is exit 1 (test below)."""
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     p = _launch_subprocess(["--recipe", "tiny_cpu", "--nproc", "2", "--run-dir", str(tmp_path / "run"),
-                            "--script", str(script), "--env", f"STANDIN_OUT={tmp_path}", "--env", "STANDIN_EXIT=1"],
-                           {})
-    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "FAILED" in p.stderr
+                            "--script", str(script), "--env", f"STANDIN_OUT={tmp_path}", "--env", "STANDIN_EXIT=2",
+                            "--env", "STANDIN_REFUSE=bad value in data.path: expected a file"], {})
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stderr == "error: bad value in data.path: expected a file\n", p.stderr[-2000:]
+    assert "[launch] FAILED" in p.stdout
+
+
+def test_task_refusals_are_read_from_the_jobs_logs(tmp_path):
+    """Which failed tasks refused: rank 0's line in this launch's logs; a crash (no such line) or an older
+    launch's log gives none, and the launcher says FAILED with exit 1."""
+    import time
+
+    from red_megatron.launch.nemo import exit_code, task_refusals
+
+    def log(task: str, text: str) -> Path:
+        f = tmp_path / "experiments" / "t" / "t_1" / task / "nemo_run" / f"{task}-x" / task / "0" / "stderr.log"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        return f
+
+    old = log("seed_2", "[default0]:error: an older launch's refusal\n")
+    os.utime(old, (1, 1))
+    log("seed_3", "W1206 torch warning\n[default0]:error: bad value in data.path: expected a file\nTraceback\n")
+    log("seed_4", "Traceback (most recent call last):\nRuntimeError: a bug\n")
+    assert task_refusals(tmp_path, time.time() - 60) == {"seed_3": "bad value in data.path: expected a file"}
+    assert exit_code({"seed_3": "FAILED", "seed_4": "SUCCEEDED"}, False) == 1
 
 
 def _trainer_ready() -> str | None:

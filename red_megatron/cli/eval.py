@@ -116,13 +116,18 @@ def _main(argv: list[str]) -> int:
     out = Path(args.out) if args.out else model / "eval"
     from red_megatron.metrics import setup_run_logging
 
-    setup_run_logging(out, verbose=args.verbose)  # vLLM's and megatron's lines to <out>/logs/library.log
+    lib_log = setup_run_logging(out, verbose=args.verbose)  # vLLM's and megatron's lines to <out>/logs/library.log
+    from red_megatron.console import library_output_to_log
+
+    with library_output_to_log(lib_log, enabled=not args.verbose):  # the engine's C++/tqdm output too
+        return _evaluate(args, cfg, model, name, out, t0)
+
+
+def _evaluate(args, cfg, model: Path, name: str, out: Path, t0: float) -> int:
     from red_megatron.data.chat import eos_token_id, load_tokenizer
     from red_megatron.data.dataset import RedDataset
     from red_megatron.eval import make_generate_fn, run_eval, select_rows
     from red_megatron.eval.runner import eval_data_config
-    from red_megatron.reward import RewardScorer
-    from red_megatron.rollout.engine import RolloutEngine
 
     tok = load_tokenizer(model)
     ds = RedDataset.load(eval_data_config(cfg), tok)
@@ -134,6 +139,9 @@ def _main(argv: list[str]) -> int:
         raise UserError(f"window too long in rollout.max_model_len={r.max_model_len}: the longest selected prompt "
                         f"+ eval.protocol.max_tokens={protocol.max_tokens} is {window} tokens; expected at most "
                         f"rollout.max_model_len (raise it, or lower eval.protocol.max_tokens)")
+    from red_megatron.reward import RewardScorer  # vLLM's import, after the data is found good
+    from red_megatron.rollout.engine import RolloutEngine
+
     # the engine's seed is the evaluation's (each row's request seed derives from it as well)
     rcfg = dataclasses.replace(r, max_model_len=window, seed=protocol.seed,
                                executor="uni" if r.tp_infer == 1 else "external_launcher")

@@ -104,13 +104,16 @@ def _main(argv: list[str]) -> int:
     check_model_dir(cfg.model_dir, need_chat_template=False)
     from red_megatron.metrics import setup_run_logging
 
-    setup_run_logging(run_dir, verbose=args.verbose, rank=int(os.environ.get("RANK", "0")))  # before megatron
-    from red_megatron.policy import MegatronPolicy
+    lib_log = setup_run_logging(run_dir, verbose=args.verbose, rank=int(os.environ.get("RANK", "0")))  # before megatron
+    from red_megatron.console import library_output_to_log
 
-    policy_cfg = dataclasses.replace(cfg.policy, use_distributed_optimizer=False)
-    policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed)
-    policy.load_checkpoint(ckpt, load_optimizer=False, load_rng=False)
-    policy.export_hf(out, tokenizer_dir=cfg.model_dir)
+    with library_output_to_log(lib_log, enabled=not args.verbose):  # megatron's C++/tqdm output too
+        from red_megatron.policy import MegatronPolicy
+
+        policy_cfg = dataclasses.replace(cfg.policy, use_distributed_optimizer=False)
+        policy = MegatronPolicy.from_hf(cfg.model_dir, policy_cfg, seed=cfg.seed)
+        policy.load_checkpoint(ckpt, load_optimizer=False, load_rng=False)
+        policy.export_hf(out, tokenizer_dir=cfg.model_dir)
     from red_megatron.errors import is_rank0
 
     if is_rank0():

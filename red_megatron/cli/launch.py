@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+import warnings
 from pathlib import Path
 
 from red_megatron.cli.common import add_overrides, add_recipe_args, parser, resolve_run_config
@@ -140,6 +142,8 @@ def _main(argv: list[str]) -> int:
         raise UserError(f"launch refused: {e}") from e
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    # NeMo-Run's web stack warns at its import (starlette's deprecations): noise, not the user's concern
+    warnings.filterwarnings("ignore", module=r"(fastapi|starlette|leptonai)(\.|$)")
     from red_megatron.launch import nemo
 
     home = nemo.set_nemorun_home(nemo.launcher_run_dir(spec, run_dir) / "nemo_run")
@@ -148,11 +152,17 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         print(nemo.render_dry_run(title, spec, tasks, script, home))
         return 0
+    t0 = time.time()
     states = nemo.launch(title, spec, tasks, script, home)
     rc = nemo.exit_code(states, spec.detach)
     summary = ", ".join(f"{k}: {v}" for k, v in states.items())
+    refused = nemo.task_refusals(home, t0) if rc and not spec.detach else {}
+    # a task's refusal is the launch's one line on stderr (exit 2); the job's log above stays on stdout
     print(f"[launch] {'OK' if rc == 0 else 'FAILED'} ({summary}); NeMo-Run records in {home}",
-          file=sys.stderr if rc else sys.stdout)
+          file=sys.stderr if rc and not refused else sys.stdout)
+    if refused:
+        task, msg = next(iter(refused.items()))
+        raise UserError(msg if len(tasks) == 1 else f"task {task}: {msg}")
     return rc
 
 

@@ -152,15 +152,17 @@ def _main(argv: list[str]) -> int:
         # the one line on stderr, not the second
         logging.getLogger("red_run").info("library logs and warnings: %s (--verbose shows them on the console)",
                                           lib_log)
-    from red_megatron.reaper import start_reaper
-    from red_megatron.trainer import train
-
-    start_reaper()  # kill -9 of this process must not leave its helper processes behind
+    from red_megatron.console import library_output_to_log
     from red_megatron.run_control import EXIT_INTERRUPTED, RunInterrupted
 
     t0 = time.time()
-    try:
-        final = train(cfg)
+    try:  # a refusal leaves the block first: its line goes to the real stderr (red_megatron/console.py)
+        with library_output_to_log(lib_log, enabled=not args.verbose):
+            from red_megatron.reaper import start_reaper
+            from red_megatron.trainer import train
+
+            start_reaper()  # kill -9 of this process must not leave its helper processes behind
+            final = train(cfg)
     except RunInterrupted as e:
         if rank == 0:
             print(f"red-train: {e}", file=sys.stderr, flush=True)

@@ -244,6 +244,28 @@ def exit_code(states: dict[str, str], detached: bool) -> int:
     return 0 if all(s in ok for s in states.values()) else 1
 
 
+_REFUSAL_LINE = re.compile(r"^(?:\[default\d+\]:)?error: (.+)$")
+
+
+def task_refusals(nemorun_home: Path, since: float) -> dict[str, str]:
+    """{task: its refusal} from the tasks' logs written since ``since`` (a failed job's ``error: ...`` line,
+    printed by rank 0 under the task's torchrun); the logs this machine holds (local runs) only."""
+    found: dict[str, str] = {}
+    for log in sorted(Path(nemorun_home).glob("experiments/*/*/*/**/stderr.log")):
+        try:
+            if log.stat().st_mtime < since:
+                continue
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        task = log.relative_to(nemorun_home).parts[3]  # experiments/<title>/<experiment id>/<task>/...
+        for line in lines:
+            m = _REFUSAL_LINE.match(line)
+            if m and task not in found:
+                found[task] = m.group(1)
+    return found
+
+
 def launcher_run_dir(spec: LaunchSpec, run_dir: Path) -> Path:
     """Where the launcher itself keeps the run's NeMo-Run records: the run dir as this machine sees it.
 

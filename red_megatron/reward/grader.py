@@ -179,6 +179,21 @@ def parse_gold(gold: str, timeout_s: int | None = 5):
 
 # --- comparison -----------------------------------------------------------------------------
 
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+_CONSTANTS = frozenset("ei")  # e and i read as numbers (e^{i\pi}+1 is 0), not as symbols
+
+
+def _zero_swallowed_symbols(latex: str, expr) -> bool:
+    """Whether a zero factor swallowed the answer's symbols: sympy builds ``r e s u l t 0`` as the number 0,
+    which made a box of words ending in 0 (the demo's step-19 sample, 2026-12-06) equal a gold ``0``."""
+    try:
+        if getattr(expr, "is_zero", None) is not True:
+            return False
+    except Exception:
+        return False
+    return bool(set(re.findall(r"[A-Za-z]", _COMMAND.sub(" ", latex))) - _CONSTANTS)
+
+
 def _is_number(x) -> bool:
     import sympy
 
@@ -406,6 +421,8 @@ def grade(pred: str, gold: str, opts: GradeOptions = GradeOptions(), timeout_s: 
         raise
     except Exception:
         return False, PARSE_FAIL
+    if _zero_swallowed_symbols(pn.latex, p):
+        return False, WRONG
     g, p = _opaque_derivatives(g, p)
     n_gold, n_pred = top_level_items(gn.latex), top_level_items(pn.latex)
     if n_gold > 1 and n_pred != n_gold:

@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parents[2]  # a clone: the cells run its scripts
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="red-study", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from red_megatron.cli.common import Parser  # a bad flag is a refusal: one line, exit 2
+
+    ap = Parser(prog="red-study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from red_megatron import __version__
 
     ap.add_argument("--debug", action="store_true", help="print the traceback of a refusal too (also: RED_DEBUG=1)")

@@ -23,8 +23,9 @@ from red_megatron.study.scaling import CPU_SIZES, HEADLINE, LR_MULTS, VARIANTS, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="red-study --sizes", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from red_megatron.cli.common import Parser  # a bad flag is a refusal: one line, exit 2
+
+    ap = Parser(prog="red-study --sizes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", required=True, help="comma-separated sizes: s, m, l or name=HF_DIR")
     ap.add_argument("--presets", default=",".join(HEADLINE), help="comma-separated presets (and red's controls red_wconst, frozen_w)")
     ap.add_argument("--seeds", default="0,1,2", help="the main phase's seeds")
