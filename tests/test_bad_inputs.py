@@ -358,7 +358,7 @@ def _bad_rows(tmp: Path) -> Path:
 ENTRY_CASES = [
     ("red-train flag", lambda t, m: _console("red-train") + ["--recipe", "tiny_cpu", f"model_dir={m}", "--nosuch"],
      ["unrecognized arguments: --nosuch in the command line of red-train"], None),
-    ("red-eval data row", lambda t, m: _console("red-eval") + ["--model", str(m), "--data", str(_bad_rows(t)),
+    ("red-eval data row", lambda t, m: _console("red-eval") + ["--model", str(m), f"eval.data_path={_bad_rows(t)}",
                                                                "--out", str(t / "o")],
      ["3 bad row(s) in", "row 1 (line 2)"], "o"),
     ("red-export run dir", lambda t, m: _console("red-export") + [str(t / "nope")], ["no run directory in"], None),
