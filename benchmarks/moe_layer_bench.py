@@ -16,7 +16,8 @@ Per run: milliseconds (median of --steps after --warmup; CUDA events), tokens/s,
 (torch.cuda.max_memory_allocated, the weights included) and the weights' own memory, the active parameters
 a token uses (router + its top-k experts + attention) and TFLOP/s on them (6·active + 6·h·T a token and
 layer), and how many expert weight tensors the backward reached. Megatron-vs-transformers parity of these
-layers is tests/test_policy_moe.py's (CPU, fp32). The JSON is rewritten after every run; ``projection_moe.py --moe-json`` calibrates on it.
+layers is tests/test_policy_moe.py's (CPU, fp32). The JSON is rewritten after every run;
+``projection_moe.py --moe-json`` calibrates on it.
 
     python benchmarks/moe_layer_bench.py --json OUT.json [--layers 2] [--layouts 1x4096] [--impls mcore,hf]
     python benchmarks/moe_layer_bench.py --json OUT.json --smoke      # CPU, tiny shape, every code path
@@ -217,7 +218,8 @@ def main(argv=None) -> int:
             print(_fmt(r), f"({r['wall_s']} s)", flush=True)
             path.with_suffix(".tmp").write_text(json.dumps(out, indent=1))
             os.replace(path.with_suffix(".tmp"), path)
-    print("\n| impl | layers | B×S | ms fwd+bwd | tokens/s | TFLOP/s (active) | peak GiB |\n|---|---|---|---|---|---|---|")
+    print("\n| impl | layers | B×S | ms fwd+bwd | tokens/s | TFLOP/s (active) | peak GiB |\n"
+          "|---|---|---|---|---|---|---|")
     for r in out["runs"]:
         print(_fmt(r))
     return 0

@@ -90,7 +90,7 @@ class MoELayout:
 
 
 LAYOUTS = [MoELayout(nodes=2, ep=8, pp=2, tp_infer=4),  # the qwen3_30b_a3b recipe (configs/qwen3_moe.py)
-           MoELayout(nodes=2, ep=8, pp=2, tp_infer=4, mb_tokens=4608), MoELayout(nodes=4, ep=8, pp=2, tp_infer=4),
+           MoELayout(nodes=4, ep=8, pp=2, tp_infer=4),
            MoELayout(nodes=1, ep=8, pp=1, tp_infer=4), MoELayout(nodes=2, ep=4, pp=2, tp_infer=4),
            MoELayout(nodes=2, ep=4, pp=2, tp=2, tp_infer=4), MoELayout(nodes=2, ep=16, pp=1, tp_infer=4),
            MoELayout(nodes=2, ep=8, pp=1, tp_infer=4)]
@@ -168,7 +168,8 @@ def project_moe(s: MoEShape, lay: MoELayout, w: Workload, c: Constants, r_moe: f
     train_s = fwd_bwd / 3.0 + fwd_bwd + (1 - hw.dp_overlap) * dp_comm + optim + refit
     step = train_s + roll["rollout_s"]
     return {"model": s.name, "nodes": lay.nodes, "gpus": world, "tp": t, "ep": e, "pp": p, "dp": d, "expert_dp": edp,
-            "tp_infer": lay.tp_infer, "mb_tokens_max": lay.mb_tokens, "microbatches": m, "mem_train_gib": (static + acts) / GiB,
+            "tp_infer": lay.tp_infer, "mb_tokens_max": lay.mb_tokens, "microbatches": m,
+            "mem_train_gib": (static + acts) / GiB,
             "fits": static + acts <= hw.hbm_bytes, "fwd_bwd_s": fwd_bwd, "a2a_s": (m + p - 1) * (s.layers / p) * a2a,
             "dp_exposed_s": (1 - hw.dp_overlap) * dp_comm, "optim_s": optim, "refit_s": refit, "train_s": train_s,
             **roll, "step_s": step, "train_tok_s_gpu": w.tokens / train_s / world,
@@ -211,7 +212,8 @@ def render(out: dict) -> str:
             lines.append(f"| {r['nodes']} | {r['tp']} | {r['ep']} | {r['pp']} | {r['mb_tokens_max']} | {r['error']} "
                          "| | | | | | | | |")
             continue
-        lines.append(f"| {r['nodes']} | {r['tp']} | {r['ep']} | {r['pp']} | {r['mb_tokens_max']} | {r['dp']} ({r['expert_dp']}) | {r['mem_train_gib']:.1f} | "
+        lines.append(f"| {r['nodes']} | {r['tp']} | {r['ep']} | {r['pp']} | {r['mb_tokens_max']} | "
+                     f"{r['dp']} ({r['expert_dp']}) | {r['mem_train_gib']:.1f} | "
                      f"{'yes' if r['fits'] else 'no'} | {r['fwd_bwd_s']:.1f} | {r['a2a_s']:.1f} | {r['train_s']:.1f} | "
                      f"{r['rollout_s']:.1f} | {r['step_s']:.1f} | {r['step_tok_s_gpu']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -149,7 +149,8 @@ def test_moe_projection_counts_fit_and_layout_terms(tmp_path):
     got = M.fit_moe(bench, c)
     assert got["r_moe"] == pytest.approx(r_moe, rel=1e-9) and got["act"] == pytest.approx(40.0) and got["rows"] == 2
     summary = tmp_path / "summary.json"
-    summary.write_text(json.dumps({"parts": [{"part": "policy"}, {"part": "moe", "data": {"config": cfg, "runs": runs}}]}))
+    moe_part = {"part": "moe", "data": {"config": cfg, "runs": runs}}
+    summary.write_text(json.dumps({"parts": [{"part": "policy"}, moe_part]}))
     assert M.fit_moe(summary, c)["r_moe"] == pytest.approx(r_moe, rel=1e-9)
     bench.write_text(json.dumps({"config": cfg, "runs": runs[:1]}))
     with pytest.raises(ValueError, match="no successful megatron-core"):
