@@ -106,7 +106,7 @@ def _run(args, out: Path, run_dir: Path, t0: float) -> int:
                             *done] + common)
             if rc:  # its one line went to the log with the rest of its stderr
                 raise UserError(f"the evaluation of {model} failed (exit {rc}) in {out / 'eval' / key}: "
-                                f"expected exit 0; its error is the last line of {run_dir / 'logs' / 'library.log'}")
+                                f"expected exit 0; its 'error:' line is in {run_dir / 'logs' / 'library.log'}")
             done.append(str(out / "eval" / key / "results.json"))
     lib_log.close()
     table = out / "eval" / "final" / "table.md"
