@@ -112,6 +112,12 @@ class RunConfig:
         if self.algo.routing_replay == "rollout" and not self.rollout.return_routing:
             raise ValueError("algo.routing_replay='rollout' needs rollout.return_routing=true (and "
                              "rollout.enable_prefix_caching=false): the engine must return each sample's experts")
+        if self.eval.every and (not all(s.online for s in preset_stages(self.algo.preset)) or
+                                self.rollout.placement != "colocated" or self.rollout.tp_infer != 1):
+            # the trainer refused it only once megatron had built the policy (issue 29: validate before start)
+            raise ValueError(f"eval.every={self.eval.every} evaluates with rank 0's own engine: it needs an online "
+                             f"preset (not {self.algo.preset!r}), rollout.placement='colocated' and "
+                             f"rollout.tp_infer=1 (use red-eval on the exported checkpoints otherwise)")
         if self.eval.data_path is not None and self.eval.protocol.max_tokens + self.data.max_prompt_tokens > \
                 self.rollout.max_model_len:
             raise ValueError(f"eval.protocol.max_tokens={self.eval.protocol.max_tokens} + data.max_prompt_tokens="

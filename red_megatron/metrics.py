@@ -196,9 +196,6 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        from red_megatron.console import release_startup_lines
-
-        release_startup_lines()  # the start-up succeeded: its held INFO lines show before the first step's
         record = {"step": step, "time": time.time(), **{k: _jsonable(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self.held_steps.add(step)
@@ -274,10 +271,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def setup_run_logging(run_dir: str | Path, *, verbose: bool = False, rank: int = 0) -> Path:
-    """The console shows the project's own log lines (``red_megatron.*`` at INFO); everything else, megatron's
-    and vLLM's INFO config dumps and Python warnings ("Apex is not installed", deprecations), goes to
-    ``run_dir/logs/library.log`` (``library.rank<N>.log`` on rank N > 0). ``verbose``: the console gets
-    every logger at DEBUG as well. Call before megatron or vLLM is imported. Returns the log file's path.
+    """The console shows the project's own log lines (``red_megatron.*``: INFO on stdout, warnings on stderr);
+    everything else, megatron's and vLLM's INFO config dumps and Python warnings ("Apex is not installed",
+    deprecations), goes to ``run_dir/logs/library.log`` (``library.rank<N>.log`` on rank N > 0). ``verbose``:
+    the console gets every logger at DEBUG as well. Call before megatron or vLLM is imported. Returns the log
+    file's path. (What the libraries write to file descriptor 2 itself: red_megatron/console.py.)
     """
     import logging
     import os
@@ -294,13 +292,20 @@ def setup_run_logging(run_dir: str | Path, *, verbose: bool = False, rank: int =
     file_h = logging.FileHandler(path, mode="a", encoding="utf-8")
     file_h.setFormatter(fmt)
     file_h.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # the project's INFO lines go to stdout beside the progress lines, its warnings to stderr: a refusal is
+    # then the one line a failed run leaves on stderr, whenever it comes (issue 29)
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda r: r.levelno < logging.WARNING)
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s" if not verbose else
-                                           "%(asctime)s %(name)s %(levelname)s %(message)s"))
-    if not verbose:
-        console.addFilter(lambda r: r.name == "red_megatron" or r.name.startswith("red_megatron."))
-        console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    for h in (file_h, console):
+    console.setLevel(logging.WARNING)
+    for h in (out, console):
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s" if not verbose else
+                                         "%(asctime)s %(name)s %(levelname)s %(message)s"))
+        if not verbose:
+            h.addFilter(lambda r: r.name == "red_megatron" or r.name.startswith("red_megatron."))
+    if rank != 0 and not verbose:
+        out.setLevel(logging.WARNING)  # nothing: the other ranks' console shows their warnings only
+    for h in (file_h, out, console):
         h._red_run_logging = True
         root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -22,13 +22,13 @@ def _train(run_dir, *overrides):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     rc, out, err = run_in_session(cmd, timeout=600, what="red-train", env=env, cwd=REPO)
     assert rc == 0, err[-4000:]
-    return err
+    return out  # the run's INFO lines (eval at step N) are on stdout, stderr is for problems
 
 
 def test_eval_every_writes_its_table_and_leaves_training_alone(tmp_path):
-    err = _train(tmp_path / "eval", "eval.every=1", "eval.periodic_limit=2", "eval.protocol.limit=4",
+    out = _train(tmp_path / "eval", "eval.every=1", "eval.periodic_limit=2", "eval.protocol.limit=4",
                  "eval.protocol.max_tokens=16", "eval.at_start=true")
-    assert "eval at step 0: Avg." in err and "eval at step 1: Avg." in err and "eval at step 2: Avg." in err
+    assert "eval at step 0: Avg." in out and "eval at step 1: Avg." in out and "eval at step 2: Avg." in out
     recs = read_metrics(tmp_path / "eval")
     assert [r["step"] for r in recs] == [1, 2]  # the baseline joins the table, not the steps' metrics
     assert all(0.0 <= r["eval/acc"] <= 100.0 and r["eval/len"] > 0 for r in recs)

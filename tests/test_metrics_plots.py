@@ -216,49 +216,42 @@ def test_library_logs_go_to_the_run_dirs_file(tmp_path, capsys, run_logging):
     logging.getLogger("red_megatron.trainer").info("resumed at step 4")
     for h in run_logging.handlers:
         h.flush()
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     text = path.read_text()
     assert path == tmp_path / "logs" / "library.log"
     assert "OptimizerConfig" in text and "Apex is not installed" in text and "resumed at step 4" in text
-    assert "resumed at step 4" in err and "OptimizerConfig" not in err and "Apex" not in err
+    assert "OptimizerConfig" not in err and "Apex" not in err
+    assert "resumed at step 4" in out and "resumed" not in err  # INFO on stdout: stderr is for problems
     setup_run_logging(tmp_path, verbose=True)  # --verbose: the library's lines on the console too
     logging.getLogger("megatron.core").debug("a debug dump")
-    assert "a debug dump" in capsys.readouterr().err
+    assert "a debug dump" in capsys.readouterr().out
 
 
-def test_while_a_command_works_fd2_goes_to_the_log_and_startup_lines_wait(tmp_path, capfd, run_logging):
-    """What C/C++ code and helper processes write to fd 2 lands in the run's log; the project's start-up INFO
-    lines reach the console once the first step is logged, or never (log file only) when the block fails."""
+def test_while_a_command_works_fd2_goes_to_the_log(tmp_path, capfd, run_logging):
+    """What C/C++ code and helper processes write to fd 2 lands in the run's log; the project's warnings keep
+    the real stderr, its INFO lines stdout; after the block (a refusal leaves it), fd 2 is the console again."""
     import logging
     import os
     import subprocess
 
-    from red_megatron.console import library_output_to_log, release_startup_lines
+    from red_megatron.console import library_output_to_log
     from red_megatron.metrics import setup_run_logging
 
     path = setup_run_logging(tmp_path)
     log = logging.getLogger("red_megatron.trainer")
-    with library_output_to_log(path):
+    with pytest.raises(ValueError), library_output_to_log(path):
         os.write(2, b"W1206 utils.cpp:68] Warning: NUMA binding\n")
         subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('a helper process says hi\\n')"])
         log.info("old-policy pass skipped")
         log.warning("a warning shows at once")
-        before = capfd.readouterr().err
-        release_startup_lines()  # MetricsLogger.log of the first step
-        log.info("eval at step 1")
-    err = capfd.readouterr().err
-    assert "a warning shows at once" in before and "old-policy" not in before
-    assert err.index("old-policy pass skipped") < err.index("eval at step 1")
-    assert "NUMA" not in before + err and "helper process" not in before + err
-    text = path.read_text()
-    assert "NUMA binding" in text and "a helper process says hi" in text and "old-policy pass skipped" in text
-    with pytest.raises(ValueError), library_output_to_log(path):
-        log.info("resumed at step 4")
         raise ValueError("a refusal")
     os.write(2, b"fd 2 is the console again\n")
-    err = capfd.readouterr().err
-    assert "resumed at step 4" not in err and "fd 2 is the console again" in err
-    assert "resumed at step 4" in path.read_text()
+    out, err = capfd.readouterr()
+    assert "old-policy pass skipped" in out and "old-policy" not in err
+    assert "a warning shows at once" in err and "fd 2 is the console again" in err
+    assert "NUMA" not in out + err and "helper process" not in out + err
+    text = path.read_text()
+    assert "NUMA binding" in text and "a helper process says hi" in text and "old-policy pass skipped" in text
 
 
 def test_each_rank_gets_its_own_vllm_logging_config(tmp_path, monkeypatch, run_logging):
