@@ -89,11 +89,11 @@ class MoELayout:
         return self.nodes * hw.gpus_per_node
 
 
-LAYOUTS = [MoELayout(nodes=2, ep=8, pp=2, tp_infer=4),  # the qwen3_30b_a3b recipe (configs/qwen3_moe.py)
-           MoELayout(nodes=4, ep=8, pp=2, tp_infer=4),
+LAYOUTS = [MoELayout(nodes=2, ep=4, pp=2, tp=2, tp_infer=4),  # the qwen3_30b_a3b recipe (configs/qwen3_moe.py)
+           MoELayout(nodes=4, ep=4, pp=2, tp=2, tp_infer=4),
+           MoELayout(nodes=2, ep=8, pp=2, tp_infer=4), MoELayout(nodes=4, ep=8, pp=2, tp_infer=4),  # the first choice
            MoELayout(nodes=1, ep=8, pp=1, tp_infer=4), MoELayout(nodes=2, ep=4, pp=2, tp_infer=4),
-           MoELayout(nodes=2, ep=4, pp=2, tp=2, tp_infer=4), MoELayout(nodes=2, ep=16, pp=1, tp_infer=4),
-           MoELayout(nodes=2, ep=8, pp=1, tp_infer=4)]
+           MoELayout(nodes=2, ep=16, pp=1, tp_infer=4), MoELayout(nodes=2, ep=8, pp=1, tp_infer=4)]
 
 
 def dense_flops(s: MoEShape, seq: int) -> float:

@@ -77,10 +77,10 @@ def test_recipe_world_rules(tmp_path):
     cfg, _ = _recipe(tmp_path)
     check_world(cfg, 16)
     check_world(cfg, 32)
-    with pytest.raises(ValueError, match=r"policy.ep=8 × policy.tp=1 × policy.pp=2 must divide the world size 8"):
+    with pytest.raises(ValueError, match=r"policy.ep=4 × policy.tp=2 × policy.pp=2 must divide the world size 8"):
         check_world(cfg, 8)
-    cfg, _ = _recipe(tmp_path, num_experts=100)
-    with pytest.raises(ValueError, match="policy.ep=8 must divide the checkpoint's num_experts=100"):
+    cfg, _ = _recipe(tmp_path, num_experts=90)
+    with pytest.raises(ValueError, match="policy.ep=4 must divide the checkpoint's num_experts=90"):
         check_world(cfg, 16)
 
 
@@ -96,7 +96,7 @@ def test_check_mode_validates_qwen3_30b_a3b(tmp_path, tiny_ckpt_dir, monkeypatch
             shutil.copy2(f, ckpt / f.name)
     rc, out, err = run_train(["--recipe", "qwen3_30b_a3b", f"model_dir={ckpt}", "--check", "--world-size", "16"])
     assert rc == 0, err
-    assert "Qwen3MoeForCausalLM" in out and "128 experts top-8 in 48 of 48 layers" in out and "EP 8" in out, out
+    assert "Qwen3MoeForCausalLM" in out and "128 experts top-8 in 48 of 48 layers" in out and "EP 4" in out, out
     rc, out, err = run_train(["--recipe", "qwen3_30b_a3b", f"model_dir={ckpt}", "policy.ep=3", "data.global_batch_size=48", "--check",
                               "--world-size", "48"])
     assert rc == 2 and "policy.ep=3" in err and "Traceback" not in err, err
