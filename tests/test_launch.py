@@ -211,7 +211,8 @@ def test_local_dry_run_prints_torchrun_command(tmp_path):
     assert rc == 0, err
     cmd = [line for line in out.splitlines() if "torchrun" in line]
     assert len(cmd) == 1, out
-    assert "--nproc-per-node 2" in cmd[0] and "--nnodes 1" in cmd[0]
+    # torchrun with the stop protocol (a stop: one line and exit 3), not NeMo-Run's plain torchrun launcher
+    assert " python -m red_megatron.launch.torchrun --standalone --nproc-per-node 2 " in cmd[0], cmd[0]
     assert cmd[0].endswith(f"{REPO}/scripts/train.py --recipe tiny_cpu --run-dir {tmp_path / 't'} steps=1")
     assert f"NEMORUN_HOME={(tmp_path / 't' / 'nemo_run').resolve()}" in cmd[0]
 
@@ -227,6 +228,8 @@ STAND_IN = textwrap.dedent("""
     tag = sys.argv[sys.argv.index("--run-dir") + 1].replace("/", "_")
     with open(os.path.join(out, f"{tag}-rank{rank}.json"), "w") as f:
         json.dump(rec, f)
+    if os.environ.get("STANDIN_EXIT") == "2":  # a refusal, as run_cli prints it
+        print("error: bad stand-in input", file=sys.stderr)
     sys.exit(int(os.environ.get("STANDIN_EXIT", "0")))
 """)
 
@@ -260,14 +263,21 @@ def test_local_torchrun_two_processes_and_sweep(tmp_path):
     assert (home / "experiments").is_dir()  # NeMo-Run's records live in the run directory
 
 
-def test_failed_job_makes_the_launcher_fail(tmp_path):
+@pytest.mark.parametrize("code", [1, 2])
+def test_failed_job_makes_the_launcher_fail(tmp_path, code):
+    """A crash is FAILED (exit 1); a refusal (exit 2: NeMo-Run says FAILED too) is the task's one line and exit 2,
+    read from the exit code red_megatron.launch.torchrun records for the launcher."""
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     p = _launch_subprocess(["--recipe", "tiny_cpu", "--nproc", "2", "--run-dir", str(tmp_path / "run"),
-                            "--script", str(script), "--env", f"STANDIN_OUT={tmp_path}", "--env", "STANDIN_EXIT=1"],
-                           {})
-    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "FAILED" in p.stderr
+                            "--script", str(script), "--env", f"STANDIN_OUT={tmp_path}",
+                            "--env", f"STANDIN_EXIT={code}"], {})
+    assert p.returncode == code, p.stdout[-2000:] + p.stderr[-2000:]
+    if code == 1:
+        assert "FAILED" in p.stderr
+    else:
+        assert p.stderr.strip().splitlines()[-1] == "red-launch: refused by the job: train: error: bad stand-in input"
+        assert "Traceback" not in p.stderr + p.stdout and "FAILED" not in p.stderr, p.stderr[-2000:]
 
 
 def _trainer_ready() -> str | None:
