@@ -346,3 +346,28 @@ def test_slurm_pre_timeout_signal(tmp_path):
     p = subprocess.run(["bash", "-c", wrapper.split("'")[1], "x", sys.executable, "-c", code], capture_output=True,
                        text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0 and p.stdout.split() == ["survived", "SIGUSR1"], p.stderr
+
+
+def test_a_stopped_launch_leaves_later_tasks_unstarted_and_reports_one_line(tmp_path, monkeypatch, capsys):
+    """A sequential sweep stopped in its first task: the next task's torchrun sees the launcher's stop file and
+    exits 3 at once, recording that it did not start; the launcher's one line names both (exit 3)."""
+    import types
+
+    from red_megatron.cli.launch import _local_outcome
+    from red_megatron.launch import nemo, torchrun
+
+    status = tmp_path / "exit_status"
+    status.mkdir()
+    (status / "STOP").touch()
+    (status / "seed_0.json").write_text(json.dumps({"exit_code": 3, "signal": "SIGTERM", "skipped": False}))
+    monkeypatch.setenv("RED_LAUNCH_STOP", str(status / "STOP"))
+    monkeypatch.setenv("RED_EXIT_STATUS", str(status / "seed_1.json"))
+    assert torchrun.main(["--nproc-per-node", "1", "no_such_script.py"]) == 3
+    assert nemo.exit_status(tmp_path, "seed_1") == {"exit_code": 3, "signal": None, "skipped": True}
+    tasks = [types.SimpleNamespace(name=f"seed_{i}", run_dir=str(tmp_path / f"seed_{i}")) for i in (0, 1)]
+    states = {"seed_0": "FAILED", "seed_1": "FAILED"}
+    assert _local_outcome(states, "SIGTERM", {}, tasks, tmp_path) == 3
+    assert capsys.readouterr().err == (f"red-launch: stopped by SIGTERM (seed_0: checkpoint in {tmp_path}/seed_0/"
+                                       f"checkpoints; seed_1: not started); run the same command again to resume\n")
+    (status / "seed_1.json").write_text(json.dumps({"exit_code": 1, "signal": "SIGTERM", "skipped": False}))
+    assert _local_outcome(states, "SIGTERM", {}, tasks, tmp_path) is None  # a crash: the FAILED report
