@@ -211,7 +211,8 @@ def test_local_dry_run_prints_torchrun_command(tmp_path):
     assert rc == 0, err
     cmd = [line for line in out.splitlines() if "torchrun" in line]
     assert len(cmd) == 1, out
-    assert "--nproc-per-node 2" in cmd[0] and "--nnodes 1" in cmd[0]
+    # torchrun with the stop protocol (a stop: one line and exit 3), not NeMo-Run's plain torchrun launcher
+    assert " python -m red_megatron.launch.torchrun --standalone --nproc-per-node 2 " in cmd[0], cmd[0]
     assert cmd[0].endswith(f"{REPO}/scripts/train.py --recipe tiny_cpu --run-dir {tmp_path / 't'} steps=1")
     assert f"NEMORUN_HOME={(tmp_path / 't' / 'nemo_run').resolve()}" in cmd[0]
 
@@ -227,8 +228,8 @@ STAND_IN = textwrap.dedent("""
     tag = sys.argv[sys.argv.index("--run-dir") + 1].replace("/", "_")
     with open(os.path.join(out, f"{tag}-rank{rank}.json"), "w") as f:
         json.dump(rec, f)
-    if os.environ.get("STANDIN_REFUSE") and rank == "0":  # a refusal as run_cli prints it: rank 0's one line
-        print("error: " + os.environ["STANDIN_REFUSE"], file=sys.stderr)
+    if os.environ.get("STANDIN_EXIT") == "2":  # a refusal, as run_cli prints it
+        print("error: " + os.environ.get("STANDIN_REFUSE", "bad stand-in input"), file=sys.stderr)
     sys.exit(int(os.environ.get("STANDIN_EXIT", "0")))
 """)
 
@@ -262,38 +263,40 @@ def test_local_torchrun_two_processes_and_sweep(tmp_path):
     assert (home / "experiments").is_dir()  # NeMo-Run's records live in the run directory
 
 
-def test_failed_job_makes_the_launcher_fail(tmp_path):
-    """A job that refused (rank 0's 'error: ...' line, exit 2): that line is the launcher's one line on stderr,
-    exit 2 (NeMo-Run's and the job's output stay on stdout); another failure is exit 1 (test below)."""
+@pytest.mark.parametrize("code", [1, 2])
+def test_failed_job_makes_the_launcher_fail(tmp_path, code):
+    """A crash is FAILED (exit 1); a refusal (exit 2: NeMo-Run says FAILED too) is the task's one line on stderr
+    and exit 2, read from the exit code red_megatron.launch.torchrun records for the launcher."""
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     p = _launch_subprocess(["--recipe", "tiny_cpu", "--nproc", "2", "--run-dir", str(tmp_path / "run"),
-                            "--script", str(script), "--env", f"STANDIN_OUT={tmp_path}", "--env", "STANDIN_EXIT=2",
+                            "--script", str(script), "--env", f"STANDIN_OUT={tmp_path}",
+                            "--env", f"STANDIN_EXIT={code}",
                             "--env", "STANDIN_REFUSE=bad value in data.path: expected a file"], {})
-    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
-    assert p.stderr == "error: bad value in data.path: expected a file\n", p.stderr[-2000:]
-    assert "[launch] FAILED" in p.stdout
+    assert p.returncode == code, p.stdout[-2000:] + p.stderr[-2000:]
+    if code == 1:
+        assert "FAILED" in p.stderr
+    else:
+        assert p.stderr == "error: bad value in data.path: expected a file\n", p.stderr[-2000:]
+        assert "Traceback" not in p.stdout, p.stdout[-2000:]
 
 
-def test_task_refusals_are_read_from_the_jobs_logs(tmp_path):
-    """Which failed tasks refused: rank 0's line in this launch's logs; a crash (no such line) or an older
-    launch's log gives none, and the launcher says FAILED with exit 1."""
-    import time
+def test_refusal_line_is_rank_0s_last_error_line(tmp_path):
+    """Which failed task refused: its last 'error: ...' line, with or without torchrun's rank prefix; a crash
+    (no such line) gives none."""
+    from red_megatron.launch.nemo import refusal_line
 
-    from red_megatron.launch.nemo import exit_code, task_refusals
-
-    def log(task: str, text: str) -> Path:
-        f = tmp_path / "experiments" / "t" / "t_1" / task / "nemo_run" / f"{task}-x" / task / "0" / "stderr.log"
+    def log(task: str, text: str) -> None:
+        f = tmp_path / "t_1" / task / "nemo_run" / f"{task}-x" / task / "0" / "stderr.log"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text)
-        return f
 
-    old = log("seed_2", "[default0]:error: an older launch's refusal\n")
-    os.utime(old, (1, 1))
     log("seed_3", "W1206 torch warning\n[default0]:error: bad value in data.path: expected a file\nTraceback\n")
     log("seed_4", "Traceback (most recent call last):\nRuntimeError: a bug\n")
-    assert task_refusals(tmp_path, time.time() - 60) == {"seed_3": "bad value in data.path: expected a file"}
-    assert exit_code({"seed_3": "FAILED", "seed_4": "SUCCEEDED"}, False) == 1
+    log("seed_5", "error: an early line\nerror: the last line\n")
+    assert refusal_line(str(tmp_path), "seed_3") == "bad value in data.path: expected a file"
+    assert refusal_line(str(tmp_path), "seed_4") is None
+    assert refusal_line(str(tmp_path), "seed_5") == "the last line"
 
 
 def _trainer_ready() -> str | None:
@@ -362,3 +365,28 @@ def test_slurm_pre_timeout_signal(tmp_path):
     p = subprocess.run(["bash", "-c", wrapper.split("'")[1], "x", sys.executable, "-c", code], capture_output=True,
                        text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0 and p.stdout.split() == ["survived", "SIGUSR1"], p.stderr
+
+
+def test_a_stopped_launch_leaves_later_tasks_unstarted_and_reports_one_line(tmp_path, monkeypatch, capsys):
+    """A sequential sweep stopped in its first task: the next task's torchrun sees the launcher's stop file and
+    exits 3 at once, recording that it did not start; the launcher's one line names both (exit 3)."""
+    import types
+
+    from red_megatron.cli.launch import _local_outcome
+    from red_megatron.launch import nemo, torchrun
+
+    status = tmp_path / "exit_status"
+    status.mkdir()
+    (status / "STOP").touch()
+    (status / "seed_0.json").write_text(json.dumps({"exit_code": 3, "signal": "SIGTERM", "skipped": False}))
+    monkeypatch.setenv("RED_LAUNCH_STOP", str(status / "STOP"))
+    monkeypatch.setenv("RED_EXIT_STATUS", str(status / "seed_1.json"))
+    assert torchrun.main(["--nproc-per-node", "1", "no_such_script.py"]) == 3
+    assert nemo.exit_status(tmp_path, "seed_1") == {"exit_code": 3, "signal": None, "skipped": True}
+    tasks = [types.SimpleNamespace(name=f"seed_{i}", run_dir=str(tmp_path / f"seed_{i}")) for i in (0, 1)]
+    states = {"seed_0": "FAILED", "seed_1": "FAILED"}
+    assert _local_outcome(states, "SIGTERM", {}, tasks, tmp_path) == 3
+    assert capsys.readouterr().err == (f"red-launch: stopped by SIGTERM (seed_0: checkpoint in {tmp_path}/seed_0/"
+                                       f"checkpoints; seed_1: not started); run the same command again to resume\n")
+    (status / "seed_1.json").write_text(json.dumps({"exit_code": 1, "signal": "SIGTERM", "skipped": False}))
+    assert _local_outcome(states, "SIGTERM", {}, tasks, tmp_path) is None  # a crash: the FAILED report

@@ -138,6 +138,40 @@ def test_a_signal_under_torchrun_saves_and_the_run_resumes_bit_exactly(tmp_path)
 
 
 @pytest.mark.slow
+def test_ctrl_c_to_red_launch_local_stops_the_run_with_one_line_and_exit_3(tmp_path):
+    """red-launch --executor local: NeMo-Run's local scheduler starts the task in a session of its own, so Ctrl-C
+    reached only the launcher (it printed "error: interrupted", exit 130, and the run went on without it; a
+    SIGTERM killed it silently). Now the launcher passes the signal on, the rank saves and exits 3, and the
+    launcher reads that code (NeMo-Run says FAILED) and ends with one line and exit 3."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "scripts" / "launch.py"), "--recipe", "tiny_cpu", "--executor", "local",
+           "--nproc", "1", "--run-dir", str(run), *SFT, "steps=8"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        metrics, deadline = run / "metrics.jsonl", time.time() + 600
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert time.time() < deadline, "the run did not reach step 1"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C: the launcher only (the task has its own session)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    done = [r["step"] for r in read_metrics(run)]
+    assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, err[-4000:])
+    assert "Traceback" not in err + out and 1 <= done[-1] < 8, (done, err[-4000:])
+    want = f"red-launch: stopped by SIGINT (train: checkpoint in {run / 'checkpoints'}); run the same command again " \
+           f"to resume"
+    assert err.strip().splitlines()[-1] == want, err[-4000:]
+    assert sum(ln.startswith("red-launch: ") for ln in err.splitlines()) == 1, err[-4000:]
+    assert f"red-train: stopped by SIGINT after step {done[-1]}/8" in out  # the rank's line, tailed by NeMo-Run
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{done[-1]:08d}"
+
+
+@pytest.mark.slow
 @pytest.mark.vllm
 def test_ctrl_c_on_a_rollout_run_saves_and_exits_with_one_line(tmp_path):
     """Ctrl-C reaches the whole process group (the vLLM engine, the verifier workers, megatron's checkpoint
@@ -179,5 +213,7 @@ def test_the_torchrun_wrapper_is_quiet_only_for_a_stop_or_a_refusal():
     assert quiet_exit_code({0: F(3), 1: F(-15)}, stopped=True) == EXIT_INTERRUPTED  # rank 1 closed by the agent
     assert quiet_exit_code({0: F(3), 1: F(-15)}, stopped=False) is None
     assert quiet_exit_code({0: F(2)}, stopped=False) == 2  # a rank's refusal: its one line is the message
+    assert quiet_exit_code({0: F(2), 1: F(-15)}, stopped=False) == 2  # rank 1 closed before it refused too
+    assert quiet_exit_code({0: F(2), 1: F(1)}, stopped=False) is None
     assert quiet_exit_code({0: F(1)}, stopped=True) is None  # a crash keeps torchrun's report
     assert quiet_exit_code({0: F(3), 1: F(1)}, stopped=True) is None

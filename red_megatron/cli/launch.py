@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -152,18 +151,46 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         print(nemo.render_dry_run(title, spec, tasks, script, home))
         return 0
-    t0 = time.time()
-    states = nemo.launch(title, spec, tasks, script, home)
+    states, stopped_by, job_dirs = nemo.launch(title, spec, tasks, script, home)
     rc = nemo.exit_code(states, spec.detach)
+    if rc and spec.executor == "local":
+        quiet = _local_outcome(states, stopped_by, job_dirs, tasks, home)
+        if quiet is not None:
+            return quiet
     summary = ", ".join(f"{k}: {v}" for k, v in states.items())
-    refused = nemo.task_refusals(home, t0) if rc and not spec.detach else {}
-    # a task's refusal is the launch's one line on stderr (exit 2); the job's log above stays on stdout
     print(f"[launch] {'OK' if rc == 0 else 'FAILED'} ({summary}); NeMo-Run records in {home}",
-          file=sys.stderr if rc and not refused else sys.stdout)
-    if refused:
-        task, msg = next(iter(refused.items()))
-        raise UserError(msg if len(tasks) == 1 else f"task {task}: {msg}")
+          file=sys.stderr if rc else sys.stdout)
     return rc
+
+
+def _local_outcome(states: dict, stopped_by: str | None, job_dirs: dict, tasks: list, home: Path) -> int | None:
+    """A stop (exit 3) or a refusal (exit 2) as one line on stderr, or None: a failure, reported as one.
+
+    NeMo-Run says FAILED for both; each task's exit code comes from the file red_megatron.launch.torchrun wrote.
+    """
+    from red_megatron.launch import nemo
+    from red_megatron.run_control import EXIT_INTERRUPTED
+
+    codes = {}
+    for name, state in states.items():
+        status = nemo.exit_status(home, name)
+        codes[name] = 0 if state == "SUCCEEDED" else (status or {}).get("exit_code", 1)
+        if status and status.get("skipped"):
+            codes[name] = "skipped"
+    failed = {c for c in codes.values() if c != 0}
+    run_dirs = {t.name: t.run_dir for t in tasks}
+    if failed <= {EXIT_INTERRUPTED, "skipped"} and EXIT_INTERRUPTED in failed:
+        parts = [f"{name}: checkpoint in {Path(run_dirs[name]) / 'checkpoints'}" if c == EXIT_INTERRUPTED
+                 else f"{name}: not started" for name, c in codes.items() if c != 0]
+        why = f"by {stopped_by}" if stopped_by else "by a signal to its processes"
+        print(f"red-launch: stopped {why} ({'; '.join(parts)}); run the same command again to resume",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    if failed == {2}:  # the task's own refusal is the launch's one line (run_cli prints it: exit 2)
+        lines = [(name, nemo.refusal_line(job_dirs[name], name) or f"refused (its log: {job_dirs[name]})")
+                 for name, c in codes.items() if c == 2]
+        raise UserError(lines[0][1] if len(tasks) == 1 else "; ".join(f"task {n}: {msg}" for n, msg in lines))
+    return None
 
 
 def main(argv=None) -> int:

@@ -7,14 +7,20 @@ Why the extra care around NeMo-Run 0.11.1 (see ../shared/CPU_STACK.md):
   has waited for it (``job_states``) and exits non-zero on anything but SUCCEEDED.
 - NeMo-Run keeps its experiment files under NEMORUN_HOME (default ~/.nemo_run); we point it
   into the run directory so a run's launch records live with its metrics and checkpoints.
-- Locally, torchrun is found on PATH: the interpreter's bin directory (the venv) is put first.
+- Locally, a task is ``python -m red_megatron.launch.torchrun`` (no NeMo-Run launcher): torchrun with the
+  project's stop protocol (exit 3 after a stop signal, quiet). torchx starts it in a session of its own, so
+  a terminal's Ctrl-C reaches only the launcher, which would leave the job running: ``launch`` forwards
+  SIGINT/SIGTERM to it and waits, and, as NeMo-Run reports FAILED for any non-zero exit, reads each task's
+  exit code from the file it writes (``RED_EXIT_STATUS``, ``exit_status``).
 nemo_run is imported inside the functions: it costs ~5 s, and validation runs before it.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,10 +131,10 @@ def build_executor(spec: LaunchSpec, nemorun_home: Path, title: str = "red-megat
         # the child's import path: the repository (scripts/train.py also inserts it itself)
         env.setdefault("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
         env.setdefault("NEMORUN_HOME", str(nemorun_home))
-        bindir = str(Path(sys.executable).parent)
+        bindir = str(Path(sys.executable).parent)  # the task's entrypoint "python" is found on PATH: the venv's
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-        return run.LocalExecutor(ntasks_per_node=spec.nproc, launcher="torchrun", env_vars=env)
+        return run.LocalExecutor(ntasks_per_node=1, env_vars=env)  # one process: our torchrun starts the ranks
 
     if spec.ssh_host:
         user, _, host = spec.ssh_host.rpartition("@")
@@ -184,7 +190,14 @@ def _experiment(title: str, spec: LaunchSpec, tasks: list[Task], script: str, ne
 
     executor = build_executor(spec, nemorun_home, title)
     exp = run.Experiment(title, executor=executor, log_level="WARN")
-    return exp, executor, [run.Script(path=script, entrypoint="python", args=t.args) for t in tasks]
+    if spec.executor != "local":
+        return exp, executor, [run.Script(path=script, entrypoint="python", args=t.args) for t in tasks]
+    status = nemorun_home / "exit_status"
+    return exp, executor, [run.Script(path="red_megatron.launch.torchrun", m=True, entrypoint="python",
+                                      args=["--standalone", "--nproc-per-node", str(spec.nproc), script, *t.args],
+                                      env={"RED_EXIT_STATUS": str(status / f"{t.name}.json"),
+                                           "RED_LAUNCH_STOP": str(status / "STOP")})
+                           for t in tasks]
 
 
 def _task_executor(executor, spec: LaunchSpec, task: Task):
@@ -221,15 +234,78 @@ def render_dry_run(title: str, spec: LaunchSpec, tasks: list[Task], script: str,
     return "\n".join(out)
 
 
-def launch(title: str, spec: LaunchSpec, tasks: list[Task], script: str, nemorun_home: Path) -> dict[str, str]:
-    """Run the experiment to completion (or submission, with detach); return {task: final state}."""
+class _ForwardStop:
+    """Locally: SIGINT/SIGTERM are passed on to the tasks (this process's children, each in its own session)
+    instead of interrupting NeMo-Run's wait, and a task not yet started is told to stay unstarted."""
+
+    def __init__(self, stop_file: Path):
+        self.stop_file, self.received = stop_file, None
+
+    def __call__(self, signum, frame) -> None:
+        import psutil
+
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            self.stop_file.touch()
+        for child in psutil.Process().children():
+            try:
+                child.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def launch(title: str, spec: LaunchSpec, tasks: list[Task], script: str,
+           nemorun_home: Path) -> tuple[dict[str, str], str | None, dict[str, str]]:
+    """Run the experiment to completion (or submission, with detach); return ({task: final state}, the stop
+    signal the launcher received locally or None, {task: its NeMo-Run job dir})."""
     exp, executor, scripts = _experiment(title, spec, tasks, script, nemorun_home)
-    with exp:
-        for task, s in zip(tasks, scripts):
-            exp.add(s, executor=_task_executor(executor, spec, task), name=task.name, tail_logs=True)
-        exp.run(sequential=spec.run_sequential and len(tasks) > 1, detach=spec.detach)
+    forward, old = None, {}
+    if spec.executor == "local":
+        status = nemorun_home / "exit_status"
+        status.mkdir(parents=True, exist_ok=True)
+        for f in status.iterdir():  # a previous launch's
+            f.unlink()
+        forward = _ForwardStop(status / "STOP")
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        # torchx's LocalScheduler, created lazily (also in the main thread, while NeMo-Run waits), installs
+        # SIGINT/SIGTERM handlers of its own whose exception NeMo-Run's wait loop swallows: keep ours
+        from torchx.schedulers import local_scheduler
+
+        registered, local_scheduler._register_termination_signals = \
+            local_scheduler._register_termination_signals, lambda: None
+    try:
+        with exp:
+            for task, s in zip(tasks, scripts):
+                exp.add(s, executor=_task_executor(executor, spec, task), name=task.name, tail_logs=True)
+            exp.run(sequential=spec.run_sequential and len(tasks) > 1, detach=spec.detach)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if old:
+            local_scheduler._register_termination_signals = registered
     # the context manager has waited for every job (unless detached): states are final now
-    return job_states(exp)
+    return job_states(exp), forward.received if forward else None, {j.id: j.executor.job_dir for j in exp.jobs}
+
+
+def refusal_line(job_dir: str, task: str) -> str | None:
+    """A local task's refusal (the cause of its last ``error: ...`` line, rank 0's, with or without torchrun's
+    ``[defaultN]:`` prefix), from NeMo-Run's copy of its stderr."""
+    for log in sorted(Path(job_dir).glob(f"**/{task}/0/stderr.log")):
+        found = [m.group(1) for m in map(_REFUSAL_LINE.match, log.read_text(errors="replace").splitlines()) if m]
+        if found:
+            return found[-1]
+    return None
+
+
+_REFUSAL_LINE = re.compile(r"^(?:\[default\d+\]:)?error: (.+)$")
+
+
+def exit_status(nemorun_home: Path, task: str) -> dict | None:
+    """What a local task's ``red_megatron.launch.torchrun`` wrote on its way out (None: it did not get there)."""
+    try:
+        return json.loads((nemorun_home / "exit_status" / f"{task}.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def job_states(exp) -> dict[str, str]:
@@ -242,28 +318,6 @@ def exit_code(states: dict[str, str], detached: bool) -> int:
         return 1
     ok = {"SUCCEEDED"} | ({"SUBMITTED", "PENDING", "RUNNING"} if detached else set())
     return 0 if all(s in ok for s in states.values()) else 1
-
-
-_REFUSAL_LINE = re.compile(r"^(?:\[default\d+\]:)?error: (.+)$")
-
-
-def task_refusals(nemorun_home: Path, since: float) -> dict[str, str]:
-    """{task: its refusal} from the tasks' logs written since ``since`` (a failed job's ``error: ...`` line,
-    printed by rank 0 under the task's torchrun); the logs this machine holds (local runs) only."""
-    found: dict[str, str] = {}
-    for log in sorted(Path(nemorun_home).glob("experiments/*/*/*/**/stderr.log")):
-        try:
-            if log.stat().st_mtime < since:
-                continue
-            lines = log.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        task = log.relative_to(nemorun_home).parts[3]  # experiments/<title>/<experiment id>/<task>/...
-        for line in lines:
-            m = _REFUSAL_LINE.match(line)
-            if m and task not in found:
-                found[task] = m.group(1)
-    return found
 
 
 def launcher_run_dir(spec: LaunchSpec, run_dir: Path) -> Path:

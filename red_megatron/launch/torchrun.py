@@ -11,10 +11,17 @@ with it, silently. Any other failure keeps torchrun's report.
 
   python -m red_megatron.launch.torchrun --standalone --nproc-per-node 2 scripts/train.py --recipe tiny_cpu
   red-train --nproc-per-node 2 --recipe tiny_cpu           # the same, after red-train's own checks
+
+``red-launch --executor local`` starts every task through this module (NeMo-Run reports a job's state, not
+its exit code): with ``RED_EXIT_STATUS=FILE`` the exit code and the stop signal are written to FILE as JSON,
+and with ``RED_LAUNCH_STOP=FILE`` a task started after the launcher was told to stop (FILE exists: a
+sequential sweep's next task) exits 3 at once, untouched.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 
@@ -50,10 +57,11 @@ class _Forward:
 
 def quiet_exit_code(failures: dict, stopped: bool) -> int | None:
     """The exit code to leave with silently, or None (torchrun's report): every failed rank exited 3 (or 2),
-    or, after a stop signal, some exited 3 and the rest were ended by the agent's closing signal."""
+    or some did and the rest were ended by the agent's closing signal (for 3: after a stop signal; for 2: the
+    agent closes the other ranks as soon as one has refused, before they get to refuse too)."""
     codes = {f.exitcode for f in failures.values()}
     for code in _QUIET_CODES:
-        if codes == {code} or (stopped and code == EXIT_INTERRUPTED and code in codes
+        if codes == {code} or ((stopped or code == EXIT_REFUSED) and code in codes
                                and all(c == code or c < 0 for c in codes)):
             return code
     return None
@@ -69,21 +77,36 @@ def run_torchrun(argv: list[str]) -> int:
         args.signals_to_handle = _AGENT_SIGNALS
     forward = _Forward()
     old = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    code = 1  # what an exception (a crash, torchrun's report) leaves in the status file
     try:
         try:
             torchrun.run(args)
+            code = 0
         except ChildFailedError as e:
-            code = quiet_exit_code(e.failures, forward.received is not None)
-            if code is None:
+            quiet = quiet_exit_code(e.failures, forward.received is not None)
+            if quiet is None:
                 raise  # a crash: torchrun's own report of it
-            return code
+            code = quiet
+        return code
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    return 0
+        write_exit_status(code, forward.received)
+
+
+def write_exit_status(code: int, signame: str | None, skipped: bool = False) -> None:
+    """For red-launch (``RED_EXIT_STATUS``): this launch's exit code and the stop signal, if any."""
+    path = os.environ.get("RED_EXIT_STATUS")
+    if path:
+        with open(path, "w") as f:
+            json.dump({"exit_code": code, "signal": signame, "skipped": skipped}, f)
 
 
 def main(argv=None) -> int:
+    stop = os.environ.get("RED_LAUNCH_STOP")
+    if stop and os.path.exists(stop):  # the launcher was stopped before this task started: leave it unstarted
+        write_exit_status(EXIT_INTERRUPTED, None, skipped=True)
+        return EXIT_INTERRUPTED
     from torch.distributed.elastic.multiprocessing.errors import record
 
     return record(run_torchrun)(sys.argv[1:] if argv is None else list(argv))  # record: torchrun's crash report
