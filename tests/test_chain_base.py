@@ -141,3 +141,13 @@ def test_a_very_small_base_is_built_gated_reported_and_cached(tmp_path, monkeypa
     assert chain_base(0, 2, overrides=["data.global_batch_size=8"], allow_failed_gate=True) == d / "hf"
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 3 and "reusing" in again.stdout  # cached: not trained again
+
+
+def test_the_gated_bases_keys_do_not_move(tmp_path):
+    """docs/STUDY.md and the scaling study name the middle size's gated base by its key: a field added to the
+    checkpoint config (the MoE ones) must not move the dense bases' keys (rebuilding one is ~1 h of CPU)."""
+    from configs.chain_cpu import base_dir
+    from red_megatron.study.tiny_checkpoint import shape_config
+
+    assert base_dir(0, root=tmp_path).name == "chain_base_bfbde7b603f6"
+    assert "experts" not in shape_config("chain").key_fields() and "experts" in shape_config("moe").key_fields()
