@@ -104,6 +104,12 @@ def _forked_clones(parent_exec: tuple[bytes | None, bytes | None], since: float,
     return out
 
 
+def _exited(pid: int) -> bool:
+    """Gone or a zombie (it exited; its parent has not reaped it yet)."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat is None or stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")
+
+
 def _death_waiter(parent: int):
     """A function sleeping up to its argument in seconds, returning early once ``parent`` exits."""
     try:
@@ -126,11 +132,15 @@ def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
     while True:
         now = _ticks_now()
         table = _table()
-        if parent not in table or table[parent][1] != start:
+        # read after the table: a parent that died while it was read leaves the last look standing (its
+        # children were being handed to init); a zombie counts as dead (it keeps its pid until reaped, and
+        # a look then would find no children and overwrite the last good one: the orphan of 2026-12-06)
+        if parent not in table or table[parent][1] != start or _exited(parent):
             break
         known, looked_at = {p: t for p, t in _descendants(table, {parent}).items() if p != me}, now
         wait(interval_s)
-    for _ in range(2):  # a second pass for what the first pass's victims forked meanwhile
+    quiet = 0
+    for _ in range(20):  # until two passes in a row find nothing (what the victims forked meanwhile), ~4 s at most
         table = _table()
         alive = {p: t for p, t in known.items() if p in table and table[p][1] == t}
         alive.update(_tagged(tag, table))
@@ -143,6 +153,9 @@ def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
             except OSError:
                 pass
         known = alive
+        quiet = 0 if alive else quiet + 1
+        if quiet == 2:
+            break
         time.sleep(0.2)
 
 

@@ -108,5 +108,20 @@ def test_a_killed_trainer_leaves_no_process(tmp_path, tiny_ckpt_dir, when):
             while not list((run / "checkpoints").glob(".tmp.*")) and time.monotonic() < deadline:
                 time.sleep(0.02)
         _kill_and_check(proc, min_helpers=3)
+        # and nothing of this run started after that snapshot either (a fork of a fork): its run dir is unique
+        def left() -> list[int]:
+            return [pid for pid in _table() if not _zombie(pid) and str(run).encode() in _cmdline(pid)]
+
+        deadline = time.monotonic() + 10.0
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left(), [_cmdline(p)[:160] for p in left()]
     finally:
         proc.kill()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
