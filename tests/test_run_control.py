@@ -39,7 +39,7 @@ def _env():
 def _train(run_dir, *overrides, expect: int = 0) -> str:
     rc, out, err = run_in_session(_cmd(run_dir, *overrides), timeout=600, what="red-train", env=_env(), cwd=REPO)
     assert rc == expect, f"exit {rc}, expected {expect}:\n{out[-2000:]}\n{err[-4000:]}"
-    return err
+    return out + err  # the run's INFO lines (a changed schedule applied) are on stdout, refusals on stderr, last
 
 
 def test_a_second_run_in_a_locked_run_dir_is_refused(tmp_path):
