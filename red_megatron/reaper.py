@@ -18,10 +18,10 @@ the last interval, already handed to init), and the children of those, twice, th
 The tag is seen only in processes that exec'd after it was set: /proc/<pid>/environ shows the
 environment a process was exec'd with, and a plain ``fork`` (the checkpoint writer of a save) keeps the
 trainer's. Such a child forked after the last look is found by what it shares with the trainer: the
-same command line and the same exec environment, started at or after that look (a run relaunched
-with the same command starts after the reaper acted; torchrun's other ranks differ in their
-environment). The trainer's death is seen at once through a pidfd where the kernel has one, so the
-window of that last rule is one interval at most.
+same command line and the same exec environment, started at or after that look and before the
+trainer's death (the same command run again, a resume, starts after it: CI of 2026-12-06 caught a
+reaper killing it; torchrun's other ranks differ in their environment). The death is seen at once
+through a pidfd; on a kernel without pidfds its time is not known and this rule is off.
 """
 from __future__ import annotations
 
@@ -92,14 +92,18 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def _forked_clones(parent_exec: tuple[bytes | None, bytes | None], since: float,
+def _forked_clones(parent_exec: tuple[bytes | None, bytes | None], launcher: int, since: float, until: float,
                    table: dict[int, tuple[int, int]]) -> dict[int, int]:
-    """Processes with the trainer's command line and exec environment started at or after ``since``."""
+    """Processes with the trainer's command line and exec environment started at or after ``since`` and
+    by the clock tick of ``until`` (the death: the same command run again starts after it), and not
+    children of the trainer's own parent (``launcher``: what started the trainer may start it again;
+    orphans go to init or a subreaper)."""
     if None in parent_exec:
         return {}
     out = {}
-    for pid, (_, start) in table.items():
-        if start + 1 >= since and (_read(f"/proc/{pid}/cmdline"), _read(f"/proc/{pid}/environ")) == parent_exec:
+    for pid, (ppid, start) in table.items():
+        if start + 1 >= since and start <= int(until) and (ppid == 1 or ppid != launcher) and \
+                (_read(f"/proc/{pid}/cmdline"), _read(f"/proc/{pid}/environ")) == parent_exec:
             out[pid] = start
     return out
 
@@ -126,6 +130,7 @@ def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
     start = _table().get(parent, (0, None))[1]
     tag = f"\0{TAG_ENV}={parent}:{start}\0".encode()
     parent_exec = (_read(f"/proc/{parent}/cmdline"), _read(f"/proc/{parent}/environ"))
+    launcher = _table().get(parent, (0, 0))[0]
     wait = _death_waiter(parent)
     known: dict[int, int] = {}
     looked_at = _ticks_now()
@@ -136,6 +141,7 @@ def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
         # children were being handed to init); a zombie counts as dead (it keeps its pid until reaped, and
         # a look then would find no children and overwrite the last good one: the orphan of 2026-12-06)
         if parent not in table or table[parent][1] != start or _exited(parent):
+            died = _ticks_now() if wait is not time.sleep else -1.0  # no pidfd: the death's time is not known
             break
         known, looked_at = {p: t for p, t in _descendants(table, {parent}).items() if p != me}, now
         wait(interval_s)
@@ -144,7 +150,7 @@ def watch(parent: int, interval_s: float = INTERVAL_S) -> None:
         table = _table()
         alive = {p: t for p, t in known.items() if p in table and table[p][1] == t}
         alive.update(_tagged(tag, table))
-        alive.update(_forked_clones(parent_exec, looked_at, table))
+        alive.update(_forked_clones(parent_exec, launcher, looked_at, died, table))
         alive.update(_descendants(table, set(alive)))
         alive.pop(me, None)
         for pid in alive:

@@ -56,11 +56,13 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def _kill_and_check(proc: subprocess.Popen, min_helpers: int) -> None:
+def _kill_and_check(proc: subprocess.Popen, min_helpers: int, relaunch=None) -> None:
     helpers = {p: t for p, t in _descendants(_table(), {proc.pid}).items()}
     assert len(helpers) >= min_helpers, helpers
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    if relaunch is not None:  # the same command at once (a resume): not one of the dead run's helpers
+        relaunch()
     deadline = time.monotonic() + 10.0
     while _alive(helpers) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -84,9 +86,20 @@ def test_helpers_die_with_a_killed_parent(tmp_path, interval_s):
         proc.stdin.write("go\n")
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "late"
-        _kill_and_check(proc, min_helpers=8)
+        again = []
+        _kill_and_check(proc, min_helpers=8, relaunch=lambda: again.append(subprocess.Popen(
+            [sys.executable, str(script), str(interval_s)], cwd=REPO, env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)))
+        # the reaper sweeps for a few seconds after the death: the relaunch (same command line, same exec
+        # environment, the same parent) must outlive that
+        assert again[0].stdout.readline().strip() == "ready" and again[0].poll() is None
+        time.sleep(3.0)
+        assert again[0].poll() is None, f"the relaunched run died ({again[0].returncode})"
     finally:
         proc.kill()
+        for p in again if "again" in dir() else []:
+            p.kill()
+            p.wait()
 
 
 @pytest.mark.slow
