@@ -200,3 +200,28 @@ def autograd_saved_bytes(run) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run()
     return sum(seen.values())
+
+
+def bench_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def bench_dtype() -> torch.dtype:
+    """bf16 on a GPU, fp32 on the CPU (the smoke runs)."""
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def build_hf_model(config_cls, model_cls, cfg: dict):
+    """A transformers model of a config.json dict, SDPA attention, built in the bench dtype on the bench
+    device, in train mode without the KV cache."""
+    c = config_cls(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
+    c._attn_implementation = "sdpa"
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(bench_dtype())
+    try:
+        with bench_device():
+            m = model_cls(c)
+    finally:
+        torch.set_default_dtype(old)
+    m.config.use_cache = False
+    return m.train()

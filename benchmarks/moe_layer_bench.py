@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_util import run_meta  # noqa: E402  (sys.path, TRITON_INTERPRET)
+from bench_util import bench_device, bench_dtype, build_hf_model, run_meta  # noqa: E402  (sys.path, TRITON_INTERPRET)
 
 GiB = 1024 ** 3
 IMPLS = ("mcore", "hf")
@@ -76,12 +76,7 @@ def layer_counts(cfg: dict, seq: int) -> dict:
             "flops_per_token": 6.0 * active + 6.0 * hf.num_layers * hf.hidden_size * seq}
 
 
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _dtype() -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+_device, _dtype = bench_device, bench_dtype
 
 
 def _free() -> None:
@@ -110,17 +105,8 @@ def build(impl: str, cfg: dict):
         raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    c = Qwen3MoeConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
-    c._attn_implementation = "sdpa"
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(_dtype())
-    try:
-        with _device():
-            model = Qwen3MoeForCausalLM(c)
-    finally:
-        torch.set_default_dtype(old)
-    model.config.use_cache = False
-    model.train()
+    model = build_hf_model(Qwen3MoeConfig, Qwen3MoeForCausalLM, cfg)
+    c = model.config
 
     def step(tokens, labels):
         model(input_ids=tokens, labels=labels).loss.backward()

@@ -35,8 +35,8 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_util import (SHAPES, autograd_saved_bytes, hf_config_dict, rows_beside, run_meta,  # noqa: E402,F401
-                        time_ms)  # (sys.path, TRITON_INTERPRET)
+from bench_util import (SHAPES, autograd_saved_bytes, bench_device, bench_dtype, build_hf_model,  # noqa: E402,F401
+                        hf_config_dict, rows_beside, run_meta, time_ms)  # (sys.path, TRITON_INTERPRET)
 
 PEAK_FLOPS = 989e12
 GiB = 1024 ** 3
@@ -73,12 +73,7 @@ def _free():
         torch.cuda.reset_peak_memory_stats()
 
 
-def _device():
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _dtype():
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+_device, _dtype = bench_device, bench_dtype
 
 
 # ---------------------------------------------------------------- models
@@ -95,17 +90,7 @@ def build_mcore(cfg: dict, sdpa_backend: str | None = None):
 def build_hf(cfg: dict):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    c = Qwen2Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
-    c._attn_implementation = "sdpa"
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(_dtype())
-    try:
-        with _device():
-            m = Qwen2ForCausalLM(c)
-    finally:
-        torch.set_default_dtype(old)
-    m.config.use_cache = False
-    return m.train()
+    return build_hf_model(Qwen2Config, Qwen2ForCausalLM, cfg)
 
 
 def mcore_step_fn(model, tokens, labels, loss: str):

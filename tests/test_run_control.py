@@ -42,6 +42,15 @@ def _train(run_dir, *overrides, expect: int = 0) -> str:
     return out + err  # the run's INFO lines (a changed schedule applied) are on stdout, refusals on stderr, last
 
 
+def _wait_for_step(proc: subprocess.Popen, run: Path, step: int) -> None:
+    """Until the run has logged ``step`` steps (it must not end before)."""
+    metrics, deadline = run / "metrics.jsonl", time.time() + 600
+    while not (metrics.exists() and metrics.read_text().count("\n") >= step):
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.time() < deadline, f"the run did not reach step {step}"
+        time.sleep(0.05)
+
+
 def test_a_second_run_in_a_locked_run_dir_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom red_megatron.run_control import "
                                "run_dir_lock\nwith run_dir_lock(sys.argv[1]):\n    print('held', flush=True)\n"
@@ -149,11 +158,7 @@ def test_ctrl_c_to_red_launch_local_stops_the_run_with_one_line_and_exit_3(tmp_p
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        metrics, deadline = run / "metrics.jsonl", time.time() + 600
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-            assert proc.poll() is None, proc.communicate()[1][-4000:]
-            assert time.time() < deadline, "the run did not reach step 1"
-            time.sleep(0.05)
+        _wait_for_step(proc, run, 1)
         proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C: the launcher only (the task has its own session)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -183,11 +188,7 @@ def test_ctrl_c_on_a_rollout_run_saves_and_exits_with_one_line(tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        metrics, deadline = run / "metrics.jsonl", time.time() + 600
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-            assert proc.poll() is None, proc.communicate()[1][-4000:]
-            assert time.time() < deadline, "the run did not reach step 2"
-            time.sleep(0.05)
+        _wait_for_step(proc, run, 2)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         out, err = proc.communicate(timeout=300)
     finally:
