@@ -61,6 +61,9 @@ class RunConfig:
     # also save when this many minutes passed since the last save (0: off); with checkpoint_every,
     # whichever comes first
     checkpoint_every_minutes: float = 0.0
+    # stop (one error line, exit 2) after this many steps in a row skipped for a non-finite loss or gradient,
+    # or when every step of the run was skipped (0: never stop; the skipped steps leave the weights untouched)
+    max_skipped_in_a_row: int = 5
     # continue from run_dir/checkpoints/latest when it exists; a changed schedule (lr, steps, warm-up,
     # decay) applies from there
     resume: bool = True
@@ -90,6 +93,9 @@ class RunConfig:
         if not isinstance(self.checkpoint_every_minutes, (int, float)) or not self.checkpoint_every_minutes >= 0:
             raise ValueError(f"RunConfig.checkpoint_every_minutes must be a number >= 0 (0: off), "
                              f"got {self.checkpoint_every_minutes!r}")
+        if not isinstance(self.max_skipped_in_a_row, int) or self.max_skipped_in_a_row < 0:
+            raise ValueError(f"RunConfig.max_skipped_in_a_row must be an int >= 0 (0: never stop), "
+                             f"got {self.max_skipped_in_a_row!r}")
         need = self.data.max_prompt_tokens + self.data.max_response_tokens
         # a micro-batch holds whole sequences; with CP each rank computes 1/cp of them, so the budget is
         # per CP rank of the padded sequence (padded to a multiple of 2·cp)

@@ -153,6 +153,7 @@ class _Run:
                                     resume=cfg.resume)
         self.step = 0
         self.skipped_steps = 0
+        self._skip_streak = 0  # steps in a row skipped in this process (not kept across a resume)
         self._saved_step = None  # the step of the checkpoint on disk that holds the current state
         self._maybe_resume()  # may refuse (another preset's checkpoint): then run_config.json stays as it was
         if g.rank == 0:
@@ -243,6 +244,7 @@ class _Run:
         if not self.old_pass:  # the same numbers the pass would have given, from the update's forward
             logp_old_N, entropy_N = upd.pop("token_outputs")
             stats = self._entropy_stats(entropy_N, exp)
+        self._skip_streak = self._skip_streak + 1 if upd["skipped"] else 0
         if upd["skipped"]:  # a NaN/Inf loss or gradient: the weights were left untouched
             self.skipped_steps += 1
             log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)", self.step + 1,
@@ -332,11 +334,27 @@ class _Run:
             flags = moved.cpu()
         return bool(flags[0]), bool(flags[1])
 
+    def _refuse_divergence(self) -> None:
+        """A run that only skips steps trains nothing: stop after ``max_skipped_in_a_row`` of them, or at the end
+        of a run whose every step (in this process) was skipped. The same decision on every rank (the skip is)."""
+        n, limit = self._skip_streak, self.cfg.max_skipped_in_a_row
+        ran = self.step - self._first_step
+        if n == 0 or limit == 0 or not (n >= limit or (self.step == self.steps and n == ran)):
+            return
+        from red_megatron.errors import UserError
+
+        kept = ("the weights are the starting ones" if self.step - n == 0
+                else f"the weights are step {self.step - n}'s")
+        raise UserError(f"training diverged: steps {self.step - n + 1}-{self.step} ({n} in a row) had a non-finite "
+                        f"loss or gradient and were skipped ({kept}); lower policy.lr={self.cfg.policy.lr:g} or "
+                        f"check the data, or raise max_skipped_in_a_row={limit} (0: never stop)")
+
     def run(self) -> dict:
         from red_megatron.run_control import RunInterrupted
 
         last: dict = {}
         last_save = time.monotonic()
+        self._first_step = self.step
         try:
             if self.evaluator is not None and self.cfg.eval.at_start and self.step == 0:
                 self.evaluator.run(0, self.steps)  # the starting weights: the engine holds model_dir's
@@ -353,6 +371,7 @@ class _Run:
                 if self.evaluator is not None and self.evaluator.due(self.step, self.steps):
                     last.update(self.evaluator.run(self.step, self.steps))
                 self.logger.log(self.step, last)
+                self._refuse_divergence()
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.steps:
                     self._save()
                     last_save = time.monotonic()
