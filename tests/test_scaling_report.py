@@ -83,6 +83,11 @@ def test_report_numbers_missing_cells_and_figure(study):
     assert m["variants"] == {"clean": {"red": {"acc": 50.0, "hard": 50.0, "main_acc": 75.0}}} and not s["variants"]
     assert "| clean | 50.0 [75.0] / 50.0 | – | – | – |" in m_text and "--sizes s --phase variants" in text
     assert "not run at this size" in text and "hand-made" in text
+    across = text[text.index("## Across sizes"):text.index("## Size `s`")]  # smallest size first
+    assert "| | `s` (0.50M) | `m` (1.80M) |" in across
+    assert "| red | 50.0 (50.0) (n=1) | 75.0 ± 0.0 (75.0) (n=3) |" in across
+    assert "| red − sft_then_grpo | – | +33.3 ± 8.3 (n=3, 3↑/0↓) **supported** |" in across
+    assert "| C7 " in across and str(tmp) not in text  # bases by name, not by this machine's path
     assert json.loads((tmp / "rep" / "scaling_t.json").read_text())["sizes"]["m"]["edges"]
     pytest.importorskip("matplotlib")
     assert (tmp / "rep" / "scaling_t.png").stat().st_size > 1000 and "scaling_t.png" in text

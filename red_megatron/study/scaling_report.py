@@ -9,7 +9,9 @@ Per size: the lr-sensitivity curve of each preset (held-out accuracy and truncat
 marked), the main table at equal steps (accuracy per band, LEN, truncated rate, rollout and trained tokens), the
 comparison at equal rollout tokens, RED's paired edge over sft_then_grpo and over red_shift (mean ± SE over
 seeds, per band), red's w against the frozen-policy w, and the claims scorecard (red_megatron.study.claims);
-every cell of the plan that has not finished is listed. The figure: accuracy per band against size, per preset.
+every cell of the plan that has not finished is listed. Across sizes (first, with two sizes or more): accuracy,
+LEN, RED's edges, w against the frozen-policy w and the scorecard's verdicts, one column a size. The figure:
+accuracy per band against size, per preset, and RED's paired edge against size.
 """
 from __future__ import annotations
 
@@ -199,11 +201,78 @@ def _d(d: dict) -> str:
     return f"{d['mean']:+.1f} ± {d['se']:.1f} (n={d['n']}, {d['above']}↑/{d['below']}↓)"
 
 
+def _by_size(a: dict) -> list[str]:
+    return sorted(a["sizes"], key=lambda z: a["sizes"][z]["params"] or 0)
+
+
+def _base_name(base: str) -> str:
+    """The base by name (chain_base_<key> for a chain base's hf/, else the checkpoint directory's name), not by a
+    path of the machine that ran it."""
+    p = Path(base)
+    return p.parent.name if p.name == "hf" else p.name
+
+
+def across_sizes(a: dict) -> list[str]:
+    """The tables that answer 'what changes with size': accuracy, LEN, RED's edges, w against the frozen w and
+    the scorecard's verdicts, one column a size (smallest first)."""
+    sizes = _by_size(a)
+    if len(sizes) < 2:
+        return []
+    head = "| | " + " | ".join(f"`{z}` ({a['sizes'][z]['params'] / 1e6:.2f}M)" if a["sizes"][z]["params"] else f"`{z}`"
+                               for z in sizes) + " |"
+    rule = "|---|" + "---:|" * len(sizes)
+
+    def row_of(z: str, p: str) -> dict | None:
+        return next((r for r in a["sizes"][z]["table"] if r["config"] == p), None)
+
+    L = ["## Across sizes", "", "Held-out accuracy % on chain_test, overall (hard band in brackets), mean ± std over "
+         "seeds (n), each preset at its own lr:", "", head, rule]
+    for p in ["base", *a["presets"]]:
+        cells = []
+        for z in sizes:
+            r = row_of(z, p)
+            cells.append("–" if r is None else f"{_ms(r['overall/acc'] if r['n'] > 1 else r['overall/acc'][0])} "
+                                               f"({_ms(r['chain_hard/acc'][0])}) (n={r['n']})")
+        if any(c != "–" for c in cells):
+            L.append(f"| {p} | " + " | ".join(cells) + " |")
+    L += ["", "LEN (mean response tokens on chain_test, mean over seeds) and truncated %:", "", head, rule]
+    for p in ["base", *a["presets"]]:
+        cells = [("–" if (r := row_of(z, p)) is None else f"{_ms(r['overall/len'][0], '.0f')} / {_ms(r['trunc'][0])} %")
+                 for z in sizes]
+        if any(c != "–" for c in cells):
+            L.append(f"| {p} | " + " | ".join(cells) + " |")
+    L += ["", "RED's paired edge, overall (red − other, points, mean ± SE over paired seeds; verdict by the C1a rule), "
+          "and red's w against the frozen-policy w:", "", head, rule]
+    for other in EDGE_OVER:
+        cells = []
+        for z in sizes:
+            e = a["sizes"][z]["edges"][other]
+            cells.append("–" if not e["overall"]["n"] else f"{_d(e['overall'])} **{e['verdict']}**")
+        L.append(f"| red − {other} | " + " | ".join(cells) + " |")
+    cells = []
+    for z in sizes:
+        w = a["sizes"][z]["w"]
+        cells.append(f"{w['distance']:+.3f} (KS p={w['ks_p']:.2g})" if "distance" in w else
+                     ("red's " + _ms(w["red_w"], ".2f") + "; frozen_w not run") if w["n_red"] else "–")
+    L += ["| red's w − frozen w | " + " | ".join(cells) + " |", "",
+          "The claims scorecard per size (verdicts; the numbers are in each size's section):", "", head, rule]
+    ids = [c["id"] for c in a["sizes"][sizes[0]]["claims"]]
+    for cid in ids:
+        claim = next(c for c in a["sizes"][sizes[0]]["claims"] if c["id"] == cid)["claim"]
+        cells = [next((c["verdict"] for c in a["sizes"][z]["claims"] if c["id"] == cid), "–") for z in sizes]
+        L.append(f"| {cid} {claim} | " + " | ".join(cells) + " |")
+    return L + [""]
+
+
 def render(a: dict, meta: dict, figure: str | None) -> str:
     L = [f"# Scaling study: RED across model sizes ({meta['date']})", "", meta["setup"], ""]
-    for size, s in a["sizes"].items():
+    L += across_sizes(a)
+    if figure:
+        L += [f"![accuracy per band and RED's edge against size]({figure})", ""]
+    for size in _by_size(a):
+        s = a["sizes"][size]
         params = f"{s['params'] / 1e6:.2f}M parameters" if s["params"] else "parameters unknown"
-        L += [f"## Size `{size}` ({params}; base `{s['base']}`)", ""]
+        L += [f"## Size `{size}` ({params}; base `{_base_name(s['base'])}`)", ""]
         L += [("**Missing cells** (not run yet): " + ", ".join(s["missing"])) if s["missing"]
               else "All cells of the plan finished.", ""]
         L += [f"### lr sensitivity (chain_val, seed {meta.get('lr_seed', 0)}): held-out accuracy % (truncated %)", "",
@@ -259,8 +328,6 @@ def render(a: dict, meta: dict, figure: str | None) -> str:
                     "–" if p not in row else f"{row[p]['acc']:.1f} [{_ms(row[p]['main_acc'])}] / {row[p]['hard']:.1f}"
                     for p in VARIANT_PRESETS) + " |")
         L.append("")
-    if figure:
-        L += ["## Accuracy per band against size", "", f"![accuracy per band vs size]({figure})", ""]
     return "\n".join(L)
 
 
@@ -273,7 +340,7 @@ def figure(a: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    sizes = sorted(a["sizes"], key=lambda z: a["sizes"][z]["params"] or 0)
+    sizes = _by_size(a)
     if not sizes:
         return None
     x = [(a["sizes"][z]["params"] or i + 1) / 1e6 for i, z in enumerate(sizes)]
