@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,22 @@ def test_fixed_w_holds_w_while_the_regulator_still_updates():
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ValueError, match="fixed_w"):
             AlgoConfig(preset="red", fixed_w=bad)
+
+
+def test_a_failed_cell_says_why_in_the_study_log(tmp_path, monkeypatch):
+    """A child's refusal (its one ``error:`` line, after whatever it printed) reaches the study's own log, with the
+    cell's log path; the real child process runs (a stand-in command: a real training would need minutes)."""
+    child = [sys.executable, "-c", "import sys; print('INFO noise'); print('error: bad row 3 in data.path: expected "
+             "a prompt', file=sys.stderr); print('more noise'); sys.exit(2)"]
+    monkeypatch.setattr(runner, "train_command", lambda *a, **k: child)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    spec = runner.StudySpec(out=tmp_path / "out", base=base, configs=["grpo"], seeds=[0], eval_data="x", parallel=1)
+    lines = []
+    res = runner.train_cell(spec, "grpo", 0, log=lines.append)
+    assert res["rc"] == 2 and not (tmp_path / "out/seed0/grpo/train.done.json").exists()
+    assert lines[-1].startswith("[study] seed 0 grpo: train FAILED (rc=2) in ")
+    assert lines[-1].endswith(f"error: bad row 3 in data.path: expected a prompt (log: {tmp_path}/out/seed0/grpo/"
+                              f"train.log)"), lines
+    assert runner.failure_line(tmp_path / "nope.log").startswith("(no log at")

@@ -230,3 +230,24 @@ def test_variant_splits_are_the_chain_task_with_other_trace_knobs(monkeypatch):
     base = ChainTaskConfig()
     assert made == [dataclasses.replace(base, p_check=0.0, p_replay=0.0), dataclasses.replace(base, p_wrong=0.1)]
     assert made[0].problem_fields() == base.problem_fields()  # same problems: the base and test split still hold
+
+
+def test_failed_cells_are_named_at_the_end_and_set_the_exit_code(tmp_path, monkeypatch, capsys):
+    """red-study --sizes runs every cell it can; a cell that failed is named with its child's error line, exit 1."""
+    from red_megatron.study import runner, scaling_cli
+
+    def fake_run_study(study, on_progress=None, log=print):
+        return [{"config": c, "seed": s, "eval": None,
+                 "train": {"rc": 2, "why": "error: bad row 3 in data.path (log: x)"} if c == "sft" else {"rc": 0}}
+                for c in study.configs for s in study.seeds]
+
+    monkeypatch.setattr(runner, "run_study", fake_run_study)
+    base = tmp_path / "b"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    argv = ["--sizes", f"t={base}", "--presets", "red,sft", "--phase", "lr", "--lr-mults", "1", "--val-data", "v",
+            "--test-data", "t", "--out", str(tmp_path / "out"), "--allow-failed-gate"]
+    assert scaling_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "[scaling] FAILED t/lr/x1 sft seed 0 train: error: bad row 3 in data.path (log: x)" in err, err
+    assert "red seed" not in err

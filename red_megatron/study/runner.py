@@ -142,6 +142,16 @@ def _run_logged(cmd: list[str], log_path: Path) -> tuple[int, float]:
     return rc, time.time() - t0
 
 
+def failure_line(log_path: Path) -> str:
+    """Why a cell's process failed, from its log: its last ``error:`` line (a refusal is one), else its last line."""
+    try:
+        lines = [x.strip() for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return f"(no log at {log_path})"
+    errors = [x for x in lines if x.startswith("error: ")]
+    return (errors or lines or ["(empty log)"])[-1][:400] + f" (log: {log_path})"
+
+
 def _mark(path: Path, record: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -168,9 +178,12 @@ def train_cell(spec: StudySpec, config: str, seed: int, red_run: Path | None = N
     rc, wall = _run_logged(cmd, d / "train.log")
     rec = {"config": config, "seed": seed, "preset": preset_of(config), "rc": rc, "wall_s": round(wall, 1),
            "hf": str(final_stage_dir(run_dir, preset_of(config)) / "hf"), "command": cmd}
-    log(f"[study] seed {seed} {config}: train rc={rc} in {wall:.0f} s")
     if rc == 0:
+        log(f"[study] seed {seed} {config}: train rc=0 in {wall:.0f} s")
         _mark(marker, rec)
+    else:
+        rec["why"] = failure_line(d / "train.log")
+        log(f"[study] seed {seed} {config}: train FAILED (rc={rc}) in {wall:.0f} s: {rec['why']}")
     return rec
 
 
@@ -185,9 +198,12 @@ def eval_cell(spec: StudySpec, config: str, seed: int, hf: Path, log=print) -> d
     out.mkdir(parents=True)
     rc, wall = _run_logged(eval_command(spec, hf, config, out, seed), d / "eval.log")
     rec = {"config": config, "seed": seed, "rc": rc, "wall_s": round(wall, 1)}
-    log(f"[study] seed {seed} {config}: eval rc={rc} in {wall:.0f} s")
     if rc == 0 and (out / "samples.jsonl").exists():
+        log(f"[study] seed {seed} {config}: eval rc=0 in {wall:.0f} s")
         _mark(marker, rec)
+    else:
+        rec["why"] = failure_line(d / "eval.log") if rc else f"no samples.jsonl in {out}"
+        log(f"[study] seed {seed} {config}: eval FAILED (rc={rc}) in {wall:.0f} s: {rec['why']}")
     return rec
 
 

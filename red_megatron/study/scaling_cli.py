@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from red_megatron.errors import UserError
@@ -214,11 +215,26 @@ def main(argv: list[str]) -> int:
         from red_megatron.study.assets import ensure_chain_data
 
         ensure_chain_data()  # the default val/test splits (made once; --check/--dry-run build nothing)
+    failed: list[str] = []
+
+    def runner(study, **kw):  # the cells run as always; the failed ones are named at the end and set the exit code
+        from red_megatron.study.runner import run_study
+
+        results = run_study(study, **kw)
+        for r in results:
+            for part in ("train", "eval"):
+                if r[part] is not None and r[part].get("rc", 0) != 0:
+                    failed.append(f"{Path(study.out).relative_to(spec.out)} {r['config']} seed {r['seed']} "
+                                  f"{part}: {r[part].get('why', 'rc=' + str(r[part]['rc']))}")
+        return results
+
     if args.phase == "variants":
         from red_megatron.study.scaling import run_variants
 
-        run_variants(spec, variant_splits(args))
-        return 0
-    s = run_scaling(spec, phase=args.phase)
-    print(f"[scaling] summary: {spec.out / 'scaling.json'} ({len(s['sizes'])} sizes)")
-    return 0
+        run_variants(spec, variant_splits(args), runner=runner)
+    else:
+        s = run_scaling(spec, phase=args.phase, runner=runner)
+        print(f"[scaling] summary: {spec.out / 'scaling.json'} ({len(s['sizes'])} sizes)")
+    for line in failed:
+        print(f"[scaling] FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
