@@ -7,6 +7,8 @@ TRITON_INTERPRET=1 so the Triton kernels run on the CPU (smoke mode).
   time_ms(fn)         GPU: triton.testing.do_bench (CUDA events, L2 flushed) when triton is there, else
                       CUDA events; CPU: wall clock. Median milliseconds.
   wall_times(fn, n)   per-call wall seconds, GPU-synchronised (whole-step stages, multi-second calls)
+  step_times_ms(fn, n, warmup)  per-call milliseconds of a training step: CUDA events on a GPU, wall clock
+                      on the CPU;  free(): collect, empty the CUDA cache and reset its peak (between runs)
   SHAPES              the one model-shape table (Qwen2.5 family + CPU smoke shapes)
   hf_config_dict()    a shape as an HF config.json dict;  num_params(): red_megatron.hf's counter
   append_csv()        every script appends one row per measurement beside its JSON/markdown
@@ -111,6 +113,38 @@ def wall_times(fn, repeats: int, warmup: int = 1) -> list[float]:
         sync()
         out.append(time.perf_counter() - t0)
     return out
+
+
+def step_times_ms(fn, steps: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``steps`` calls of ``fn()`` after ``warmup`` calls: CUDA events around each call
+    on a GPU (the queue is not drained between steps, as in training), wall clock on the CPU."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(steps):
+        if torch.cuda.is_available():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
+def free() -> None:
+    """Between two measured runs: drop the last one's tensors and reset the CUDA peak-memory counter."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def time_ms(fn, reps: int = 10, warmup: int = 3) -> float:

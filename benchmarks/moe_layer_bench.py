@@ -25,7 +25,6 @@ layers is tests/test_policy_moe.py's (CPU, fp32). The JSON is rewritten after ev
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -37,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_util import bench_device, bench_dtype, build_hf_model, run_meta  # noqa: E402  (sys.path, TRITON_INTERPRET)
+from bench_util import bench_device, bench_dtype, build_hf_model, free, run_meta, step_times_ms  # noqa: E402  (sys.path, TRITON_INTERPRET)
 
 GiB = 1024 ** 3
 IMPLS = ("mcore", "hf")
@@ -79,13 +78,6 @@ def layer_counts(cfg: dict, seq: int) -> dict:
 _device, _dtype = bench_device, bench_dtype
 
 
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def build(impl: str, cfg: dict):
     """(model, step function of tokens) for one implementation."""
     if impl == "mcore":
@@ -116,7 +108,7 @@ def build(impl: str, cfg: dict):
 def run_one(impl: str, cfg: dict, B: int, S: int, steps: int, warmup: int) -> dict:
     rec = {"impl": impl, "layers": cfg["num_hidden_layers"], "batch": B, "seq": S, "tokens": B * S,
            **layer_counts(cfg, S)}
-    _free()
+    free()
     model = None
     try:
         torch.manual_seed(0)
@@ -130,17 +122,7 @@ def run_one(impl: str, cfg: dict, B: int, S: int, steps: int, warmup: int) -> di
                 p.grad = None
             step(tokens, labels)
         rec["model_gib"] = torch.cuda.memory_allocated() / GiB if torch.cuda.is_available() else None
-        for _ in range(warmup):
-            call()
-        times = []
-        for _ in range(steps):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            call()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(1e3 * (time.perf_counter() - t0))
+        times = step_times_ms(call, steps, warmup)
         ms = statistics.median(times)
         tps = B * S / (ms / 1e3)
         rec.update(ms=ms, ms_min=min(times), tokens_per_s=tps, tflops_active=tps * rec["flops_per_token"] / 1e12,
@@ -156,7 +138,7 @@ def run_one(impl: str, cfg: dict, B: int, S: int, steps: int, warmup: int) -> di
         traceback.print_exc()
     finally:
         del model
-        _free()
+        free()
     return rec
 
 

@@ -24,7 +24,6 @@ Writes $OUT/policy_throughput.json and prints a markdown table. --smoke runs a t
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -35,43 +34,11 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_util import (SHAPES, autograd_saved_bytes, bench_device, bench_dtype, build_hf_model,  # noqa: E402,F401
-                        hf_config_dict, rows_beside, run_meta, time_ms)  # (sys.path, TRITON_INTERPRET)
+from bench_util import (SHAPES, autograd_saved_bytes, bench_device, bench_dtype, build_hf_model, free,  # noqa: E402,F401
+                        hf_config_dict, rows_beside, run_meta, step_times_ms, sync, time_ms)  # (sys.path, TRITON_INTERPRET)
 
 PEAK_FLOPS = 989e12
 GiB = 1024 ** 3
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(step, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    _sync()
-    times = []
-    for _ in range(steps):
-        if torch.cuda.is_available():
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def _free():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
 
 _device, _dtype = bench_device, bench_dtype
 
@@ -161,7 +128,7 @@ def parity_check(shape: str, tmp: str) -> dict:
     rel = lambda x: ((x.double() - ref).norm() / ref.norm()).item()  # noqa: E731
     res = {"shape": shape, "layers": 2, "tokens": S, "mcore_rel_err": rel(out), "hf_lowp_rel_err": rel(hf_low)}
     del mc
-    _free()
+    free()
     return res
 
 
@@ -171,7 +138,7 @@ def run_one(impl: str, shape: str, B: int, S: int, steps: int, warmup: int) -> d
     cfg = hf_config_dict(shape)
     hf_cfg = read_hf_config(cfg)
     rec = {"impl": impl, "shape": shape, "batch": B, "seq": S, "tokens": B * S}
-    _free()
+    free()
     model = None
     try:
         torch.manual_seed(0)
@@ -187,7 +154,7 @@ def run_one(impl: str, shape: str, B: int, S: int, steps: int, warmup: int) -> d
         rec["model_gib"] = torch.cuda.memory_allocated() / GiB if torch.cuda.is_available() else None
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        times = _timed(step, steps, warmup)
+        times = step_times_ms(step, steps, warmup)
         ms = statistics.median(times)
         params = hf_cfg.num_params()
         flops_tok = 6 * params + 6 * hf_cfg.num_layers * hf_cfg.hidden_size * S
@@ -201,7 +168,7 @@ def run_one(impl: str, shape: str, B: int, S: int, steps: int, warmup: int) -> d
         traceback.print_exc()
     finally:
         del model
-        _free()
+        free()
     return rec
 
 
