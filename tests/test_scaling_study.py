@@ -251,3 +251,20 @@ def test_failed_cells_are_named_at_the_end_and_set_the_exit_code(tmp_path, monke
     err = capsys.readouterr().err
     assert "[scaling] FAILED t/lr/x1 sft seed 0 train: error: bad row 3 in data.path (log: x)" in err, err
     assert "red seed" not in err
+
+
+def test_commands_on_other_sizes_and_presets_keep_each_others_summary(tmp_path):
+    """Two commands side by side (one size each, then another preset subset) share scaling.json: each adds its own
+    sizes and presets; the report reads every size from it."""
+    run = FakeRunner()
+    s_spec = _spec(tmp_path, presets=("red",), sizes=("s",))
+    m_spec = _spec(tmp_path, presets=("sft",), sizes=("m",))
+    run.root = s_spec.out
+    run_scaling(s_spec, phase="lr", runner=run, log=lambda *_: None)
+    run_scaling(m_spec, phase="lr", runner=run, log=lambda *_: None)
+    run_scaling(dataclasses.replace(m_spec, presets=["grpo"]), phase="lr", runner=run, log=lambda *_: None)
+    got = json.loads((s_spec.out / "scaling.json").read_text())
+    assert set(got["sizes"]) == {"s", "m"} and got["presets"] == ["red", "sft", "grpo"]
+    assert got["sizes"]["s"]["lr_choice"] == {"red": 2.0}
+    assert got["sizes"]["m"]["lr_choice"] == {"sft": 0.5, "grpo": 1.0}  # the second subset kept the first's
+    assert json.loads((s_spec.out / "m" / "lr_choice.json").read_text()) == pytest.approx({"sft": 1.5e-4, "grpo": 3e-4})

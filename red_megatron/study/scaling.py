@@ -21,6 +21,7 @@ loading weights, ``--dry-run`` prints the plan.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -187,8 +188,37 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One writer at a time of the study's shared files (commands on other sizes or presets run beside)."""
+    import fcntl
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / ".scaling.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def merge_summary(old: dict, new: dict) -> dict:
+    """``new`` over ``old``: a command on some sizes or presets keeps what the others wrote (per size, the lr
+    curves, choices and main cells of presets it did not run); the study-wide settings are the newest."""
+    sizes = dict(old.get("sizes", {}))
+    for size, cur in new["sizes"].items():
+        was = sizes.get(size, {})
+        sizes[size] = {**was, **cur, **{k: {**was.get(k, {}), **cur[k]} for k in ("lr_curve", "lr_choice", "lr", "main")
+                                        if isinstance(cur.get(k), dict)}}
+    presets = list(dict.fromkeys([*old.get("presets", []), *new["presets"]]))
+    return {**new, "presets": presets, "sizes": sizes}
+
+
 def write_summary(spec: ScalingSpec, s: dict) -> None:
-    _write_json(Path(spec.out) / "scaling.json", s)
+    path = Path(spec.out) / "scaling.json"
+    with _locked(spec.out):
+        old = json.loads(path.read_text()) if path.exists() else {}
+        _write_json(path, merge_summary(old, s) if old.get("lr_1x") == s["lr_1x"] else s)
 
 
 def run_scaling(spec: ScalingSpec, *, phase: str = "all", log=print,
@@ -217,8 +247,9 @@ def run_scaling(spec: ScalingSpec, *, phase: str = "all", log=print,
             log(f"[scaling] size {size}: lr grid unfinished for {missing} (failed cells?): no main phase")
             continue
         path = Path(spec.out) / size / "lr_choice.json"  # merged: commands on preset subsets add their choices
-        known = json.loads(path.read_text()) if path.exists() else {}
-        _write_json(path, {**known, **{p: spec.lr * m for p, m in choice.items()}})
+        with _locked(spec.out):
+            known = json.loads(path.read_text()) if path.exists() else {}
+            _write_json(path, {**known, **{p: spec.lr * m for p, m in choice.items()}})
         if phase == "lr":
             continue
         for p, s in main_phase(spec, size, choice):
