@@ -147,11 +147,12 @@ def test_a_signal_under_torchrun_saves_and_the_run_resumes_bit_exactly(tmp_path)
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_red_launch_local_stops_the_run_with_one_line_and_exit_3(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR1], ids=["ctrl-c", "usr1"])
+def test_ctrl_c_to_red_launch_local_stops_the_run_with_one_line_and_exit_3(tmp_path, sig):
     """red-launch --executor local: NeMo-Run's local scheduler starts the task in a session of its own, so Ctrl-C
     reached only the launcher (it printed "error: interrupted", exit 130, and the run went on without it; a
-    SIGTERM killed it silently). Now the launcher passes the signal on, the rank saves and exits 3, and the
-    launcher reads that code (NeMo-Run says FAILED) and ends with one line and exit 3."""
+    SIGTERM killed it silently, a SIGUSR1 too). Now the launcher passes the signal on, the rank saves and exits
+    3, and the launcher reads that code (NeMo-Run says FAILED) and ends with one line and exit 3."""
     run = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "scripts" / "launch.py"), "--recipe", "tiny_cpu", "--executor", "local",
            "--nproc", "1", "--run-dir", str(run), *SFT, "steps=8"]
@@ -159,7 +160,7 @@ def test_ctrl_c_to_red_launch_local_stops_the_run_with_one_line_and_exit_3(tmp_p
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for_step(proc, run, 1)
-        proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C: the launcher only (the task has its own session)
+        proc.send_signal(sig)  # a terminal's Ctrl-C: the launcher only (the task has its own session)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -168,11 +169,11 @@ def test_ctrl_c_to_red_launch_local_stops_the_run_with_one_line_and_exit_3(tmp_p
     done = [r["step"] for r in read_metrics(run)]
     assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, err[-4000:])
     assert "Traceback" not in err + out and 1 <= done[-1] < 8, (done, err[-4000:])
-    want = f"red-launch: stopped by SIGINT (train: checkpoint in {run / 'checkpoints'}); run the same command again " \
-           f"to resume"
+    want = f"red-launch: stopped by {sig.name} (train: checkpoint in {run / 'checkpoints'}); run the same command " \
+           f"again to resume"
     assert err.strip().splitlines()[-1] == want, err[-4000:]
     assert sum(ln.startswith("red-launch: ") for ln in err.splitlines()) == 1, err[-4000:]
-    assert f"red-train: stopped by SIGINT after step {done[-1]}/8" in out  # the rank's line, tailed by NeMo-Run
+    assert f"red-train: stopped by {sig.name} after step {done[-1]}/8" in out  # the rank's line, tailed by NeMo-Run
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{done[-1]:08d}"
 
 

@@ -235,7 +235,7 @@ def render_dry_run(title: str, spec: LaunchSpec, tasks: list[Task], script: str,
 
 
 class _ForwardStop:
-    """Locally: SIGINT/SIGTERM are passed on to the tasks (this process's children, each in its own session)
+    """Locally: SIGINT/SIGTERM/SIGUSR1 are passed on to the tasks (this process's children, each in its own session)
     instead of interrupting NeMo-Run's wait, and a task not yet started is told to stay unstarted."""
 
     def __init__(self, stop_file: Path):
@@ -266,7 +266,9 @@ def launch(title: str, spec: LaunchSpec, tasks: list[Task], script: str,
         for f in status.iterdir():  # a previous launch's
             f.unlink()
         forward = _ForwardStop(status / "STOP")
-        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGUSR1 too: a batch system's pre-timeout signal to an allocation that runs red-launch locally (its
+        # default action would kill the launcher and leave the task running unwatched)
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
         # torchx's LocalScheduler, created lazily (also in the main thread, while NeMo-Run waits), installs
         # SIGINT/SIGTERM handlers of its own whose exception NeMo-Run's wait loop swallows: keep ours
         from torchx.schedulers import local_scheduler
