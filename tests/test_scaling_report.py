@@ -31,6 +31,8 @@ def _lr_cell(out: Path, size: str, mult: str, preset: str, acc: float, trunc: fl
 def study(tmp_path):
     out = tmp_path / "scaling"
     bases = {"s": _safetensors(tmp_path / "bs", 50_000), "m": _safetensors(tmp_path / "bm", 180_000)}
+    (tmp_path / "bm" / "gate.json").write_text(json.dumps({"passed": False, "checks": [
+        {"name": "k=4 pass@1 (T=1)", "value": 85.8, "rule": "in [30, 85] %", "passed": False}]}))
     (out).mkdir()
     (out / "scaling.json").write_text(json.dumps({"lr_1x": 3e-4, "lr_mults": [0.5, 1.0, 2.0], "lr_seed": 0,
                                                   "sizes": {z: {"base": str(b)} for z, b in bases.items()}}))
@@ -83,6 +85,8 @@ def test_report_numbers_missing_cells_and_figure(study):
     assert m["variants"] == {"clean": {"red": {"acc": 50.0, "hard": 50.0, "main_acc": 75.0}}} and not s["variants"]
     assert "| clean | 50.0 [75.0] / 50.0 | – | – | – |" in m_text and "--sizes s --phase variants" in text
     assert "not run at this size" in text and "hand-made" in text
+    assert "Base: **gate FAILED, taken with --allow-failed-gate**: k=4 pass@1 (T=1) 85.8 % (in [30, 85] %: FAILED)." \
+        in m_text and "Base: no gate report beside the base." in text
     across = text[text.index("## Across sizes"):text.index("## Size `s`")]  # smallest size first
     assert "| | `s` (0.50M) | `m` (1.80M) |" in across
     assert "| red | 50.0 (50.0) (n=1) | 75.0 ± 0.0 (75.0) (n=3) |" in across

@@ -171,7 +171,7 @@ def analyse(out: Path, presets=HEADLINE, seeds=(0, 1, 2)) -> dict:
     for size, info in meta["sizes"].items():
         study = load_size(out, size, presets, seeds)
         curves = lr_curves(out, size, presets, mults, meta.get("lr_seed", 0))
-        sizes[size] = {"base": info["base"], "params": n_params(Path(info["base"])) if Path(info["base"]).exists()
+        sizes[size] = {"base": info["base"], "gate": gate_line(info["base"]), "params": n_params(Path(info["base"])) if Path(info["base"]).exists()
                        else None, "lr_curve": curves, "lr_choice": {p: choose_lr(c) for p, c in curves.items()},
                        "table": table_rows(study), "edges": edges(study), "equal_tokens": equal_tokens(study),
                        "w": w_vs_frozen(study), "claims": scorecard(study),
@@ -203,6 +203,20 @@ def _d(d: dict) -> str:
 
 def _by_size(a: dict) -> list[str]:
     return sorted(a["sizes"], key=lambda z: a["sizes"][z]["params"] or 0)
+
+
+def gate_line(base: str) -> str:
+    """The base's §6.4 gate as the report states it: passed, or which check failed (then --allow-failed-gate took
+    it), or no gate report (a checkpoint given by path)."""
+    hf = Path(base)
+    for p in (hf.parent / "gate.json", hf / "gate.json"):
+        if p.is_file():
+            g = json.loads(p.read_text())
+            checks = "; ".join(f"{c['name']} {c['value']:.1f} % ({c['rule']}{'' if c['passed'] else ': FAILED'})"
+                               for c in g.get("checks", []))
+            return ("gate passed" if g.get("passed") else "**gate FAILED, taken with --allow-failed-gate**") + \
+                (f": {checks}" if checks else "")
+    return "no gate report beside the base"
 
 
 def _base_name(base: str) -> str:
@@ -272,7 +286,7 @@ def render(a: dict, meta: dict, figure: str | None) -> str:
     for size in _by_size(a):
         s = a["sizes"][size]
         params = f"{s['params'] / 1e6:.2f}M parameters" if s["params"] else "parameters unknown"
-        L += [f"## Size `{size}` ({params}; base `{_base_name(s['base'])}`)", ""]
+        L += [f"## Size `{size}` ({params}; base `{_base_name(s['base'])}`)", "", f"Base: {s['gate']}.", ""]
         L += [("**Missing cells** (not run yet): " + ", ".join(s["missing"])) if s["missing"]
               else "All cells of the plan finished.", ""]
         L += [f"### lr sensitivity (chain_val, seed {meta.get('lr_seed', 0)}): held-out accuracy % (truncated %)", "",
