@@ -65,6 +65,7 @@ def test_report_numbers_missing_cells_and_figure(study):
     assert e["deltas"] == pytest.approx([25.0, 50.0, 25.0]) and e["se"] == pytest.approx(25 / 3)
     assert m["edges"]["sft_then_grpo"]["verdict"] == "supported"
     assert m["edges"]["red_shift"]["overall"]["mean"] == 0.0 and m["edges"]["red_shift"]["verdict"] == "inconclusive"
+    assert m["edges"]["phi4_recipe"]["overall"]["n"] == 0 and m["edges"]["phi4_recipe"]["verdict"] == "inconclusive"
     # tokens: 12 steps × 3 × 8 × 10 for red; sft_then_grpo ran 6 steps, so it used half and is behind on both counts
     et = m["equal_tokens"]
     assert et["budget"] == 6 * 240 and et["rows"]["red"]["rollout_tok"] == 12 * 240

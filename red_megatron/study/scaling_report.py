@@ -7,7 +7,7 @@ subset rewrites it with that subset), written as benchmarks/reports/scaling_<dat
 
 Per size: the lr-sensitivity curve of each preset (held-out accuracy and truncated rate against lr, the choice
 marked), the main table at equal steps (accuracy per band, LEN, truncated rate, rollout and trained tokens), the
-comparison at equal rollout tokens, RED's paired edge over sft_then_grpo and over red_shift (mean ± SE over
+comparison at equal rollout tokens, RED's paired edge over sft_then_grpo, red_shift and phi4_recipe (mean ± SE over
 seeds, per band), red's w against the frozen-policy w, and the claims scorecard (red_megatron.study.claims);
 every cell of the plan that has not finished is listed. Across sizes (first, with two sizes or more): accuracy,
 LEN, RED's edges, w against the frozen-policy w and the scorecard's verdicts, one column a size. The figure:
@@ -31,7 +31,8 @@ from red_megatron.study.runner import CONTROLS
 from red_megatron.study.scaling import HEADLINE, LR_MULTS, VARIANT_PRESETS, VARIANTS, cell_result, choose_lr
 
 REPO = Path(__file__).resolve().parents[2]
-EDGE_OVER = ("sft_then_grpo", "red_shift")
+# the issue asks for sft_then_grpo and red_shift; phi4_recipe is the staged recipe RED is compared with too
+EDGE_OVER = ("sft_then_grpo", "red_shift", "phi4_recipe")
 COLS = (*BANDS, "overall")
 
 
