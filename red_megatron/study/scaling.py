@@ -133,6 +133,14 @@ def run_variants(spec: ScalingSpec, variants: dict[str, Path], *, log=print,
                 runner(s, log=log)
 
 
+def gate_of(hf: Path) -> dict | None:
+    """The §6.4 gate report of a base (gate.json beside its hf/ directory, or inside it), None without one."""
+    for p in (Path(hf).parent / "gate.json", Path(hf) / "gate.json"):
+        if p.is_file():
+            return json.loads(p.read_text())
+    return None
+
+
 def cell_result(out: Path, config: str, seed: int) -> dict | None:
     """Held-out accuracy and truncated rate (%) of a finished cell's eval; None until its eval marker exists."""
     d = cell_dir(out, config, seed)

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from red_megatron.errors import UserError
-from red_megatron.study.scaling import CPU_SIZES, HEADLINE, LR_MULTS, VARIANTS, ScalingSpec, plan_rows, run_scaling
+from red_megatron.study.scaling import (CPU_SIZES, HEADLINE, LR_MULTS, VARIANTS, ScalingSpec, gate_of, plan_rows,
+                                        run_scaling)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,13 +64,6 @@ def _ints(text: str, flag: str) -> list[int]:
         raise UserError(f"{flag}={text!r}: expected comma-separated integers") from None
 
 
-def _gate_of(hf: Path) -> dict | None:
-    for p in (hf.parent / "gate.json", hf / "gate.json"):
-        if p.is_file():
-            return json.loads(p.read_text())
-    return None
-
-
 def resolve_bases(text: str, *, base_seed: int, base_steps: str | None, allow_failed_gate: bool,
                   gated: bool = True) -> dict[str, Path]:
     """{size: HF dir}; a chain size's cached base, or name=DIR. ``gated``: refuse a base whose gate did not pass."""
@@ -94,13 +88,13 @@ def resolve_bases(text: str, *, base_seed: int, base_steps: str | None, allow_fa
             from configs.chain_cpu import BASE_STEPS, base_dir
 
             hf = base_dir(base_seed, steps.get(name, BASE_STEPS), shape=CPU_SIZES[name]) / "hf"
-            if not (hf / "config.json").is_file() or _gate_of(hf) is None:
+            if not (hf / "config.json").is_file() or gate_of(hf) is None:
                 raise UserError(f"--sizes {name}: no gated chain base of shape {CPU_SIZES[name]} at {hf.parent}; build "
                                 f"it: python scripts/build_chain_base.py --shape {CPU_SIZES[name]} "
                                 f"--base-seed {base_seed} --steps {steps.get(name, BASE_STEPS)}")
         else:
             raise UserError(f"--sizes: unknown size {name!r}; expected {', '.join(CPU_SIZES)} or name=HF_DIR")
-        gate = _gate_of(hf)
+        gate = gate_of(hf)
         if gated and not allow_failed_gate and (gate is None or not gate.get("passed")):
             why = "has no gate report beside it" if gate is None else "failed its gate"
             raise UserError(f"--sizes {item}: the base {hf} {why} (STUDY_DESIGN §6.4); build and gate it, or pass "
@@ -177,7 +171,7 @@ def check_plan(spec: ScalingSpec, world: int) -> list[str]:
                     n_checked += 1
                 except (ValueError, OSError) as e:
                     raise UserError(f"size {size} ({hf_dir}), {config} at lr {x:g}: {e}") from None
-        gate = _gate_of(Path(hf_dir))
+        gate = gate_of(Path(hf_dir))
         gate_note = "no gate report" if gate is None else f"gate {'passed' if gate.get('passed') else 'FAILED'}"
         lines.append(f"size {size}: {n_checked} runs OK at world {world} ({hf.architecture}, {hf.num_layers} layers, "
                      f"hidden {hf.hidden_size}; {gate_note}) from {hf_dir}")

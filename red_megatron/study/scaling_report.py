@@ -1,6 +1,6 @@
 """The scaling study's report (issue 27): every finished cell under ``red-study --sizes``' directory, read from
-disk (scaling.json only gives the grid's 1× lr, its multipliers and the sizes' bases: a command run on a preset
-subset rewrites it with that subset), written as benchmarks/reports/scaling_<date>.md (+ .json, + one figure).
+disk (scaling.json only gives the grid's 1× lr, its multipliers and the sizes' bases; commands on other sizes or
+preset subsets merge into it), written as benchmarks/reports/scaling_<date>.md (+ .json, + one figure).
 
   python -m red_megatron.study.scaling_report --out runs/scaling            # the plan: HEADLINE × seeds 0,1,2
   python -m red_megatron.study.scaling_report --out runs/scaling --report benchmarks/reports/scaling_x.md
@@ -28,7 +28,8 @@ from red_megatron.study.analysis import BANDS, ks_2samp, mean, mean_std
 from red_megatron.study.claims import MIN_SEEDS, pair_rule, scorecard
 from red_megatron.study.collect import load_cell, metric, paired_delta, table_rows
 from red_megatron.study.runner import CONTROLS
-from red_megatron.study.scaling import HEADLINE, LR_MULTS, VARIANT_PRESETS, VARIANTS, cell_result, choose_lr
+from red_megatron.study.scaling import (HEADLINE, LR_MULTS, VARIANT_PRESETS, VARIANTS, cell_result, choose_lr,
+                                        gate_of)
 
 REPO = Path(__file__).resolve().parents[2]
 # the issue asks for sft_then_grpo and red_shift; phi4_recipe is the staged recipe RED is compared with too
@@ -209,14 +210,12 @@ def _by_size(a: dict) -> list[str]:
 def gate_line(base: str) -> str:
     """The base's §6.4 gate as the report states it: passed, or which check failed (then --allow-failed-gate took
     it), or no gate report (a checkpoint given by path)."""
-    hf = Path(base)
-    for p in (hf.parent / "gate.json", hf / "gate.json"):
-        if p.is_file():
-            g = json.loads(p.read_text())
-            checks = "; ".join(f"{c['name']} {c['value']:.1f} % ({c['rule']}{'' if c['passed'] else ': FAILED'})"
-                               for c in g.get("checks", []))
-            return ("gate passed" if g.get("passed") else "**gate FAILED, taken with --allow-failed-gate**") + \
-                (f": {checks}" if checks else "")
+    g = gate_of(Path(base))
+    if g is not None:
+        checks = "; ".join(f"{c['name']} {c['value']:.1f} % ({c['rule']}{'' if c['passed'] else ': FAILED'})"
+                           for c in g.get("checks", []))
+        return ("gate passed" if g.get("passed") else "**gate FAILED, taken with --allow-failed-gate**") + \
+            (f": {checks}" if checks else "")
     return "no gate report beside the base"
 
 
