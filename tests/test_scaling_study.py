@@ -178,6 +178,16 @@ def test_bad_sizes_are_refused_in_one_line(argv, words):
     assert rc == 2 and err.count("\n") == 1 and all(w in err for w in words), err
 
 
+def test_a_missing_size_base_names_the_build_command_with_its_steps(tmp_path, monkeypatch):
+    """l's default base has 1450 SFT steps (it first passes §6.4 there), the others 450; --base-steps overrides."""
+    monkeypatch.setenv("RED_ASSETS", str(tmp_path / "assets"))  # empty: no base is cached
+    for argv, want in ((["--sizes", "l"], "--shape chain_l --base-seed 0 --steps 1450"),
+                       (["--sizes", "m"], "--shape chain --base-seed 0 --steps 450"),
+                       (["--sizes", "l", "--base-steps", "l=1400"], "--shape chain_l --base-seed 0 --steps 1400")):
+        rc, _, err = _study([*argv, "--out", str(tmp_path / "out")])
+        assert rc == 2 and err.count("\n") == 1 and "no gated chain base" in err and err.rstrip().endswith(want), err
+
+
 def test_a_base_without_a_passed_gate_is_refused(tmp_path, tiny_ckpt_dir):
     rc, _, err = _study(["--sizes", f"t={tiny_ckpt_dir}", "--out", str(tmp_path)])
     assert rc == 2 and "no gate report" in err and "--allow-failed-gate" in err

@@ -32,6 +32,10 @@ from red_megatron.study.runner import CONTROLS, StudySpec, cell_dir, run_study
 
 # size name -> the tiny_checkpoint shape of its chain base (parameters as counted by the shape's config)
 CPU_SIZES = {"s": "chain_s", "m": "chain", "l": "chain_l"}
+# the SFT steps of each size's default base where they differ from 450: l learns slower per step at the same lr
+# and first passes §6.4's gate at 1450 steps (1400: easy 83.3 %; 1500: k=4 pass@1 85.8 %; 2026-12-06), beyond
+# §6.4's ±50 % of 700 (1050 steps: easy 81.2 %): the gate is kept, the step window is not
+SIZE_BASE_STEPS = {"l": 1450}
 HEADLINE = ("red", "red_shift", "red_wconst", "sft_then_grpo", "grpo", "sft", "phi4_recipe", "guided_fading", "frozen_w")
 LR_MULTS = (0.5, 1.0, 2.0)
 # STUDY_DESIGN §6.8's premise-off variants that keep the base (their trace knobs draw from a separate per-row

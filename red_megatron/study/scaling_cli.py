@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from red_megatron.errors import UserError
-from red_megatron.study.scaling import (CPU_SIZES, HEADLINE, LR_MULTS, VARIANTS, ScalingSpec, gate_of, plan_rows,
-                                        run_scaling)
+from red_megatron.study.scaling import (CPU_SIZES, HEADLINE, LR_MULTS, SIZE_BASE_STEPS, VARIANTS, ScalingSpec, gate_of,
+                                        plan_rows, run_scaling)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=None, help="steps per stage (default: the recipe's)")
     ap.add_argument("--recipe", default="chain_cpu_study")
     ap.add_argument("--base-seed", type=int, default=0, help="which chain base of each CPU size")
-    ap.add_argument("--base-steps", default=None, help="SFT steps of each size's base, e.g. s=450,m=450,l=600")
+    ap.add_argument("--base-steps", default=None,
+                    help="SFT steps of each size's base (default: 450, l 1450), e.g. s=450,l=1400")
     ap.add_argument("--allow-failed-gate", action="store_true", help="use a base whose gate failed (reported)")
     ap.add_argument("--val-data", default=None, help="where the lr is chosen (default: chain_val)")
     ap.add_argument("--test-data", default=None, help="what the main phase reports (default: chain_test)")
@@ -87,11 +88,12 @@ def resolve_bases(text: str, *, base_seed: int, base_steps: str | None, allow_fa
         elif name in CPU_SIZES:
             from configs.chain_cpu import BASE_STEPS, base_dir
 
-            hf = base_dir(base_seed, steps.get(name, BASE_STEPS), shape=CPU_SIZES[name]) / "hf"
+            n = steps.get(name, SIZE_BASE_STEPS.get(name, BASE_STEPS))
+            hf = base_dir(base_seed, n, shape=CPU_SIZES[name]) / "hf"
             if not (hf / "config.json").is_file() or gate_of(hf) is None:
                 raise UserError(f"--sizes {name}: no gated chain base of shape {CPU_SIZES[name]} at {hf.parent}; build "
                                 f"it: python scripts/build_chain_base.py --shape {CPU_SIZES[name]} "
-                                f"--base-seed {base_seed} --steps {steps.get(name, BASE_STEPS)}")
+                                f"--base-seed {base_seed} --steps {n}")
         else:
             raise UserError(f"--sizes: unknown size {name!r}; expected {', '.join(CPU_SIZES)} or name=HF_DIR")
         gate = gate_of(hf)
