@@ -188,6 +188,20 @@ def test_a_missing_size_base_names_the_build_command_with_its_steps(tmp_path, mo
         assert rc == 2 and err.count("\n") == 1 and "no gated chain base" in err and err.rstrip().endswith(want), err
 
 
+def test_a_summary_under_another_base_than_the_cells_is_refused(tmp_path, tiny_ckpt_dir):
+    """--summary-only with a size's default base, over cells run from a --base-steps one, labelled the size's
+    report with the wrong base (session 9); now it names both."""
+    cell = tmp_path / "out" / "t" / "lr" / "x1"
+    cell.mkdir(parents=True)
+    (cell / "study_spec.json").write_text(json.dumps({"base": "/elsewhere/hf"}))
+    rc, _, err = _study(["--sizes", f"t={tiny_ckpt_dir}", "--summary-only", "--out", str(tmp_path / "out")])
+    assert rc == 2 and err.count("\n") == 1 and f"were run from the base /elsewhere/hf, not {tiny_ckpt_dir}" in err, err
+    assert not (tmp_path / "out" / "scaling.json").exists()
+    (cell / "study_spec.json").write_text(json.dumps({"base": str(tiny_ckpt_dir)}))
+    rc, _, err = _study(["--sizes", f"t={tiny_ckpt_dir}", "--summary-only", "--out", str(tmp_path / "out")])
+    assert rc == 0 and (tmp_path / "out" / "scaling.json").exists(), err
+
+
 def test_a_base_without_a_passed_gate_is_refused(tmp_path, tiny_ckpt_dir):
     rc, _, err = _study(["--sizes", f"t={tiny_ckpt_dir}", "--out", str(tmp_path)])
     assert rc == 2 and "no gate report" in err and "--allow-failed-gate" in err

@@ -176,10 +176,24 @@ def choose_lr(curve: dict[str, dict | None], tie_points: float = LR_TIE_POINTS) 
     return min((m for m, a in mults if a >= best - tie_points), key=lambda m: (abs(m - 1.0), m))
 
 
+def check_cells_base(spec: ScalingSpec, size: str) -> None:
+    """Refuse to summarise a size's cells under another base than the one they were run from (a summary with
+    the default base of a size whose cells ran from a --base-steps one labelled them with the wrong base)."""
+    from red_megatron.errors import UserError
+
+    want = str(spec.bases[size])
+    for f in sorted((Path(spec.out) / size).glob("*/*/study_spec.json")):
+        got = json.loads(f.read_text()).get("base")
+        if got != want:
+            raise UserError(f"--sizes {size}: its cells in {f.parent} were run from the base {got}, not {want}; "
+                            f"give the size (or --base-steps) they were run with")
+
+
 def summary(spec: ScalingSpec) -> dict:
     """Every finished cell of every size: the lr curves, the choices, the main cells."""
     sizes = {}
     for size in spec.bases:
+        check_cells_base(spec, size)
         table = lr_table(spec, size)
         choice = {p: choose_lr(c) for p, c in table.items()}
         main = {}
