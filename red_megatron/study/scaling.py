@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from red_megatron.errors import UserError
 from red_megatron.study.runner import CONTROLS, StudySpec, cell_dir, run_study
 
 # size name -> the tiny_checkpoint shape of its chain base (parameters as counted by the shape's config)
@@ -179,8 +180,6 @@ def choose_lr(curve: dict[str, dict | None], tie_points: float = LR_TIE_POINTS) 
 def check_cells_base(spec: ScalingSpec, size: str) -> None:
     """Refuse to summarise a size's cells under another base than the one they were run from (a summary with
     the default base of a size whose cells ran from a --base-steps one labelled them with the wrong base)."""
-    from red_megatron.errors import UserError
-
     want = str(spec.bases[size])
     for f in sorted((Path(spec.out) / size).glob("*/*/study_spec.json")):
         got = json.loads(f.read_text()).get("base")
